@@ -1,0 +1,38 @@
+"""frx's built-in parts, registered through the same hooks as any third-party plugin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from frx_plugin.hookspecs import hookimpl
+
+
+@hookimpl
+def frx_register_backbones(register) -> None:
+    from frx_plugin import models
+
+    register("resnet-small", models.ResidualFaceNet, "narrow residual CNN, 64x64 or larger input (the demo backbone)")
+
+
+@hookimpl
+def frx_register_probe_sets(register) -> None:
+    from frx_plugin.synthetic import SyntheticProbeSet
+
+    register("synthetic", SyntheticProbeSet, "the built-in synthetic face world (rendered on demand)")
+
+
+@hookimpl(trylast=True)
+def frx_embed(model: Any, images: torch.Tensor) -> torch.Tensor:
+    out = model(images)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise TypeError(
+            f"frx_embed: calling the model gave {type(out).__name__}"
+            + (f" of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else "")
+            + "; expected embeddings (B, D). Implement the frx_embed hook for this model."
+        )
+    return F.normalize(out.float(), dim=1)

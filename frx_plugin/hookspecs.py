@@ -1,0 +1,81 @@
+"""Hook specifications of the ``frx`` pluggy project (DESIGN.md §4).
+
+Built-in parts register themselves through these hooks exactly as third-party
+plugins do; see :mod:`frx_plugin.builtin`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+    from frx_plugin.report import Report
+
+PROJECT_NAME = "frx"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def frx_register_backbones(register: Callable[..., None]) -> None:
+    """Register face-recognition backbone factories.
+
+    Called once when the plugin manager first builds its backbone registry.
+    Call ``register(name, factory, description="")`` for each backbone, where
+    ``factory(**kwargs)`` returns a ``torch.nn.Module`` mapping images
+    ``(B, 3, H, W)`` to embeddings ``(B, D)``. Returns nothing.
+    """
+
+
+@hookspec
+def frx_register_probe_sets(register: Callable[..., None]) -> None:
+    """Register probe-set factories (labelled face data frx can analyse).
+
+    Called once when the probe-set registry is first built. Call
+    ``register(name, factory, description="")`` where ``factory(**kwargs)``
+    returns a :class:`frx_plugin.probe.ProbeSet`. Returns nothing.
+    """
+
+
+@hookspec(firstresult=True)
+def frx_embed(model: Any, images: "torch.Tensor") -> "torch.Tensor | None":
+    """Embed a batch of images with ``model``.
+
+    Called by every analysis pass for each batch of the probe set, with the
+    model already in eval mode and gradients off. Return the L2-normalised
+    embeddings ``(B, D)``, or ``None`` to let the next implementation try.
+    The first non-``None`` answer wins; the built-in fallback calls the model
+    and L2-normalises its output.
+    """
+
+
+@hookspec
+def frx_analysis_completed(report: "Report", context: dict[str, Any]) -> None:
+    """Receive each finished analysis pass.
+
+    Called on the global-zero process only, after the pass's history has been
+    written. ``context`` holds the caller's facts (``"epoch"``,
+    ``"global_step"``, ``"out_dir"``, ``"framework"``). Sinks (loggers, files,
+    figures) implement this; the return value is ignored.
+    """
+
+
+@hookspec(firstresult=True)
+def frx_run_demo(options: dict[str, Any]) -> "int | None":
+    """Run ``frx demo``: train a backbone on the synthetic world with frx attached.
+
+    Called by the ``frx demo`` command with its parsed options (``epochs``,
+    ``identities``, ``images_per_identity``, ``seed``, ``out``, ``devices``,
+    ...). A training adapter that can run the demo returns the process exit
+    code; adapters that cannot return ``None``.
+    """
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    _ = (nn,)

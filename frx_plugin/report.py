@@ -1,0 +1,120 @@
+"""The result of one analysis pass, and its JSON record for history files."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+
+def _clean(value: float | None) -> float | None:
+    """JSON has no NaN: missing numbers are written as null."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+@dataclass
+class AttributeLeakage:
+    """Held-out recovery of one attribute from the embeddings (DESIGN.md §2).
+
+    ``metric`` names the headline value (``auroc`` for discrete kinds, ``r2``
+    for continuous), ``value``/``low``/``high`` are it and its 95% bootstrap
+    interval over identities; ``leakage`` and its bounds are the normalised ℓ
+    in [0, 1]. ``extra`` holds further metrics (``balanced_accuracy`` for
+    discrete kinds). A value that cannot be computed is NaN with ``reason``.
+    """
+
+    name: str
+    kind: str
+    group: str | None
+    metric: str
+    value: float
+    low: float
+    high: float
+    leakage: float
+    leakage_low: float
+    leakage_high: float
+    n: int
+    extra: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        record = asdict(self)
+        for key in ("value", "low", "high", "leakage", "leakage_low", "leakage_high"):
+            record[key] = _clean(record[key])
+        record["extra"] = {k: _clean(v) for k, v in self.extra.items()}
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "AttributeLeakage":
+        data = dict(record)
+        for key in ("value", "low", "high", "leakage", "leakage_low", "leakage_high"):
+            data[key] = math.nan if data.get(key) is None else float(data[key])
+        data["extra"] = {k: (math.nan if v is None else float(v)) for k, v in data.get("extra", {}).items()}
+        return cls(**data)
+
+
+@dataclass
+class Verification:
+    """Verification accuracy on all genuine and impostor pairs of the probe set."""
+
+    tar: float
+    fmr: float
+    threshold: float
+    genuine_pairs: int
+    impostor_pairs: int
+
+    def to_record(self) -> dict[str, Any]:
+        return {k: _clean(v) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class Report:
+    """One analysis pass: leakage per attribute, verification, and tensors for the history."""
+
+    leakage: list[AttributeLeakage]
+    n_samples: int
+    n_identities: int
+    n_folds: int
+    verification: Verification | None = None
+    epoch: int | None = None
+    global_step: int | None = None
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def __getitem__(self, name: str) -> AttributeLeakage:
+        for item in self.leakage:
+            if item.name == name:
+                return item
+        raise KeyError(f"no attribute {name!r} in this report; it has {[a.name for a in self.leakage]}")
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "n_samples": self.n_samples,
+            "n_identities": self.n_identities,
+            "n_folds": self.n_folds,
+            "verification": self.verification.to_record() if self.verification else None,
+            "attributes": [a.to_record() for a in self.leakage],
+            "warnings": list(self.warnings),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> "Report":
+        ver = record.get("verification")
+        return cls(
+            leakage=[AttributeLeakage.from_record(a) for a in record["attributes"]],
+            n_samples=record["n_samples"],
+            n_identities=record["n_identities"],
+            n_folds=record["n_folds"],
+            verification=Verification(**{k: (math.nan if v is None else v) for k, v in ver.items()}) if ver else None,
+            epoch=record.get("epoch"),
+            global_step=record.get("global_step"),
+            tensors=dict(tensors or {}),
+            warnings=list(record.get("warnings", [])),
+        )
