@@ -1,0 +1,77 @@
+"""The ``frx`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from frx_plugin import __version__
+from frx_plugin.plugins import backbones, failed_plugins, get_plugin_manager, probe_sets
+
+
+def _demo(args: argparse.Namespace) -> int:
+    pm = get_plugin_manager()
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
+    code = pm.hook.frx_run_demo(options=options)
+    if code is None:
+        failed = failed_plugins()
+        why = "".join(f"\n  plugin {name!r} failed to load: {reason}" for name, reason in failed.items())
+        print(
+            "frx demo needs a training adapter and none is installed; install the Lightning adapter with\n"
+            "  pip install 'frx[lightning]'" + why,
+            file=sys.stderr,
+        )
+        return 2
+    return int(code)
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    pm = get_plugin_manager()
+    print("plugins:")
+    for name, plugin in pm.list_name_plugin():
+        print(f"  {name:<20} {getattr(plugin, '__name__', type(plugin).__name__)}")
+    for name, reason in failed_plugins().items():
+        print(f"  {name:<20} NOT LOADED: {reason}")
+    for title, registry in (("backbones", backbones()), ("probe sets", probe_sets())):
+        print(f"{title}:")
+        for reg in registry.values():
+            print(f"  {reg.name:<20} {reg.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="frx", description="What do your face embeddings know? Attribute recovery for face recognition.")
+    parser.add_argument("--version", action="version", version=f"frx {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train a small backbone on the synthetic face world with frx attached")
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default 8)")
+    demo.add_argument("--identities", type=int, default=None, help="training identities (default 200)")
+    demo.add_argument("--images-per-identity", type=int, default=None, help="training images per identity (default 20)")
+    demo.add_argument("--probe-identities", type=int, default=None, help="held-out probe identities (default 100)")
+    demo.add_argument("--probe-images-per-identity", type=int, default=None, help="probe images per identity (default 10)")
+    demo.add_argument("--size", type=int, default=None, help="image side in pixels, divisible by 32 (default 64)")
+    demo.add_argument("--seed", type=int, default=None, help="seed of the world and the training (default 0)")
+    demo.add_argument("--out", default=None, help="output folder (default ./frx-demo)")
+    demo.add_argument("--devices", type=int, default=None, help="CPU processes; more than 1 trains with DDP (default 1)")
+    demo.add_argument("--every-n-epochs", type=int, default=None, help="analysis pass every N epochs (default 1)")
+    demo.add_argument("--n-bootstrap", type=int, default=None, help="bootstrap replicates for the intervals (default 200)")
+    demo.set_defaults(func=_demo)
+
+    plugins = sub.add_parser("plugins", help="list the loaded plugins, backbones and probe sets")
+    plugins.set_defaults(func=_plugins)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"frx {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
