@@ -1,0 +1,140 @@
+"""The Lightning callback that runs an frx analysis pass every N epochs of training."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+
+from frx_plugin.analysis import ON_ERROR, AnalysisConfig, analyze_probe, embed_probe_set, scalar_metrics
+from frx_plugin.history import HistoryRecorder
+from frx_plugin.plugins import get_plugin_manager
+from frx_plugin.probe import ProbeSet
+from frx_plugin.report import Report
+
+
+def gather_embeddings(trainer: Trainer, embed_shard, n: int) -> torch.Tensor:
+    """Embed samples ``rank, rank + W, …`` on each of W ranks and reassemble all N in order on every rank.
+
+    No sample is embedded or counted twice: shards are disjoint and the
+    padding added for the collective is cut off again.
+    """
+    world, rank = trainer.world_size, trainer.global_rank
+    indices = torch.arange(rank, n, world)
+    local = embed_shard(indices)
+    if world == 1:
+        return local
+    per_rank = math.ceil(n / world)
+    dim = torch.tensor([local.shape[1] if local.numel() else 0], device=trainer.strategy.root_device)
+    dim = int(trainer.strategy.all_gather(dim).max())
+    padded = torch.zeros(per_rank, dim, dtype=torch.float32, device=trainer.strategy.root_device)
+    padded[: local.shape[0]] = local.to(padded.device)
+    gathered = trainer.strategy.all_gather(padded).cpu()  # (W, per_rank, D)
+    full = torch.empty(n, dim, dtype=torch.float32)
+    for r in range(world):
+        count = len(range(r, n, world))
+        full[r::world] = gathered[r, :count]
+    return full
+
+
+class AttributeRecoveryCallback(Callback):
+    """Measure, every ``every_n_epochs``, how much of each attribute the embeddings of the trained module keep.
+
+    A pass embeds ``probe`` with the module (through the ``frx_embed`` hook;
+    default: call the module and L2-normalise), recovers every attribute on
+    identity-disjoint folds and logs ``frx/leakage/<attribute>`` (with
+    ``/low`` and ``/high`` interval bounds) and the verification TAR to every
+    logger of the Trainer. The first pass runs before training (epoch 0);
+    the pass after training epoch ``e`` (0-based) is epoch ``e + 1``. Each
+    pass is appended to ``out_dir/history.json`` and
+    ``out_dir/history.safetensors`` by the global-zero rank.
+
+    Errors in a pass are reported through ``rank_zero_warn`` and training
+    goes on, unless ``on_error="raise"``.
+    """
+
+    def __init__(
+        self,
+        probe: ProbeSet,
+        out_dir: str | Path = "frx-history",
+        every_n_epochs: int = 1,
+        n_folds: int = 5,
+        n_bootstrap: int = 200,
+        fmr: float = 1e-3,
+        batch_size: int = 256,
+        seed: int = 0,
+        on_error: str = "warn",
+        run_before_training: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(probe, ProbeSet):
+            raise TypeError(f"probe must be a frx_plugin.probe.ProbeSet, got {type(probe).__name__}")
+        if not isinstance(every_n_epochs, int) or isinstance(every_n_epochs, bool) or every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be a positive integer, got {every_n_epochs!r}")
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        self.config = AnalysisConfig(n_folds=n_folds, n_bootstrap=n_bootstrap, seed=seed, fmr=float(fmr), batch_size=batch_size)
+        self.probe = probe
+        self.out_dir = Path(out_dir)
+        self.every_n_epochs = every_n_epochs
+        self.on_error = on_error
+        self.run_before_training = run_before_training
+        self.history = HistoryRecorder(self.out_dir, probe.schema)
+        self.failures: list[dict[str, Any]] = []
+        self.last_report: Report | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(out_dir=str(self.out_dir))
+
+    # -- Lightning hooks -------------------------------------------------
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.run_before_training and trainer.current_epoch == 0 and not self.history.has_epoch(0):
+            self._run_pass(trainer, pl_module, epoch=0)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every_n_epochs == 0:
+            self._run_pass(trainer, pl_module, epoch=epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history.state_dict(), "failures": list(self.failures)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history.load_state_dict(state_dict["history"])
+        self.failures = list(state_dict.get("failures", []))
+
+    # -- the pass ----------------------------------------------------------
+    def _run_pass(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
+        try:
+            embeddings = gather_embeddings(
+                trainer,
+                lambda idx: embed_probe_set(pl_module, self.probe, idx, self.config.batch_size),
+                len(self.probe),
+            )
+            report = analyze_probe(embeddings, self.probe, self.config)
+        except Exception as exc:
+            if self.on_error == "raise":
+                raise
+            self.failures.append({"epoch": epoch, "global_step": trainer.global_step, "error": f"{type(exc).__name__}: {exc}"})
+            rank_zero_warn(f"frx: the analysis pass at epoch {epoch} failed and is skipped; training goes on. {type(exc).__name__}: {exc}")
+            return
+        report.epoch, report.global_step = epoch, trainer.global_step
+        self.last_report = report
+        self.history.add(report.to_record(), report.tensors)
+        for message in report.warnings:
+            rank_zero_warn(f"frx (epoch {epoch}): {message}")
+        if trainer.is_global_zero:
+            self.history.write()
+            metrics = scalar_metrics(report)
+            for logger in trainer.loggers:
+                logger.log_metrics(dict(metrics, **{"frx/epoch": float(epoch)}), step=trainer.global_step)
+            get_plugin_manager().hook.frx_analysis_completed(
+                report=report,
+                context={"epoch": epoch, "global_step": trainer.global_step, "out_dir": str(self.out_dir), "framework": "lightning"},
+            )
+        trainer.strategy.barrier("frx_history_written")

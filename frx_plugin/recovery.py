@@ -1,0 +1,710 @@
+"""Direct recovery: how well linear probes recover each attribute from the embeddings (DESIGN.md §2).
+
+The fast path of an analysis pass, run every epoch. Plain functions on tensors:
+
+``identity_folds``      identity-disjoint folds (every identity on one side of each split)
+``_fold_statistics``    per-fold sufficient statistics XᵀX, XᵀY, Σx, Σy, Σy², n (what a DDP
+                        version all-reduces; a training set's statistics are total − fold)
+``_fit_heads``          closed-form ridge heads for all target columns at once, penalty by GCV
+``auroc`` / ``balanced_accuracy`` / ``r2_score``
+                        exact metrics, weighted by a (B, N) matrix of bootstrap weights at once
+``analyze_embeddings``  the whole pass → :class:`~frx_plugin.report.Report`
+
+Targets. A binary attribute is one 0/1 column, a categorical one with C classes C one-hot
+columns (one-vs-rest scores), a continuous one its value. Each column gets its own ridge
+head ``score = zᵀw + b`` fitted on centred training embeddings (the intercept ``b`` comes
+from the training means).
+
+Ridge penalty (per fold and per target column): generalised cross-validation over a log
+grid of 33 penalties λ = s·10^k, k ∈ [−6, 2], s = trace(S)/D the mean eigenvalue of the
+centred training scatter matrix S = XᵀX − n x̄x̄ᵀ. With S = V diag(e) Vᵀ and c = Vᵀ Xᵀy
+(centred), the training residual sum of squares and effective degrees of freedom are
+
+    RSS(λ) = yᵀy − Σ_d c_d² (e_d + 2λ) / (e_d + λ)²,      df(λ) = 1 + Σ_d e_d / (e_d + λ)
+
+(the 1 is the intercept), and GCV(λ) = n·RSS(λ) / (n − df(λ))². The λ minimising GCV is
+used. Everything comes from the sufficient statistics and one eigendecomposition per
+training set. GCV approximates leave-one-*image*-out error, so on strongly clustered
+identities it may choose a smaller λ than an identity-level choice would; the scores it
+produces are still evaluated on held-out identities only, so this can cost accuracy but
+never leaks.
+
+Metrics (pooled over the held-out folds, each labelled sample scored once by the head that
+did not see its identity): binary — AUROC (Mann–Whitney, ties count 1/2) and balanced
+accuracy with the threshold at the midpoint of the two training-class mean scores (the
+equal-prior LDA cut, computed from the sufficient statistics); categorical — macro
+one-vs-rest AUROC over the classes present and balanced accuracy of the argmax of the C
+scores; continuous — R² = 1 − SSE/SST with SST around the mean of the evaluated labels.
+Intervals: percentile 95% intervals from a bootstrap over identities (identities drawn
+with replacement, each sample weighted by its identity's multiplicity).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+from frx_plugin.attributes import Attribute, AttributeSchema
+from frx_plugin.report import AttributeLeakage, Report
+
+__all__ = [
+    "AnalysisError",
+    "identity_folds",
+    "analyze_embeddings",
+    "auroc",
+    "balanced_accuracy",
+    "r2_score",
+]
+
+#: GCV grid: λ = mean eigenvalue × 10^k for these exponents k.
+PENALTY_EXPONENTS = torch.linspace(-6.0, 2.0, 33, dtype=torch.float64)
+#: Replicates per chunk are chosen so that chunk × N stays under this many entries.
+_BOOTSTRAP_CHUNK_ENTRIES = 4_000_000
+
+
+class AnalysisError(ValueError):
+    """Input that an analysis pass cannot work on; the message names the attribute or field."""
+
+
+# --------------------------------------------------------------------------- folds
+
+
+def _identity_index(identity: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Identities as 0..K-1 (sorted by label) and K."""
+    uniq, index = torch.unique(identity, return_inverse=True)
+    return index, int(uniq.numel())
+
+
+def _check_identity(identity: torch.Tensor, n: int | None = None) -> None:
+    if not isinstance(identity, torch.Tensor) or identity.ndim != 1:
+        shape = tuple(identity.shape) if isinstance(identity, torch.Tensor) else type(identity).__name__
+        raise AnalysisError(f"identity must be a 1-D integer tensor, got {shape}")
+    if identity.dtype.is_floating_point or identity.dtype.is_complex or identity.dtype == torch.bool:
+        raise AnalysisError(f"identity must be an integer tensor, got {identity.dtype}")
+    if n is not None and identity.shape[0] != n:
+        raise AnalysisError(f"identity has {identity.shape[0]} entries but embeddings have {n} rows")
+
+
+def identity_folds(identity: torch.Tensor, n_folds: int, seed: int = 0) -> torch.Tensor:
+    """Fold id (0..n_folds-1, int64) of every sample, identity-disjoint and balanced by sample count.
+
+    Identities are shuffled with ``seed``, ordered by sample count (largest first, the
+    shuffle breaking ties) and each is put into the fold that holds the fewest samples so
+    far (greedy). With equal-sized identities this is a seeded round-robin.
+    """
+    _check_identity(identity)
+    if not isinstance(n_folds, int) or isinstance(n_folds, bool) or n_folds < 2:
+        raise AnalysisError(f"n_folds must be an integer of at least 2, got {n_folds!r}")
+    n = int(identity.shape[0])
+    if n < n_folds:
+        raise AnalysisError(f"{n} samples are fewer than n_folds={n_folds}; every fold needs at least one sample")
+    index, k = _identity_index(identity)
+    if k < 2:
+        raise AnalysisError(f"identity: only {k} identity in {n} samples; identity-disjoint folds need at least 2 identities")
+    if k < n_folds:
+        raise AnalysisError(
+            f"identity: {k} identities are fewer than n_folds={n_folds}; every fold needs its own identities"
+        )
+    generator = torch.Generator().manual_seed(int(seed))
+    counts = torch.bincount(index, minlength=k)
+    shuffled = torch.randperm(k, generator=generator)
+    order = shuffled[torch.argsort(counts[shuffled], descending=True, stable=True)]
+    loads = [0] * n_folds
+    fold_of_identity = torch.empty(k, dtype=torch.int64)
+    for ident, count in zip(order.tolist(), counts[order].tolist()):
+        fold = min(range(n_folds), key=loads.__getitem__)
+        fold_of_identity[ident] = fold
+        loads[fold] += count
+    return fold_of_identity[index]
+
+
+# --------------------------------------------------------------------------- sufficient statistics
+
+
+@dataclass
+class FoldStatistics:
+    """Sufficient statistics of ridge heads, one slice per fold (or per training set).
+
+    Shapes: ``count`` (F,), ``sum_x`` (F, D), ``gram`` (F, D, D) = XᵀX, ``sum_y`` (F, T),
+    ``cross`` (F, D, T) = XᵀY, ``sum_yy`` (F, T). All float64. Sums over folds and
+    differences between sets are plain tensor arithmetic, and a distributed version
+    all-reduces these tensors.
+    """
+
+    count: torch.Tensor
+    sum_x: torch.Tensor
+    gram: torch.Tensor
+    sum_y: torch.Tensor
+    cross: torch.Tensor
+    sum_yy: torch.Tensor
+
+    def columns(self, cols: torch.Tensor) -> "FoldStatistics":
+        return FoldStatistics(self.count, self.sum_x, self.gram, self.sum_y[:, cols], self.cross[:, :, cols], self.sum_yy[:, cols])
+
+    def training_sets(self) -> "FoldStatistics":
+        """Statistics of the F training sets (total − fold f), then of all data: F + 1 slices."""
+
+        def train(t: torch.Tensor) -> torch.Tensor:
+            total = t.sum(0, keepdim=True)
+            return torch.cat([total - t, total])
+
+        return FoldStatistics(*(train(t) for t in (self.count, self.sum_x, self.gram, self.sum_y, self.cross, self.sum_yy)))
+
+
+def _fold_statistics(x: torch.Tensor, y: torch.Tensor, folds: torch.Tensor, n_folds: int) -> FoldStatistics:
+    """Per-fold statistics of rows ``x`` (N, D) and targets ``y`` (N, T), float64."""
+    d, t = x.shape[1], y.shape[1]
+    count = torch.zeros(n_folds, dtype=torch.float64)
+    sum_x = torch.zeros(n_folds, d, dtype=torch.float64)
+    gram = torch.zeros(n_folds, d, d, dtype=torch.float64)
+    sum_y = torch.zeros(n_folds, t, dtype=torch.float64)
+    cross = torch.zeros(n_folds, d, t, dtype=torch.float64)
+    sum_yy = torch.zeros(n_folds, t, dtype=torch.float64)
+    for f in range(n_folds):
+        rows = (folds == f).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        xf, yf = x[rows], y[rows]
+        count[f] = rows.numel()
+        sum_x[f] = xf.sum(0)
+        gram[f] = xf.T @ xf
+        sum_y[f] = yf.sum(0)
+        cross[f] = xf.T @ yf
+        sum_yy[f] = (yf * yf).sum(0)
+    return FoldStatistics(count, sum_x, gram, sum_y, cross, sum_yy)
+
+
+def _masked_statistics(
+    shared: FoldStatistics, x: torch.Tensor, folds: torch.Tensor, n_folds: int, missing: torch.Tensor, cols: torch.Tensor
+) -> FoldStatistics:
+    """Statistics over the labelled rows only, for the columns ``cols`` (zero on missing rows).
+
+    Because the targets are zero on missing rows, XᵀY, Σy and Σy² of all rows already equal
+    those of the labelled rows; only XᵀX, Σx and n change. They are computed from the
+    missing rows (subtracted) or the labelled rows (directly), whichever are fewer.
+    """
+    out = shared.columns(cols)
+    n_missing = int(missing.sum())
+    if n_missing * 2 <= missing.numel():
+        rows = missing.nonzero().squeeze(1)
+        gone = _fold_statistics(x[rows], x.new_zeros(rows.numel(), 0), folds[rows], n_folds)
+        return FoldStatistics(out.count - gone.count, out.sum_x - gone.sum_x, out.gram - gone.gram, out.sum_y, out.cross, out.sum_yy)
+    rows = (~missing).nonzero().squeeze(1)
+    kept = _fold_statistics(x[rows], x.new_zeros(rows.numel(), 0), folds[rows], n_folds)
+    return FoldStatistics(kept.count, kept.sum_x, kept.gram, out.sum_y, out.cross, out.sum_yy)
+
+
+# --------------------------------------------------------------------------- ridge heads
+
+
+@dataclass
+class Heads:
+    """Linear heads ``score = x @ weight[s] + bias[s]`` for S training sets and T columns."""
+
+    weight: torch.Tensor  # (S, D, T)
+    bias: torch.Tensor  # (S, T)
+    penalty: torch.Tensor  # (S, T) the λ chosen by GCV
+
+
+def _fit_heads(stats: FoldStatistics, exponents: torch.Tensor = PENALTY_EXPONENTS) -> Heads:
+    """Ridge heads for every training set (slice) of ``stats`` and every column, λ by GCV.
+
+    See the module docstring for the GCV rule. ``stats`` holds training-set statistics
+    (e.g. :meth:`FoldStatistics.training_sets`), not per-fold ones.
+    """
+    n = stats.count.clamp_min(1.0)  # (S,)
+    mean_x = stats.sum_x / n[:, None]  # (S, D)
+    mean_y = stats.sum_y / n[:, None]  # (S, T)
+    scatter = stats.gram - n[:, None, None] * mean_x[:, :, None] * mean_x[:, None, :]
+    scatter = 0.5 * (scatter + scatter.transpose(1, 2))
+    cross = stats.cross - n[:, None, None] * mean_x[:, :, None] * mean_y[:, None, :]  # (S, D, T)
+    yy = (stats.sum_yy - n[:, None] * mean_y**2).clamp_min(0.0)  # (S, T)
+
+    eigval, eigvec = torch.linalg.eigh(scatter)
+    eigval = eigval.clamp_min(0.0)  # (S, D)
+    proj = eigvec.transpose(1, 2) @ cross  # (S, D, T)
+    d = eigval.shape[1]
+    scale = (eigval.sum(1) / d).clamp_min(torch.finfo(torch.float64).tiny)  # (S,)
+    grid = scale[:, None] * (10.0 ** exponents.to(torch.float64))[None, :]  # (S, L)
+
+    denom = eigval[:, None, :] + grid[:, :, None]  # (S, L, D)
+    shrink = (eigval[:, None, :] + 2 * grid[:, :, None]) / denom**2  # (S, L, D)
+    rss = (yy[:, None, :] - torch.einsum("sld,sdt->slt", shrink, proj**2)).clamp_min(0.0)  # (S, L, T)
+    dof = 1.0 + (eigval[:, None, :] / denom).sum(2)  # (S, L)
+    residual_dof = n[:, None] - dof
+    gcv = n[:, None, None] * rss / residual_dof[:, :, None].clamp_min(1e-12) ** 2
+    gcv = torch.where((residual_dof > 0.5)[:, :, None], gcv, torch.full_like(gcv, math.inf))
+    best = gcv.argmin(1)  # (S, T)
+    penalty = torch.gather(grid, 1, best)  # (S, T)
+
+    weight = eigvec @ (proj / (eigval[:, :, None] + penalty[:, None, :]))  # (S, D, T)
+    bias = mean_y - torch.einsum("sd,sdt->st", mean_x, weight)
+    return Heads(weight, bias, penalty)
+
+
+def _class_midpoints(stats: FoldStatistics, heads: Heads) -> torch.Tensor:
+    """Per training set and 0/1 column: midpoint of the mean scores of its two training classes.
+
+    Class 1's mean embedding is XᵀY/n₁ (Y is the 0/1 indicator), class 0's (Σx − XᵀY)/n₀,
+    so the threshold comes from the sufficient statistics. (S, T); NaN where a class is empty.
+    """
+    n1 = stats.sum_y  # (S, T)
+    n0 = stats.count[:, None] - n1
+    mean1 = stats.cross / n1[:, None, :]  # (S, D, T)
+    mean0 = (stats.sum_x[:, :, None] - stats.cross) / n0[:, None, :]
+    score1 = (mean1 * heads.weight).sum(1) + heads.bias
+    score0 = (mean0 * heads.weight).sum(1) + heads.bias
+    return 0.5 * (score0 + score1)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _as_weight_matrix(weights: torch.Tensor | None, n: int) -> tuple[torch.Tensor, bool]:
+    """(B, N) floating weights (float64 unless given as float32) and whether the input was one row."""
+    if weights is None:
+        return torch.ones(1, n, dtype=torch.float64), True
+    weights = torch.as_tensor(weights)
+    if weights.dtype != torch.float32:
+        weights = weights.to(torch.float64)
+    if weights.ndim == 1:
+        return weights[None, :], True
+    return weights, False
+
+
+def auroc(scores: torch.Tensor, positive: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact (weighted) area under the ROC curve: P(score⁺ > score⁻) + ½·P(tie).
+
+    ``scores`` (N,), ``positive`` (N,) bool; ``weights`` None, (N,) or (B, N) — one row per
+    bootstrap replicate, all computed from a single sort and one cumulative sum per row:
+    each positive counts the negative weight below its score plus half the negative
+    weight tied with it. float32 weights (bootstrap multiplicities) are accumulated in
+    float32 (cumulative sums exact below 2²⁴, final sums to ~1e-7 relative), others in
+    float64. Returns a 0-d tensor (or (B,)); NaN where one class has zero weight.
+    """
+    scores = torch.as_tensor(scores, dtype=torch.float64)
+    positive = torch.as_tensor(positive).bool()
+    w, single = _as_weight_matrix(weights, scores.numel())
+    order = torch.argsort(scores)
+    sorted_scores, pos = scores[order], positive[order]
+    w = w.index_select(1, order)
+    pos_f = pos.to(w.dtype)
+    negative_w = w * (1.0 - pos_f)
+    through = torch.cumsum(negative_w, 1)  # negative weight at or below each position
+    _, group, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
+    if bool((counts == 1).all()):
+        # no ties: a positive's own entry adds no negative weight
+        numerator = ((w * through) @ pos_f).to(torch.float64)
+    else:
+        ends = torch.cumsum(counts, 0) - 1  # last index of each tie group
+        first, last = (ends - counts + 1)[group], ends[group]
+        below = through.index_select(1, first) - negative_w.index_select(1, first)  # strictly below the tie group
+        at_or_below = through.index_select(1, last)
+        numerator = ((w * (below + at_or_below)) @ pos_f).to(torch.float64) * 0.5
+    positive_total = (w @ pos_f).to(torch.float64)
+    denominator = positive_total * (w.sum(1).to(torch.float64) - positive_total)
+    out = torch.where(denominator > 0, numerator / denominator.clamp_min(1e-300), torch.full_like(numerator, math.nan))
+    return out[0] if single else out
+
+
+def balanced_accuracy(predicted: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None, num_classes: int | None = None) -> torch.Tensor:
+    """(Weighted) mean per-class recall over the classes of ``target`` that carry weight.
+
+    ``predicted``, ``target`` (N,) int class indices; ``weights`` None, (N,) or (B, N).
+    Matches scikit-learn's ``balanced_accuracy_score(target, predicted, sample_weight=w)``.
+    """
+    predicted = torch.as_tensor(predicted).long()
+    target = torch.as_tensor(target).long()
+    w, single = _as_weight_matrix(weights, target.numel())
+    c = int(num_classes if num_classes is not None else max(int(target.max()), int(predicted.max())) + 1)
+    onehot = torch.nn.functional.one_hot(target, c).to(w.dtype)  # (N, C)
+    hits = w @ (onehot * (predicted == target).to(w.dtype)[:, None])  # (B, C)
+    totals = w @ onehot
+    hits, totals = hits.to(torch.float64), totals.to(torch.float64)
+    recall = torch.where(totals > 0, hits / totals.clamp_min(1e-300), torch.full_like(hits, math.nan))
+    out = torch.nanmean(recall, 1)
+    return out[0] if single else out
+
+
+def r2_score(predicted: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(Weighted) coefficient of determination 1 − SSE/SST, SST around the weighted mean of ``target``.
+
+    ``weights`` None, (N,) or (B, N); NaN where SST is zero. Matches scikit-learn's
+    ``r2_score(target, predicted, sample_weight=w)`` where SST > 0.
+    """
+    predicted = torch.as_tensor(predicted, dtype=torch.float64)
+    target = torch.as_tensor(target, dtype=torch.float64)
+    w, single = _as_weight_matrix(weights, target.numel())
+    w = w.to(torch.float64)
+    center = target.mean()  # numerically kinder sums; SST is shift-invariant
+    t = target - center
+    total = w.sum(1)
+    sum_t = w @ t
+    sst = w @ (t * t) - sum_t**2 / total.clamp_min(1e-300)
+    sse = w @ ((target - predicted) ** 2)
+    out = torch.where(sst > 1e-12 * (w @ (t * t)).clamp_min(1e-300), 1.0 - sse / sst.clamp_min(1e-300), torch.full_like(sst, math.nan))
+    return out[0] if single else out
+
+
+def _leakage_of(metric: str, value: float) -> float:
+    if math.isnan(value):
+        return math.nan
+    return max(0.0, 2.0 * value - 1.0) if metric == "auroc" else max(0.0, value)
+
+
+# --------------------------------------------------------------------------- targets
+
+
+@dataclass
+class _Target:
+    """Where an attribute's columns sit in the target matrix, and what can be computed for it."""
+
+    attribute: Attribute
+    cols: torch.Tensor  # column indices into Y
+    labelled: torch.Tensor  # (N,) bool
+    reason: str | None = None
+
+
+def _build_targets(labels: Mapping[str, torch.Tensor], schema: AttributeSchema, n: int) -> tuple[torch.Tensor, list[_Target]]:
+    columns: list[torch.Tensor] = []
+    targets: list[_Target] = []
+    start = 0
+    for attribute in schema:
+        raw = labels[attribute.name]
+        labelled = ~attribute.missing_mask(raw)
+        if attribute.kind == "binary":
+            block = (raw == 1).to(torch.float64)[:, None]
+        elif attribute.kind == "categorical":
+            block = torch.nn.functional.one_hot(raw.long().clamp_min(0), attribute.num_classes).to(torch.float64)
+            block = block * labelled[:, None].to(torch.float64)
+        else:
+            block = torch.where(labelled, raw.to(torch.float64), torch.zeros((), dtype=torch.float64))[:, None]
+        columns.append(block)
+        targets.append(_Target(attribute, torch.arange(start, start + block.shape[1]), labelled))
+        start += block.shape[1]
+    y = torch.cat(columns, 1) if columns else torch.zeros(n, 0, dtype=torch.float64)
+    return y, targets
+
+
+def _class_name(attribute: Attribute, index: int) -> str:
+    return attribute.classes[index] if attribute.classes else str(index)
+
+
+def _check_definable(target: _Target, train_stats: FoldStatistics, folds_with_data: list[int], raw: torch.Tensor) -> str | None:
+    """Why this attribute's leakage is undefined (None if it is defined).
+
+    ``train_stats`` are the training-set statistics of this attribute's columns only.
+    """
+    attribute = target.attribute
+    n_labelled = int(target.labelled.sum())
+    if n_labelled == 0:
+        return f"no labelled samples (all {target.labelled.numel()} labels missing); {'AUROC' if attribute.discrete else 'R²'} undefined"
+    values = raw[target.labelled]
+    if attribute.discrete:
+        present = torch.unique(values).tolist()
+        if len(present) < 2:
+            return f"only one class ({_class_name(attribute, int(present[0]))!r}) among labelled samples; AUROC undefined"
+        n_train = train_stats.count
+        for f in folds_with_data:
+            if attribute.kind == "binary":
+                n1 = float(train_stats.sum_y[f, 0])
+                counts = [float(n_train[f]) - n1, n1]
+            else:
+                counts = train_stats.sum_y[f].tolist()
+            seen = [c for c, k in enumerate(counts) if k > 0.5]
+            if len(seen) < 2:
+                only = f"only one class ({_class_name(attribute, seen[0])!r})" if seen else "no labelled samples"
+                return f"the training part of fold {f} has {only}; its head and the held-out AUROC are undefined"
+        return None
+    if n_labelled < 3:
+        return f"only {n_labelled} labelled samples; R² undefined"
+    if float(values.double().std()) <= 1e-12 * max(1.0, float(values.double().abs().max())):
+        return f"all labelled values are equal ({float(values[0]):g}); R² undefined"
+    for f in folds_with_data:
+        n_f = float(train_stats.count[f])
+        if n_f < 2:
+            return f"the training part of fold {f} has {int(n_f)} labelled samples; its head and the held-out R² are undefined"
+        col = 0
+        var = float(train_stats.sum_yy[f, col]) / n_f - (float(train_stats.sum_y[f, col]) / n_f) ** 2
+        if var <= 1e-12 * max(1.0, float(train_stats.sum_yy[f, col]) / n_f):
+            return f"the training part of fold {f} has constant labels; its head and the held-out R² are undefined"
+    return None
+
+
+def _unseen_class_warnings(attribute: Attribute, train_counts: torch.Tensor, folds_with_data: list[int]) -> list[str]:
+    """Classes whose held-out samples of a fold are scored by a head that never saw the class.
+
+    ``train_counts`` (F + 1, C): class counts of the F training sets, then of all data.
+    """
+    out = []
+    total = train_counts[-1]
+    for f in folds_with_data:
+        unseen = [c for c in range(attribute.num_classes) if train_counts[f, c] < 0.5 < total[c]]
+        if unseen:
+            names = ", ".join(repr(_class_name(attribute, c)) for c in unseen)
+            out.append(
+                f"attribute {attribute.name!r}: class(es) {names} occur only in fold {f}; "
+                "their held-out scores there come from a head that never saw them"
+            )
+    return out
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _evaluate(
+    target: _Target, scores: torch.Tensor, predicted_binary: torch.Tensor | None, raw: torch.Tensor, weights: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Metrics of one attribute on its labelled rows, for each row of ``weights`` (B, N_labelled)."""
+    attribute = target.attribute
+    if attribute.kind == "continuous":
+        return {"r2": r2_score(scores[:, 0], raw.to(torch.float64), weights)}
+    classes = raw.long()
+    if attribute.kind == "binary":
+        value = auroc(scores[:, 0], classes == 1, weights)
+        return {"auroc": value, "balanced_accuracy": balanced_accuracy(predicted_binary.long(), classes, weights, 2)}
+    per_class = [auroc(scores[:, c], classes == c, weights) for c in torch.unique(classes).tolist()]
+    macro = torch.nanmean(torch.stack(per_class, -1), -1)
+    predicted = scores.argmax(1)
+    return {"auroc": macro, "balanced_accuracy": balanced_accuracy(predicted, classes, weights, attribute.num_classes)}
+
+
+def _bootstrap_weights(identity_index: torch.Tensor, n_identities: int, n_replicates: int, generator: torch.Generator) -> torch.Tensor:
+    """(B, N) float32 weights: multiplicity of each sample's identity in a resample of identities."""
+    draws = torch.randint(n_identities, (n_replicates, n_identities), generator=generator)
+    counts = torch.zeros(n_replicates, n_identities, dtype=torch.float32)
+    counts.scatter_add_(1, draws, torch.ones(n_replicates, n_identities, dtype=torch.float32))
+    return counts[:, identity_index]
+
+
+def _undefined(attribute: Attribute, metric: str, n: int, reason: str) -> AttributeLeakage:
+    extra = {"balanced_accuracy": math.nan} if attribute.discrete else {}
+    nan = math.nan
+    return AttributeLeakage(attribute.name, attribute.kind, attribute.group, metric, nan, nan, nan, nan, nan, nan, n, extra, reason)
+
+
+def _check_embeddings(embeddings: torch.Tensor) -> torch.Tensor:
+    if not isinstance(embeddings, torch.Tensor):
+        raise AnalysisError(f"embeddings must be a tensor, got {type(embeddings).__name__}")
+    if embeddings.ndim != 2:
+        raise AnalysisError(f"embeddings must be 2-D (N, D), got shape {tuple(embeddings.shape)}")
+    if not embeddings.dtype.is_floating_point:
+        raise AnalysisError(f"embeddings must be floating point, got {embeddings.dtype}")
+    n, d = embeddings.shape
+    if d == 0:
+        raise AnalysisError("embeddings have 0 columns (D = 0)")
+    bad = ~torch.isfinite(embeddings).all(1)
+    k = int(bad.sum())
+    if k:
+        raise AnalysisError(f"embeddings contain NaN or infinity in {k} of {n} rows — did the training diverge?")
+    return embeddings.detach().to("cpu", torch.float64)
+
+
+def _check_folds(folds: torch.Tensor, identity: torch.Tensor, n: int) -> tuple[torch.Tensor, int, list[str]]:
+    if not isinstance(folds, torch.Tensor) or folds.ndim != 1 or folds.dtype.is_floating_point or folds.dtype == torch.bool:
+        raise AnalysisError("folds must be a 1-D integer tensor of fold ids, one per sample")
+    if folds.shape[0] != n:
+        raise AnalysisError(f"folds has {folds.shape[0]} entries but embeddings have {n} rows")
+    uniq, index = torch.unique(folds.cpu(), return_inverse=True)
+    if uniq.numel() < 2:
+        raise AnalysisError(f"folds: all samples are in one fold ({int(uniq[0])}); at least 2 folds are needed")
+    warnings = []
+    pairs = torch.unique(torch.stack([identity, index]), dim=1)
+    shared = int((torch.bincount(pairs[0]) > 1).sum())
+    if shared:
+        warnings.append(
+            f"folds: {shared} identities have samples on both sides of a split; the leakage then measures "
+            "memory of identities, not attributes (DESIGN.md §2)"
+        )
+    return index.long(), int(uniq.numel()), warnings
+
+
+@torch.no_grad()
+def analyze_embeddings(
+    embeddings: torch.Tensor,
+    identity: torch.Tensor,
+    labels: Mapping[str, torch.Tensor],
+    schema: AttributeSchema,
+    *,
+    n_folds: int = 5,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+    folds: torch.Tensor | None = None,
+) -> Report:
+    """Held-out leakage of every attribute of ``schema`` from ``embeddings`` (N, D).
+
+    Heads for all attributes are ridge regressions fitted at once from per-fold sufficient
+    statistics on identity-disjoint folds (:func:`identity_folds` with ``seed``, or the
+    caller's ``folds``); metrics are pooled over the held-out folds, and intervals come
+    from ``n_bootstrap`` resamples of identities (none: intervals are NaN). Missing labels
+    (-1, NaN) are left out per attribute. An attribute whose metric is undefined (one class,
+    constant values, no labels, a training part without two classes) is NaN with
+    ``reason`` and a warning; bad input raises :class:`AnalysisError` (or
+    :class:`~frx_plugin.attributes.SchemaError` for labels that do not fit the schema).
+
+    ``report.tensors``: ``probe_directions`` (T, D) float32, the heads fitted on all data,
+    one row per target column in schema order (binary 1, categorical one per class,
+    continuous 1; NaN rows for undefined attributes); ``probe_bias`` (T,) so that
+    ``score = z @ probe_directions.T + probe_bias``; ``probe_penalty`` (T,) the ridge λ.
+    """
+    x = _check_embeddings(embeddings)
+    n, d = x.shape
+    _check_identity(identity, n)
+    identity = identity.detach().cpu()
+    if not isinstance(n_bootstrap, int) or n_bootstrap < 0:
+        raise AnalysisError(f"n_bootstrap must be a non-negative integer, got {n_bootstrap!r}")
+    identity_index, n_identities = _identity_index(identity)
+    warnings: list[str] = []
+    if folds is None:
+        folds = identity_folds(identity, n_folds, seed)
+    else:
+        if n_identities < 2:
+            raise AnalysisError(f"identity: only {n_identities} identity in {n} samples; at least 2 are needed")
+        folds, n_folds, fold_warnings = _check_folds(folds, identity_index, n)
+        warnings += fold_warnings
+    schema.validate(labels, n)
+    labels = {name: labels[name].detach().cpu() for name in schema.names}
+
+    y, targets = _build_targets(labels, schema, n)
+    shared = _fold_statistics(x, y, folds, n_folds)
+
+    # heads: one group sharing XᵀX for fully labelled attributes, one group per attribute with missing labels
+    n_columns = y.shape[1]
+    weight = torch.zeros(n_folds + 1, d, n_columns, dtype=torch.float64)
+    bias = torch.zeros(n_folds + 1, n_columns, dtype=torch.float64)
+    penalty = torch.zeros(n_folds + 1, n_columns, dtype=torch.float64)
+    midpoint = torch.zeros(n_folds + 1, n_columns, dtype=torch.float64)
+    fold_has = [int(f) for f in torch.unique(folds).tolist()]
+    complete = [t for t in targets if bool(t.labelled.all())]
+    groups: list[tuple[list[_Target], FoldStatistics]] = []
+    if complete:
+        cols = torch.cat([t.cols for t in complete])
+        groups.append((complete, shared.columns(cols)))
+    for t in targets:
+        if not bool(t.labelled.all()):
+            groups.append(([t], _masked_statistics(shared, x, folds, n_folds, ~t.labelled, t.cols)))
+    for members, stats in groups:
+        train = stats.training_sets()
+        cols = torch.cat([t.cols for t in members])
+        offset = 0
+        for t in members:
+            width = t.cols.numel()
+            local = torch.arange(offset, offset + width)
+            offset += width
+            held_out_folds = [f for f in fold_has if bool((t.labelled & (folds == f)).any())]
+            t.reason = _check_definable(t, train.columns(local), held_out_folds, labels[t.attribute.name])
+            if t.reason is None and t.attribute.kind == "categorical":
+                warnings += _unseen_class_warnings(t.attribute, train.sum_y[:, local], held_out_folds)
+        heads = _fit_heads(train)
+        weight[:, :, cols], bias[:, cols], penalty[:, cols] = heads.weight, heads.bias, heads.penalty
+        midpoint[:, cols] = _class_midpoints(train, heads)
+
+    # held-out scores: each sample scored by the head of the training set without its fold
+    scores = torch.empty(n, n_columns, dtype=torch.float64)
+    for f in range(n_folds):
+        rows = (folds == f).nonzero().squeeze(1)
+        scores[rows] = x[rows] @ weight[f] + bias[f]
+    threshold = midpoint[folds]  # (N, T)
+
+    # metrics and identity bootstrap
+    generator = torch.Generator().manual_seed(int(seed) + 1)
+    chunk = max(1, _BOOTSTRAP_CHUNK_ENTRIES // max(n, 1))
+    replicates: list[dict[str, list[torch.Tensor]]] = [dict() for _ in targets]
+    points: list[dict[str, torch.Tensor]] = []
+    inputs = []
+    for t in targets:
+        rows = t.labelled.nonzero().squeeze(1)
+        s = scores[rows][:, t.cols]
+        predicted = (s[:, 0] > threshold[rows][:, t.cols[0]]) if t.attribute.kind == "binary" else None
+        inputs.append((rows, s, predicted, labels[t.attribute.name][rows]))
+        points.append({} if t.reason else _evaluate(t, s, predicted, inputs[-1][3], torch.ones(1, rows.numel(), dtype=torch.float64)))
+    for start in range(0, n_bootstrap, chunk):
+        w = _bootstrap_weights(identity_index, n_identities, min(chunk, n_bootstrap - start), generator)
+        for i, t in enumerate(targets):
+            if t.reason:
+                continue
+            rows, s, predicted, raw = inputs[i]
+            w_rows = w if rows.numel() == n else w.index_select(1, rows)
+            for key, value in _evaluate(t, s, predicted, raw, w_rows).items():
+                replicates[i].setdefault(key, []).append(value)
+
+    leakage: list[AttributeLeakage] = []
+    for i, t in enumerate(targets):
+        attribute = t.attribute
+        metric = "auroc" if attribute.discrete else "r2"
+        n_labelled = int(t.labelled.sum())
+        if t.reason:
+            warnings.append(f"attribute {attribute.name!r}: {t.reason}")
+            leakage.append(_undefined(attribute, metric, n_labelled, t.reason))
+            continue
+        if attribute.kind == "categorical":
+            present = set(torch.unique(inputs[i][3]).tolist())
+            absent = [c for c in range(attribute.num_classes) if c not in present]
+            if absent:
+                names = ", ".join(repr(_class_name(attribute, c)) for c in absent)
+                warnings.append(
+                    f"attribute {attribute.name!r}: class(es) {names} have no labelled samples; "
+                    f"the macro AUROC averages the other {len(present)} classes"
+                )
+        intervals: dict[str, tuple[float, float]] = {}
+        for key, value in points[i].items():
+            low = high = math.nan
+            if replicates[i].get(key):
+                reps = torch.cat(replicates[i][key])
+                finite = reps[~torch.isnan(reps)]
+                if finite.numel() and finite.numel() >= 0.5 * reps.numel():
+                    low, high = (float(v) for v in torch.quantile(finite, torch.tensor([0.025, 0.975], dtype=torch.float64)))
+                if finite.numel() < 0.95 * reps.numel():
+                    warnings.append(
+                        f"attribute {attribute.name!r}: {reps.numel() - finite.numel()} of {reps.numel()} bootstrap "
+                        f"replicates left {key} undefined (a class drawn no identity)"
+                    )
+            intervals[key] = (low, high)
+        value = float(points[i][metric])
+        low, high = intervals[metric]
+        if math.isnan(value):
+            reason = f"{metric} undefined on the held-out scores"
+            warnings.append(f"attribute {attribute.name!r}: {reason}")
+            leakage.append(_undefined(attribute, metric, n_labelled, reason))
+            continue
+        extra = {"balanced_accuracy": float(points[i]["balanced_accuracy"])} if attribute.discrete else {}
+        leakage.append(
+            AttributeLeakage(
+                name=attribute.name,
+                kind=attribute.kind,
+                group=attribute.group,
+                metric=metric,
+                value=value,
+                low=low,
+                high=high,
+                leakage=_leakage_of(metric, value),
+                leakage_low=_leakage_of(metric, low),
+                leakage_high=_leakage_of(metric, high),
+                n=n_labelled,
+                extra=extra,
+            )
+        )
+
+    directions = weight[n_folds].T.clone()  # (T, D)
+    full_bias = bias[n_folds].clone()
+    full_penalty = penalty[n_folds].clone()
+    for t in targets:
+        if t.reason:
+            directions[t.cols] = math.nan
+            full_bias[t.cols] = math.nan
+            full_penalty[t.cols] = math.nan
+    return Report(
+        leakage=leakage,
+        n_samples=n,
+        n_identities=n_identities,
+        n_folds=n_folds,
+        tensors={
+            "probe_directions": directions.to(torch.float32),
+            "probe_bias": full_bias.to(torch.float32),
+            "probe_penalty": full_penalty.to(torch.float32),
+        },
+        warnings=warnings,
+    )

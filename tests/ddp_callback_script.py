@@ -1,0 +1,32 @@
+"""Run by tests/test_ddp.py as a subprocess: the callback under real 2-process DDP (gloo, CPU).
+
+``ddp`` re-runs this script for rank 1, so everything happens at import-free top level under ``__main__``.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lightning.pytorch import Trainer, seed_everything  # noqa: E402
+
+from frx_lightning import AttributeRecoveryCallback  # noqa: E402
+from tests.lightning_helpers import TinyFaceModule, make_probe, make_train_loader  # noqa: E402
+
+if __name__ == "__main__":
+    out, devices = sys.argv[1], int(sys.argv[2])
+    seed_everything(0)
+    probe = make_probe(n_identities=17, per_identity=7, seed=3)  # 119 samples: not a multiple of 2
+    callback = AttributeRecoveryCallback(probe, out_dir=out, n_bootstrap=30)
+    trainer = Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        callbacks=[callback],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(TinyFaceModule(), make_train_loader())

@@ -1,0 +1,34 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).with_name("ddp_callback_script.py")
+
+
+def _run(out: Path, devices: int) -> list[dict]:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(out), str(devices)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "history.json").read_text())["records"]
+
+
+def test_two_process_ddp_pass_equals_single_process(tmp_path):
+    single = _run(tmp_path / "one", 1)
+    double = _run(tmp_path / "two", 2)
+    assert [r["epoch"] for r in double] == [0, 1]
+    # the pass before training sees the same model on every rank: it must equal the single-process pass,
+    # with all 119 samples counted once (the shards are disjoint; the gather's padding is dropped)
+    before_1, before_2 = single[0], double[0]
+    assert before_2["n_samples"] == before_1["n_samples"] == 119
+    assert before_2["verification"] == before_1["verification"]
+    for a, b in zip(before_1["attributes"], before_2["attributes"]):
+        assert a["name"] == b["name"]
+        for key in ("value", "low", "high", "leakage"):
+            if a[key] is None:
+                assert b[key] is None
+            else:
+                assert b[key] == pytest.approx(a[key], abs=1e-6), (a["name"], key)

@@ -1,0 +1,129 @@
+import csv
+import json
+import math
+import warnings
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from frx_lightning import AttributeRecoveryCallback
+from frx_plugin.analysis import AnalysisConfig, analyze_probe, embed_probe_set
+from frx_plugin.history import read_history
+from tests.lightning_helpers import TinyFaceModule, make_probe, make_train_loader
+
+
+def _trainer(tmp_path, callbacks, max_epochs, **kw):
+    return Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        callbacks=callbacks,
+        logger=kw.pop("logger", False),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=kw.pop("enable_checkpointing", False),
+        default_root_dir=tmp_path,
+        **kw,
+    )
+
+
+def test_constructor_rejects_bad_arguments():
+    probe = make_probe()
+    with pytest.raises(ValueError, match="every_n_epochs must be a positive integer"):
+        AttributeRecoveryCallback(probe, every_n_epochs=0)
+    with pytest.raises(ValueError, match="on_error must be one of"):
+        AttributeRecoveryCallback(probe, on_error="ignore")
+    with pytest.raises(TypeError, match="probe must be a frx_plugin.probe.ProbeSet"):
+        AttributeRecoveryCallback([1, 2, 3])
+    with pytest.raises(ValueError, match="n_folds must be an integer of at least 2"):
+        AttributeRecoveryCallback(probe, n_folds=1)
+
+
+def test_callback_logs_every_pass_and_matches_an_independent_analysis(tmp_path):
+    probe = make_probe()
+    callback = AttributeRecoveryCallback(probe, out_dir=tmp_path / "frx", n_bootstrap=50)
+    model = TinyFaceModule()
+    trainer = _trainer(tmp_path, [callback], 2, logger=CSVLogger(tmp_path, name="logs"))
+    trainer.fit(model, make_train_loader())
+
+    schema, records, tensors = read_history(tmp_path / "frx")
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert records[-1]["global_step"] == trainer.global_step
+    assert schema == probe.schema
+    assert tensors["pass2.probe_directions"].shape[1] == 16
+
+    # the last pass equals an analysis of the final model's embeddings made without Lightning
+    reference = analyze_probe(embed_probe_set(model, probe), probe, AnalysisConfig(n_bootstrap=50))
+    for got, want in zip(records[-1]["attributes"], reference.leakage):
+        assert got["name"] == want.name
+        assert got["value"] == pytest.approx(want.value, abs=1e-9)
+        assert got["leakage_low"] == pytest.approx(want.leakage_low, abs=1e-9)
+    assert records[-1]["verification"]["tar"] == pytest.approx(reference.verification.tar)
+
+    # every logger received frx/leakage/<attribute> with its bounds, at each pass's global step
+    with open(trainer.logger.log_dir + "/metrics.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("frx/leakage/bright")]
+    assert [int(r["step"]) for r in rows] == [r["global_step"] for r in records]
+    last = rows[-1]
+    bright = next(a for a in records[-1]["attributes"] if a["name"] == "bright")
+    assert float(last["frx/leakage/bright"]) == pytest.approx(bright["leakage"], rel=1e-6)
+    assert float(last["frx/leakage/bright/low"]) <= float(last["frx/leakage/bright"]) <= float(last["frx/leakage/bright/high"])
+    assert "frx/verification/tar_at_fmr_0.001" in last
+
+
+def test_every_n_epochs(tmp_path):
+    callback = AttributeRecoveryCallback(make_probe(), out_dir=tmp_path, every_n_epochs=2, n_bootstrap=0)
+    _trainer(tmp_path, [callback], 5).fit(TinyFaceModule(), make_train_loader())
+    assert callback.history.epochs == [0, 2, 4]
+
+
+def test_resume_from_checkpoint_continues_the_history(tmp_path):
+    probe = make_probe()
+    loader = make_train_loader()
+    # uninterrupted reference run
+    ref = AttributeRecoveryCallback(probe, out_dir=tmp_path / "ref", n_bootstrap=20)
+    _trainer(tmp_path / "a", [ref], 4).fit(TinyFaceModule(), loader)
+
+    # interrupted run: 2 epochs with checkpoints, then a new Trainer resumes to 4
+    out = tmp_path / "run"
+    first = AttributeRecoveryCallback(probe, out_dir=out, n_bootstrap=20)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    _trainer(tmp_path / "b", [first, ckpt], 2, enable_checkpointing=True).fit(TinyFaceModule(), loader)
+    written_before = json.loads((out / "history.json").read_text())["records"]
+
+    second = AttributeRecoveryCallback(probe, out_dir=out, n_bootstrap=20)
+    ckpt2 = ModelCheckpoint(dirpath=tmp_path / "ckpt2")
+    _trainer(tmp_path / "c", [second, ckpt2], 4, enable_checkpointing=True).fit(
+        TinyFaceModule(), loader, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt")
+    )
+    _, records, tensors = read_history(out)
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3, 4]
+    assert records[:3] == written_before  # kept exactly, not re-run
+    assert set(k.split(".")[0] for k in tensors) == {f"pass{i}" for i in range(5)}
+    # and the continued passes equal the uninterrupted run's
+    for got, want in zip(records[3:], ref.history.records[3:]):
+        for a, b in zip(got["attributes"], want["attributes"]):
+            if a["value"] is not None:
+                assert a["value"] == pytest.approx(b["value"], abs=1e-5), a["name"]
+
+
+def test_a_failing_pass_warns_and_training_goes_on(tmp_path):
+    probe = make_probe()
+    callback = AttributeRecoveryCallback(probe, out_dir=tmp_path, n_bootstrap=0)
+    model = TinyFaceModule(nan_after_epoch=1)  # embeddings turn NaN from epoch 1: a "diverged" model
+    with pytest.warns(UserWarning, match=r"epoch 2 failed.*NaN"):
+        trainer = _trainer(tmp_path, [callback], 3)
+        trainer.fit(model, make_train_loader())
+    assert trainer.current_epoch == 3  # training finished
+    assert callback.history.epochs == [0, 1]
+    assert [f["epoch"] for f in callback.failures] == [2, 3]
+    assert "NaN" in callback.failures[0]["error"]
+
+
+def test_on_error_raise_stops_the_run(tmp_path):
+    callback = AttributeRecoveryCallback(make_probe(), out_dir=tmp_path, n_bootstrap=0, on_error="raise")
+    with pytest.raises(Exception, match="NaN"):
+        _trainer(tmp_path, [callback], 3).fit(TinyFaceModule(nan_after_epoch=1), make_train_loader())
