@@ -15,19 +15,19 @@ columns (one-vs-rest scores), a continuous one its value. Each column gets its o
 head ``score = zᵀw + b`` fitted on centred training embeddings (the intercept ``b`` comes
 from the training means).
 
-Ridge penalty (per fold and per target column): generalised cross-validation over a log
-grid of 33 penalties λ = s·10^k, k ∈ [−6, 2], s = trace(S)/D the mean eigenvalue of the
-centred training scatter matrix S = XᵀX − n x̄x̄ᵀ. With S = V diag(e) Vᵀ and c = Vᵀ Xᵀy
-(centred), the training residual sum of squares and effective degrees of freedom are
+Ridge penalty (per training set and target column): chosen on held-out *identities* by an
+inner cross-validation over the other folds, computed from the per-fold sufficient statistics
+alone (see ``_inner_fold_penalty``). With fewer than 3 non-empty folds it falls back to
+generalised cross-validation over a log grid of 33 penalties λ = s·10^k, k ∈ [−6, 2], s =
+trace(S)/D the mean eigenvalue of the centred training scatter S = XᵀX − n x̄x̄ᵀ. With
+S = V diag(e) Vᵀ and c = Vᵀ Xᵀy (centred),
 
     RSS(λ) = yᵀy − Σ_d c_d² (e_d + 2λ) / (e_d + λ)²,      df(λ) = 1 + Σ_d e_d / (e_d + λ)
 
-(the 1 is the intercept), and GCV(λ) = n·RSS(λ) / (n − df(λ))². The λ minimising GCV is
-used. Everything comes from the sufficient statistics and one eigendecomposition per
-training set. GCV approximates leave-one-*image*-out error, so on strongly clustered
-identities it may choose a smaller λ than an identity-level choice would; the scores it
-produces are still evaluated on held-out identities only, so this can cost accuracy but
-never leaks.
+and GCV(λ) = n·RSS(λ) / (n − df(λ))². GCV approximates leave-one-*image*-out error, which on
+clustered identities rewards memorising identities; that is why the inner identity-disjoint
+choice comes first. Discrete columns are scored without the training prior in the intercept
+(pooled over folds that term is anti-correlated with the held-out labels).
 
 Metrics (pooled over the held-out folds, each labelled sample scored once by the head that
 did not see its identity): binary — AUROC (Mann–Whitney, ties count 1/2) and balanced
@@ -61,6 +61,8 @@ __all__ = [
 
 #: GCV grid: λ = mean eigenvalue × 10^k for these exponents k.
 PENALTY_EXPONENTS = torch.linspace(-6.0, 2.0, 33, dtype=torch.float64)
+#: Inner-fold grid: λ = (mean eigenvalue per sample) × n_train × 10^k for these exponents k.
+INNER_EXPONENTS = torch.linspace(-5.0, 2.0, 15, dtype=torch.float64)
 #: Replicates per chunk are chosen so that chunk × N stays under this many entries.
 _BOOTSTRAP_CHUNK_ENTRIES = 4_000_000
 
@@ -209,12 +211,8 @@ class Heads:
     penalty: torch.Tensor  # (S, T) the λ chosen by GCV
 
 
-def _fit_heads(stats: FoldStatistics, exponents: torch.Tensor = PENALTY_EXPONENTS) -> Heads:
-    """Ridge heads for every training set (slice) of ``stats`` and every column, λ by GCV.
-
-    See the module docstring for the GCV rule. ``stats`` holds training-set statistics
-    (e.g. :meth:`FoldStatistics.training_sets`), not per-fold ones.
-    """
+def _centred(stats: FoldStatistics):
+    """Counts, means, centred scatter XᵀX − n x̄x̄ᵀ, centred cross-moments and target sums of squares."""
     n = stats.count.clamp_min(1.0)  # (S,)
     mean_x = stats.sum_x / n[:, None]  # (S, D)
     mean_y = stats.sum_y / n[:, None]  # (S, T)
@@ -222,23 +220,89 @@ def _fit_heads(stats: FoldStatistics, exponents: torch.Tensor = PENALTY_EXPONENT
     scatter = 0.5 * (scatter + scatter.transpose(1, 2))
     cross = stats.cross - n[:, None, None] * mean_x[:, :, None] * mean_y[:, None, :]  # (S, D, T)
     yy = (stats.sum_yy - n[:, None] * mean_y**2).clamp_min(0.0)  # (S, T)
+    return n, mean_x, mean_y, scatter, cross, yy
 
+
+def _inner_fold_penalty(fold_stats: FoldStatistics, exponents: torch.Tensor = INNER_EXPONENTS) -> torch.Tensor | None:
+    """Per training set and column, the ridge λ with the least error on held-out *identities*.
+
+    For the training set that leaves out fold f (and for all data), every other fold g in
+    turn is held out: heads are fitted on the remaining folds for each λ of the grid and
+    their squared error on fold g is computed from g's sufficient statistics,
+    SSE = Σy² − 2(wᵀXᵀy + bΣy) + wᵀXᵀXw + 2b wᵀΣx + n b². The λ (per sample, relative to
+    the mean eigenvalue of the scatter) with the least summed SSE is chosen. Unlike GCV,
+    which approximates leave-one-image-out error, this never rewards memorising identities.
+    ``fold_stats`` holds per-fold statistics (F slices). Returns (F + 1, T), or ``None``
+    when fewer than 3 folds hold data (then GCV decides).
+    """
+    n_folds = fold_stats.count.shape[0]
+    present = [f for f in range(n_folds) if float(fold_stats.count[f]) > 0]
+    if len(present) < 3:
+        return None
+    total = [t.sum(0) for t in _astuple(fold_stats)]
+    per_fold = _astuple(fold_stats)
+    n_columns = fold_stats.sum_y.shape[1]
+    dim = fold_stats.sum_x.shape[1]
+    steps = 10.0 ** exponents.to(torch.float64)  # (L,)
+    penalty = torch.zeros(n_folds + 1, n_columns, dtype=torch.float64)
+    for outer in range(n_folds + 1):
+        left_out = [outer] if outer < n_folds else []
+        outer_train = [tot - sum(p[o] for o in left_out) if left_out else tot for tot, p in zip(total, per_fold)]
+        n_outer, _, _, scatter_outer, _, _ = _centred(FoldStatistics(*(t[None] for t in outer_train)))
+        per_sample = (torch.diagonal(scatter_outer[0]).sum() / dim / n_outer[0]).clamp_min(torch.finfo(torch.float64).tiny)
+        inner = [g for g in present if g not in left_out]
+        train = FoldStatistics(*(torch.stack([o - p[g] for g in inner]) for o, p in zip(outer_train, per_fold)))
+        n, mean_x, mean_y, scatter, cross, _ = _centred(train)
+        eigval, eigvec = torch.linalg.eigh(scatter)
+        eigval = eigval.clamp_min(0.0)
+        lam = per_sample * n[:, None] * steps[None, :]  # (G, L)
+        proj = eigvec.transpose(1, 2) @ cross  # (G, D, T)
+        weight = eigvec[:, None] @ (proj[:, None] / (eigval[:, None, :, None] + lam[:, :, None, None]))  # (G, L, D, T)
+        bias = mean_y[:, None, :] - torch.einsum("gd,gldt->glt", mean_x, weight)  # (G, L, T)
+        sse = torch.zeros(len(steps), n_columns, dtype=torch.float64)
+        for i, g in enumerate(inner):
+            w, b = weight[i], bias[i]
+            quad = torch.einsum("ldt,ldt->lt", w, fold_stats.gram[g] @ w)
+            sse += (
+                fold_stats.sum_yy[g]
+                - 2 * (torch.einsum("dt,ldt->lt", fold_stats.cross[g], w) + b * fold_stats.sum_y[g])
+                + quad
+                + 2 * b * torch.einsum("d,ldt->lt", fold_stats.sum_x[g], w)
+                + fold_stats.count[g] * b**2
+            )
+        best = sse.argmin(0)  # (T,)
+        penalty[outer] = per_sample * n_outer[0] * steps[best]
+    return penalty
+
+
+def _astuple(stats: FoldStatistics) -> tuple[torch.Tensor, ...]:
+    return (stats.count, stats.sum_x, stats.gram, stats.sum_y, stats.cross, stats.sum_yy)
+
+
+def _fit_heads(stats: FoldStatistics, exponents: torch.Tensor = PENALTY_EXPONENTS, penalty: torch.Tensor | None = None) -> Heads:
+    """Ridge heads for every training set (slice) of ``stats`` and every column.
+
+    ``penalty`` (S, T) gives λ (see :func:`_inner_fold_penalty`); without it, λ is chosen
+    by GCV (see the module docstring). ``stats`` holds training-set statistics (e.g.
+    :meth:`FoldStatistics.training_sets`), not per-fold ones.
+    """
+    n, mean_x, mean_y, scatter, cross, yy = _centred(stats)
     eigval, eigvec = torch.linalg.eigh(scatter)
     eigval = eigval.clamp_min(0.0)  # (S, D)
     proj = eigvec.transpose(1, 2) @ cross  # (S, D, T)
-    d = eigval.shape[1]
-    scale = (eigval.sum(1) / d).clamp_min(torch.finfo(torch.float64).tiny)  # (S,)
-    grid = scale[:, None] * (10.0 ** exponents.to(torch.float64))[None, :]  # (S, L)
-
-    denom = eigval[:, None, :] + grid[:, :, None]  # (S, L, D)
-    shrink = (eigval[:, None, :] + 2 * grid[:, :, None]) / denom**2  # (S, L, D)
-    rss = (yy[:, None, :] - torch.einsum("sld,sdt->slt", shrink, proj**2)).clamp_min(0.0)  # (S, L, T)
-    dof = 1.0 + (eigval[:, None, :] / denom).sum(2)  # (S, L)
-    residual_dof = n[:, None] - dof
-    gcv = n[:, None, None] * rss / residual_dof[:, :, None].clamp_min(1e-12) ** 2
-    gcv = torch.where((residual_dof > 0.5)[:, :, None], gcv, torch.full_like(gcv, math.inf))
-    best = gcv.argmin(1)  # (S, T)
-    penalty = torch.gather(grid, 1, best)  # (S, T)
+    if penalty is None:
+        d = eigval.shape[1]
+        scale = (eigval.sum(1) / d).clamp_min(torch.finfo(torch.float64).tiny)  # (S,)
+        grid = scale[:, None] * (10.0 ** exponents.to(torch.float64))[None, :]  # (S, L)
+        denom = eigval[:, None, :] + grid[:, :, None]  # (S, L, D)
+        shrink = (eigval[:, None, :] + 2 * grid[:, :, None]) / denom**2  # (S, L, D)
+        rss = (yy[:, None, :] - torch.einsum("sld,sdt->slt", shrink, proj**2)).clamp_min(0.0)  # (S, L, T)
+        dof = 1.0 + (eigval[:, None, :] / denom).sum(2)  # (S, L)
+        residual_dof = n[:, None] - dof
+        gcv = n[:, None, None] * rss / residual_dof[:, :, None].clamp_min(1e-12) ** 2
+        gcv = torch.where((residual_dof > 0.5)[:, :, None], gcv, torch.full_like(gcv, math.inf))
+        best = gcv.argmin(1)  # (S, T)
+        penalty = torch.gather(grid, 1, best)  # (S, T)
 
     weight = eigvec @ (proj / (eigval[:, :, None] + penalty[:, None, :]))  # (S, D, T)
     bias = mean_y - torch.einsum("sd,sdt->st", mean_x, weight)
@@ -598,7 +662,13 @@ def analyze_embeddings(
             t.reason = _check_definable(t, train.columns(local), held_out_folds, labels[t.attribute.name])
             if t.reason is None and t.attribute.kind == "categorical":
                 warnings += _unseen_class_warnings(t.attribute, train.sum_y[:, local], held_out_folds)
-        heads = _fit_heads(train)
+        heads = _fit_heads(train, penalty=_inner_fold_penalty(stats))
+        # Discrete columns score without the training prior ȳ in the intercept: pooled over folds,
+        # that term is anti-correlated with each held-out fold's labels (a fold rich in positives
+        # leaves a training set poor in them), which drags a signal-free attribute below AUROC 0.5.
+        discrete = torch.tensor([t.attribute.discrete for t in members for _ in range(t.cols.numel())])
+        prior = train.sum_y / train.count.clamp_min(1.0)[:, None]
+        heads.bias = heads.bias - torch.where(discrete[None, :], prior, torch.zeros_like(prior))
         weight[:, :, cols], bias[:, cols], penalty[:, cols] = heads.weight, heads.bias, heads.penalty
         midpoint[:, cols] = _class_midpoints(train, heads)
 
