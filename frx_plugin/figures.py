@@ -29,7 +29,7 @@ def plot_leakage_history(records: Sequence[dict[str, Any]], path: Path, title: s
     has_tar = any(r.get("verification") for r in records)
     fig, axes = plt.subplots(1, len(panels) + has_tar, figsize=(5.2 * (len(panels) + has_tar), 4.2), squeeze=False)
     axes = axes[0]
-    cmap = plt.get_cmap("tab20")
+    cmap = plt.get_cmap("tab10")
 
     def series(name: str, key: str) -> list[float]:
         out = []
@@ -42,8 +42,9 @@ def plot_leakage_history(records: Sequence[dict[str, Any]], path: Path, title: s
     for ax, group in zip(axes, panels):
         members = [n for n in names if groups[n] == group]
         for i, name in enumerate(members):
-            color = cmap(i % 20)
-            ax.plot(epochs, series(name, "leakage"), marker="o", ms=3, color=color, label=name)
+            color = cmap(i % 10)
+            style = "-" if i < 10 else "--"
+            ax.plot(epochs, series(name, "leakage"), style, marker="o", ms=3, color=color, label=name)
             ax.fill_between(epochs, series(name, "leakage_low"), series(name, "leakage_high"), color=color, alpha=0.12)
         ax.set_title(f"{group} attributes")
         ax.set_xlabel("epoch (0 = before training)")

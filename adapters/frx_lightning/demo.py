@@ -23,11 +23,11 @@ from frx_plugin.report import Report
 from frx_plugin.synthetic import SyntheticFaceDataset, SyntheticFaceWorld, SyntheticProbeSet
 
 DEMO_DEFAULTS: dict[str, Any] = {
-    "epochs": 8,
-    "identities": 200,
+    "epochs": 12,
+    "identities": 500,
     "images_per_identity": 20,
-    "probe_identities": 100,
-    "probe_images_per_identity": 10,
+    "probe_identities": 400,
+    "probe_images_per_identity": 4,
     "size": 64,
     "batch_size": 64,
     "lr": 0.1,
