@@ -130,7 +130,6 @@ def run_demo(options: dict[str, Any]) -> int:
         raise ValueError("frx demo: --identities must be at least 2")
     out = Path(opts["out"])
     seed_everything(opts["seed"], workers=True, verbose=False)
-    torch.set_float32_matmul_precision("high")
 
     train_world = SyntheticFaceWorld(opts["identities"], opts["images_per_identity"], seed=opts["seed"], size=opts["size"])
     probe = SyntheticProbeSet(
