@@ -78,6 +78,16 @@ def test_default_embed_names_a_bad_model_output(fresh_plugins):
         embed_probe_set(torch.nn.Identity(), probe)
 
 
+def _install_distribution(folder, monkeypatch, name, entry_point):
+    """A real installed distribution (a .dist-info on sys.path) with one entry point in the frx group."""
+    dist = folder / f"{name.replace('-', '_')}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[frx]\n{entry_point}\n")
+    monkeypatch.syspath_prepend(str(folder))
+    importlib.invalidate_caches()
+
+
 def test_entry_points_load_once_lazily_and_can_be_disabled(fresh_plugins, tmp_path, monkeypatch):
     # a real installed distribution with an entry point in the frx group, built in a temporary folder
     pkg = tmp_path / "frx_test_plugin.py"
@@ -94,12 +104,7 @@ def test_entry_points_load_once_lazily_and_can_be_disabled(fresh_plugins, tmp_pa
             """
         )
     )
-    dist = tmp_path / "frx_test_plugin-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: frx-test-plugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[frx]\ntestplugin = frx_test_plugin\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    importlib.invalidate_caches()
+    _install_distribution(tmp_path, monkeypatch, "frx-test-plugin", "testplugin = frx_test_plugin")
 
     monkeypatch.setenv("FRX_DISABLE_PLUGIN_AUTOLOAD", "1")
     assert "from-entry-point" not in plugins.backbones()
@@ -116,12 +121,7 @@ def test_entry_points_load_once_lazily_and_can_be_disabled(fresh_plugins, tmp_pa
 
 
 def test_a_broken_entry_point_is_skipped_with_a_warning(fresh_plugins, tmp_path, monkeypatch):
-    dist = tmp_path / "frx_broken-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: frx-broken\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[frx]\nbroken = frx_module_that_does_not_exist\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    importlib.invalidate_caches()
+    _install_distribution(tmp_path, monkeypatch, "frx-broken", "broken = frx_module_that_does_not_exist")
     with pytest.warns(RuntimeWarning, match="'broken'.*could not be loaded"):
         get_plugin_manager()
     assert "broken" in plugins.failed_plugins()

@@ -13,6 +13,7 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score, r2_score as sk_r2_score, roc_auc_score
 
+from benchmarks.analysis_speed import world as mixed_world
 from frx_plugin.attributes import Attribute, AttributeSchema, SchemaError
 from frx_plugin.recovery import (
     AnalysisError,
@@ -479,28 +480,7 @@ def test_epoch_sized_pass_with_mixed_kinds_and_missing_labels():
     Every attribute carries a planted signal, so every one must come out leaked. (Its speed is
     measured in benchmarks/analysis_speed.py, not here.)
     """
-    g = torch.Generator().manual_seed(0)
-    n, dim = 2000, 128
-    z = torch.randn(n, dim, generator=g)
-    identity = torch.arange(n) // 10
-    attributes, labels = [], {}
-    for k in range(19):
-        kind = ("binary", "categorical", "continuous")[k % 3]
-        if kind == "binary":
-            value = torch.randint(0, 2, (n,), generator=g)
-            attributes.append(Attribute(f"a{k}", kind))
-        elif kind == "categorical":
-            value = torch.randint(0, 5, (n,), generator=g)
-            attributes.append(Attribute(f"a{k}", kind, classes=tuple("abcde")))
-        else:
-            value = torch.randn(n, generator=g)
-            attributes.append(Attribute(f"a{k}", kind))
-        z[:, k] += 0.5 * value.float()
-        if k % 3 == 0:
-            gaps = torch.rand(n, generator=g) < 0.1
-            value = torch.where(gaps, -1 if kind != "continuous" else math.nan, value)
-        labels[f"a{k}"] = value
-    schema = AttributeSchema(attributes)
+    z, identity, labels, schema = mixed_world(2000, 128)
     report = analyze_embeddings(z, identity, labels, schema)
     assert all(a.reason is None for a in report.leakage)
     assert all(a.leakage_low > 0.05 for a in report.leakage), [(a.name, a.leakage_low) for a in report.leakage]
