@@ -5,12 +5,15 @@ Framework-free; the adapters decide when a pass runs and where its numbers go.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from frx_plugin.history import atomic_write_text
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet
 from frx_plugin.recovery import analyze_embeddings
@@ -103,3 +106,65 @@ def scalar_metrics(report: Report) -> dict[str, float]:
     if report.verification is not None:
         out[f"frx/verification/tar_at_fmr_{report.verification.fmr:g}"] = report.verification.tar
     return {k: float(v) for k, v in out.items() if not math.isnan(float(v))}
+
+
+ANALYSIS_FORMAT = "frx.analysis/1"
+CSV_COLUMNS = ("name", "kind", "group", "metric", "value", "low", "high", "leakage", "leakage_low", "leakage_high", "balanced_accuracy", "n", "reason")
+
+
+def analyze_file(
+    path: str | Path,
+    *,
+    attributes: list[str] | None = None,
+    config: AnalysisConfig = AnalysisConfig(),
+    out_dir: str | Path | None = None,
+) -> Report:
+    """Leakage of every attribute of an embedding-set file (and verification on its pairs).
+
+    Leakage is measured on the embeddings as stored (frx writes L2-normalised ones, DESIGN.md
+    §2); verification compares their cosines. With ``out_dir``, writes ``out_dir/analysis.json``
+    atomically. The importable twin of ``frx analyze``.
+    """
+    from frx_plugin.embedding_set import EmbeddingSet
+
+    dataset = EmbeddingSet(path, attributes)
+    embeddings, identity, labels = dataset.read()
+    report = analyze_embeddings(
+        embeddings, identity, labels, dataset.schema, n_folds=config.n_folds, n_bootstrap=config.n_bootstrap, seed=config.seed
+    )
+    try:
+        report.verification = verification(torch.nn.functional.normalize(embeddings, dim=1), identity, fmr=config.fmr)
+    except ValueError as exc:  # e.g. one image per identity: no genuine pairs; leakage is still defined
+        report.warnings.append(f"verification skipped: {exc}")
+    if out_dir is not None:
+        document = {"format": ANALYSIS_FORMAT, "source": str(path), "options": config.to_json(), **report.to_record()}
+        atomic_write_text(Path(out_dir) / "analysis.json", json.dumps(document, indent=1, allow_nan=False))
+    return report
+
+
+def leakage_rows(report: Report) -> list[dict[str, Any]]:
+    """One flat row per attribute (the CSV columns)."""
+    rows = []
+    for item in report.leakage:
+        record = item.to_record()
+        record["balanced_accuracy"] = record.pop("extra", {}).get("balanced_accuracy")
+        rows.append({key: record.get(key) for key in CSV_COLUMNS})
+    return rows
+
+
+def format_leakage_table(report: Report) -> str:
+    """A terminal table of a report: metric with its interval and normalised leakage, per attribute."""
+
+    def fmt(v: float) -> str:
+        return "   nan" if v is None or math.isnan(v) else f"{v:6.3f}"
+
+    lines = [f"{'attribute':<16} {'group':<9} {'kind':<11} {'metric':<6} {'value (95% CI)':<24} {'leakage ℓ':>9}", "-" * 80]
+    for item in report.leakage:
+        ci = f"{fmt(item.value)} [{fmt(item.low).strip()}, {fmt(item.high).strip()}]"
+        line = f"{item.name:<16} {item.group or '':<9} {item.kind:<11} {item.metric:<6} {ci:<24} {fmt(item.leakage):>9}"
+        lines.append(line + (f"  ({item.reason})" if item.reason else ""))
+    if report.verification is not None:
+        v = report.verification
+        lines.append(f"verification: TAR {v.tar:.3f} at FMR {v.fmr:g} ({v.genuine_pairs:,} genuine, {v.impostor_pairs:,} impostor pairs)")
+    lines.append(f"{report.n_samples:,} samples, {report.n_identities:,} identities, {report.n_folds} identity-disjoint folds")
+    return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from frx_plugin import __version__
@@ -24,6 +25,28 @@ def _demo(args: argparse.Namespace) -> int:
         )
         return 2
     return int(code)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    import csv
+
+    from frx_plugin.analysis import CSV_COLUMNS, AnalysisConfig, analyze_file, format_leakage_table, leakage_rows
+
+    attributes = [a.strip() for a in args.attributes.split(",") if a.strip()] if args.attributes else None
+    config = AnalysisConfig(n_folds=args.folds, n_bootstrap=args.bootstrap, seed=args.seed, fmr=args.fmr)
+    report = analyze_file(args.embeddings, attributes=attributes, config=config, out_dir=args.out)
+    for message in report.warnings:
+        print(f"frx analyze: warning: {message}", file=sys.stderr)
+    if args.format == "json":
+        print((Path(args.out) / "analysis.json").read_text(encoding="utf-8"))
+    elif args.format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(leakage_rows(report))
+    else:
+        print(format_leakage_table(report))
+        print(f"wrote {Path(args.out) / 'analysis.json'}")
+    return 0
 
 
 def _plugins(args: argparse.Namespace) -> int:
@@ -59,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-bootstrap", type=int, default=None, help="bootstrap replicates for the intervals (default 200)")
     demo.set_defaults(func=_demo)
 
+    analyze = sub.add_parser("analyze", help="leakage of every attribute in an embedding-set file (.safetensors)")
+    analyze.add_argument("--embeddings", required=True, help="embedding-set file (see DESIGN.md: embeddings, identity, attr.<name>)")
+    analyze.add_argument("--out", required=True, help="output folder for analysis.json")
+    analyze.add_argument("--folds", type=int, default=5, help="identity-disjoint folds (default 5)")
+    analyze.add_argument("--seed", type=int, default=0, help="seed of the folds and the bootstrap (default 0)")
+    analyze.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates over identities (default 200)")
+    analyze.add_argument("--fmr", type=float, default=1e-3, help="false-match rate of the verification threshold (default 1e-3)")
+    analyze.add_argument("--attributes", default=None, help="comma-separated attributes to include (default: all)")
+    analyze.add_argument("--format", choices=("table", "json", "csv"), default="table", help="what to print (default table)")
+    analyze.set_defaults(func=_analyze)
+
     plugins = sub.add_parser("plugins", help="list the loaded plugins, backbones and probe sets")
     plugins.set_defaults(func=_plugins)
     return parser
@@ -68,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
+    except (ValueError, FileNotFoundError, KeyError) as exc:  # SchemaError, AnalysisError, EmbeddingSetError are ValueErrors
         print(f"frx {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,161 @@
+"""The embedding-set file (DESIGN.md §5): the interchange format of ``frx analyze``.
+
+A ``.safetensors`` file with tensors ``embeddings`` (float32, N×D), ``identity`` (int64, N) and
+one ``attr.<name>`` per attribute (int64 with -1 for missing, or float32 with NaN for missing),
+and header metadata ``frx.attributes``: a JSON list of ``{"name", "kind", "classes"?, "group"?}``.
+
+The reader validates the header first (shapes, dtypes, metadata) without loading data, then
+streams rows in chunks, validating each chunk, so files larger than memory can be read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from frx_plugin.attributes import AttributeSchema, SchemaError
+from frx_plugin.history import atomic_write
+
+EMBEDDINGS = "embeddings"
+IDENTITY = "identity"
+ATTRIBUTE_PREFIX = "attr."
+METADATA_KEY = "frx.attributes"
+
+_FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+_INT_DTYPES = {"I8": torch.int8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64, "U8": torch.uint8}
+
+
+class EmbeddingSetError(ValueError):
+    """An embedding-set file that cannot be read as one; the message names the file and the field."""
+
+
+def write_embedding_set(
+    path: str | Path,
+    embeddings: torch.Tensor,
+    identity: torch.Tensor,
+    labels: Mapping[str, torch.Tensor],
+    schema: AttributeSchema,
+) -> Path:
+    """Write an embedding set atomically; inputs are validated as the reader would."""
+    path = Path(path)
+    if embeddings.ndim != 2:
+        raise EmbeddingSetError(f"{path}: embeddings must be N×D, got shape {tuple(embeddings.shape)}")
+    n = embeddings.shape[0]
+    if identity.ndim != 1 or identity.shape[0] != n or identity.dtype.is_floating_point:
+        raise EmbeddingSetError(f"{path}: identity must be {n} integers, got {identity.dtype} {tuple(identity.shape)}")
+    schema.validate(labels, n, source=str(path))
+    tensors = {EMBEDDINGS: embeddings.detach().to("cpu", torch.float32).contiguous(), IDENTITY: identity.detach().to("cpu", torch.int64).contiguous()}
+    for attribute in schema:
+        dtype = torch.int64 if attribute.discrete else torch.float32
+        tensors[ATTRIBUTE_PREFIX + attribute.name] = labels[attribute.name].detach().to("cpu", dtype).contiguous()
+    metadata = {METADATA_KEY: json.dumps(schema.to_json())}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return path
+
+
+class EmbeddingSet:
+    """An open embedding-set file: header validated on open, rows streamed by :meth:`chunks`."""
+
+    def __init__(self, path: str | Path, attributes: list[str] | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"no embedding set at {self.path}")
+        try:
+            with safe_open(str(self.path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                shapes = {key: (handle.get_slice(key).get_dtype(), handle.get_slice(key).get_shape()) for key in handle.keys()}
+        except Exception as exc:  # safetensors raises its own error type for a truncated or corrupted file
+            raise EmbeddingSetError(f"{self.path}: not a readable safetensors file ({exc})") from None
+        self.schema = self._schema(metadata, attributes)
+        self.n, self.dim = self._check_shapes(shapes)
+
+    # -- header ---------------------------------------------------------------------
+    def _schema(self, metadata: dict[str, str], attributes: list[str] | None) -> AttributeSchema:
+        if METADATA_KEY not in metadata:
+            raise EmbeddingSetError(f"{self.path}: header metadata has no {METADATA_KEY!r} (the JSON list of attributes)")
+        try:
+            schema = AttributeSchema.from_json(json.loads(metadata[METADATA_KEY]))
+        except (json.JSONDecodeError, SchemaError) as exc:
+            raise EmbeddingSetError(f"{self.path}: header field {METADATA_KEY!r} is invalid: {exc}") from None
+        if attributes is not None:
+            unknown = [a for a in attributes if a not in schema]
+            if unknown:
+                raise EmbeddingSetError(f"{self.path}: no attribute(s) {unknown}; the file has {list(schema.names)}")
+            schema = schema.select(attributes)
+        return schema
+
+    def _check_shapes(self, shapes: dict[str, tuple[str, list[int]]]) -> tuple[int, int]:
+        where = str(self.path)
+        if EMBEDDINGS not in shapes:
+            raise EmbeddingSetError(f"{where}: no tensor {EMBEDDINGS!r}")
+        dtype, shape = shapes[EMBEDDINGS]
+        if len(shape) != 2 or dtype not in _FLOAT_DTYPES:
+            raise EmbeddingSetError(f"{where}: tensor {EMBEDDINGS!r} must be a float N×D matrix, got {dtype} {shape}")
+        n, dim = shape
+        if IDENTITY not in shapes:
+            raise EmbeddingSetError(f"{where}: no tensor {IDENTITY!r}")
+        dtype, shape = shapes[IDENTITY]
+        if shape != [n] or dtype not in _INT_DTYPES:
+            raise EmbeddingSetError(f"{where}: tensor {IDENTITY!r} must be {n} integers, got {dtype} {shape}")
+        for attribute in self.schema:
+            key = ATTRIBUTE_PREFIX + attribute.name
+            if key not in shapes:
+                raise EmbeddingSetError(f"{where}: attribute {attribute.name!r} is declared but tensor {key!r} is missing")
+            dtype, shape = shapes[key]
+            if shape != [n]:
+                raise EmbeddingSetError(f"{where}: tensor {key!r} has shape {shape}, expected [{n}] (one label per embedding)")
+            allowed = _INT_DTYPES if attribute.discrete else _FLOAT_DTYPES
+            if dtype not in allowed:
+                want = "an integer dtype (-1 for missing)" if attribute.discrete else "a float dtype (NaN for missing)"
+                raise EmbeddingSetError(f"{where}: tensor {key!r} is {dtype}; a {attribute.kind} attribute needs {want}")
+        if n == 0:
+            raise EmbeddingSetError(f"{where}: the embedding set is empty")
+        return n, dim
+
+    # -- rows -----------------------------------------------------------------------
+    def chunks(self, chunk_size: int = 65536) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
+        """Yield ``(embeddings, identity, labels)`` for consecutive row ranges, each chunk validated."""
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        with safe_open(str(self.path), framework="pt") as handle:
+            slices = {key: handle.get_slice(key) for key in [EMBEDDINGS, IDENTITY] + [ATTRIBUTE_PREFIX + a for a in self.schema.names]}
+            for start in range(0, self.n, chunk_size):
+                stop = min(self.n, start + chunk_size)
+                z = slices[EMBEDDINGS][start:stop].to(torch.float32)
+                bad = ~torch.isfinite(z).all(1)
+                if bool(bad.any()):
+                    row = start + int(bad.nonzero()[0])
+                    raise EmbeddingSetError(
+                        f"{self.path}: tensor {EMBEDDINGS!r} has NaN or infinite values in {int(bad.sum())} rows of "
+                        f"{start}..{stop - 1} (first: row {row}); a diverged model?"
+                    )
+                identity = slices[IDENTITY][start:stop].to(torch.int64)
+                labels = {}
+                for attribute in self.schema:
+                    raw = slices[ATTRIBUTE_PREFIX + attribute.name][start:stop]
+                    labels[attribute.name] = raw.to(torch.int64 if attribute.discrete else torch.float32)
+                try:
+                    self.schema.validate(labels, stop - start, source=f"{self.path} rows {start}..{stop - 1}")
+                except SchemaError as exc:
+                    raise EmbeddingSetError(str(exc)) from None
+                yield z, identity, labels
+
+    def read(self, chunk_size: int = 65536) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """All rows at once (validated chunk by chunk)."""
+        parts = list(self.chunks(chunk_size))
+        z = torch.cat([p[0] for p in parts])
+        identity = torch.cat([p[1] for p in parts])
+        labels = {name: torch.cat([p[2][name] for p in parts]) for name in self.schema.names}
+        return z, identity, labels
+
+
+def read_embedding_set(path: str | Path, attributes: list[str] | None = None):
+    """``(embeddings, identity, labels, schema)`` of a validated embedding-set file."""
+    dataset = EmbeddingSet(path, attributes)
+    z, identity, labels = dataset.read()
+    return z, identity, labels, dataset.schema

@@ -1,0 +1,162 @@
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from frx_plugin.analysis import AnalysisConfig, analyze_file
+from frx_plugin.attributes import Attribute, AttributeSchema
+from frx_plugin.embedding_set import EmbeddingSet, EmbeddingSetError, read_embedding_set, write_embedding_set
+from tests.test_recovery import bayes_binary, bayes_continuous, planted_world
+
+SCHEMA = AttributeSchema(
+    [
+        Attribute("glasses", "binary", group="nuisance"),
+        Attribute("hair", "categorical", classes=("black", "blond", "red"), group="identity"),
+        Attribute("yaw", "continuous", group="nuisance"),
+    ]
+)
+
+
+def small_set(n_identities=30, per_identity=4, dim=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = n_identities * per_identity
+    identity = torch.arange(n) // per_identity
+    labels = {
+        "glasses": torch.randint(0, 2, (n,), generator=g),
+        "hair": torch.randint(0, 3, (n_identities,), generator=g)[identity],
+        "yaw": torch.randn(n, generator=g),
+    }
+    z = torch.randn(n, dim, generator=g)
+    z[:, 0] += 2.0 * labels["glasses"]
+    return z, identity, labels
+
+
+def test_round_trip_and_chunked_reading_agree(tmp_path):
+    z, identity, labels = small_set()
+    labels["glasses"][3] = -1
+    labels["yaw"][5] = math.nan
+    path = write_embedding_set(tmp_path / "set.safetensors", z, identity, labels, SCHEMA)
+    # the file is plain safetensors in the documented layout
+    raw = load_file(str(path))
+    assert set(raw) == {"embeddings", "identity", "attr.glasses", "attr.hair", "attr.yaw"}
+    assert raw["attr.hair"].dtype == torch.int64 and raw["attr.yaw"].dtype == torch.float32
+    z2, identity2, labels2, schema = read_embedding_set(path)
+    assert schema == SCHEMA
+    assert torch.equal(z2, z) and torch.equal(identity2, identity)
+    assert torch.equal(labels2["glasses"], labels["glasses"])
+    assert torch.equal(torch.isnan(labels2["yaw"]), torch.isnan(labels["yaw"]))
+    chunks = list(EmbeddingSet(path).chunks(chunk_size=7))
+    assert len(chunks) == math.ceil(len(z) / 7)
+    assert torch.equal(torch.cat([c[0] for c in chunks]), z)
+
+
+def _write_raw(path, tensors, schema_json):
+    metadata = {} if schema_json is None else {"frx.attributes": schema_json}
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def _valid_tensors():
+    z, identity, labels = small_set()
+    return {"embeddings": z, "identity": identity, "attr.glasses": labels["glasses"], "attr.hair": labels["hair"], "attr.yaw": labels["yaw"]}
+
+
+SCHEMA_JSON = json.dumps(SCHEMA.to_json())
+
+
+@pytest.mark.parametrize(
+    "change,schema_json,message",
+    [
+        (lambda t: t, None, "header metadata has no 'frx.attributes'"),
+        (lambda t: t, "[{\"name\": \"x\"}]", "header field 'frx.attributes' is invalid"),
+        (lambda t: t.pop("attr.yaw"), SCHEMA_JSON, "attribute 'yaw' is declared but tensor 'attr.yaw' is missing"),
+        (lambda t: t.update({"attr.hair": t["attr.hair"][:-1]}), SCHEMA_JSON, "tensor 'attr.hair' has shape \\[119\\], expected \\[120\\]"),
+        (lambda t: t.update({"attr.glasses": t["attr.glasses"].float()}), SCHEMA_JSON, "tensor 'attr.glasses' is F32; a binary attribute needs an integer"),
+        (lambda t: t.update({"attr.yaw": t["attr.hair"].clone()}), SCHEMA_JSON, "tensor 'attr.yaw' is I64; a continuous attribute needs a float"),
+        (lambda t: t.pop("identity"), SCHEMA_JSON, "no tensor 'identity'"),
+        (lambda t: t.update({"embeddings": t["embeddings"][:, 0].contiguous()}), SCHEMA_JSON, "tensor 'embeddings' must be a float N×D matrix"),
+    ],
+)
+def test_bad_headers_are_named(tmp_path, change, schema_json, message):
+    tensors = _valid_tensors()
+    change(tensors)
+    path = _write_raw(tmp_path / "bad.safetensors", tensors, schema_json)
+    with pytest.raises(EmbeddingSetError, match=message) as info:
+        EmbeddingSet(path)
+    assert "bad.safetensors" in str(info.value)
+
+
+def test_bad_rows_are_found_while_streaming(tmp_path):
+    tensors = _valid_tensors()
+    tensors["attr.hair"][100] = 7
+    path = _write_raw(tmp_path / "labels.safetensors", tensors, SCHEMA_JSON)
+    with pytest.raises(EmbeddingSetError, match=r"rows 96\.\.119: attribute 'hair': label 7 out of range; categorical labels are 0\.\.2"):
+        list(EmbeddingSet(path).chunks(32))
+    tensors = _valid_tensors()
+    tensors["embeddings"][50, 2] = math.inf
+    path = _write_raw(tmp_path / "nan.safetensors", tensors, SCHEMA_JSON)
+    with pytest.raises(EmbeddingSetError, match="NaN or infinite values in 1 rows of 32..63 \\(first: row 50\\)"):
+        EmbeddingSet(path).read(chunk_size=32)
+
+
+def test_truncated_file_and_unknown_attribute(tmp_path):
+    z, identity, labels = small_set()
+    path = write_embedding_set(tmp_path / "set.safetensors", z, identity, labels, SCHEMA)
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(EmbeddingSetError, match="cut.safetensors: not a readable safetensors file"):
+        EmbeddingSet(cut)
+    with pytest.raises(EmbeddingSetError, match=r"no attribute\(s\) \['smile'\]; the file has \['glasses', 'hair', 'yaw'\]"):
+        EmbeddingSet(path, attributes=["smile"])
+
+
+def _frx(*args):
+    return subprocess.run([sys.executable, "-m", "frx_plugin", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_frx_analyze_reaches_the_analytic_values(tmp_path):
+    """The planted-signal check of the recovery tests, through the file format and the command."""
+    z, identity, labels, schema = planted_world(seed=5, dim=64)
+    path = write_embedding_set(tmp_path / "planted.safetensors", z, identity, labels, schema)
+    proc = _frx("analyze", "--embeddings", str(path), "--out", str(tmp_path / "out"), "--format", "json", "--bootstrap", "50")
+    assert proc.returncode == 0, proc.stderr
+    printed = json.loads(proc.stdout)
+    written = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    assert printed == written and written["format"] == "frx.analysis/1"
+    values = {a["name"]: a for a in written["attributes"]}
+    assert abs(values["smile"]["value"] - bayes_binary()) < 0.01
+    assert abs(values["yaw"]["value"] - bayes_continuous()) < 0.01
+    assert values["smile"]["metric"] == "auroc" and values["yaw"]["metric"] == "r2"
+    # the importable function gives the same numbers
+    report = analyze_file(path, config=AnalysisConfig(n_bootstrap=50))
+    assert report["smile"].value == pytest.approx(values["smile"]["value"], abs=1e-12)
+
+
+def test_frx_analyze_csv_table_options_and_skipped_attribute(tmp_path):
+    z, identity, labels = small_set()
+    labels["yaw"][:] = math.nan  # an all-missing attribute: skipped with a reason, the rest analysed
+    path = write_embedding_set(tmp_path / "set.safetensors", z, identity, labels, SCHEMA)
+    proc = _frx("analyze", "--embeddings", str(path), "--out", str(tmp_path / "o"), "--format", "csv", "--folds", "3", "--attributes", "glasses,yaw")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("name,kind,group,metric,value,low,high,leakage")
+    assert [line.split(",")[0] for line in lines[1:]] == ["glasses", "yaw"]
+    assert "warning: attribute 'yaw'" in proc.stderr
+    written = json.loads((tmp_path / "o" / "analysis.json").read_text())
+    assert written["n_folds"] == 3
+    yaw = next(a for a in written["attributes"] if a["name"] == "yaw")
+    assert yaw["value"] is None and yaw["reason"]
+    glasses = next(a for a in written["attributes"] if a["name"] == "glasses")
+    assert glasses["value"] > 0.8  # planted: z₀ += 2·glasses
+    table = _frx("analyze", "--embeddings", str(path), "--out", str(tmp_path / "t"))
+    assert table.returncode == 0 and "glasses" in table.stdout and "identity-disjoint folds" in table.stdout
+
+
+def test_frx_analyze_errors_name_the_file(tmp_path):
+    proc = _frx("analyze", "--embeddings", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path))
+    assert proc.returncode == 2 and "no embedding set at" in proc.stderr and "missing.safetensors" in proc.stderr
+    assert "Traceback" not in proc.stderr
