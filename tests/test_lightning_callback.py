@@ -127,3 +127,16 @@ def test_on_error_raise_stops_the_run(tmp_path):
     callback = AttributeRecoveryCallback(make_probe(), out_dir=tmp_path, n_bootstrap=0, on_error="raise")
     with pytest.raises(Exception, match="NaN"):
         _trainer(tmp_path, [callback], 3).fit(TinyFaceModule(nan_after_epoch=1), make_train_loader())
+
+
+def test_an_unwritable_history_folder_does_not_stop_training(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the history folder should be")
+    callback = AttributeRecoveryCallback(make_probe(), out_dir=blocker, n_bootstrap=0)
+    with pytest.warns(UserWarning, match="epoch 0 failed"):
+        trainer = _trainer(tmp_path, [callback], 1)
+        trainer.fit(TinyFaceModule(), make_train_loader())
+    assert trainer.current_epoch == 1
+    # nothing computed is lost: the passes stay in the callback's state (and so in checkpoints)
+    assert callback.history.epochs == [0, 1]
+    assert len(callback.failures) == 2

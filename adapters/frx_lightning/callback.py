@@ -117,24 +117,27 @@ class AttributeRecoveryCallback(Callback):
                 len(self.probe),
             )
             report = analyze_probe(embeddings, self.probe, self.config)
+            report.epoch, report.global_step = epoch, trainer.global_step
+            self.last_report = report
+            self.history.add(report.to_record(), report.tensors)
+            for message in report.warnings:
+                rank_zero_warn(f"frx (epoch {epoch}): {message}")
+            if trainer.is_global_zero:
+                self._publish(trainer, report, epoch)
         except Exception as exc:
             if self.on_error == "raise":
                 raise
             self.failures.append({"epoch": epoch, "global_step": trainer.global_step, "error": f"{type(exc).__name__}: {exc}"})
             rank_zero_warn(f"frx: the analysis pass at epoch {epoch} failed and is skipped; training goes on. {type(exc).__name__}: {exc}")
-            return
-        report.epoch, report.global_step = epoch, trainer.global_step
-        self.last_report = report
-        self.history.add(report.to_record(), report.tensors)
-        for message in report.warnings:
-            rank_zero_warn(f"frx (epoch {epoch}): {message}")
-        if trainer.is_global_zero:
-            self.history.write()
-            metrics = scalar_metrics(report)
-            for logger in trainer.loggers:
-                logger.log_metrics(dict(metrics, **{"frx/epoch": float(epoch)}), step=trainer.global_step)
-            get_plugin_manager().hook.frx_analysis_completed(
-                report=report,
-                context={"epoch": epoch, "global_step": trainer.global_step, "out_dir": str(self.out_dir), "framework": "lightning"},
-            )
         trainer.strategy.barrier("frx_history_written")
+
+    def _publish(self, trainer: Trainer, report: Report, epoch: int) -> None:
+        """Global-zero only: write the history, log the scalars, tell the sinks."""
+        self.history.write()
+        metrics = dict(scalar_metrics(report), **{"frx/epoch": float(epoch)})
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        get_plugin_manager().hook.frx_analysis_completed(
+            report=report,
+            context={"epoch": epoch, "global_step": trainer.global_step, "out_dir": str(self.out_dir), "framework": "lightning"},
+        )
