@@ -3,8 +3,9 @@
 The fast path of an analysis pass, run every epoch. Plain functions on tensors:
 
 ``identity_folds``      identity-disjoint folds (every identity on one side of each split)
-``_fold_statistics``    per-fold sufficient statistics XᵀX, XᵀY, Σx, Σy, Σy², n (what a DDP
-                        version all-reduces; a training set's statistics are total − fold)
+``_fold_statistics``    per-fold sufficient statistics XᵀX, XᵀY, Σx, Σy, Σy², n, accumulated by the
+                        torchmetrics metric ``frx_plugin.metrics.ProbeStatistics`` (which
+                        all-reduces them under DDP); a training set's statistics are total − fold
 ``_fit_heads``          closed-form ridge heads for all target columns at once, penalty by GCV
 ``auroc`` / ``balanced_accuracy`` / ``r2_score``
                         exact metrics, weighted by a (B, N) matrix of bootstrap weights at once
@@ -177,26 +178,6 @@ def _fold_statistics(x: torch.Tensor, y: torch.Tensor, folds: torch.Tensor, n_fo
         cross[f] = xf.T @ yf
         sum_yy[f] = (yf * yf).sum(0)
     return FoldStatistics(count, sum_x, gram, sum_y, cross, sum_yy)
-
-
-def _masked_statistics(
-    shared: FoldStatistics, x: torch.Tensor, folds: torch.Tensor, n_folds: int, missing: torch.Tensor, cols: torch.Tensor
-) -> FoldStatistics:
-    """Statistics over the labelled rows only, for the columns ``cols`` (zero on missing rows).
-
-    Because the targets are zero on missing rows, XᵀY, Σy and Σy² of all rows already equal
-    those of the labelled rows; only XᵀX, Σx and n change. They are computed from the
-    missing rows (subtracted) or the labelled rows (directly), whichever are fewer.
-    """
-    out = shared.columns(cols)
-    n_missing = int(missing.sum())
-    if n_missing * 2 <= missing.numel():
-        rows = missing.nonzero().squeeze(1)
-        gone = _fold_statistics(x[rows], x.new_zeros(rows.numel(), 0), folds[rows], n_folds)
-        return FoldStatistics(out.count - gone.count, out.sum_x - gone.sum_x, out.gram - gone.gram, out.sum_y, out.cross, out.sum_yy)
-    rows = (~missing).nonzero().squeeze(1)
-    kept = _fold_statistics(x[rows], x.new_zeros(rows.numel(), 0), folds[rows], n_folds)
-    return FoldStatistics(kept.count, kept.sum_x, kept.gram, out.sum_y, out.cross, out.sum_yy)
 
 
 # --------------------------------------------------------------------------- ridge heads
@@ -432,7 +413,7 @@ class _Target:
     reason: str | None = None
 
 
-def _build_targets(labels: Mapping[str, torch.Tensor], schema: AttributeSchema, n: int) -> tuple[torch.Tensor, list[_Target]]:
+def build_targets(labels: Mapping[str, torch.Tensor], schema: AttributeSchema, n: int) -> tuple[torch.Tensor, list[_Target]]:
     columns: list[torch.Tensor] = []
     targets: list[_Target] = []
     start = 0
@@ -632,8 +613,14 @@ def analyze_embeddings(
     schema.validate(labels, n)
     labels = {name: labels[name].detach().cpu() for name in schema.names}
 
-    y, targets = _build_targets(labels, schema, n)
-    shared = _fold_statistics(x, y, folds, n_folds)
+    from frx_plugin.metrics import ProbeStatistics  # the metric builds on this module's functions
+
+    y, targets = build_targets(labels, schema, n)
+    masked_names = [t.attribute.name for t in targets if not bool(t.labelled.all())]
+    # all rows are here, in this process: no cross-process reduction (sync_on_compute=False)
+    statistics = ProbeStatistics(schema, d, n_folds, masked_names, sync_on_compute=False)
+    statistics.update(x, folds, labels)
+    shared, masked = statistics.compute()
 
     # heads: one group sharing XᵀX for fully labelled attributes, one group per attribute with missing labels
     n_columns = y.shape[1]
@@ -649,7 +636,7 @@ def analyze_embeddings(
         groups.append((complete, shared.columns(cols)))
     for t in targets:
         if not bool(t.labelled.all()):
-            groups.append(([t], _masked_statistics(shared, x, folds, n_folds, ~t.labelled, t.cols)))
+            groups.append(([t], masked[t.attribute.name]))
     for members, stats in groups:
         train = stats.training_sets()
         cols = torch.cat([t.cols for t in members])
