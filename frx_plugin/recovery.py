@@ -36,15 +36,21 @@ accuracy with the threshold at the midpoint of the two training-class mean score
 equal-prior LDA cut, computed from the sufficient statistics); categorical — macro
 one-vs-rest AUROC over the classes present and balanced accuracy of the argmax of the C
 scores; continuous — R² = 1 − SSE/SST with SST around the mean of the evaluated labels.
-Intervals: percentile 95% intervals from a bootstrap over identities (identities drawn
-with replacement, each sample weighted by its identity's multiplicity).
+Intervals: percentile 95% intervals from a Poisson bootstrap over identities: in replicate
+r each identity gets a Poisson(1) multiplicity drawn from hash(seed, r, identity)
+(:func:`frx_plugin.randomness.poisson_bootstrap_weights`), carried by all its images — the
+streaming form of resampling identities with replacement, shared with
+:func:`frx_plugin.streaming.analyze_stream`.
+
+``fit_probe_heads`` turns pass-1 statistics into :class:`ProbeHeads` (heads, thresholds,
+score ranges, per-attribute reasons) for both the in-memory and the streaming scoring pass.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 
@@ -55,6 +61,9 @@ __all__ = [
     "AnalysisError",
     "identity_folds",
     "analyze_embeddings",
+    "fit_probe_heads",
+    "ProbeHeads",
+    "MetricEstimate",
     "auroc",
     "balanced_accuracy",
     "r2_score",
@@ -438,27 +447,30 @@ def _class_name(attribute: Attribute, index: int) -> str:
     return attribute.classes[index] if attribute.classes else str(index)
 
 
-def _check_definable(target: _Target, train_stats: FoldStatistics, folds_with_data: list[int], raw: torch.Tensor) -> str | None:
-    """Why this attribute's leakage is undefined (None if it is defined).
+def _reason_from_statistics(attribute: Attribute, per_fold: FoldStatistics, train: FoldStatistics, held_out_folds: list[int], n_rows: int) -> str | None:
+    """Why this attribute's leakage is undefined (None if it is defined), from statistics alone.
 
-    ``train_stats`` are the training-set statistics of this attribute's columns only.
+    ``per_fold`` / ``train``: per-fold (F slices) and training-set (F + 1 slices) statistics of
+    this attribute's labelled rows and target columns. Class counts are Σy of the 0/1 columns;
+    a continuous attribute's variance is Σy²/n − (Σy/n)², called constant below 10⁻¹² of Σy²/n
+    (the same rule as for each training part). ``n_rows``: all rows of the probe set.
     """
-    attribute = target.attribute
-    n_labelled = int(target.labelled.sum())
+    n_labelled = int(round(float(per_fold.count.sum())))
     if n_labelled == 0:
-        return f"no labelled samples (all {target.labelled.numel()} labels missing); {'AUROC' if attribute.discrete else 'R²'} undefined"
-    values = raw[target.labelled]
+        return f"no labelled samples (all {n_rows} labels missing); {'AUROC' if attribute.discrete else 'R²'} undefined"
+    totals = per_fold.sum_y.sum(0)
     if attribute.discrete:
-        present = torch.unique(values).tolist()
+        counts = [n_labelled - float(totals[0]), float(totals[0])] if attribute.kind == "binary" else totals.tolist()
+        present = [c for c, k in enumerate(counts) if k > 0.5]
         if len(present) < 2:
-            return f"only one class ({_class_name(attribute, int(present[0]))!r}) among labelled samples; AUROC undefined"
-        n_train = train_stats.count
-        for f in folds_with_data:
+            return f"only one class ({_class_name(attribute, present[0])!r}) among labelled samples; AUROC undefined"
+        n_train = train.count
+        for f in held_out_folds:
             if attribute.kind == "binary":
-                n1 = float(train_stats.sum_y[f, 0])
+                n1 = float(train.sum_y[f, 0])
                 counts = [float(n_train[f]) - n1, n1]
             else:
-                counts = train_stats.sum_y[f].tolist()
+                counts = train.sum_y[f].tolist()
             seen = [c for c, k in enumerate(counts) if k > 0.5]
             if len(seen) < 2:
                 only = f"only one class ({_class_name(attribute, seen[0])!r})" if seen else "no labelled samples"
@@ -466,15 +478,17 @@ def _check_definable(target: _Target, train_stats: FoldStatistics, folds_with_da
         return None
     if n_labelled < 3:
         return f"only {n_labelled} labelled samples; R² undefined"
-    if float(values.double().std()) <= 1e-12 * max(1.0, float(values.double().abs().max())):
-        return f"all labelled values are equal ({float(values[0]):g}); R² undefined"
-    for f in folds_with_data:
-        n_f = float(train_stats.count[f])
+    mean = float(totals[0]) / n_labelled
+    mean_square = float(per_fold.sum_yy.sum(0)[0]) / n_labelled
+    if mean_square - mean**2 <= 1e-12 * max(1.0, mean_square):
+        return f"all labelled values are equal ({mean:g}); R² undefined"
+    for f in held_out_folds:
+        n_f = float(train.count[f])
         if n_f < 2:
             return f"the training part of fold {f} has {int(n_f)} labelled samples; its head and the held-out R² are undefined"
         col = 0
-        var = float(train_stats.sum_yy[f, col]) / n_f - (float(train_stats.sum_y[f, col]) / n_f) ** 2
-        if var <= 1e-12 * max(1.0, float(train_stats.sum_yy[f, col]) / n_f):
+        var = float(train.sum_yy[f, col]) / n_f - (float(train.sum_y[f, col]) / n_f) ** 2
+        if var <= 1e-12 * max(1.0, float(train.sum_yy[f, col]) / n_f):
             return f"the training part of fold {f} has constant labels; its head and the held-out R² are undefined"
     return None
 
@@ -515,14 +529,6 @@ def _evaluate(
     macro = torch.nanmean(torch.stack(per_class, -1), -1)
     predicted = scores.argmax(1)
     return {"auroc": macro, "balanced_accuracy": balanced_accuracy(predicted, classes, weights, attribute.num_classes)}
-
-
-def _bootstrap_weights(identity_index: torch.Tensor, n_identities: int, n_replicates: int, generator: torch.Generator) -> torch.Tensor:
-    """(B, N) float32 weights: multiplicity of each sample's identity in a resample of identities."""
-    draws = torch.randint(n_identities, (n_replicates, n_identities), generator=generator)
-    counts = torch.zeros(n_replicates, n_identities, dtype=torch.float32)
-    counts.scatter_add_(1, draws, torch.ones(n_replicates, n_identities, dtype=torch.float32))
-    return counts[:, identity_index]
 
 
 def _undefined(attribute: Attribute, metric: str, n: int, reason: str) -> AttributeLeakage:
@@ -567,6 +573,246 @@ def _check_folds(folds: torch.Tensor, identity: torch.Tensor, n: int) -> tuple[t
     return index.long(), int(uniq.numel()), warnings
 
 
+# --------------------------------------------------------------------------- head fitting (shared by both passes)
+
+#: Score range of each column: training mean score ± this many standard deviations (see ``ProbeHeads``).
+SCORE_RANGE_STDS = 8.0
+
+
+@dataclass
+class ProbeHeads:
+    """Everything the scoring pass needs, fitted from pass-1 statistics alone.
+
+    ``weight`` (F + 1, D, T), ``bias`` / ``penalty`` / ``threshold`` (F + 1, T): head s < F was
+    fitted without fold s (it scores fold s), head F on all data; ``threshold`` is the binary
+    midpoint cut. ``score_low`` / ``score_high`` (F, T): per fold, a range holding practically
+    every held-out score of the column in that fold (head f's mean score on fold f's labelled
+    rows ± ``SCORE_RANGE_STDS`` standard deviations, sd² = wᵀ·Cov·w with fold f's covariance),
+    for histograms. ``label_centre`` (T,):
+    the mean label of each column's labelled rows (continuous sums are centred on it).
+    Per attribute (by name): ``cols`` its target columns, ``reason`` why it is undefined (None if
+    defined), ``n_labelled``, ``present`` the classes with labelled samples (discrete kinds).
+    ``warnings``: fitting warnings (classes a fold's head never saw).
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    penalty: torch.Tensor
+    threshold: torch.Tensor
+    score_low: torch.Tensor
+    score_high: torch.Tensor
+    label_centre: torch.Tensor
+    cols: dict[str, torch.Tensor]
+    reason: dict[str, str | None]
+    n_labelled: dict[str, int]
+    present: dict[str, list[int]]
+    warnings: list[str]
+    n_rows: int
+
+    @property
+    def n_folds(self) -> int:
+        return self.weight.shape[0] - 1
+
+
+def _score_range(stats: FoldStatistics, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F, T) low and high of the held-out scores: head f on the rows of fold f (``stats`` per fold)."""
+    n = stats.count.clamp_min(1.0)  # (F,)
+    mean_x = stats.sum_x / n[:, None]
+    cov = stats.gram / n[:, None, None] - mean_x[:, :, None] * mean_x[:, None, :]
+    w, b = weight[:-1], bias[:-1]  # (F, D, T), (F, T)
+    mean = torch.einsum("fd,fdt->ft", mean_x, w) + b
+    sd = torch.einsum("fdt,fde,fet->ft", w, cov, w).clamp_min(0.0).sqrt()
+    low, high = mean - SCORE_RANGE_STDS * sd, mean + SCORE_RANGE_STDS * sd
+    bad = ~(torch.isfinite(low) & torch.isfinite(high) & (high > low))
+    centre = torch.nan_to_num(mean, nan=0.0, posinf=0.0, neginf=0.0)
+    return torch.where(bad, centre - 1.0, low), torch.where(bad, centre + 1.0, high)
+
+
+def fit_probe_heads(
+    shared: FoldStatistics,
+    masked: Mapping[str, FoldStatistics],
+    schema: AttributeSchema,
+    folds: Sequence[int] | None = None,
+) -> ProbeHeads:
+    """Ridge heads of every attribute from ``ProbeStatistics.compute()`` = (``shared``, ``masked``).
+
+    Attributes named in ``masked`` (those with missing labels) get heads from their labelled rows
+    only, one group each; the others share one group (one XᵀX). ``folds``: the fold ids that hold
+    data (default: those with a positive count). Undefined attributes (no labels, one class, a
+    constant value, a training part without two classes) are decided from the statistics alone
+    and get a ``reason``; their heads are computed but meaningless.
+    """
+    n_folds = shared.count.shape[0]
+    fold_has = [int(f) for f in folds] if folds is not None else [f for f in range(n_folds) if float(shared.count[f]) > 0]
+    _, targets = build_targets({a.name: _empty_labels(a) for a in schema}, schema, 0)
+    n_columns = sum(t.cols.numel() for t in targets)
+    d = shared.sum_x.shape[1]
+    f64 = torch.float64
+    weight = torch.zeros(n_folds + 1, d, n_columns, dtype=f64)
+    bias = torch.zeros(n_folds + 1, n_columns, dtype=f64)
+    penalty = torch.zeros(n_folds + 1, n_columns, dtype=f64)
+    midpoint = torch.full((n_folds + 1, n_columns), math.nan, dtype=f64)
+    low = torch.zeros(n_folds, n_columns, dtype=f64)
+    high = torch.zeros(n_folds, n_columns, dtype=f64)
+    centre = torch.zeros(n_columns, dtype=f64)
+    reason: dict[str, str | None] = {}
+    n_labelled: dict[str, int] = {}
+    present: dict[str, list[int]] = {}
+    warnings: list[str] = []
+    n_rows = int(round(float(shared.count.sum())))
+
+    complete = [t for t in targets if t.attribute.name not in masked]
+    groups: list[tuple[list[_Target], FoldStatistics]] = []
+    if complete:
+        groups.append((complete, shared.columns(torch.cat([t.cols for t in complete]))))
+    for t in targets:
+        if t.attribute.name in masked:
+            groups.append(([t], masked[t.attribute.name]))
+    for members, stats in groups:
+        train = stats.training_sets()
+        cols = torch.cat([t.cols for t in members])
+        held_out_folds = [f for f in fold_has if float(stats.count[f]) > 0.5]
+        offset = 0
+        for t in members:
+            attribute, width = t.attribute, t.cols.numel()
+            local = torch.arange(offset, offset + width)
+            offset += width
+            name = attribute.name
+            per_fold = stats.columns(local)
+            reason[name] = _reason_from_statistics(attribute, per_fold, train.columns(local), held_out_folds, n_rows)
+            n_labelled[name] = int(round(float(stats.count.sum())))
+            if attribute.discrete:
+                totals = per_fold.sum_y.sum(0)
+                counts = [n_labelled[name] - float(totals[0]), float(totals[0])] if attribute.kind == "binary" else totals.tolist()
+                present[name] = [c for c, k in enumerate(counts) if k > 0.5]
+            if reason[name] is None and attribute.kind == "categorical":
+                warnings += _unseen_class_warnings(attribute, train.sum_y[:, local], held_out_folds)
+        heads = _fit_heads(train, penalty=_inner_fold_penalty(stats))
+        # Discrete columns score without the training prior ȳ in the intercept: pooled over folds,
+        # that term is anti-correlated with each held-out fold's labels (a fold rich in positives
+        # leaves a training set poor in them), which drags a signal-free attribute below AUROC 0.5.
+        discrete = torch.tensor([t.attribute.discrete for t in members for _ in range(t.cols.numel())])
+        prior = train.sum_y / train.count.clamp_min(1.0)[:, None]
+        heads.bias = heads.bias - torch.where(discrete[None, :], prior, torch.zeros_like(prior))
+        weight[:, :, cols], bias[:, cols], penalty[:, cols] = heads.weight, heads.bias, heads.penalty
+        midpoint[:, cols] = _class_midpoints(train, heads)
+        low[:, cols], high[:, cols] = _score_range(stats, heads.weight, heads.bias)
+        centre[cols] = stats.sum_y.sum(0) / stats.count.sum().clamp_min(1.0)
+    return ProbeHeads(
+        weight, bias, penalty, midpoint, low, high, centre,
+        cols={t.attribute.name: t.cols for t in targets}, reason=reason, n_labelled=n_labelled,
+        present=present, warnings=warnings, n_rows=n_rows,
+    )
+
+
+def _empty_labels(attribute: Attribute) -> torch.Tensor:
+    return torch.zeros(0, dtype=torch.int64 if attribute.discrete else torch.float32)
+
+
+# --------------------------------------------------------------------------- report (shared by both passes)
+
+
+@dataclass
+class MetricEstimate:
+    """A metric's point value and percentile 95% interval over bootstrap replicates.
+
+    ``undefined``: replicates where the metric was NaN (e.g. a class drew no identity) out of
+    ``replicates``. The interval is NaN when there are no replicates or half of them are NaN.
+    """
+
+    value: float
+    low: float
+    high: float
+    undefined: int = 0
+    replicates: int = 0
+
+
+def _estimate(point: torch.Tensor | float, replicates: torch.Tensor | None) -> MetricEstimate:
+    low = high = math.nan
+    undefined = total = 0
+    if replicates is not None and replicates.numel():
+        total = int(replicates.numel())
+        finite = replicates[~torch.isnan(replicates)].to(torch.float64)
+        undefined = total - int(finite.numel())
+        if finite.numel() and finite.numel() >= 0.5 * total:
+            low, high = (float(v) for v in torch.quantile(finite, torch.tensor([0.025, 0.975], dtype=torch.float64)))
+    return MetricEstimate(float(point), low, high, undefined, total)
+
+
+def _leakage_entries(
+    schema: AttributeSchema, heads: ProbeHeads, estimates: Mapping[str, Mapping[str, MetricEstimate]]
+) -> tuple[list[AttributeLeakage], list[str]]:
+    """Report entries and warnings of every attribute, from its metric estimates (absent if undefined)."""
+    leakage: list[AttributeLeakage] = []
+    warnings: list[str] = []
+    for attribute in schema:
+        name = attribute.name
+        metric = "auroc" if attribute.discrete else "r2"
+        n_labelled = heads.n_labelled[name]
+        if heads.reason[name]:
+            warnings.append(f"attribute {name!r}: {heads.reason[name]}")
+            leakage.append(_undefined(attribute, metric, n_labelled, heads.reason[name]))
+            continue
+        if attribute.kind == "categorical":
+            present = set(heads.present[name])
+            absent = [c for c in range(attribute.num_classes) if c not in present]
+            if absent:
+                names = ", ".join(repr(_class_name(attribute, c)) for c in absent)
+                warnings.append(
+                    f"attribute {name!r}: class(es) {names} have no labelled samples; "
+                    f"the macro AUROC averages the other {len(present)} classes"
+                )
+        own = estimates[name]
+        for key, estimate in own.items():
+            if estimate.replicates and estimate.undefined > 0.05 * estimate.replicates:
+                warnings.append(
+                    f"attribute {name!r}: {estimate.undefined} of {estimate.replicates} bootstrap "
+                    f"replicates left {key} undefined (a class drew no identity)"
+                )
+        value, low, high = own[metric].value, own[metric].low, own[metric].high
+        if math.isnan(value):
+            reason = f"{metric} undefined on the held-out scores"
+            warnings.append(f"attribute {name!r}: {reason}")
+            leakage.append(_undefined(attribute, metric, n_labelled, reason))
+            continue
+        extra = {"balanced_accuracy": own["balanced_accuracy"].value} if attribute.discrete else {}
+        leakage.append(
+            AttributeLeakage(
+                name=name,
+                kind=attribute.kind,
+                group=attribute.group,
+                metric=metric,
+                value=value,
+                low=low,
+                high=high,
+                leakage=_leakage_of(metric, value),
+                leakage_low=_leakage_of(metric, low),
+                leakage_high=_leakage_of(metric, high),
+                n=n_labelled,
+                extra=extra,
+            )
+        )
+    return leakage, warnings
+
+
+def _probe_tensors(heads: ProbeHeads) -> dict[str, torch.Tensor]:
+    """The heads fitted on all data (T, D) / (T,), NaN rows for undefined attributes, float32."""
+    n_folds = heads.n_folds
+    directions = heads.weight[n_folds].T.clone()
+    full_bias = heads.bias[n_folds].clone()
+    full_penalty = heads.penalty[n_folds].clone()
+    for name, cols in heads.cols.items():
+        if heads.reason[name]:
+            directions[cols] = math.nan
+            full_bias[cols] = math.nan
+            full_penalty[cols] = math.nan
+    return {
+        "probe_directions": directions.to(torch.float32),
+        "probe_bias": full_bias.to(torch.float32),
+        "probe_penalty": full_penalty.to(torch.float32),
+    }
+
+
 @torch.no_grad()
 def analyze_embeddings(
     embeddings: torch.Tensor,
@@ -584,17 +830,21 @@ def analyze_embeddings(
     Heads for all attributes are ridge regressions fitted at once from per-fold sufficient
     statistics on identity-disjoint folds (:func:`identity_folds` with ``seed``, or the
     caller's ``folds``); metrics are pooled over the held-out folds, and intervals come
-    from ``n_bootstrap`` resamples of identities (none: intervals are NaN). Missing labels
-    (-1, NaN) are left out per attribute. An attribute whose metric is undefined (one class,
-    constant values, no labels, a training part without two classes) is NaN with
-    ``reason`` and a warning; bad input raises :class:`AnalysisError` (or
+    from ``n_bootstrap`` Poisson replicates over identities
+    (:func:`~frx_plugin.randomness.poisson_bootstrap_weights` with ``seed``; none: intervals
+    are NaN). Missing labels (-1, NaN) are left out per attribute. An attribute whose metric is
+    undefined (one class, constant values, no labels, a training part without two classes) is
+    NaN with ``reason`` and a warning; bad input raises :class:`AnalysisError` (or
     :class:`~frx_plugin.attributes.SchemaError` for labels that do not fit the schema).
+    :func:`frx_plugin.streaming.analyze_stream` is the constant-memory twin.
 
     ``report.tensors``: ``probe_directions`` (T, D) float32, the heads fitted on all data,
     one row per target column in schema order (binary 1, categorical one per class,
     continuous 1; NaN rows for undefined attributes); ``probe_bias`` (T,) so that
     ``score = z @ probe_directions.T + probe_bias``; ``probe_penalty`` (T,) the ridge λ.
     """
+    from frx_plugin.randomness import poisson_bootstrap_weights
+
     x = _check_embeddings(embeddings)
     n, d = x.shape
     _check_identity(identity, n)
@@ -615,71 +865,37 @@ def analyze_embeddings(
 
     from frx_plugin.metrics import ProbeStatistics  # the metric builds on this module's functions
 
-    y, targets = build_targets(labels, schema, n)
+    _, targets = build_targets(labels, schema, n)
     masked_names = [t.attribute.name for t in targets if not bool(t.labelled.all())]
     # all rows are here, in this process: no cross-process reduction (sync_on_compute=False)
     statistics = ProbeStatistics(schema, d, n_folds, masked_names, sync_on_compute=False)
     statistics.update(x, folds, labels)
     shared, masked = statistics.compute()
-
-    # heads: one group sharing XᵀX for fully labelled attributes, one group per attribute with missing labels
-    n_columns = y.shape[1]
-    weight = torch.zeros(n_folds + 1, d, n_columns, dtype=torch.float64)
-    bias = torch.zeros(n_folds + 1, n_columns, dtype=torch.float64)
-    penalty = torch.zeros(n_folds + 1, n_columns, dtype=torch.float64)
-    midpoint = torch.zeros(n_folds + 1, n_columns, dtype=torch.float64)
-    fold_has = [int(f) for f in torch.unique(folds).tolist()]
-    complete = [t for t in targets if bool(t.labelled.all())]
-    groups: list[tuple[list[_Target], FoldStatistics]] = []
-    if complete:
-        cols = torch.cat([t.cols for t in complete])
-        groups.append((complete, shared.columns(cols)))
-    for t in targets:
-        if not bool(t.labelled.all()):
-            groups.append(([t], masked[t.attribute.name]))
-    for members, stats in groups:
-        train = stats.training_sets()
-        cols = torch.cat([t.cols for t in members])
-        offset = 0
-        for t in members:
-            width = t.cols.numel()
-            local = torch.arange(offset, offset + width)
-            offset += width
-            held_out_folds = [f for f in fold_has if bool((t.labelled & (folds == f)).any())]
-            t.reason = _check_definable(t, train.columns(local), held_out_folds, labels[t.attribute.name])
-            if t.reason is None and t.attribute.kind == "categorical":
-                warnings += _unseen_class_warnings(t.attribute, train.sum_y[:, local], held_out_folds)
-        heads = _fit_heads(train, penalty=_inner_fold_penalty(stats))
-        # Discrete columns score without the training prior ȳ in the intercept: pooled over folds,
-        # that term is anti-correlated with each held-out fold's labels (a fold rich in positives
-        # leaves a training set poor in them), which drags a signal-free attribute below AUROC 0.5.
-        discrete = torch.tensor([t.attribute.discrete for t in members for _ in range(t.cols.numel())])
-        prior = train.sum_y / train.count.clamp_min(1.0)[:, None]
-        heads.bias = heads.bias - torch.where(discrete[None, :], prior, torch.zeros_like(prior))
-        weight[:, :, cols], bias[:, cols], penalty[:, cols] = heads.weight, heads.bias, heads.penalty
-        midpoint[:, cols] = _class_midpoints(train, heads)
+    heads = fit_probe_heads(shared, masked, schema, [int(f) for f in torch.unique(folds).tolist()])
+    warnings += heads.warnings
 
     # held-out scores: each sample scored by the head of the training set without its fold
+    n_columns = heads.weight.shape[2]
     scores = torch.empty(n, n_columns, dtype=torch.float64)
     for f in range(n_folds):
         rows = (folds == f).nonzero().squeeze(1)
-        scores[rows] = x[rows] @ weight[f] + bias[f]
-    threshold = midpoint[folds]  # (N, T)
+        scores[rows] = x[rows] @ heads.weight[f] + heads.bias[f]
+    threshold = heads.threshold[folds]  # (N, T)
 
-    # metrics and identity bootstrap
-    generator = torch.Generator().manual_seed(int(seed) + 1)
+    # metrics and the Poisson bootstrap over identities
     chunk = max(1, _BOOTSTRAP_CHUNK_ENTRIES // max(n, 1))
     replicates: list[dict[str, list[torch.Tensor]]] = [dict() for _ in targets]
     points: list[dict[str, torch.Tensor]] = []
     inputs = []
     for t in targets:
+        t.reason = heads.reason[t.attribute.name]
         rows = t.labelled.nonzero().squeeze(1)
         s = scores[rows][:, t.cols]
         predicted = (s[:, 0] > threshold[rows][:, t.cols[0]]) if t.attribute.kind == "binary" else None
         inputs.append((rows, s, predicted, labels[t.attribute.name][rows]))
         points.append({} if t.reason else _evaluate(t, s, predicted, inputs[-1][3], torch.ones(1, rows.numel(), dtype=torch.float64)))
     for start in range(0, n_bootstrap, chunk):
-        w = _bootstrap_weights(identity_index, n_identities, min(chunk, n_bootstrap - start), generator)
+        w = poisson_bootstrap_weights(identity, seed, min(chunk, n_bootstrap - start), first_replicate=start)
         for i, t in enumerate(targets):
             if t.reason:
                 continue
@@ -688,80 +904,20 @@ def analyze_embeddings(
             for key, value in _evaluate(t, s, predicted, raw, w_rows).items():
                 replicates[i].setdefault(key, []).append(value)
 
-    leakage: list[AttributeLeakage] = []
-    for i, t in enumerate(targets):
-        attribute = t.attribute
-        metric = "auroc" if attribute.discrete else "r2"
-        n_labelled = int(t.labelled.sum())
-        if t.reason:
-            warnings.append(f"attribute {attribute.name!r}: {t.reason}")
-            leakage.append(_undefined(attribute, metric, n_labelled, t.reason))
-            continue
-        if attribute.kind == "categorical":
-            present = set(torch.unique(inputs[i][3]).tolist())
-            absent = [c for c in range(attribute.num_classes) if c not in present]
-            if absent:
-                names = ", ".join(repr(_class_name(attribute, c)) for c in absent)
-                warnings.append(
-                    f"attribute {attribute.name!r}: class(es) {names} have no labelled samples; "
-                    f"the macro AUROC averages the other {len(present)} classes"
-                )
-        intervals: dict[str, tuple[float, float]] = {}
-        for key, value in points[i].items():
-            low = high = math.nan
-            if replicates[i].get(key):
-                reps = torch.cat(replicates[i][key])
-                finite = reps[~torch.isnan(reps)]
-                if finite.numel() and finite.numel() >= 0.5 * reps.numel():
-                    low, high = (float(v) for v in torch.quantile(finite, torch.tensor([0.025, 0.975], dtype=torch.float64)))
-                if finite.numel() < 0.95 * reps.numel():
-                    warnings.append(
-                        f"attribute {attribute.name!r}: {reps.numel() - finite.numel()} of {reps.numel()} bootstrap "
-                        f"replicates left {key} undefined (a class drawn no identity)"
-                    )
-            intervals[key] = (low, high)
-        value = float(points[i][metric])
-        low, high = intervals[metric]
-        if math.isnan(value):
-            reason = f"{metric} undefined on the held-out scores"
-            warnings.append(f"attribute {attribute.name!r}: {reason}")
-            leakage.append(_undefined(attribute, metric, n_labelled, reason))
-            continue
-        extra = {"balanced_accuracy": float(points[i]["balanced_accuracy"])} if attribute.discrete else {}
-        leakage.append(
-            AttributeLeakage(
-                name=attribute.name,
-                kind=attribute.kind,
-                group=attribute.group,
-                metric=metric,
-                value=value,
-                low=low,
-                high=high,
-                leakage=_leakage_of(metric, value),
-                leakage_low=_leakage_of(metric, low),
-                leakage_high=_leakage_of(metric, high),
-                n=n_labelled,
-                extra=extra,
-            )
-        )
-
-    directions = weight[n_folds].T.clone()  # (T, D)
-    full_bias = bias[n_folds].clone()
-    full_penalty = penalty[n_folds].clone()
-    for t in targets:
-        if t.reason:
-            directions[t.cols] = math.nan
-            full_bias[t.cols] = math.nan
-            full_penalty[t.cols] = math.nan
+    estimates = {
+        t.attribute.name: {
+            key: _estimate(value[0] if value.ndim else value, torch.cat(replicates[i][key]) if replicates[i].get(key) else None)
+            for key, value in points[i].items()
+        }
+        for i, t in enumerate(targets)
+        if not t.reason
+    }
+    leakage, more = _leakage_entries(schema, heads, estimates)
     return Report(
         leakage=leakage,
         n_samples=n,
         n_identities=n_identities,
         n_folds=n_folds,
-        tensors={
-            "probe_directions": directions.to(torch.float32),
-            "probe_bias": full_bias.to(torch.float32),
-            "probe_penalty": full_penalty.to(torch.float32),
-        },
-        warnings=warnings,
+        tensors=_probe_tensors(heads),
+        warnings=warnings + more,
     )

@@ -47,6 +47,7 @@ from torch.utils.data import Dataset
 
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.probe import ProbeSet
+from frx_plugin.randomness import _GOLDEN, _MIX_1, _MIX_2, _box_muller, _hash, _shift_right, _signed, _splitmix64, _uniform  # noqa: F401
 
 __all__ = [
     "SYNTHETIC_SCHEMA",
@@ -167,49 +168,8 @@ SYNTHETIC_SCHEMA = AttributeSchema(
 )
 
 # --------------------------------------------------------------------------- #
-# Counter-based random numbers
+# Counter-based random numbers live in frx_plugin.randomness (_hash, _uniform, _box_muller)
 # --------------------------------------------------------------------------- #
-
-
-def _signed(value: int) -> int:
-    """A 64-bit unsigned constant as the int64 with the same bits."""
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-_GOLDEN = _signed(0x9E3779B97F4A7C15)
-_MIX_1 = _signed(0xBF58476D1CE4E5B9)
-_MIX_2 = _signed(0x94D049BB133111EB)
-
-
-def _shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
-    """Logical right shift of int64 bit patterns (torch's ``>>`` is arithmetic)."""
-    return (z >> bits) & ((1 << (64 - bits)) - 1)
-
-
-def _splitmix64(z: torch.Tensor) -> torch.Tensor:
-    """splitmix64's finaliser on int64 tensors (wrapping arithmetic)."""
-    z = z + _GOLDEN
-    z = (z ^ _shift_right(z, 30)) * _MIX_1
-    z = (z ^ _shift_right(z, 27)) * _MIX_2
-    return z ^ _shift_right(z, 31)
-
-
-def _hash(*keys: torch.Tensor | int) -> torch.Tensor:
-    """Hash a sequence of int64 keys (broadcast together) to 64 random bits each."""
-    z = torch.zeros((), dtype=torch.int64)
-    for key in keys:
-        z = _splitmix64(z + key)
-    return z
-
-
-def _uniform(bits: torch.Tensor) -> torch.Tensor:
-    """53 random bits to float64 uniforms strictly inside (0, 1)."""
-    return (_shift_right(bits, 11).double() + 0.5) * (2.0**-53)
-
-
-def _box_muller(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
-    """Standard normals (float64) from two uniforms in (0, 1)."""
-    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
 
 
 def _sin_cos_degrees(degrees: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

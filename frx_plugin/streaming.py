@@ -1,0 +1,182 @@
+"""Streaming direct recovery: :func:`analyze_stream`, the constant-memory twin of
+:func:`frx_plugin.recovery.analyze_embeddings`.
+
+The probe set arrives as chunks ``(embeddings (b, D), identity (b,), labels {name: (b,)})``
+from a callable that can be iterated more than once (a re-iterable loader). Three passes:
+
+0. label scan — which attributes have missing labels (a tiny summed metric over the label
+   columns; :class:`~frx_plugin.metrics.ProbeStatistics` must know them before pass 1, and
+   under DDP every rank must agree). Skipped when ``masked_attributes`` is given.
+1. :class:`~frx_plugin.metrics.ProbeStatistics` — per-fold sufficient statistics; then
+   :func:`~frx_plugin.recovery.fit_probe_heads` fits the heads, thresholds and score ranges.
+2. :class:`~frx_plugin.metrics.HeldOutLeakage` — held-out scores into weighted histograms,
+   confusions and R² sums, for the point estimate and every Poisson bootstrap replicate.
+
+Folds come from ``identity_folds(identity, n_folds, seed)`` on the full identity vector; since
+they are identity-disjoint, a row's fold is its identity's fold, so chunks may come in any
+order, any size and from any rank (each rank streaming its own shard, with
+``sync_on_compute=True``). Memory: the identity/fold vectors (K identities), the statistics
+(F·D² per group) and the pass-2 states ((B + 1) × columns × 2 × bins) — nothing grows with N.
+Results equal :func:`analyze_embeddings`'s to rounding, except AUROC, which is computed from
+score histograms (see :mod:`frx_plugin.metrics` for its error bound).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping, Sequence
+
+import torch
+from torchmetrics import Metric
+
+from frx_plugin.attributes import AttributeSchema
+from frx_plugin.metrics import DEFAULT_BINS, HeldOutLeakage, ProbeStatistics
+from frx_plugin.recovery import (
+    AnalysisError,
+    _check_embeddings,
+    _check_identity,
+    _leakage_entries,
+    _probe_tensors,
+    fit_probe_heads,
+    identity_folds,
+)
+from frx_plugin.report import Report
+
+__all__ = ["analyze_stream", "FoldLookup"]
+
+Chunk = tuple[torch.Tensor, torch.Tensor, Mapping[str, torch.Tensor]]
+
+
+class FoldLookup:
+    """Fold of a row from its identity: ``identity_folds`` of the full identity vector, per identity."""
+
+    def __init__(self, identity: torch.Tensor, n_folds: int, seed: int) -> None:
+        _check_identity(identity)
+        identity = identity.detach().cpu().long()
+        folds = identity_folds(identity, n_folds, seed)
+        self.identities, inverse = torch.unique(identity, return_inverse=True)
+        self.fold = torch.zeros(self.identities.numel(), dtype=torch.int64).scatter_(0, inverse, folds)
+
+    def __call__(self, identity: torch.Tensor) -> torch.Tensor:
+        identity = identity.detach().cpu().long()
+        position = torch.searchsorted(self.identities, identity).clamp_max(self.identities.numel() - 1)
+        unknown = self.identities[position] != identity
+        if bool(unknown.any()):
+            raise AnalysisError(
+                f"identity {int(identity[unknown][0])} of a chunk is not in the identity vector given to analyze_stream"
+            )
+        return self.fold[position]
+
+
+class _MissingLabels(Metric):
+    """Pass 0: rows and missing labels per attribute (summed over ranks)."""
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = None
+
+    def __init__(self, schema: AttributeSchema, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.schema = schema
+        self.add_state("missing", torch.zeros(len(schema.names), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("rows", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("dim", torch.zeros((), dtype=torch.float64), dist_reduce_fx="max")
+
+    def update(self, embeddings: torch.Tensor, labels: Mapping[str, torch.Tensor]) -> None:
+        self.rows += embeddings.shape[0]
+        self.dim.fill_(max(float(self.dim), float(embeddings.shape[1])))
+        for i, attribute in enumerate(self.schema):
+            self.missing[i] += attribute.missing_mask(labels[attribute.name]).sum()
+
+    def compute(self) -> tuple[list[str], int]:
+        names = [a.name for i, a in enumerate(self.schema) if float(self.missing[i]) > 0]
+        return names, int(self.dim)
+
+
+def _checked(chunk: Chunk, schema: AttributeSchema, index: int) -> Chunk:
+    try:
+        embeddings, identity, labels = chunk
+    except (TypeError, ValueError):
+        raise AnalysisError(f"chunk {index}: expected (embeddings, identity, labels), got {type(chunk).__name__}") from None
+    x = _check_embeddings(embeddings)
+    _check_identity(identity, x.shape[0])
+    schema.validate(labels, x.shape[0], source=f"chunk {index} labels")
+    return x, identity.detach().cpu(), {name: labels[name].detach().cpu() for name in schema.names}
+
+
+@torch.no_grad()
+def analyze_stream(
+    chunks: Callable[[], Iterable[Chunk]],
+    identity: torch.Tensor,
+    schema: AttributeSchema,
+    *,
+    n_folds: int = 5,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+    sync_on_compute: bool = False,
+    masked_attributes: Sequence[str] | None = None,
+    n_bins: int = DEFAULT_BINS,
+) -> Report:
+    """Held-out leakage of every attribute of ``schema`` from a stream of chunks, in constant memory.
+
+    ``chunks()`` returns a fresh iterable of ``(embeddings (b, D), identity (b,), labels)``
+    each time it is called (2 or 3 times). ``identity``: the identity of every row of the
+    whole probe set (all ranks together; order does not matter), from which the folds are
+    drawn exactly as :func:`~frx_plugin.recovery.analyze_embeddings` draws them. Under DDP
+    each rank passes its own shard's chunks and ``sync_on_compute=True``; every rank gets the
+    report of the whole probe set. ``masked_attributes``: the attributes that may have missing
+    labels (default: found by a scan of the label columns, pass 0); naming one without
+    missing labels changes nothing but cost. Same report as ``analyze_embeddings`` (same
+    folds, heads, reasons, warnings and Poisson replicates); AUROC from ``n_bins`` histogram
+    bins per score column.
+    """
+    _check_identity(identity)
+    if not isinstance(n_bootstrap, int) or n_bootstrap < 0:
+        raise AnalysisError(f"n_bootstrap must be a non-negative integer, got {n_bootstrap!r}")
+    lookup = FoldLookup(identity, n_folds, seed)
+
+    dim = None
+    if masked_attributes is None:
+        scan = _MissingLabels(schema, sync_on_compute=sync_on_compute)
+        for i, chunk in enumerate(chunks()):
+            x, _, labels = _checked(chunk, schema, i)
+            scan.update(x, labels)
+        masked_attributes, dim = scan.compute()
+    else:
+        unknown = [name for name in masked_attributes if name not in schema]
+        if unknown:
+            raise AnalysisError(f"masked_attributes: {unknown} not in the schema {list(schema.names)}")
+
+    statistics = None
+    for i, chunk in enumerate(chunks()):
+        x, ident, labels = _checked(chunk, schema, i)
+        if statistics is None:
+            dim = dim or x.shape[1]
+            statistics = ProbeStatistics(schema, dim, n_folds, list(masked_attributes), sync_on_compute=sync_on_compute)
+        statistics.update(x, lookup(ident), labels)
+    if statistics is None:
+        raise AnalysisError("chunks() yielded no chunks")
+    shared, masked = statistics.compute()
+    heads = fit_probe_heads(shared, masked, schema)
+    warnings = list(heads.warnings)
+    n_rows = heads.n_rows
+    if n_rows != identity.numel():
+        warnings.append(
+            f"the stream held {n_rows} rows but the identity vector {identity.numel()}; "
+            "rows missing or repeated (e.g. a sampler's padding) change the result"
+        )
+
+    leakage_metric = HeldOutLeakage(heads, schema, n_bootstrap, seed, n_bins, sync_on_compute=sync_on_compute)
+    for i, chunk in enumerate(chunks()):
+        x, ident, labels = _checked(chunk, schema, i)
+        leakage_metric.update(x, ident, lookup(ident), labels)
+    estimates = leakage_metric.compute()
+
+    leakage, more = _leakage_entries(schema, heads, estimates)
+    return Report(
+        leakage=leakage,
+        n_samples=n_rows,
+        n_identities=int(lookup.identities.numel()),
+        n_folds=n_folds,
+        tensors=_probe_tensors(heads),
+        warnings=warnings + more,
+    )
