@@ -112,30 +112,58 @@ ANALYSIS_FORMAT = "frx.analysis/1"
 CSV_COLUMNS = ("name", "kind", "group", "metric", "value", "low", "high", "leakage", "leakage_low", "leakage_high", "balanced_accuracy", "n", "reason")
 
 
+#: Above this many samples ``analyze_file`` skips verification, which needs every pair in memory.
+VERIFICATION_MAX_SAMPLES = 100_000
+
+
 def analyze_file(
     path: str | Path,
     *,
     attributes: list[str] | None = None,
     config: AnalysisConfig = AnalysisConfig(),
     out_dir: str | Path | None = None,
+    chunk_size: int = 16384,
+    progress: Any = None,
 ) -> Report:
-    """Leakage of every attribute of an embedding-set file (and verification on its pairs).
+    """Leakage of every attribute of an embedding-set file, streamed in constant memory.
 
     Leakage is measured on the embeddings as stored (frx writes L2-normalised ones, DESIGN.md
-    §2); verification compares their cosines. With ``out_dir``, writes ``out_dir/analysis.json``
-    atomically. The importable twin of ``frx analyze``.
+    §2) by :func:`frx_plugin.streaming.analyze_stream`; verification (cosines of all pairs) runs
+    when the file has at most ``VERIFICATION_MAX_SAMPLES`` rows. With ``out_dir``, writes
+    ``out_dir/analysis.json`` atomically. ``progress(done_rows, total_rows, stage)`` is called
+    after each chunk when given. The importable twin of ``frx analyze``.
     """
     from frx_plugin.embedding_set import EmbeddingSet
+    from frx_plugin.streaming import analyze_stream
 
     dataset = EmbeddingSet(path, attributes)
-    embeddings, identity, labels = dataset.read()
-    report = analyze_embeddings(
-        embeddings, identity, labels, dataset.schema, n_folds=config.n_folds, n_bootstrap=config.n_bootstrap, seed=config.seed
+    passes = iter(("statistics", "held-out scores"))
+
+    def chunks():
+        stage, done = next(passes, "pass"), 0
+        for chunk in dataset.chunks(chunk_size):
+            yield chunk
+            done += chunk[0].shape[0]
+            if progress is not None:
+                progress(done, dataset.n, stage)
+
+    report = analyze_stream(
+        chunks,
+        dataset.identity(),
+        dataset.schema,
+        n_folds=config.n_folds,
+        n_bootstrap=config.n_bootstrap,
+        seed=config.seed,
+        masked_attributes=dataset.attributes_with_missing_labels(),
     )
-    try:
-        report.verification = verification(torch.nn.functional.normalize(embeddings, dim=1), identity, fmr=config.fmr)
-    except ValueError as exc:  # e.g. one image per identity: no genuine pairs; leakage is still defined
-        report.warnings.append(f"verification skipped: {exc}")
+    if dataset.n <= VERIFICATION_MAX_SAMPLES:
+        embeddings, identity, _ = dataset.read(chunk_size)
+        try:
+            report.verification = verification(torch.nn.functional.normalize(embeddings, dim=1), identity, fmr=config.fmr)
+        except ValueError as exc:  # e.g. one image per identity: no genuine pairs; leakage is still defined
+            report.warnings.append(f"verification skipped: {exc}")
+    else:
+        report.warnings.append(f"verification skipped: {dataset.n:,} samples is more than {VERIFICATION_MAX_SAMPLES:,} (it compares every pair)")
     if out_dir is not None:
         document = {"format": ANALYSIS_FORMAT, "source": str(path), "options": config.to_json(), **report.to_record()}
         atomic_write_text(Path(out_dir) / "analysis.json", json.dumps(document, indent=1, allow_nan=False))

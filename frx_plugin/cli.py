@@ -27,6 +27,19 @@ def _demo(args: argparse.Namespace) -> int:
     return int(code)
 
 
+def _progress_bar():
+    """A one-line progress bar on stderr when it is a terminal; None otherwise."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int, stage: str) -> None:
+        filled = int(30 * done / max(total, 1))
+        end = "\n" if done >= total else ""
+        print(f"\r{stage:<16} [{'#' * filled}{'.' * (30 - filled)}] {done:,}/{total:,}", end=end, file=sys.stderr, flush=True)
+
+    return show
+
+
 def _analyze(args: argparse.Namespace) -> int:
     import csv
 
@@ -34,7 +47,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
     attributes = [a.strip() for a in args.attributes.split(",") if a.strip()] if args.attributes else None
     config = AnalysisConfig(n_folds=args.folds, n_bootstrap=args.bootstrap, seed=args.seed, fmr=args.fmr)
-    report = analyze_file(args.embeddings, attributes=attributes, config=config, out_dir=args.out)
+    report = analyze_file(args.embeddings, attributes=attributes, config=config, out_dir=args.out, progress=_progress_bar())
     for message in report.warnings:
         print(f"frx analyze: warning: {message}", file=sys.stderr)
     if args.format == "json":

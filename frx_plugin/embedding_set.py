@@ -145,6 +145,24 @@ class EmbeddingSet:
                     raise EmbeddingSetError(str(exc)) from None
                 yield z, identity, labels
 
+    def identity(self) -> torch.Tensor:
+        """The identity column alone (N int64), without reading the embeddings."""
+        with safe_open(str(self.path), framework="pt") as handle:
+            return handle.get_slice(IDENTITY)[0 : self.n].to(torch.int64)
+
+    def attributes_with_missing_labels(self, chunk_size: int = 1 << 20) -> list[str]:
+        """Names of the attributes with at least one missing label (reads the label columns only)."""
+        found = []
+        with safe_open(str(self.path), framework="pt") as handle:
+            for attribute in self.schema:
+                column = handle.get_slice(ATTRIBUTE_PREFIX + attribute.name)
+                for start in range(0, self.n, chunk_size):
+                    values = column[start : min(self.n, start + chunk_size)]
+                    if bool(attribute.missing_mask(values if attribute.discrete else values.float()).any()):
+                        found.append(attribute.name)
+                        break
+        return found
+
     def read(self, chunk_size: int = 65536) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """All rows at once (validated chunk by chunk)."""
         parts = list(self.chunks(chunk_size))

@@ -160,3 +160,20 @@ def test_frx_analyze_errors_name_the_file(tmp_path):
     proc = _frx("analyze", "--embeddings", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path))
     assert proc.returncode == 2 and "no embedding set at" in proc.stderr and "missing.safetensors" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_analyze_file_streams_in_chunks_and_matches_the_in_memory_analysis(tmp_path):
+    from frx_plugin.recovery import analyze_embeddings
+
+    z, identity, labels = small_set(n_identities=60, per_identity=5, seed=3)
+    labels["glasses"][::11] = -1  # some missing labels: masked statistics on the streaming path
+    path = write_embedding_set(tmp_path / "set.safetensors", z, identity, labels, SCHEMA)
+    seen = []
+    report = analyze_file(path, config=AnalysisConfig(n_bootstrap=40), chunk_size=17, progress=lambda d, t, s: seen.append((d, t, s)))
+    assert {s for _, _, s in seen} == {"statistics", "held-out scores"}
+    assert all(t == 300 for _, t, _ in seen) and [d for d, _, s in seen if s == "statistics"][-1] == 300
+    reference = analyze_embeddings(z, identity, labels, SCHEMA, n_bootstrap=40)
+    assert report["yaw"].value == pytest.approx(reference["yaw"].value, abs=1e-9)
+    assert report["glasses"].extra["balanced_accuracy"] == pytest.approx(reference["glasses"].extra["balanced_accuracy"], abs=1e-9)
+    assert report["glasses"].value == pytest.approx(reference["glasses"].value, abs=2e-3)  # binned AUROC
+    assert report.verification is not None and report.verification.genuine_pairs == 60 * 10
