@@ -80,17 +80,41 @@ def embed_probe_set(model: Any, probe: ProbeSet, indices: torch.Tensor | None = 
     return torch.cat(chunks)
 
 
-def analyze_probe(embeddings: torch.Tensor, probe: ProbeSet, config: AnalysisConfig = AnalysisConfig()) -> Report:
-    """Leakage of every attribute of ``probe`` and verification on its pairs, from given embeddings."""
-    report = analyze_embeddings(
-        embeddings,
+def probe_leakage(
+    embeddings: torch.Tensor,
+    probe: ProbeSet,
+    config: AnalysisConfig = AnalysisConfig(),
+    indices: torch.Tensor | None = None,
+    distributed: bool = False,
+) -> Report:
+    """Leakage of every attribute of ``probe`` from the embeddings of the samples ``indices``.
+
+    The streaming analysis (:func:`frx_plugin.streaming.analyze_stream`): with
+    ``distributed=True`` each process passes the embeddings of its own disjoint shard and
+    the statistics are summed across processes, so every process gets the result of the
+    whole probe set (every process must call this: it runs collectives).
+    """
+    from frx_plugin.streaming import analyze_stream
+
+    if indices is None:
+        indices = torch.arange(len(probe))
+    labels = {name: value[indices] for name, value in probe.labels.items()}
+    masked = [a.name for a in probe.schema if bool(a.missing_mask(probe.labels[a.name]).any())]
+    return analyze_stream(
+        lambda: [(embeddings, probe.identity[indices], labels)],
         probe.identity,
-        probe.labels,
         probe.schema,
         n_folds=config.n_folds,
         n_bootstrap=config.n_bootstrap,
         seed=config.seed,
+        sync_on_compute=distributed,
+        masked_attributes=masked,
     )
+
+
+def analyze_probe(embeddings: torch.Tensor, probe: ProbeSet, config: AnalysisConfig = AnalysisConfig()) -> Report:
+    """Leakage of every attribute of ``probe`` and verification on its pairs, from the embeddings of all its samples."""
+    report = probe_leakage(embeddings, probe, config)
     report.verification = verification(embeddings, probe.identity, fmr=config.fmr)
     return report
 

@@ -47,7 +47,14 @@ def test_demo_without_a_training_adapter_says_what_to_install(tmp_path):
     assert not (tmp_path / "history.json").exists()
 
 
-@pytest.mark.parametrize("flag,value,message", [("--epochs", "0", "--epochs must be at least 1"), ("--identities", "1", "--identities must be at least 2")])
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("--epochs", "0", "--epochs must be at least 1"),
+        ("--identities", "1", "--identities must be at least 2"),
+        ("--identities", "3", "fewer than one batch of 64 per device"),
+    ],
+)
 def test_demo_rejects_bad_options_with_their_name(tmp_path, flag, value, message):
     proc = _frx("demo", "--out", str(tmp_path), flag, value, timeout=120)
     assert proc.returncode == 2

@@ -32,3 +32,27 @@ def test_two_process_ddp_pass_equals_single_process(tmp_path):
                 assert b[key] is None
             else:
                 assert b[key] == pytest.approx(a[key], abs=1e-6), (a["name"], key)
+
+
+def _demo(out: Path, devices: int) -> list[dict]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "frx_plugin", "demo", "--out", str(out), "--devices", str(devices), "--epochs", "1",
+         "--identities", "40", "--images-per-identity", "4", "--probe-identities", "23", "--probe-images-per-identity", "3",
+         "--n-bootstrap", "30"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "history.json").read_text())["records"]
+
+
+def test_frx_demo_with_two_devices_counts_every_probe_sample_once(tmp_path):
+    one = _demo(tmp_path / "one", 1)[0]
+    two = _demo(tmp_path / "two", 2)[0]  # 69 probe samples: the two shards differ in size
+    assert one["epoch"] == two["epoch"] == 0
+    assert two["n_samples"] == 69
+    assert two["verification"] == one["verification"]
+    for a, b in zip(one["attributes"], two["attributes"]):
+        for key in ("value", "low", "high", "leakage", "leakage_low", "leakage_high"):
+            assert (a[key] is None and b[key] is None) or b[key] == pytest.approx(a[key], abs=1e-6), (a["name"], key)
+        for key, value in a["extra"].items():
+            assert b["extra"][key] == pytest.approx(value, abs=1e-6) if value is not None else b["extra"][key] is None

@@ -10,22 +10,25 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
-from frx_plugin.analysis import ON_ERROR, AnalysisConfig, analyze_probe, embed_probe_set, scalar_metrics
+from frx_plugin.analysis import ON_ERROR, AnalysisConfig, embed_probe_set, probe_leakage, scalar_metrics
 from frx_plugin.history import HistoryRecorder
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet
 from frx_plugin.report import Report
+from frx_plugin.verification import verification
 
 
-def gather_embeddings(trainer: Trainer, embed_shard, n: int) -> torch.Tensor:
-    """Embed samples ``rank, rank + W, …`` on each of W ranks and reassemble all N in order on every rank.
+def shard_indices(trainer: Trainer, n: int) -> torch.Tensor:
+    """This rank's disjoint share of ``n`` samples: ``rank, rank + W, …`` (no padding, no repeats)."""
+    return torch.arange(trainer.global_rank, n, trainer.world_size)
 
-    No sample is embedded or counted twice: shards are disjoint and the
-    padding added for the collective is cut off again.
+
+def gather_embeddings(trainer: Trainer, local: torch.Tensor, n: int) -> torch.Tensor:
+    """Reassemble all N embeddings in order on every rank from each rank's :func:`shard_indices` share.
+
+    The padding added for the collective is cut off again, so no sample appears twice.
     """
-    world, rank = trainer.world_size, trainer.global_rank
-    indices = torch.arange(rank, n, world)
-    local = embed_shard(indices)
+    world = trainer.world_size
     if world == 1:
         return local
     per_rank = math.ceil(n / world)
@@ -111,12 +114,13 @@ class AttributeRecoveryCallback(Callback):
     # -- the pass ----------------------------------------------------------
     def _run_pass(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
         try:
-            embeddings = gather_embeddings(
-                trainer,
-                lambda idx: embed_probe_set(pl_module, self.probe, idx, self.config.batch_size),
-                len(self.probe),
-            )
-            report = analyze_probe(embeddings, self.probe, self.config)
+            indices = shard_indices(trainer, len(self.probe))
+            local = embed_probe_set(pl_module, self.probe, indices, self.config.batch_size)
+            # leakage: every rank streams its own shard; the statistics are summed across ranks
+            report = probe_leakage(local, self.probe, self.config, indices, distributed=trainer.world_size > 1)
+            # verification compares every pair, so it needs all embeddings on every rank
+            embeddings = gather_embeddings(trainer, local, len(self.probe))
+            report.verification = verification(embeddings, self.probe.identity, fmr=self.config.fmr)
             report.epoch, report.global_step = epoch, trainer.global_step
             self.last_report = report
             self.history.add(report.to_record(), report.tensors)

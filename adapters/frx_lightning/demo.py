@@ -128,6 +128,12 @@ def run_demo(options: dict[str, Any]) -> int:
             raise ValueError(f"frx demo: --{key.replace('_', '-')} must be at least 1, got {opts[key]}")
     if opts["identities"] < 2:
         raise ValueError("frx demo: --identities must be at least 2")
+    n_train = opts["identities"] * opts["images_per_identity"]
+    if n_train // opts["devices"] < opts["batch_size"]:
+        raise ValueError(
+            f"frx demo: {opts['identities']} identities × {opts['images_per_identity']} images = {n_train} training images "
+            f"give fewer than one batch of {opts['batch_size']} per device on {opts['devices']} device(s); raise --identities"
+        )
     out = Path(opts["out"])
     seed_everything(opts["seed"], workers=True, verbose=False)
 
