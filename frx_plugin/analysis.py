@@ -148,6 +148,7 @@ def analyze_file(
     out_dir: str | Path | None = None,
     chunk_size: int = 16384,
     progress: Any = None,
+    with_verification: bool = True,
 ) -> Report:
     """Leakage of every attribute of an embedding-set file, streamed in constant memory.
 
@@ -180,13 +181,13 @@ def analyze_file(
         seed=config.seed,
         masked_attributes=dataset.attributes_with_missing_labels(),
     )
-    if dataset.n <= VERIFICATION_MAX_SAMPLES:
+    if with_verification and dataset.n <= VERIFICATION_MAX_SAMPLES:
         embeddings, identity, _ = dataset.read(chunk_size)
         try:
             report.verification = verification(torch.nn.functional.normalize(embeddings, dim=1), identity, fmr=config.fmr)
         except ValueError as exc:  # e.g. one image per identity: no genuine pairs; leakage is still defined
             report.warnings.append(f"verification skipped: {exc}")
-    else:
+    elif with_verification:
         report.warnings.append(f"verification skipped: {dataset.n:,} samples is more than {VERIFICATION_MAX_SAMPLES:,} (it compares every pair)")
     if out_dir is not None:
         document = {"format": ANALYSIS_FORMAT, "source": str(path), "options": config.to_json(), **report.to_record()}

@@ -47,7 +47,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
     attributes = [a.strip() for a in args.attributes.split(",") if a.strip()] if args.attributes else None
     config = AnalysisConfig(n_folds=args.folds, n_bootstrap=args.bootstrap, seed=args.seed, fmr=args.fmr)
-    report = analyze_file(args.embeddings, attributes=attributes, config=config, out_dir=args.out, progress=_progress_bar())
+    report = analyze_file(args.embeddings, attributes=attributes, config=config, out_dir=args.out, progress=_progress_bar(), with_verification=not args.no_verification)
     for message in report.warnings:
         print(f"frx analyze: warning: {message}", file=sys.stderr)
     if args.format == "json":
@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--seed", type=int, default=0, help="seed of the folds and the bootstrap (default 0)")
     analyze.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates over identities (default 200)")
     analyze.add_argument("--fmr", type=float, default=1e-3, help="false-match rate of the verification threshold (default 1e-3)")
+    analyze.add_argument("--no-verification", action="store_true", help="skip TAR at FMR (it holds every embedding in memory)")
     analyze.add_argument("--attributes", default=None, help="comma-separated attributes to include (default: all)")
     analyze.add_argument("--format", choices=("table", "json", "csv"), default="table", help="what to print (default table)")
     analyze.set_defaults(func=_analyze)
