@@ -11,6 +11,8 @@ streams rows in chunks, validating each chunk, so files larger than memory can b
 from __future__ import annotations
 
 import json
+import math
+import struct
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -56,6 +58,46 @@ def write_embedding_set(
     metadata = {METADATA_KEY: json.dumps(schema.to_json())}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return path
+
+
+_TORCH_DTYPES = {**_FLOAT_DTYPES, **_INT_DTYPES}
+
+
+class _RowReader:
+    """Reads row ranges of safetensors tensors with ordinary file reads.
+
+    ``safe_open`` memory-maps the file, and the pages a pass touches stay in the process's
+    resident memory; reading each chunk into a fresh buffer keeps memory flat in N.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "rb")
+        (length,) = struct.unpack("<Q", self._file.read(8))
+        self._header = json.loads(self._file.read(length))
+        self._data_start = 8 + length
+
+    def rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+        entry = self._header[key]
+        dtype = _TORCH_DTYPES[entry["dtype"]]
+        shape = entry["shape"]
+        row_items = math.prod(shape[1:])
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        begin = entry["data_offsets"][0] + start * row_items * itemsize
+        count = (stop - start) * row_items
+        self._file.seek(self._data_start + begin)
+        buffer = bytearray(count * itemsize)
+        if self._file.readinto(buffer) != len(buffer):
+            raise EmbeddingSetError(f"{self._file.name}: tensor {key!r} ends before row {stop} (truncated file)")
+        return torch.frombuffer(buffer, dtype=dtype).reshape([stop - start, *shape[1:]])
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "_RowReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class EmbeddingSet:
@@ -122,11 +164,10 @@ class EmbeddingSet:
         """Yield ``(embeddings, identity, labels)`` for consecutive row ranges, each chunk validated."""
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-        with safe_open(str(self.path), framework="pt") as handle:
-            slices = {key: handle.get_slice(key) for key in [EMBEDDINGS, IDENTITY] + [ATTRIBUTE_PREFIX + a for a in self.schema.names]}
+        with _RowReader(self.path) as reader:
             for start in range(0, self.n, chunk_size):
                 stop = min(self.n, start + chunk_size)
-                z = slices[EMBEDDINGS][start:stop].to(torch.float32)
+                z = reader.rows(EMBEDDINGS, start, stop).to(torch.float32)
                 bad = ~torch.isfinite(z).all(1)
                 if bool(bad.any()):
                     row = start + int(bad.nonzero()[0])
@@ -134,10 +175,10 @@ class EmbeddingSet:
                         f"{self.path}: tensor {EMBEDDINGS!r} has NaN or infinite values in {int(bad.sum())} rows of "
                         f"{start}..{stop - 1} (first: row {row}); a diverged model?"
                     )
-                identity = slices[IDENTITY][start:stop].to(torch.int64)
+                identity = reader.rows(IDENTITY, start, stop).to(torch.int64)
                 labels = {}
                 for attribute in self.schema:
-                    raw = slices[ATTRIBUTE_PREFIX + attribute.name][start:stop]
+                    raw = reader.rows(ATTRIBUTE_PREFIX + attribute.name, start, stop)
                     labels[attribute.name] = raw.to(torch.int64 if attribute.discrete else torch.float32)
                 try:
                     self.schema.validate(labels, stop - start, source=f"{self.path} rows {start}..{stop - 1}")
@@ -147,17 +188,16 @@ class EmbeddingSet:
 
     def identity(self) -> torch.Tensor:
         """The identity column alone (N int64), without reading the embeddings."""
-        with safe_open(str(self.path), framework="pt") as handle:
-            return handle.get_slice(IDENTITY)[0 : self.n].to(torch.int64)
+        with _RowReader(self.path) as reader:
+            return reader.rows(IDENTITY, 0, self.n).to(torch.int64)
 
     def attributes_with_missing_labels(self, chunk_size: int = 1 << 20) -> list[str]:
         """Names of the attributes with at least one missing label (reads the label columns only)."""
         found = []
-        with safe_open(str(self.path), framework="pt") as handle:
+        with _RowReader(self.path) as reader:
             for attribute in self.schema:
-                column = handle.get_slice(ATTRIBUTE_PREFIX + attribute.name)
                 for start in range(0, self.n, chunk_size):
-                    values = column[start : min(self.n, start + chunk_size)]
+                    values = reader.rows(ATTRIBUTE_PREFIX + attribute.name, start, min(self.n, start + chunk_size))
                     if bool(attribute.missing_mask(values if attribute.discrete else values.float()).any()):
                         found.append(attribute.name)
                         break
