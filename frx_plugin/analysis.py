@@ -16,7 +16,6 @@ import torch
 from frx_plugin.history import atomic_write_text
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet
-from frx_plugin.recovery import analyze_embeddings
 from frx_plugin.report import Report
 from frx_plugin.verification import verification
 

@@ -57,7 +57,7 @@ def plot_leakage_history(records: Sequence[dict[str, Any]], path: Path, title: s
         tar = [(r["verification"] or {}).get("tar") if r.get("verification") else None for r in records]
         fmr = next(r["verification"]["fmr"] for r in records if r.get("verification"))
         ax.plot(epochs, [math.nan if t is None else t for t in tar], marker="o", color="black")
-        ax.set_title(f"verification, held-out identities")
+        ax.set_title("verification, held-out identities")
         ax.set_xlabel("epoch (0 = before training)")
         ax.set_ylabel(f"TAR at FMR {fmr:g}")
         ax.set_ylim(-0.02, 1.02)

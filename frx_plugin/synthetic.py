@@ -47,7 +47,7 @@ from torch.utils.data import Dataset
 
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.probe import ProbeSet
-from frx_plugin.randomness import _GOLDEN, _MIX_1, _MIX_2, _box_muller, _hash, _shift_right, _signed, _splitmix64, _uniform  # noqa: F401
+from frx_plugin.randomness import _box_muller, _hash, _uniform
 
 __all__ = [
     "SYNTHETIC_SCHEMA",

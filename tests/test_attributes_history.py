@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from frx_plugin.attributes import Attribute, AttributeSchema, SchemaError
 from frx_plugin.history import HistoryRecorder, read_history, write_history

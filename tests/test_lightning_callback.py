@@ -1,10 +1,7 @@
 import csv
 import json
-import math
-import warnings
 
 import pytest
-import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger

@@ -1,8 +1,4 @@
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -10,6 +6,7 @@ from safetensors.torch import load_file
 
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.metrics import ProbeStatistics
+from tests.ddp_launch import run_two_ranks
 
 SCHEMA = AttributeSchema(
     [
@@ -82,23 +79,10 @@ def test_bad_arguments_are_named():
         metric.update(z[:, :5], folds, labels)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_reduction_equals_one_process(tmp_path):
     script = Path(__file__).with_name("ddp_metric_script.py")
     out = tmp_path / "reduced.safetensors"
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
-    procs = [
-        subprocess.Popen([sys.executable, str(script), str(out)], env=dict(env, RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for r in range(2)
-    ]
-    for p in procs:
-        _, err = p.communicate(timeout=180)
-        assert p.returncode == 0, err[-3000:]
+    run_two_ranks(script, str(out))
     reduced = load_file(str(out))
     z, folds, labels = make_data()
     single = ProbeStatistics(SCHEMA, 6, 4, masked_attributes=["yaw"])

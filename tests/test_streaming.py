@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,7 +25,7 @@ from frx_plugin.metrics import HeldOutLeakage, ProbeStatistics, histogram_auroc_
 from frx_plugin.randomness import poisson_bootstrap_weights
 from frx_plugin.recovery import analyze_embeddings, fit_probe_heads
 from frx_plugin.streaming import FoldLookup, analyze_stream
-from tests.test_metrics import _free_port
+from tests.ddp_launch import run_two_ranks
 from tests.test_recovery import MU, Phi, bayes_binary, bayes_categorical, bayes_continuous, planted_world
 
 SCHEMA = AttributeSchema(
@@ -194,14 +191,7 @@ def test_planted_signals_reach_bayes_through_the_stream():
 def test_two_process_stream_equals_one_process(tmp_path):
     script = Path(__file__).with_name("ddp_streaming_script.py")
     out = tmp_path / "report.json"
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2", OMP_NUM_THREADS="1")
-    procs = [
-        subprocess.Popen([sys.executable, str(script), str(out)], env=dict(env, RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for r in range(2)
-    ]
-    for p in procs:
-        _, err = p.communicate(timeout=180)
-        assert p.returncode == 0, err[-3000:]
+    run_two_ranks(script, str(out))
     reduced = json.loads(out.read_text())
     z, identity, labels = mixed_world(n=DDP_N, dim=8, seed=2)
     single = analyze_stream(chunked(z, identity, labels, 50), identity, SCHEMA, n_bootstrap=DDP_BOOTSTRAP)
