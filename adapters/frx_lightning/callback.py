@@ -56,6 +56,10 @@ class AttributeRecoveryCallback(Callback):
     pass is appended to ``out_dir/history.json`` and
     ``out_dir/history.safetensors`` by the global-zero rank.
 
+    Under DDP each rank embeds its own disjoint shard; the probe statistics are
+    summed across ranks (every rank runs every collective), and the embeddings
+    are gathered only for verification, which compares every pair.
+
     Errors in a pass are reported through ``rank_zero_warn`` and training
     goes on, unless ``on_error="raise"``.
     """
