@@ -16,6 +16,7 @@ import torch
 from frx_plugin.history import atomic_write_text
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet
+from frx_plugin.recovery import AnalysisError, analyze_embeddings
 from frx_plugin.report import Report
 from frx_plugin.verification import verification
 
@@ -31,8 +32,16 @@ class AnalysisConfig:
     seed: int = 0
     fmr: float = 1e-3
     batch_size: int = 256
+    head: str = "ridge"
+    C: float = 1.0
 
     def __post_init__(self) -> None:
+        from frx_plugin.recovery import HEADS
+
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {list(HEADS)}, got {self.head!r}")
+        if not isinstance(self.C, (int, float)) or isinstance(self.C, bool) or not (0.0 < float(self.C) < math.inf):
+            raise ValueError(f"C (the inverse logistic penalty) must be a positive number, got {self.C!r}")
         if not isinstance(self.n_folds, int) or self.n_folds < 2:
             raise ValueError(f"n_folds must be an integer of at least 2, got {self.n_folds!r}")
         if not isinstance(self.n_bootstrap, int) or self.n_bootstrap < 0:
@@ -137,6 +146,8 @@ CSV_COLUMNS = ("name", "kind", "group", "metric", "value", "low", "high", "leaka
 
 #: Above this many samples ``analyze_file`` skips verification, which needs every pair in memory.
 VERIFICATION_MAX_SAMPLES = 100_000
+#: ``analyze_file`` with logistic heads holds the embeddings in memory; above this many entries (N·D) it refuses.
+LOGISTIC_MAX_ENTRIES = 2**28
 
 
 def analyze_file(
@@ -171,15 +182,31 @@ def analyze_file(
             if progress is not None:
                 progress(done, dataset.n, stage)
 
-    report = analyze_stream(
-        chunks,
-        dataset.identity(),
-        dataset.schema,
-        n_folds=config.n_folds,
-        n_bootstrap=config.n_bootstrap,
-        seed=config.seed,
-        masked_attributes=dataset.attributes_with_missing_labels(),
-    )
+    if config.head == "logistic":
+        # the logistic solver passes over the rows once per iteration: they are held in memory
+        if dataset.n * dataset.dim > LOGISTIC_MAX_ENTRIES:
+            raise AnalysisError(
+                f"{path}: {dataset.n:,} × {dataset.dim} embeddings are too many for logistic heads, which hold "
+                f"them in memory (at most {LOGISTIC_MAX_ENTRIES:,} entries); use the streaming ridge heads "
+                "(head 'ridge') or analyse a subset"
+            )
+        embeddings, identity, labels = dataset.read(chunk_size)
+        if progress is not None:
+            progress(dataset.n, dataset.n, "read")
+        report = analyze_embeddings(
+            embeddings, identity, labels, dataset.schema, n_folds=config.n_folds, n_bootstrap=config.n_bootstrap,
+            seed=config.seed, head="logistic", C=float(config.C),
+        )
+    else:
+        report = analyze_stream(
+            chunks,
+            dataset.identity(),
+            dataset.schema,
+            n_folds=config.n_folds,
+            n_bootstrap=config.n_bootstrap,
+            seed=config.seed,
+            masked_attributes=dataset.attributes_with_missing_labels(),
+        )
     if with_verification and dataset.n <= VERIFICATION_MAX_SAMPLES:
         embeddings, identity, _ = dataset.read(chunk_size)
         try:
@@ -218,5 +245,6 @@ def format_leakage_table(report: Report) -> str:
     if report.verification is not None:
         v = report.verification
         lines.append(f"verification: TAR {v.tar:.3f} at FMR {v.fmr:g} ({v.genuine_pairs:,} genuine, {v.impostor_pairs:,} impostor pairs)")
-    lines.append(f"{report.n_samples:,} samples, {report.n_identities:,} identities, {report.n_folds} identity-disjoint folds")
+    heads = "ridge heads" if report.head == "ridge" else "logistic heads (continuous attributes: ridge)"
+    lines.append(f"{report.n_samples:,} samples, {report.n_identities:,} identities, {report.n_folds} identity-disjoint folds, {heads}")
     return "\n".join(lines)

@@ -46,7 +46,7 @@ def _analyze(args: argparse.Namespace) -> int:
     from frx_plugin.analysis import CSV_COLUMNS, AnalysisConfig, analyze_file, format_leakage_table, leakage_rows
 
     attributes = [a.strip() for a in args.attributes.split(",") if a.strip()] if args.attributes else None
-    config = AnalysisConfig(n_folds=args.folds, n_bootstrap=args.bootstrap, seed=args.seed, fmr=args.fmr)
+    config = AnalysisConfig(n_folds=args.folds, n_bootstrap=args.bootstrap, seed=args.seed, fmr=args.fmr, head=args.head, C=args.C)
     report = analyze_file(args.embeddings, attributes=attributes, config=config, out_dir=args.out, progress=_progress_bar(), with_verification=not args.no_verification)
     for message in report.warnings:
         print(f"frx analyze: warning: {message}", file=sys.stderr)
@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates over identities (default 200)")
     analyze.add_argument("--fmr", type=float, default=1e-3, help="false-match rate of the verification threshold (default 1e-3)")
     analyze.add_argument("--no-verification", action="store_true", help="skip TAR at FMR (it holds every embedding in memory)")
+    analyze.add_argument(
+        "--head", choices=("ridge", "logistic"), default="ridge",
+        help="heads of binary and categorical attributes: ridge (streamed, every epoch) or exact logistic (holds the file in memory)",
+    )
+    analyze.add_argument("--C", type=float, default=1.0, help="inverse L2 penalty of the logistic heads, as scikit-learn's C (default 1)")
     analyze.add_argument("--attributes", default=None, help="comma-separated attributes to include (default: all)")
     analyze.add_argument("--format", choices=("table", "json", "csv"), default="table", help="what to print (default table)")
     analyze.set_defaults(func=_analyze)

@@ -35,7 +35,16 @@ from torchmetrics import Metric
 
 from frx_plugin.attributes import AttributeSchema
 from frx_plugin.randomness import poisson_bootstrap_weights
-from frx_plugin.recovery import FoldStatistics, MetricEstimate, ProbeHeads, _astuple, _estimate, _fold_statistics, build_targets
+from frx_plugin.recovery import (
+    FoldStatistics,
+    MetricEstimate,
+    ProbeHeads,
+    _astuple,
+    _estimate,
+    _fold_statistics,
+    build_targets,
+    score_rows,
+)
 
 __all__ = ["ProbeStatistics", "HeldOutLeakage", "histogram_auroc", "histogram_auroc_tie_bound"]
 
@@ -82,7 +91,7 @@ class ProbeStatistics(Metric):
     def update(self, embeddings: torch.Tensor, folds: torch.Tensor, labels: Mapping[str, torch.Tensor]) -> None:
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
             raise ValueError(f"ProbeStatistics: embeddings must be (B, {self.dim}), got {tuple(embeddings.shape)}")
-        x = embeddings.detach().to(self.gram.device, torch.float64)
+        x = embeddings.detach().to(self.gram.device)
         folds = folds.to(x.device)
         y, targets = build_targets({k: v.to(x.device) for k, v in labels.items()}, self.schema, x.shape[0])
         batch = _fold_statistics(x, y, folds, self.n_folds)
@@ -173,10 +182,7 @@ def _leakage_update(metric: "HeldOutLeakage", x: torch.Tensor, identity: torch.T
     """Score the rows of one batch and add their weighted histograms, confusions and sums to the states."""
     heads, bins = metric.heads, metric.edges.shape[1] + 1
     n = x.shape[0]
-    scores = torch.empty(n, heads.weight.shape[2], dtype=torch.float64)
-    for f in torch.unique(folds).tolist():
-        rows = (folds == f).nonzero().squeeze(1)
-        scores[rows] = x[rows] @ heads.weight[f] + heads.bias[f]
+    scores = score_rows(x, folds, heads.weight, heads.bias)
     weights = torch.cat(
         [torch.ones(1, n, dtype=torch.float64), poisson_bootstrap_weights(identity, metric.seed, metric.n_replicates)]
     )  # (R, n)
@@ -304,7 +310,7 @@ class HeldOutLeakage(Metric):
         dim = self.heads.weight.shape[1]
         if embeddings.ndim != 2 or embeddings.shape[1] != dim:
             raise ValueError(f"HeldOutLeakage: embeddings must be (B, {dim}), got {tuple(embeddings.shape)}")
-        x = embeddings.detach().to("cpu", torch.float64)
+        x = embeddings.detach().to("cpu")
         labels = {a.name: labels[a.name].detach().cpu() for a in self.schema}
         _leakage_update(self, x, identity.detach().cpu(), folds.detach().cpu().long(), labels)
 

@@ -65,6 +65,7 @@ __all__ = [
     "ProbeHeads",
     "MetricEstimate",
     "auroc",
+    "auroc_columns",
     "balanced_accuracy",
     "r2_score",
 ]
@@ -73,6 +74,8 @@ __all__ = [
 PENALTY_EXPONENTS = torch.linspace(-6.0, 2.0, 33, dtype=torch.float64)
 #: Inner-fold grid: λ = (mean eigenvalue per sample) × n_train × 10^k for these exponents k.
 INNER_EXPONENTS = torch.linspace(-5.0, 2.0, 15, dtype=torch.float64)
+#: ``analyze_embeddings`` converts embeddings of up to this many entries to float64 once (else per block).
+_CONVERT_ONCE_ENTRIES = 64 * 2**20
 #: Replicates per chunk are chosen so that chunk × N stays under this many entries.
 _BOOTSTRAP_CHUNK_ENTRIES = 4_000_000
 
@@ -166,27 +169,89 @@ class FoldStatistics:
         return FoldStatistics(*(train(t) for t in (self.count, self.sum_x, self.gram, self.sum_y, self.cross, self.sum_yy)))
 
 
+#: Rows per block when statistics are accumulated (bounds the float64 copy of a block).
+GRAM_BLOCK_ROWS = 4096
+
+
+def _work_dtype(x: torch.Tensor) -> torch.dtype:
+    """float64 for float64 embeddings, float32 for every other floating dtype."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+#: Column panels of the symmetric product XᵀX (only panels on and above the diagonal are multiplied).
+_GRAM_PANELS = 4
+
+
+def _add_gram(out: torch.Tensor, x: torch.Tensor) -> None:
+    """``out += xᵀx``, multiplying only the panels on and above the diagonal (~⅝ of the work)."""
+    d = x.shape[1]
+    if d < 128:
+        out += x.T @ x
+        return
+    edges = [d * i // _GRAM_PANELS for i in range(_GRAM_PANELS + 1)]
+    for a, b in zip(edges[:-1], edges[1:]):
+        block = x[:, a:b].T @ x[:, a:]  # rows a:b, columns a:
+        out[a:b, a:] += block
+        if b < d:
+            out[b:, a:b] += block[:, b - a :].T
+
+
 def _fold_statistics(x: torch.Tensor, y: torch.Tensor, folds: torch.Tensor, n_folds: int) -> FoldStatistics:
-    """Per-fold statistics of rows ``x`` (N, D) and targets ``y`` (N, T), float64."""
+    """Per-fold statistics of rows ``x`` (N, D) and targets ``y`` (N, T), float64.
+
+    Products and sums are float64 throughout (each block of at most ``GRAM_BLOCK_ROWS`` rows of
+    one fold is converted on its own), so the statistics do not depend on how the rows are
+    batched or sharded beyond float64 rounding: the 1e-6 agreement of a DDP pass with a
+    single-process one rests on this.
+    """
+    f64 = torch.float64
     d, t = x.shape[1], y.shape[1]
-    count = torch.zeros(n_folds, dtype=torch.float64)
-    sum_x = torch.zeros(n_folds, d, dtype=torch.float64)
-    gram = torch.zeros(n_folds, d, d, dtype=torch.float64)
-    sum_y = torch.zeros(n_folds, t, dtype=torch.float64)
-    cross = torch.zeros(n_folds, d, t, dtype=torch.float64)
-    sum_yy = torch.zeros(n_folds, t, dtype=torch.float64)
-    for f in range(n_folds):
-        rows = (folds == f).nonzero().squeeze(1)
-        if rows.numel() == 0:
-            continue
-        xf, yf = x[rows], y[rows]
-        count[f] = rows.numel()
-        sum_x[f] = xf.sum(0)
-        gram[f] = xf.T @ xf
-        sum_y[f] = yf.sum(0)
-        cross[f] = xf.T @ yf
-        sum_yy[f] = (yf * yf).sum(0)
+    count = torch.zeros(n_folds, dtype=f64)
+    sum_x = torch.zeros(n_folds, d, dtype=f64)
+    gram = torch.zeros(n_folds, d, d, dtype=f64)
+    sum_y = torch.zeros(n_folds, t, dtype=f64)
+    cross = torch.zeros(n_folds, d, t, dtype=f64)
+    sum_yy = torch.zeros(n_folds, t, dtype=f64)
+    folds = folds.long()
+    sizes = torch.bincount(folds, minlength=n_folds).tolist()
+    if len(sizes) > n_folds:
+        raise ValueError(f"fold ids must be below n_folds={n_folds}, got {len(sizes) - 1}")
+    order = None if bool((folds[1:] >= folds[:-1]).all()) else torch.argsort(folds, stable=True)
+    start = 0
+    for f, size in enumerate(sizes):
+        for begin in range(start, start + size, GRAM_BLOCK_ROWS):
+            end = min(begin + GRAM_BLOCK_ROWS, start + size)
+            rows = slice(begin, end) if order is None else order[begin:end]
+            xb, yb = x[rows].to(f64), y[rows].to(f64)
+            count[f] += end - begin
+            sum_x[f] += xb.sum(0)
+            _add_gram(gram[f], xb)
+            sum_y[f] += yb.sum(0)
+            cross[f] += xb.T @ yb
+            sum_yy[f] += (yb * yb).sum(0)
+        start += size
     return FoldStatistics(count, sum_x, gram, sum_y, cross, sum_yy)
+
+
+def score_rows(x: torch.Tensor, folds: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(N, T) float64 scores: row i scored by head ``folds[i]`` (``weight`` (S, D, T), ``bias`` (S, T)).
+
+    In float64 (a float32 product rounds each score differently with the batch shape, which
+    would make results depend on chunking); every pass scores through this function.
+    """
+    scores = torch.empty(x.shape[0], weight.shape[2], dtype=torch.float64)
+    folds = folds.long()
+    if bool((folds[1:] >= folds[:-1]).all()):  # grouped by fold: slices, no gathers
+        start = 0
+        for f, size in enumerate(torch.bincount(folds).tolist()):
+            if size:
+                scores[start : start + size] = x[start : start + size].to(torch.float64) @ weight[f] + bias[f]
+            start += size
+        return scores
+    for f in torch.unique(folds).tolist():
+        rows = (folds == f).nonzero().squeeze(1)
+        scores[rows] = x[rows].to(torch.float64) @ weight[f] + bias[f]
+    return scores
 
 
 # --------------------------------------------------------------------------- ridge heads
@@ -206,63 +271,110 @@ def _centred(stats: FoldStatistics):
     n = stats.count.clamp_min(1.0)  # (S,)
     mean_x = stats.sum_x / n[:, None]  # (S, D)
     mean_y = stats.sum_y / n[:, None]  # (S, T)
-    scatter = stats.gram - n[:, None, None] * mean_x[:, :, None] * mean_x[:, None, :]
-    scatter = 0.5 * (scatter + scatter.transpose(1, 2))
+    # not symmetrised: eigh and Cholesky read one triangle only
+    scatter = stats.gram - (n[:, None] * mean_x)[:, :, None] * mean_x[:, None, :]
     cross = stats.cross - n[:, None, None] * mean_x[:, :, None] * mean_y[:, None, :]  # (S, D, T)
     yy = (stats.sum_yy - n[:, None] * mean_y**2).clamp_min(0.0)  # (S, T)
     return n, mean_x, mean_y, scatter, cross, yy
 
 
+def _held_out_sse(stats: FoldStatistics, g: int, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Squared error of heads ``weight`` (D, L, T), ``bias`` (L, T) on fold ``g``, from its statistics.
+
+    In fold g's own centred terms (less cancellation than the raw sums):
+    SSE = S_yy − 2wᵀS_xy + wᵀS_xx w + n·(ȳ − x̄ᵀw − b)², S the centred scatter of fold g.
+    """
+    n = stats.count[g].clamp_min(1.0)
+    mean_x, mean_y = stats.sum_x[g] / n, stats.sum_y[g] / n
+    scatter = stats.gram[g] - n * torch.outer(mean_x, mean_x)
+    cross = stats.cross[g] - n * torch.outer(mean_x, mean_y)  # (D, T)
+    yy = stats.sum_yy[g] - n * mean_y**2  # (T,)
+    dim, n_steps, n_columns = weight.shape
+    flat = weight.reshape(dim, -1)
+    quad = ((scatter @ flat) * flat).sum(0).reshape(n_steps, n_columns)
+    linear = (cross[:, None, :] * weight).sum(0)  # (L, T)
+    offset = mean_y - (mean_x @ flat).reshape(n_steps, n_columns) - bias
+    return yy - 2 * linear + quad + stats.count[g] * offset**2
+
+
 def _inner_fold_penalty(fold_stats: FoldStatistics, exponents: torch.Tensor = INNER_EXPONENTS) -> torch.Tensor | None:
     """Per training set and column, the ridge λ with the least error on held-out *identities*.
 
-    For the training set that leaves out fold f (and for all data), every other fold g in
-    turn is held out: heads are fitted on the remaining folds for each λ of the grid and
-    their squared error on fold g is computed from g's sufficient statistics,
-    SSE = Σy² − 2(wᵀXᵀy + bΣy) + wᵀXᵀXw + 2b wᵀΣx + n b². The λ (per sample, relative to
-    the mean eigenvalue of the scatter) with the least summed SSE is chosen. Unlike GCV,
-    which approximates leave-one-image-out error, this never rewards memorising identities.
-    ``fold_stats`` holds per-fold statistics (F slices). Returns (F + 1, T), or ``None``
-    when fewer than 3 folds hold data (then GCV decides).
+    Nested inside the outer folds: the head that scores outer fold f gets a λ chosen without
+    any of fold f's data. Inner training sets are the cyclic neighbour pairs of the folds
+    that hold data, "all but folds a and b" for (a, b) = (0, 1), (1, 2), …, (F−1, 0): set (a, b)
+    is fitted once for every λ of the grid (one eigendecomposition) and its squared error on
+    fold b counts for outer fold a, its error on fold a for outer fold b (with 3 folds these
+    are all pairs; with more, each outer fold is tuned on its two neighbours). Errors come from
+    the held-out fold's sufficient statistics (:func:`_held_out_sse`). λ is relative to the
+    mean eigenvalue of the training scatter, λ = mean(e)·10^k; per outer set and column the k
+    with the least summed error is chosen and applied with the outer set's own mean
+    eigenvalue. The head on all data takes the k with the least error over every evaluation.
+    Unlike GCV, which approximates leave-one-image-out error, this never rewards memorising
+    identities. ``fold_stats``: per-fold statistics (F slices). Returns (F + 1, T), or
+    ``None`` when fewer than 3 folds hold data (then GCV decides).
     """
     n_folds = fold_stats.count.shape[0]
     present = [f for f in range(n_folds) if float(fold_stats.count[f]) > 0]
     if len(present) < 3:
         return None
-    total = [t.sum(0) for t in _astuple(fold_stats)]
+    pairs = [(present[i], present[(i + 1) % len(present)]) for i in range(len(present))]
     per_fold = _astuple(fold_stats)
-    n_columns = fold_stats.sum_y.shape[1]
-    dim = fold_stats.sum_x.shape[1]
+    total = [t.sum(0) for t in per_fold]
+    train = FoldStatistics(*(torch.stack([tot - p[a] - p[b] for a, b in pairs]) for tot, p in zip(total, per_fold)))
+    _, mean_x, mean_y, scatter, cross, _ = _centred(train)
+    dim = scatter.shape[1]
+    eigval, eigvec = torch.linalg.eigh(scatter)
+    eigval = eigval.clamp_min(0.0)
     steps = 10.0 ** exponents.to(torch.float64)  # (L,)
-    penalty = torch.zeros(n_folds + 1, n_columns, dtype=torch.float64)
-    for outer in range(n_folds + 1):
-        left_out = [outer] if outer < n_folds else []
-        outer_train = [tot - sum(p[o] for o in left_out) if left_out else tot for tot, p in zip(total, per_fold)]
-        n_outer, _, _, scatter_outer, _, _ = _centred(FoldStatistics(*(t[None] for t in outer_train)))
-        per_sample = (torch.diagonal(scatter_outer[0]).sum() / dim / n_outer[0]).clamp_min(torch.finfo(torch.float64).tiny)
-        inner = [g for g in present if g not in left_out]
-        train = FoldStatistics(*(torch.stack([o - p[g] for g in inner]) for o, p in zip(outer_train, per_fold)))
-        n, mean_x, mean_y, scatter, cross, _ = _centred(train)
-        eigval, eigvec = torch.linalg.eigh(scatter)
+    scale = (eigval.sum(1) / dim).clamp_min(torch.finfo(torch.float64).tiny)  # (P,)
+    lam = scale[:, None] * steps[None, :]  # (P, L)
+    proj = eigvec.transpose(1, 2) @ cross  # (P, D, T)
+    n_pairs, n_steps, n_columns = len(pairs), len(steps), proj.shape[2]
+    shrunk = proj[:, :, None, :] / (eigval[:, :, None, None] + lam[:, None, :, None])  # (P, D, L, T)
+    weight = (eigvec @ shrunk.reshape(n_pairs, dim, -1)).reshape(n_pairs, dim, n_steps, n_columns)  # (P, D, L, T)
+    bias = mean_y[:, None, :] - torch.einsum("pd,pdlt->plt", mean_x, weight)  # (P, L, T)
+    sse = torch.zeros(n_folds + 1, len(steps), fold_stats.sum_y.shape[1], dtype=torch.float64)
+    for i, (a, b) in enumerate(pairs):
+        for held, outer in ((b, a), (a, b)):
+            error = _held_out_sse(fold_stats, held, weight[i], bias[i])
+            sse[outer] += error
+            sse[n_folds] += error
+    best = sse.argmin(1)  # (F + 1, T)
+    for f in range(n_folds):
+        if f not in present:
+            best[f] = best[n_folds]
+    # mean eigenvalue of each outer training set's scatter: (trace XᵀX − n‖x̄‖²) / D
+    gram_trace = torch.diagonal(fold_stats.gram, dim1=1, dim2=2).sum(1)  # (F,)
+    traces = torch.cat([gram_trace.sum() - gram_trace, gram_trace.sum()[None]])
+    outer_n = torch.cat([fold_stats.count.sum() - fold_stats.count, fold_stats.count.sum()[None]]).clamp_min(1.0)
+    outer_sum = torch.cat([fold_stats.sum_x.sum(0) - fold_stats.sum_x, fold_stats.sum_x.sum(0)[None]])
+    outer_scale = ((traces - (outer_sum**2).sum(1) / outer_n) / dim).clamp_min(torch.finfo(torch.float64).tiny)
+    return outer_scale[:, None] * steps[best]
+
+
+#: Per training set, up to this many distinct penalties are solved by Cholesky factorisations
+#: (one each); more share one eigendecomposition.
+_MAX_CHOLESKY_PENALTIES = 6
+
+
+def _solve_ridge(scatter: torch.Tensor, cross: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """W (S, D, T) with (scatter[s] + penalty[s, t]·I) W[s, :, t] = cross[s, :, t]."""
+    weight = torch.empty_like(cross)
+    eye = torch.eye(scatter.shape[1], dtype=scatter.dtype)
+    for s in range(scatter.shape[0]):
+        values, which = torch.unique(penalty[s], return_inverse=True)
+        if values.numel() <= _MAX_CHOLESKY_PENALTIES:
+            factors = [torch.linalg.cholesky_ex(scatter[s] + float(lam) * eye) for lam in values]
+            if all(int(info) == 0 for _, info in factors):
+                for j, (factor, _) in enumerate(factors):
+                    cols = (which == j).nonzero().squeeze(1)
+                    weight[s][:, cols] = torch.cholesky_solve(cross[s][:, cols], factor)
+                continue
+        eigval, eigvec = torch.linalg.eigh(scatter[s])
         eigval = eigval.clamp_min(0.0)
-        lam = per_sample * n[:, None] * steps[None, :]  # (G, L)
-        proj = eigvec.transpose(1, 2) @ cross  # (G, D, T)
-        weight = eigvec[:, None] @ (proj[:, None] / (eigval[:, None, :, None] + lam[:, :, None, None]))  # (G, L, D, T)
-        bias = mean_y[:, None, :] - torch.einsum("gd,gldt->glt", mean_x, weight)  # (G, L, T)
-        sse = torch.zeros(len(steps), n_columns, dtype=torch.float64)
-        for i, g in enumerate(inner):
-            w, b = weight[i], bias[i]
-            quad = torch.einsum("ldt,ldt->lt", w, fold_stats.gram[g] @ w)
-            sse += (
-                fold_stats.sum_yy[g]
-                - 2 * (torch.einsum("dt,ldt->lt", fold_stats.cross[g], w) + b * fold_stats.sum_y[g])
-                + quad
-                + 2 * b * torch.einsum("d,ldt->lt", fold_stats.sum_x[g], w)
-                + fold_stats.count[g] * b**2
-            )
-        best = sse.argmin(0)  # (T,)
-        penalty[outer] = per_sample * n_outer[0] * steps[best]
-    return penalty
+        weight[s] = eigvec @ ((eigvec.T @ cross[s]) / (eigval[:, None] + penalty[s][None, :]))
+    return weight
 
 
 def _astuple(stats: FoldStatistics) -> tuple[torch.Tensor, ...]:
@@ -277,22 +389,25 @@ def _fit_heads(stats: FoldStatistics, exponents: torch.Tensor = PENALTY_EXPONENT
     :meth:`FoldStatistics.training_sets`), not per-fold ones.
     """
     n, mean_x, mean_y, scatter, cross, yy = _centred(stats)
+    if penalty is not None:
+        weight = _solve_ridge(scatter, cross, penalty)
+        bias = mean_y - torch.einsum("sd,sdt->st", mean_x, weight)
+        return Heads(weight, bias, penalty)
     eigval, eigvec = torch.linalg.eigh(scatter)
     eigval = eigval.clamp_min(0.0)  # (S, D)
     proj = eigvec.transpose(1, 2) @ cross  # (S, D, T)
-    if penalty is None:
-        d = eigval.shape[1]
-        scale = (eigval.sum(1) / d).clamp_min(torch.finfo(torch.float64).tiny)  # (S,)
-        grid = scale[:, None] * (10.0 ** exponents.to(torch.float64))[None, :]  # (S, L)
-        denom = eigval[:, None, :] + grid[:, :, None]  # (S, L, D)
-        shrink = (eigval[:, None, :] + 2 * grid[:, :, None]) / denom**2  # (S, L, D)
-        rss = (yy[:, None, :] - torch.einsum("sld,sdt->slt", shrink, proj**2)).clamp_min(0.0)  # (S, L, T)
-        dof = 1.0 + (eigval[:, None, :] / denom).sum(2)  # (S, L)
-        residual_dof = n[:, None] - dof
-        gcv = n[:, None, None] * rss / residual_dof[:, :, None].clamp_min(1e-12) ** 2
-        gcv = torch.where((residual_dof > 0.5)[:, :, None], gcv, torch.full_like(gcv, math.inf))
-        best = gcv.argmin(1)  # (S, T)
-        penalty = torch.gather(grid, 1, best)  # (S, T)
+    d = eigval.shape[1]
+    scale = (eigval.sum(1) / d).clamp_min(torch.finfo(torch.float64).tiny)  # (S,)
+    grid = scale[:, None] * (10.0 ** exponents.to(torch.float64))[None, :]  # (S, L)
+    denom = eigval[:, None, :] + grid[:, :, None]  # (S, L, D)
+    shrink = (eigval[:, None, :] + 2 * grid[:, :, None]) / denom**2  # (S, L, D)
+    rss = (yy[:, None, :] - torch.einsum("sld,sdt->slt", shrink, proj**2)).clamp_min(0.0)  # (S, L, T)
+    dof = 1.0 + (eigval[:, None, :] / denom).sum(2)  # (S, L)
+    residual_dof = n[:, None] - dof
+    gcv = n[:, None, None] * rss / residual_dof[:, :, None].clamp_min(1e-12) ** 2
+    gcv = torch.where((residual_dof > 0.5)[:, :, None], gcv, torch.full_like(gcv, math.inf))
+    best = gcv.argmin(1)  # (S, T)
+    penalty = torch.gather(grid, 1, best)  # (S, T)
 
     weight = eigvec @ (proj / (eigval[:, :, None] + penalty[:, None, :]))  # (S, D, T)
     bias = mean_y - torch.einsum("sd,sdt->st", mean_x, weight)
@@ -362,6 +477,32 @@ def auroc(scores: torch.Tensor, positive: torch.Tensor, weights: torch.Tensor | 
     denominator = positive_total * (w.sum(1).to(torch.float64) - positive_total)
     out = torch.where(denominator > 0, numerator / denominator.clamp_min(1e-300), torch.full_like(numerator, math.nan))
     return out[0] if single else out
+
+
+def auroc_columns(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Exact unweighted AUROC of every column of ``scores`` (N, C) against ``positive`` (N, C) bool.
+
+    The Mann–Whitney statistic from mid-ranks (ties count ½), all columns from one batched
+    sort: (Σ rank⁺ − n⁺(n⁺ + 1)/2) / (n⁺n⁻). Equals :func:`auroc` without weights. (C,)
+    float64; NaN where a column has one class only.
+    """
+    values, order = torch.sort(torch.as_tensor(scores).T.contiguous(), dim=1)
+    pos = torch.as_tensor(positive).bool().T.gather(1, order)
+    c, n = values.shape
+    index = torch.arange(n).expand(c, n)
+    starts = torch.ones(c, n, dtype=torch.bool)
+    starts[:, 1:] = values[:, 1:] != values[:, :-1]
+    ends = torch.ones(c, n, dtype=torch.bool)
+    ends[:, :-1] = starts[:, 1:]
+    first = torch.cummax(torch.where(starts, index, 0), 1).values
+    last = torch.cummin(torch.where(ends, index, n).flip(1), 1).values.flip(1)
+    midrank = (first + last).to(torch.float64) * 0.5 + 1.0
+    n_pos = pos.sum(1).to(torch.float64)
+    n_neg = n - n_pos
+    rank_sum = (midrank * pos).sum(1)
+    denominator = n_pos * n_neg
+    area = (rank_sum - n_pos * (n_pos + 1) * 0.5) / denominator.clamp_min(1.0)
+    return torch.where(denominator > 0, area, torch.full_like(area, math.nan))
 
 
 def balanced_accuracy(predicted: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None, num_classes: int | None = None) -> torch.Tensor:
@@ -515,17 +656,30 @@ def _unseen_class_warnings(attribute: Attribute, train_counts: torch.Tensor, fol
 
 
 def _evaluate(
-    target: _Target, scores: torch.Tensor, predicted_binary: torch.Tensor | None, raw: torch.Tensor, weights: torch.Tensor
+    target: _Target,
+    scores: torch.Tensor,
+    predicted_binary: torch.Tensor | None,
+    raw: torch.Tensor,
+    weights: torch.Tensor | None,
+    column_auroc: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Metrics of one attribute on its labelled rows, for each row of ``weights`` (B, N_labelled)."""
+    """Metrics of one attribute on its labelled rows, for each row of ``weights`` (B, N_labelled).
+
+    ``weights`` None: the unweighted point estimate; ``column_auroc`` (width,) may then carry
+    each score column's AUROC, already computed (by :func:`auroc_columns`).
+    """
     attribute = target.attribute
     if attribute.kind == "continuous":
         return {"r2": r2_score(scores[:, 0], raw.to(torch.float64), weights)}
     classes = raw.long()
+
+    def area(c: int, positive: torch.Tensor) -> torch.Tensor:
+        return column_auroc[c] if column_auroc is not None else auroc(scores[:, c], positive, weights)
+
     if attribute.kind == "binary":
-        value = auroc(scores[:, 0], classes == 1, weights)
+        value = area(0, classes == 1)
         return {"auroc": value, "balanced_accuracy": balanced_accuracy(predicted_binary.long(), classes, weights, 2)}
-    per_class = [auroc(scores[:, c], classes == c, weights) for c in torch.unique(classes).tolist()]
+    per_class = [area(c, classes == c) for c in torch.unique(classes).tolist()]
     macro = torch.nanmean(torch.stack(per_class, -1), -1)
     predicted = scores.argmax(1)
     return {"auroc": macro, "balanced_accuracy": balanced_accuracy(predicted, classes, weights, attribute.num_classes)}
@@ -547,11 +701,17 @@ def _check_embeddings(embeddings: torch.Tensor) -> torch.Tensor:
     n, d = embeddings.shape
     if d == 0:
         raise AnalysisError("embeddings have 0 columns (D = 0)")
-    bad = ~torch.isfinite(embeddings).all(1)
-    k = int(bad.sum())
-    if k:
-        raise AnalysisError(f"embeddings contain NaN or infinity in {k} of {n} rows — did the training diverge?")
-    return embeddings.detach().to("cpu", torch.float64)
+    x = embeddings.detach().to("cpu")
+    x = x.to(_work_dtype(x))
+    if not bool(torch.isfinite(x.sum(1)).all()):  # cheap screen: a NaN/inf makes its row sum NaN/inf
+        k = int((~torch.isfinite(x).all(1)).sum())
+        if k:
+            raise AnalysisError(f"embeddings contain NaN or infinity in {k} of {n} rows — did the training diverge?")
+        raise AnalysisError(
+            f"embeddings hold values too large to sum in {x.dtype} (largest |value| {float(x.abs().max()):.3g}); "
+            "rescale them (e.g. L2-normalise)"
+        )
+    return x
 
 
 def _check_folds(folds: torch.Tensor, identity: torch.Tensor, n: int) -> tuple[torch.Tensor, int, list[str]]:
@@ -563,8 +723,10 @@ def _check_folds(folds: torch.Tensor, identity: torch.Tensor, n: int) -> tuple[t
     if uniq.numel() < 2:
         raise AnalysisError(f"folds: all samples are in one fold ({int(uniq[0])}); at least 2 folds are needed")
     warnings = []
-    pairs = torch.unique(torch.stack([identity, index]), dim=1)
-    shared = int((torch.bincount(pairs[0]) > 1).sum())
+    n_identities = int(identity.max()) + 1
+    lowest = torch.full((n_identities,), n, dtype=torch.int64).scatter_reduce(0, identity, index, "amin")
+    highest = torch.full((n_identities,), -1, dtype=torch.int64).scatter_reduce(0, identity, index, "amax")
+    shared = int((lowest != highest).sum())
     if shared:
         warnings.append(
             f"folds: {shared} identities have samples on both sides of a split; the leakage then measures "
@@ -633,8 +795,13 @@ def fit_probe_heads(
     masked: Mapping[str, FoldStatistics],
     schema: AttributeSchema,
     folds: Sequence[int] | None = None,
+    fit_discrete: bool = True,
 ) -> ProbeHeads:
     """Ridge heads of every attribute from ``ProbeStatistics.compute()`` = (``shared``, ``masked``).
+
+    ``fit_discrete=False`` leaves the heads of binary and categorical columns at zero (their
+    reasons, counts and warnings are still computed): for callers that fit those heads
+    another way (the logistic heads of :func:`analyze_embeddings`).
 
     Attributes named in ``masked`` (those with missing labels) get heads from their labelled rows
     only, one group each; the others share one group (one XᵀX). ``folds``: the fold ids that hold
@@ -687,7 +854,15 @@ def fit_probe_heads(
                 present[name] = [c for c, k in enumerate(counts) if k > 0.5]
             if reason[name] is None and attribute.kind == "categorical":
                 warnings += _unseen_class_warnings(attribute, train.sum_y[:, local], held_out_folds)
-        heads = _fit_heads(train, penalty=_inner_fold_penalty(stats))
+        fit = torch.tensor([fit_discrete or not t.attribute.discrete for t in members for _ in range(t.cols.numel())])
+        if bool(fit.all()):
+            heads = _fit_heads(train, penalty=_inner_fold_penalty(stats))
+        else:
+            heads = Heads(torch.zeros(train.gram.shape[0], d, fit.numel(), dtype=f64), *(torch.zeros(train.gram.shape[0], fit.numel(), dtype=f64) for _ in range(2)))
+            if bool(fit.any()):
+                some = fit.nonzero().squeeze(1)
+                partial = _fit_heads(train.columns(some), penalty=_inner_fold_penalty(stats.columns(some)))
+                heads.weight[:, :, some], heads.bias[:, some], heads.penalty[:, some] = partial.weight, partial.bias, partial.penalty
         # Discrete columns score without the training prior ȳ in the intercept: pooled over folds,
         # that term is anti-correlated with each held-out fold's labels (a fold rich in positives
         # leaves a training set poor in them), which drags a signal-free attribute below AUROC 0.5.
@@ -813,6 +988,54 @@ def _probe_tensors(heads: ProbeHeads) -> dict[str, torch.Tensor]:
     }
 
 
+#: Kinds of heads that score discrete attributes: ridge (every epoch) or exact logistic (final reports).
+HEADS = ("ridge", "logistic")
+
+
+def _use_logistic_heads(
+    heads: ProbeHeads,
+    x: torch.Tensor,
+    folds: torch.Tensor,
+    y: torch.Tensor,
+    targets: list[_Target],
+    shared: FoldStatistics,
+    masked: Mapping[str, FoldStatistics],
+    C: float,
+) -> None:
+    """Replace the heads of every defined discrete attribute by logistic ones (all training sets).
+
+    All their 0/1 columns are fitted at once; the binary cut is recomputed as the midpoint of
+    the two training-class mean scores under the new head (from the statistics, as for ridge).
+    """
+    from frx_plugin.logistic import fit_logistic_heads
+
+    chosen = [t for t in targets if t.attribute.discrete and not heads.reason[t.attribute.name]]
+    if not chosen:
+        return
+    cols = torch.cat([t.cols for t in chosen])
+    labelled = torch.cat([t.labelled[:, None].expand(-1, t.cols.numel()) for t in chosen], 1)
+    fitted = fit_logistic_heads(x, y.index_select(1, cols), labelled, folds, shared.columns(cols), C=C)
+    heads.weight[:, :, cols] = fitted.weight
+    # scored without the training prior's log-odds, as the ridge heads are without the prior
+    heads.bias[:, cols] = fitted.bias - torch.logit(fitted.prior)
+    heads.penalty[:, cols] = 1.0 / C
+    shared_train = shared.training_sets()
+    offset = 0
+    for t in chosen:
+        width = t.cols.numel()
+        local = slice(offset, offset + width)
+        offset += width
+        name = t.attribute.name
+        train = masked[name].training_sets() if name in masked else shared_train.columns(t.cols)
+        own = Heads(heads.weight[:, :, t.cols], heads.bias[:, t.cols], heads.penalty[:, t.cols])
+        heads.threshold[:, t.cols] = _class_midpoints(train, own)
+        if not bool(fitted.converged[:, local].all()):
+            heads.warnings.append(
+                f"attribute {t.attribute.name!r}: the logistic head did not converge in {fitted.iterations} "
+                f"iterations (preconditioned gradient {float(fitted.gradient[:, local].max()):.2g})"
+            )
+
+
 @torch.no_grad()
 def analyze_embeddings(
     embeddings: torch.Tensor,
@@ -824,6 +1047,8 @@ def analyze_embeddings(
     n_bootstrap: int = 200,
     seed: int = 0,
     folds: torch.Tensor | None = None,
+    head: str = "ridge",
+    C: float = 1.0,
 ) -> Report:
     """Held-out leakage of every attribute of ``schema`` from ``embeddings`` (N, D).
 
@@ -842,9 +1067,20 @@ def analyze_embeddings(
     one row per target column in schema order (binary 1, categorical one per class,
     continuous 1; NaN rows for undefined attributes); ``probe_bias`` (T,) so that
     ``score = z @ probe_directions.T + probe_bias``; ``probe_penalty`` (T,) the ridge λ.
+    These are always the ridge heads.
+
+    ``head="logistic"``: the held-out scores of binary and categorical attributes come from
+    exact L2-penalised logistic heads instead (one-vs-rest per class, penalty ``1/C`` on the
+    summed loss, scikit-learn's ``LogisticRegression(C=C)`` objective; see
+    :mod:`frx_plugin.logistic`); continuous attributes keep their ridge heads. The report's
+    ``head`` says which.
     """
     from frx_plugin.randomness import poisson_bootstrap_weights
 
+    if head not in HEADS:
+        raise AnalysisError(f"head must be one of {list(HEADS)}, got {head!r}")
+    if not isinstance(C, (int, float)) or isinstance(C, bool) or not math.isfinite(C) or C <= 0:
+        raise AnalysisError(f"C (the inverse logistic penalty) must be a positive number, got {C!r}")
     x = _check_embeddings(embeddings)
     n, d = x.shape
     _check_identity(identity, n)
@@ -862,24 +1098,30 @@ def analyze_embeddings(
         warnings += fold_warnings
     schema.validate(labels, n)
     labels = {name: labels[name].detach().cpu() for name in schema.names}
+    # rows grouped by fold (every metric is invariant to the order): per-fold work takes slices
+    order = None if bool((folds[1:] >= folds[:-1]).all()) else torch.argsort(folds, stable=True)
+    if order is not None:
+        x, folds, identity = x.index_select(0, order), folds[order], identity[order]
+        labels = {name: value[order] for name, value in labels.items()}
+    rows_as_given = x  # the logistic solver's data passes run in this precision
+    if x.numel() <= _CONVERT_ONCE_ENTRIES:
+        x = x.to(torch.float64)  # once, for both the statistics and the scoring
 
     from frx_plugin.metrics import ProbeStatistics  # the metric builds on this module's functions
 
-    _, targets = build_targets(labels, schema, n)
+    y_all, targets = build_targets(labels, schema, n)
     masked_names = [t.attribute.name for t in targets if not bool(t.labelled.all())]
     # all rows are here, in this process: no cross-process reduction (sync_on_compute=False)
     statistics = ProbeStatistics(schema, d, n_folds, masked_names, sync_on_compute=False)
     statistics.update(x, folds, labels)
     shared, masked = statistics.compute()
-    heads = fit_probe_heads(shared, masked, schema, [int(f) for f in torch.unique(folds).tolist()])
+    heads = fit_probe_heads(shared, masked, schema, [int(f) for f in torch.unique(folds).tolist()], fit_discrete=head == "ridge")
+    if head == "logistic":
+        _use_logistic_heads(heads, rows_as_given, folds, y_all, targets, shared, masked, float(C))
     warnings += heads.warnings
 
     # held-out scores: each sample scored by the head of the training set without its fold
-    n_columns = heads.weight.shape[2]
-    scores = torch.empty(n, n_columns, dtype=torch.float64)
-    for f in range(n_folds):
-        rows = (folds == f).nonzero().squeeze(1)
-        scores[rows] = x[rows] @ heads.weight[f] + heads.bias[f]
+    scores = score_rows(x, folds, heads.weight, heads.bias)
     threshold = heads.threshold[folds]  # (N, T)
 
     # metrics and the Poisson bootstrap over identities
@@ -889,11 +1131,36 @@ def analyze_embeddings(
     inputs = []
     for t in targets:
         t.reason = heads.reason[t.attribute.name]
-        rows = t.labelled.nonzero().squeeze(1)
-        s = scores[rows][:, t.cols]
-        predicted = (s[:, 0] > threshold[rows][:, t.cols[0]]) if t.attribute.kind == "binary" else None
+        complete = bool(t.labelled.all())
+        rows = torch.arange(n) if complete else t.labelled.nonzero().squeeze(1)
+        s = scores.index_select(1, t.cols)
+        s = s if complete else s[rows]
+        if t.attribute.kind == "binary":
+            cut = threshold[:, t.cols[0]]
+            predicted = s[:, 0] > (cut if complete else cut[rows])
+        else:
+            predicted = None
         inputs.append((rows, s, predicted, labels[t.attribute.name][rows]))
-        points.append({} if t.reason else _evaluate(t, s, predicted, inputs[-1][3], torch.ones(1, rows.numel(), dtype=torch.float64)))
+    # point estimates; the AUROCs of all complete discrete columns come from one batched sort
+    batched = [i for i, t in enumerate(targets) if not t.reason and t.attribute.discrete and bool(t.labelled.all())]
+    column_auroc: dict[int, torch.Tensor] = {}
+    if batched:
+        cols = torch.cat([targets[i].cols for i in batched])
+        areas = auroc_columns(scores.index_select(1, cols), y_all.index_select(1, cols) > 0.5)
+        offset = 0
+        for i in batched:
+            width = targets[i].cols.numel()
+            column_auroc[i] = areas[offset : offset + width]
+            offset += width
+    for i, t in enumerate(targets):
+        if t.reason:
+            points.append({})
+            continue
+        _, s, predicted, raw = inputs[i]
+        if t.attribute.discrete and i not in column_auroc:
+            positive = torch.nn.functional.one_hot(raw.long(), 2 if t.attribute.kind == "binary" else t.cols.numel()).bool()
+            column_auroc[i] = auroc_columns(s, positive[:, 1:] if t.attribute.kind == "binary" else positive)
+        points.append(_evaluate(t, s, predicted, raw, None, column_auroc.get(i)))
     for start in range(0, n_bootstrap, chunk):
         w = poisson_bootstrap_weights(identity, seed, min(chunk, n_bootstrap - start), first_replicate=start)
         for i, t in enumerate(targets):
@@ -920,4 +1187,5 @@ def analyze_embeddings(
         n_folds=n_folds,
         tensors=_probe_tensors(heads),
         warnings=warnings + more,
+        head=head,
     )

@@ -85,6 +85,7 @@ class Report:
     global_step: int | None = None
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    head: str = "ridge"
 
     def __getitem__(self, name: str) -> AttributeLeakage:
         for item in self.leakage:
@@ -102,6 +103,7 @@ class Report:
             "verification": self.verification.to_record() if self.verification else None,
             "attributes": [a.to_record() for a in self.leakage],
             "warnings": list(self.warnings),
+            "head": self.head,
         }
 
     @classmethod
@@ -117,4 +119,5 @@ class Report:
             global_step=record.get("global_step"),
             tensors=dict(tensors or {}),
             warnings=list(record.get("warnings", [])),
+            head=record.get("head", "ridge"),
         )

@@ -177,3 +177,24 @@ def test_analyze_file_streams_in_chunks_and_matches_the_in_memory_analysis(tmp_p
     assert report["glasses"].extra["balanced_accuracy"] == pytest.approx(reference["glasses"].extra["balanced_accuracy"], abs=1e-9)
     assert report["glasses"].value == pytest.approx(reference["glasses"].value, abs=2e-3)  # binned AUROC
     assert report.verification is not None and report.verification.genuine_pairs == 60 * 10
+
+
+def test_frx_analyze_with_logistic_heads(tmp_path):
+    from frx_plugin.recovery import analyze_embeddings
+
+    z, identity, labels = small_set(n_identities=40, per_identity=5, seed=4)
+    labels["glasses"][::7] = -1
+    path = write_embedding_set(tmp_path / "set.safetensors", z, identity, labels, SCHEMA)
+    proc = _frx("analyze", "--embeddings", str(path), "--out", str(tmp_path / "o"), "--head", "logistic", "--C", "0.5", "--bootstrap", "30")
+    assert proc.returncode == 0, proc.stderr
+    assert "logistic heads (continuous attributes: ridge)" in proc.stdout
+    written = json.loads((tmp_path / "o" / "analysis.json").read_text())
+    assert written["head"] == "logistic" and written["options"]["head"] == "logistic" and written["options"]["C"] == 0.5
+    # the file's embeddings are stored as written (float32): the same numbers as the in-memory call
+    stored = read_embedding_set(path)
+    reference = analyze_embeddings(stored[0], stored[1], stored[2], SCHEMA, n_bootstrap=30, head="logistic", C=0.5)
+    for entry in written["attributes"]:
+        assert entry["value"] == pytest.approx(reference[entry["name"]].value, abs=1e-12), entry["name"]
+        assert entry["low"] == pytest.approx(reference[entry["name"]].low, abs=1e-12), entry["name"]
+    bad = _frx("analyze", "--embeddings", str(path), "--out", str(tmp_path / "b"), "--head", "logistic", "--C", "-1")
+    assert bad.returncode == 2 and "C (the inverse logistic penalty) must be a positive number, got -1.0" in bad.stderr
