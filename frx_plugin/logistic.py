@@ -31,8 +31,6 @@ import torch
 from frx_plugin.recovery import FoldStatistics
 
 __all__ = ["LogisticHeads", "fit_logistic_heads"]
-import os
-_DEBUG = bool(os.environ.get("FRX_DEBUG_LOGISTIC"))
 
 
 #: Default convergence threshold of the preconditioned gradient norm per √n (see the module docstring).
@@ -188,8 +186,6 @@ def fit_logistic_heads(
         pg = apply_inverse(grad)
         norm = (grad * pg).sum(1).clamp_min(0.0).sqrt() / scale
         converged = norm <= tol
-        if _DEBUG:
-            print(iterations, float(norm.max()), float(norm.median()), float(loss.sum()))
         if bool(converged.all()):
             iterations -= 1
             break

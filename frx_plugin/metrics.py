@@ -190,11 +190,13 @@ def _leakage_update(metric: "HeldOutLeakage", x: torch.Tensor, identity: torch.T
         if heads.reason[attribute.name]:
             continue
         raw = labels[attribute.name]
-        rows = (~attribute.missing_mask(raw)).nonzero().squeeze(1)
+        labelled = ~attribute.missing_mask(raw)
+        complete = bool(labelled.all())
+        rows = torch.arange(n) if complete else labelled.nonzero().squeeze(1)
         if rows.numel() == 0:
             continue
         cols = heads.cols[attribute.name]
-        w = weights.index_select(1, rows)
+        w = weights if complete else weights.index_select(1, rows)  # no copy when every label is there
         if attribute.kind == "continuous":
             centre = heads.label_centre[cols[0]]
             y = raw[rows].to(torch.float64)
@@ -204,7 +206,7 @@ def _leakage_update(metric: "HeldOutLeakage", x: torch.Tensor, identity: torch.T
             getattr(metric, f"moments_{i}").add_(w @ sums)
             continue
         target = raw[rows].long()
-        s = scores[rows][:, cols]  # (m, width)
+        s = scores.index_select(1, cols) if complete else scores[rows][:, cols]  # (m, width)
         width = cols.numel()
         if attribute.kind == "binary":
             predicted = (s[:, 0] > heads.threshold[folds[rows], cols[0]]).long()
@@ -216,8 +218,9 @@ def _leakage_update(metric: "HeldOutLeakage", x: torch.Tensor, identity: torch.T
             n_classes = width
         bin_index = _bin_index(s, metric.edges[cols])  # (m, width)
         flat = torch.arange(width)[None, :] * (2 * bins) + positive * bins + bin_index  # (m, width)
-        histogram = getattr(metric, f"histogram_{i}")
-        histogram.view(histogram.shape[0], -1).index_add_(1, flat.reshape(-1), w.repeat_interleave(width, 1))
+        histogram = getattr(metric, f"histogram_{i}").view(weights.shape[0], -1)
+        for c in range(width):  # one column at a time: no (R, m·width) copy of the weights
+            histogram.index_add_(1, flat[:, c], w)
         confusion = getattr(metric, f"confusion_{i}")
         confusion.view(confusion.shape[0], -1).index_add_(1, target * n_classes + predicted, w)
 

@@ -127,8 +127,11 @@ def identity_folds(identity: torch.Tensor, n_folds: int, seed: int = 0) -> torch
     counts = torch.bincount(index, minlength=k)
     shuffled = torch.randperm(k, generator=generator)
     order = shuffled[torch.argsort(counts[shuffled], descending=True, stable=True)]
-    loads = [0] * n_folds
     fold_of_identity = torch.empty(k, dtype=torch.int64)
+    if bool((counts == counts[0]).all()):  # equal sizes: the greedy rule is a round-robin
+        fold_of_identity[order] = torch.arange(k) % n_folds
+        return fold_of_identity[index]
+    loads = [0] * n_folds
     for ident, count in zip(order.tolist(), counts[order].tolist()):
         fold = min(range(n_folds), key=loads.__getitem__)
         fold_of_identity[ident] = fold

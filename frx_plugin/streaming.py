@@ -92,12 +92,17 @@ class _MissingLabels(Metric):
         return names, int(self.dim)
 
 
-def _checked(chunk: Chunk, schema: AttributeSchema, index: int) -> Chunk:
+def _checked(chunk: Chunk, schema: AttributeSchema, index: int, dim: int | None = None) -> Chunk:
     try:
         embeddings, identity, labels = chunk
     except (TypeError, ValueError):
         raise AnalysisError(f"chunk {index}: expected (embeddings, identity, labels), got {type(chunk).__name__}") from None
-    x = _check_embeddings(embeddings)
+    try:
+        x = _check_embeddings(embeddings)
+    except AnalysisError as exc:
+        raise AnalysisError(f"chunk {index}: {exc}") from None
+    if dim is not None and x.shape[1] != dim and x.shape[0] > 0:
+        raise AnalysisError(f"chunk {index}: embeddings have D = {x.shape[1]} columns, but the chunks before had D = {dim}")
     _check_identity(identity, x.shape[0])
     schema.validate(labels, x.shape[0], source=f"chunk {index} labels")
     return x, identity.detach().cpu(), {name: labels[name].detach().cpu() for name in schema.names}
@@ -137,8 +142,10 @@ def analyze_stream(
     dim = None
     if masked_attributes is None:
         scan = _MissingLabels(schema, sync_on_compute=sync_on_compute)
+        first_dim = None
         for i, chunk in enumerate(chunks()):
-            x, _, labels = _checked(chunk, schema, i)
+            x, _, labels = _checked(chunk, schema, i, first_dim)
+            first_dim = first_dim or x.shape[1]
             scan.update(x, labels)
         masked_attributes, dim = scan.compute()
     else:
@@ -148,7 +155,7 @@ def analyze_stream(
 
     statistics = None
     for i, chunk in enumerate(chunks()):
-        x, ident, labels = _checked(chunk, schema, i)
+        x, ident, labels = _checked(chunk, schema, i, dim)
         if statistics is None:
             dim = dim or x.shape[1]
             statistics = ProbeStatistics(schema, dim, n_folds, list(masked_attributes), sync_on_compute=sync_on_compute)
@@ -167,7 +174,7 @@ def analyze_stream(
 
     leakage_metric = HeldOutLeakage(heads, schema, n_bootstrap, seed, n_bins, sync_on_compute=sync_on_compute)
     for i, chunk in enumerate(chunks()):
-        x, ident, labels = _checked(chunk, schema, i)
+        x, ident, labels = _checked(chunk, schema, i, dim)
         leakage_metric.update(x, ident, lookup(ident), labels)
     estimates = leakage_metric.compute()
 

@@ -204,3 +204,22 @@ def test_two_process_stream_equals_one_process(tmp_path):
 
 DDP_N = 301
 DDP_BOOTSTRAP = 40
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_chunks_of_different_width_or_with_nan_are_named(scan):
+    from frx_plugin.recovery import AnalysisError
+
+    z, identity, labels = mixed_world(n=600)
+    masked = None if scan else SCHEMA.names
+    wide = torch.cat([z, torch.zeros(600, 2)], 1)  # D = 14 after 12
+    parts = [(z[:300], identity[:300], {k: v[:300] for k, v in labels.items()}),
+             (wide[300:], identity[300:], {k: v[300:] for k, v in labels.items()})]
+    with pytest.raises(AnalysisError, match=r"chunk 1: embeddings have D = 14 columns, but the chunks before had D = 12"):
+        analyze_stream(lambda: parts, identity, SCHEMA, n_bootstrap=5, masked_attributes=masked)
+    bad = z.clone()
+    bad[450, 3] = math.nan
+    parts = [(bad[:300], identity[:300], {k: v[:300] for k, v in labels.items()}),
+             (bad[300:], identity[300:], {k: v[300:] for k, v in labels.items()})]
+    with pytest.raises(AnalysisError, match=r"chunk 1: embeddings contain NaN or infinity in 1 of 300 rows"):
+        analyze_stream(lambda: parts, identity, SCHEMA, n_bootstrap=5, masked_attributes=masked)

@@ -26,16 +26,18 @@ def brute_force(z: np.ndarray, identity: np.ndarray, fmr: float):
     return genuine, impostor, threshold, float(np.mean(genuine > threshold))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("fmr", [1e-3, 0.01, 0.05, 0.3])
-def test_matches_brute_force(fmr):
+def test_matches_brute_force(fmr, dtype):
     rng = np.random.default_rng(0)
     identity = rng.integers(0, 9, 70)
     centres = rng.normal(size=(9, 16))
     z = (centres[identity] + rng.normal(size=(70, 16)) * 1.2).astype(np.float32)
     genuine, impostor, threshold, tar = brute_force(z.astype(np.float64), identity, fmr)
-    result = verification(torch.tensor(z), torch.tensor(identity), fmr=fmr)
+    result = verification(torch.tensor(z).to(dtype), torch.tensor(identity), fmr=fmr)
     assert result.genuine_pairs == len(genuine) and result.impostor_pairs == len(impostor)
-    assert result.threshold == pytest.approx(threshold, abs=1e-12)
+    # float32 embeddings are scored in float32 (cosines to ~1e-7)
+    assert result.threshold == pytest.approx(threshold, abs=1e-12 if dtype == torch.float64 else 1e-6)
     assert result.tar == pytest.approx(tar, abs=1e-12)
     assert result.fmr == fmr
     assert np.mean(impostor > threshold) <= fmr < np.mean(impostor >= threshold)
@@ -79,6 +81,19 @@ def test_identical_embeddings_have_tar_zero():
     identity = torch.arange(5).repeat_interleave(3)
     result = verification(torch.ones(15, 4), identity)
     assert result.tar == 0.0 and result.threshold == pytest.approx(1.0)
+
+
+def test_the_one_pass_bound_and_its_fallback_give_the_exact_threshold(monkeypatch):
+    rng = np.random.default_rng(4)
+    identity = rng.integers(0, 40, 400)
+    z = rng.normal(size=(40, 12))[identity] + rng.normal(size=(400, 12))
+    genuine, impostor, threshold, tar = brute_force(z, identity, 1e-3)
+    fast = verification(torch.tensor(z), torch.tensor(identity), fmr=1e-3)
+    # a bound above τ (as a bad estimate would give) keeps too few scores: the fallback pass decides
+    monkeypatch.setattr(verification_module, "_lower_bound", lambda *args: 0.999)
+    slow = verification(torch.tensor(z), torch.tensor(identity), fmr=1e-3)
+    for result in (fast, slow):
+        assert result.threshold == pytest.approx(threshold, abs=1e-12) and result.tar == pytest.approx(tar, abs=1e-12)
 
 
 def test_five_thousand_images_fit():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,10 @@ class AttributeRecoveryCallback(Callback):
     pass is appended to ``out_dir/history.json`` and
     ``out_dir/history.safetensors`` by the global-zero rank.
 
+    The pass's cost is logged too, as ``frx/time/embed_s`` (probe data and
+    forward pass) and ``frx/time/after_embed_s`` (recovery, verification,
+    history), and kept in ``last_timing``.
+
     Under DDP each rank embeds its own disjoint shard; the probe statistics are
     summed across ranks (every rank runs every collective), and the embeddings
     are gathered only for verification, which compares every pair.
@@ -93,6 +98,8 @@ class AttributeRecoveryCallback(Callback):
         self.history = HistoryRecorder(self.out_dir, probe.schema)
         self.failures: list[dict[str, Any]] = []
         self.last_report: Report | None = None
+        #: seconds of the last pass: ``embed_s`` (probe data and forward pass) and ``after_embed_s`` (everything after)
+        self.last_timing: dict[str, float] = {}
 
     @property
     def state_key(self) -> str:
@@ -118,8 +125,10 @@ class AttributeRecoveryCallback(Callback):
     # -- the pass ----------------------------------------------------------
     def _run_pass(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
         try:
+            started = time.perf_counter()
             indices = shard_indices(trainer, len(self.probe))
             local = embed_probe_set(pl_module, self.probe, indices, self.config.batch_size)
+            embedded = time.perf_counter()
             # leakage: every rank streams its own shard; the statistics are summed across ranks
             report = probe_leakage(local, self.probe, self.config, indices, distributed=trainer.world_size > 1)
             # verification compares every pair, so it needs all embeddings on every rank
@@ -132,6 +141,11 @@ class AttributeRecoveryCallback(Callback):
                 rank_zero_warn(f"frx (epoch {epoch}): {message}")
             if trainer.is_global_zero:
                 self._publish(trainer, report, epoch)
+            # the pass's cost, split where the user's model stops working: embedding (data + forward) and the rest
+            self.last_timing = {"embed_s": embedded - started, "after_embed_s": time.perf_counter() - embedded}
+            if trainer.is_global_zero:
+                for logger in trainer.loggers:
+                    logger.log_metrics({f"frx/time/{k}": v for k, v in self.last_timing.items()}, step=trainer.global_step)
         except Exception as exc:
             if self.on_error == "raise":
                 raise
