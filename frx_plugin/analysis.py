@@ -127,6 +127,64 @@ def analyze_probe(embeddings: torch.Tensor, probe: ProbeSet, config: AnalysisCon
     return report
 
 
+#: Options of the counterfactual part of a pass.
+COUNTERFACTUAL_PATHS = ("auto", "exact", "latent", "off")
+
+
+def counterfactual_rows(n: int, samples: int) -> torch.Tensor:
+    """The probe rows whose counterfactuals a pass makes: ``samples`` spread evenly over ``n``."""
+    if samples >= n:
+        return torch.arange(n)
+    return torch.unique(torch.linspace(0, n - 1, samples).round().long())
+
+
+def choose_counterfactual_path(probe: ProbeSet, path: str) -> tuple[str, Any]:
+    """("exact", generator) or ("latent", None) for ``path`` in auto / exact / latent."""
+    from frx_plugin.counterfactual import find_generator, require_generator
+
+    if path == "exact":
+        return "exact", require_generator(probe)[1]
+    if path == "auto":
+        found = find_generator(probe)
+        if found is not None:
+            return "exact", found[1]
+    return "latent", None
+
+
+def counterfactual_measures(
+    embeddings: torch.Tensor,
+    probe: ProbeSet,
+    report: Report,
+    config: AnalysisConfig,
+    embed: Any,
+    *,
+    path: str,
+    significance_samples: int = 128,
+    max_error_pairs: int = 16,
+) -> list:
+    """Fill ``report.significance`` and ``report.error_attribution`` (DESIGN.md §2); return the explanations.
+
+    ``embeddings``: all N probe embeddings (L2-normalised); ``embed(rows, attribute, values)``
+    makes changed embeddings (:func:`frx_plugin.counterfactual.exact_embedder` or
+    :func:`~frx_plugin.counterfactual.latent_embedder`); ``path`` names which, for the report.
+    The errors are those of the verification decision at ``config.fmr`` (``report.verification``
+    is reused); at most ``max_error_pairs`` of each kind are explained.
+    """
+    from frx_plugin.counterfactual import error_attribution, explain_errors, identity_significance
+    from frx_plugin.verification import decision_errors
+
+    rows = counterfactual_rows(len(probe), significance_samples)
+    significance = identity_significance(
+        embeddings, probe.identity, probe.schema, probe.labels, embed, rows, n_bootstrap=config.n_bootstrap, seed=config.seed
+    )
+    report.significance = {k: {"value": e.value, "low": e.low, "high": e.high} for k, e in significance.items()}
+    errors = decision_errors(embeddings, probe.identity, config.fmr, known=report.verification)
+    explanations = explain_errors(errors, embeddings, probe.schema, probe.labels, embed, max_pairs=max_error_pairs)
+    report.error_attribution = error_attribution(explanations, list(probe.schema.names))
+    report.counterfactuals = path
+    return explanations
+
+
 def scalar_metrics(report: Report) -> dict[str, float]:
     """The report's numbers under the names loggers use: ``frx/leakage/<attribute>`` and bounds, ``frx/verification/…``."""
     out: dict[str, float] = {}
@@ -137,7 +195,15 @@ def scalar_metrics(report: Report) -> dict[str, float]:
         out[f"frx/{item.metric}/{item.name}"] = item.value
     if report.verification is not None:
         out[f"frx/verification/tar_at_fmr_{report.verification.fmr:g}"] = report.verification.tar
-    return {k: float(v) for k, v in out.items() if not math.isnan(float(v))}
+    for name, estimate in report.significance.items():
+        out[f"frx/significance/{name}"] = estimate["value"]
+        out[f"frx/significance/{name}/low"] = estimate["low"]
+        out[f"frx/significance/{name}/high"] = estimate["high"]
+    for kind, shares in report.error_attribution.items():
+        prefix = "frx/errors" if kind == "all" else f"frx/errors/{kind}"
+        for name, share in shares.items():
+            out[f"{prefix}/{name}"] = share
+    return {k: float(v) for k, v in out.items() if v is not None and not math.isnan(float(v))}
 
 
 ANALYSIS_FORMAT = "frx.analysis/1"

@@ -24,6 +24,13 @@ def frx_register_probe_sets(register) -> None:
     register("synthetic", SyntheticProbeSet, "the built-in synthetic face world (rendered on demand)")
 
 
+@hookimpl
+def frx_register_generators(register) -> None:
+    from frx_plugin.synthetic import synthetic_generator
+
+    register("synthetic", synthetic_generator, "re-renders samples of the synthetic world with one attribute changed")
+
+
 @hookimpl(trylast=True)
 def frx_embed(model: Any, images: torch.Tensor) -> torch.Tensor:
     out = model(images)

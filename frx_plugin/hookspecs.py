@@ -43,6 +43,22 @@ def frx_register_probe_sets(register: Callable[..., None]) -> None:
     """
 
 
+@hookspec
+def frx_register_generators(register: Callable[..., None]) -> None:
+    """Register generators with attribute controls (exact counterfactuals, DESIGN.md §2).
+
+    Called whenever frx looks for a generator for a probe set (identity significance, pair
+    explanations, ``frx explain``). Call ``register(name, factory, description="")`` where
+    ``factory(probe)`` returns an object for that :class:`~frx_plugin.probe.ProbeSet`, or
+    ``None`` when it cannot render that probe set's samples. The object has
+    ``attributes`` (the names it controls) and ``counterfactual(indices, attribute, values)``
+    → images ``(B, 3, H, W)`` of the samples ``indices`` with ``attribute`` set to ``values``
+    (one per sample: a class index for binary and categorical attributes, a value in the
+    attribute's units for continuous ones) and everything else unchanged (see
+    :class:`frx_plugin.counterfactual.AttributeGenerator`). Returns nothing.
+    """
+
+
 @hookspec(firstresult=True)
 def frx_embed(model: Any, images: "torch.Tensor") -> "torch.Tensor | None":
     """Embed a batch of images with ``model``.

@@ -59,6 +59,8 @@ class ResidualFaceNet(nn.Module):
             raise ValueError(f"ResidualFaceNet: embedding_dim must be at least 2, got {embedding_dim}")
         self.input_size = input_size
         self.embedding_dim = embedding_dim
+        self.widths = tuple(widths)
+        self.blocks_per_stage = blocks_per_stage
         self.stem = nn.Sequential(
             nn.Conv2d(3, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.PReLU(widths[0])
         )
@@ -107,3 +109,71 @@ class ArcFaceHead(nn.Module):
         with_margin = torch.where(theta + self.margin < math.pi, torch.cos(theta + self.margin), target - self.margin * math.sin(self.margin))
         logits = cosine.scatter(1, labels[:, None], with_margin)
         return logits * self.scale
+
+
+# --------------------------------------------------------------------------- saved backbones
+
+#: safetensors metadata key of a saved backbone's description (JSON).
+BACKBONE_METADATA = "frx.backbone"
+#: The trained backbone ``frx demo`` leaves in its output folder (``frx explain`` reads it).
+BACKBONE_FILE = "backbone.safetensors"
+
+
+def save_backbone(module: ResidualFaceNet, path, probe: dict | None = None) -> None:
+    """Write a :class:`ResidualFaceNet`'s weights as safetensors, with what rebuilds it in the header.
+
+    ``probe``: optionally, the synthetic probe set it was evaluated on (keyword arguments of
+    :class:`~frx_plugin.synthetic.SyntheticProbeSet`), so ``frx explain`` can rebuild both.
+    """
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from frx_plugin.history import atomic_write
+
+    description = {
+        "architecture": "resnet-small",
+        "embedding_dim": module.embedding_dim,
+        "input_size": module.input_size,
+        "widths": list(module.widths),
+        "blocks_per_stage": module.blocks_per_stage,
+        "probe": probe,
+    }
+    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata={BACKBONE_METADATA: json.dumps(description)}))
+
+
+def load_backbone(path) -> tuple[ResidualFaceNet, dict]:
+    """A backbone saved by :func:`save_backbone` (in eval mode) and its description.
+
+    Reads with safetensors (no pickle); a missing or foreign file is a ``FileNotFoundError`` /
+    ``ValueError`` that names the path.
+    """
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no saved backbone at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+    if BACKBONE_METADATA not in metadata:
+        raise ValueError(f"{path}: the header has no {BACKBONE_METADATA!r} entry; it was not written by frx's save_backbone")
+    description = json.loads(metadata[BACKBONE_METADATA])
+    if description.get("architecture") != "resnet-small":
+        raise ValueError(f"{path}: unknown architecture {description.get('architecture')!r}")
+    module = ResidualFaceNet(
+        embedding_dim=description["embedding_dim"],
+        widths=tuple(description["widths"]),
+        blocks_per_stage=description["blocks_per_stage"],
+        input_size=description["input_size"],
+    )
+    module.load_state_dict(state)
+    return module.eval(), description

@@ -118,6 +118,11 @@ def probe_sets() -> dict[str, Registration]:
     return _collect("frx_register_probe_sets", "probe set")
 
 
+def generators() -> dict[str, Registration]:
+    """Every registered generator factory (``factory(probe)`` → generator or ``None``), by name."""
+    return _collect("frx_register_generators", "generator")
+
+
 def _create(registry: dict[str, Registration], kind: str, name: str, kwargs: dict[str, Any]) -> Any:
     if name not in registry:
         raise PluginError(f"unknown {kind} {name!r}; the installed plugins offer: {sorted(registry)}")

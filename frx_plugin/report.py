@@ -86,6 +86,12 @@ class Report:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     head: str = "ridge"
+    #: identity significance S_k per attribute: {"value", "low", "high"} (DESIGN.md §2); empty if not measured
+    significance: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    #: share of explained errors each attribute decides: {"all" | "false_non_match" | "false_match": {attribute: share}}
+    error_attribution: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    #: how the counterfactuals were made: "exact" (a generator re-rendered the faces), "latent", or None
+    counterfactuals: str | None = None
 
     def __getitem__(self, name: str) -> AttributeLeakage:
         for item in self.leakage:
@@ -104,6 +110,9 @@ class Report:
             "attributes": [a.to_record() for a in self.leakage],
             "warnings": list(self.warnings),
             "head": self.head,
+            "counterfactuals": self.counterfactuals,
+            "significance": {k: {m: _clean(v) for m, v in d.items()} for k, d in self.significance.items()},
+            "error_attribution": {k: {a: _clean(v) for a, v in d.items()} for k, d in self.error_attribution.items()},
         }
 
     @classmethod
@@ -120,4 +129,9 @@ class Report:
             tensors=dict(tensors or {}),
             warnings=list(record.get("warnings", [])),
             head=record.get("head", "ridge"),
+            significance={k: {m: (math.nan if v is None else v) for m, v in d.items()} for k, d in record.get("significance", {}).items()},
+            error_attribution={
+                k: {a: (math.nan if v is None else v) for a, v in d.items()} for k, d in record.get("error_attribution", {}).items()
+            },
+            counterfactuals=record.get("counterfactuals"),
         )

@@ -835,3 +835,26 @@ class SyntheticProbeSet(ProbeSet):
     def counterfactual(self, indices: torch.Tensor, attribute: str, value=None) -> torch.Tensor:
         """The samples re-rendered with one attribute changed (see :meth:`SyntheticFaceWorld.edit`)."""
         return self.world.counterfactual(indices, attribute, value)
+
+
+class SyntheticGenerator:
+    """The synthetic world as a generator with attribute controls (``frx_register_generators``).
+
+    ``counterfactual(indices, attribute, values)`` re-renders the probe samples ``indices``
+    exactly, with ``attribute`` set to ``values`` and every other parameter unchanged.
+    """
+
+    def __init__(self, world: SyntheticFaceWorld) -> None:
+        self.world = world
+        self.attributes = tuple(SYNTHETIC_SCHEMA.names)
+
+    def counterfactual(self, indices: torch.Tensor, attribute: str, values: torch.Tensor) -> torch.Tensor:
+        return self.world.counterfactual(indices, attribute, values)
+
+    def render(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.world.render(indices)
+
+
+def synthetic_generator(probe: ProbeSet) -> SyntheticGenerator | None:
+    """The built-in generator factory: the world behind a :class:`SyntheticProbeSet`, else ``None``."""
+    return SyntheticGenerator(probe.world) if isinstance(probe, SyntheticProbeSet) else None

@@ -22,13 +22,14 @@ keeps every score's top k + 1 the slow way. The answer is exact either way.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from frx_plugin.recovery import AnalysisError
 from frx_plugin.report import Verification
 
-__all__ = ["verification", "pair_scores", "equal_error_rate"]
+__all__ = ["verification", "pair_scores", "equal_error_rate", "decision_errors", "DecisionErrors"]
 
 #: Score-matrix entries per block.
 _BLOCK_ENTRIES = 4_000_000
@@ -92,19 +93,22 @@ def _blocks(z: torch.Tensor, identity: torch.Tensor, bound: float = -math.inf):
         if bound == -math.inf:
             upper = torch.arange(start, n)[None, :] > torch.arange(start, stop)[:, None]
             impostor = scores[upper & (identity[start:stop, None] != identity[None, start:])]
+            pairs = None
         else:
             i, j = (scores >= bound).nonzero(as_tuple=True)
             i, j = i + start, j + start
             keep = (j > i) & (identity[i] != identity[j])
-            impostor = scores[i[keep] - start, j[keep] - start]
-        yield genuine, impostor
+            i, j = i[keep], j[keep]
+            impostor = scores[i - start, j - start]
+            pairs = (i, j)
+        yield genuine, impostor, pairs
 
 
 def pair_scores(embeddings: torch.Tensor, identity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """All genuine and all impostor cosine scores, i < j. Holds every score: small N only."""
     z, identity = _prepare(embeddings, identity)
     genuine, impostor = [], []
-    for g, i in _blocks(z, identity):
+    for g, i, _ in _blocks(z, identity):
         genuine.append(g)
         impostor.append(i)
     cat = lambda parts: torch.cat(parts) if parts else torch.empty(0, dtype=z.dtype)  # noqa: E731
@@ -161,13 +165,13 @@ def verification(embeddings: torch.Tensor, identity: torch.Tensor, fmr: float = 
     keep = k + 1  # the k + 1 highest impostor scores decide τ
     bound = _lower_bound(z, identity, keep, n_impostor)
     genuine_parts, kept = [], []
-    for genuine, impostor in _blocks(z, identity, bound):
+    for genuine, impostor, _ in _blocks(z, identity, bound):
         genuine_parts.append(genuine)
         kept.append(impostor)
     candidates = torch.cat(kept)
     if candidates.numel() < keep:  # the bound was too high: keep a running top k + 1 instead
         top = torch.empty(0, dtype=z.dtype)
-        for _, impostor in _blocks(z, identity):
+        for _, impostor, _ in _blocks(z, identity):
             merged = torch.cat([top, impostor])
             top = torch.topk(merged, keep).values if merged.numel() > keep else merged
         candidates = top
@@ -175,6 +179,64 @@ def verification(embeddings: torch.Tensor, identity: torch.Tensor, fmr: float = 
     genuine = torch.cat(genuine_parts)
     tar = float((genuine > threshold).double().mean())
     return Verification(tar=tar, fmr=float(fmr), threshold=threshold, genuine_pairs=n_genuine, impostor_pairs=n_impostor)
+
+
+@dataclass
+class DecisionErrors:
+    """The errors of a verification decision at threshold ``tau`` (accept when score > τ).
+
+    ``false_non_match`` and ``false_match``: (M, 2) int64 pairs (a, b), a < b, with their
+    ``…_score`` (M,), in descending order of how far the score sits on the wrong side of τ.
+    """
+
+    verification: Verification
+    false_non_match: torch.Tensor
+    false_non_match_score: torch.Tensor
+    false_match: torch.Tensor
+    false_match_score: torch.Tensor
+
+    @property
+    def tau(self) -> float:
+        return self.verification.threshold
+
+
+@torch.no_grad()
+def decision_errors(
+    embeddings: torch.Tensor, identity: torch.Tensor, fmr: float = 1e-3, known: Verification | None = None
+) -> DecisionErrors:
+    """Every false non-match (genuine, score ≤ τ) and false match (impostor, score > τ) at ``fmr``.
+
+    τ as in :func:`verification`; at most ⌊fmr·n⌋ false matches by construction. Raises
+    :class:`AnalysisError` with the minimum when there are too few impostor pairs to set τ
+    at ``fmr`` (fewer than 1/fmr: then τ would be the highest impostor score and the rate
+    unmeasurable). ``known``: the :func:`verification` of these embeddings at ``fmr``, if already
+    computed (its τ is reused).
+    """
+    result = known if known is not None and known.fmr == float(fmr) else verification(embeddings, identity, fmr)
+    if result.impostor_pairs * float(fmr) < 1.0:
+        minimum = int(math.ceil(1.0 / float(fmr)))
+        raise AnalysisError(
+            f"{result.impostor_pairs} impostor pairs are too few to set a threshold at FMR {fmr:g}: "
+            f"at least {minimum:,} are needed (more identities or images, or a larger fmr)"
+        )
+    z, identity = _prepare(embeddings, identity)
+    tau = result.threshold
+    first, second = _genuine_pairs(identity)
+    genuine_scores, match_pairs, match_scores = [], [], []
+    for genuine, impostor, pairs in _blocks(z, identity, math.nextafter(tau, math.inf)):
+        genuine_scores.append(genuine)
+        match_pairs.append(torch.stack(pairs, 1))
+        match_scores.append(impostor)
+    genuine = torch.cat(genuine_scores)
+    missed = genuine <= tau
+    fnm = torch.stack([first[missed], second[missed]], 1)
+    fnm_score = genuine[missed]
+    fm, fm_score = torch.cat(match_pairs), torch.cat(match_scores)
+    fm_keep = fm_score > tau
+    fm, fm_score = fm[fm_keep], fm_score[fm_keep]
+    order = torch.argsort(fnm_score, stable=True)  # lowest genuine score first
+    order_fm = torch.argsort(fm_score, descending=True, stable=True)  # highest impostor score first
+    return DecisionErrors(result, fnm[order], fnm_score[order], fm[order_fm], fm_score[order_fm])
 
 
 def equal_error_rate(genuine: torch.Tensor, impostor: torch.Tensor) -> tuple[float, float]:

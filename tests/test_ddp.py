@@ -32,6 +32,18 @@ def test_two_process_ddp_pass_equals_single_process(tmp_path):
                 assert b[key] is None
             else:
                 assert b[key] == pytest.approx(a[key], abs=1e-6), (a["name"], key)
+    _assert_same_counterfactuals(before_1, before_2, "latent")
+
+
+def _assert_same_counterfactuals(one: dict, two: dict, path: str) -> None:
+    """Significance and error attribution of a 2-process pass equal the single-process ones."""
+    assert one["counterfactuals"] == two["counterfactuals"] == path
+    assert set(one["significance"]) == set(two["significance"]) and one["significance"]
+    for name, estimate in one["significance"].items():
+        for key, value in estimate.items():
+            other = two["significance"][name][key]
+            assert (value is None and other is None) or other == pytest.approx(value, abs=1e-6), (name, key)
+    assert one["error_attribution"] == two["error_attribution"]
 
 
 def _demo(out: Path, devices: int) -> list[dict]:
@@ -56,3 +68,5 @@ def test_frx_demo_with_two_devices_counts_every_probe_sample_once(tmp_path):
             assert (a[key] is None and b[key] is None) or b[key] == pytest.approx(a[key], abs=1e-6), (a["name"], key)
         for key, value in a["extra"].items():
             assert b["extra"][key] == pytest.approx(value, abs=1e-6) if value is not None else b["extra"][key] is None
+    # exact counterfactuals: each rank renders and embeds its share of the changed faces
+    _assert_same_counterfactuals(one, two, "exact")

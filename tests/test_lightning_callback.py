@@ -137,3 +137,50 @@ def test_an_unwritable_history_folder_does_not_stop_training(tmp_path):
     # nothing computed is lost: the passes stay in the callback's state (and so in checkpoints)
     assert callback.history.epochs == [0, 1]
     assert len(callback.failures) == 2
+
+
+def test_counterfactuals_are_logged_exact_on_the_synthetic_world_and_latent_elsewhere(tmp_path):
+    import torch
+
+    from frx_plugin.analysis import counterfactual_rows
+    from frx_plugin.counterfactual import CounterfactualError
+    from frx_plugin.synthetic import SyntheticProbeSet
+
+    probe = SyntheticProbeSet(20, 4, seed=1, size=32, first_identity=7_000)
+    callback = AttributeRecoveryCallback(probe, out_dir=tmp_path / "frx", n_bootstrap=20, significance_samples=24, max_error_pairs=4)
+    assert callback.counterfactual_path == "exact"
+    model = TinyFaceModule()
+    trainer = _trainer(tmp_path, [callback], 1, logger=CSVLogger(tmp_path, name="logs"))
+    trainer.fit(model, make_train_loader())
+    report = callback.last_report
+    assert report.counterfactuals == "exact" and set(report.significance) == set(probe.schema.names)
+
+    # identity significance of glasses by brute force with the trained model: re-render, re-embed, cosines
+    rows = counterfactual_rows(len(probe), 24)
+    model.eval()
+    with torch.no_grad():
+        z = torch.nn.functional.normalize(model(probe.images(torch.arange(len(probe)))), dim=1).double()
+        changed = torch.nn.functional.normalize(model(probe.world.counterfactual(rows, "glasses", 1 - probe.labels["glasses"][rows])), dim=1).double()
+    different = probe.identity[:, None] != probe.identity[None, :]
+    impostor = (1 - z @ z.T)[different].mean()
+    expected = float((1 - (z[rows] * changed).sum(1)).mean() / impostor)
+    assert report.significance["glasses"]["value"] == pytest.approx(expected, rel=1e-4)
+
+    with open(trainer.logger.log_dir + "/metrics.csv") as fh:
+        rows_logged = [r for r in csv.DictReader(fh) if r.get("frx/significance/glasses")]
+    assert len(rows_logged) == 2  # epoch 0 and epoch 1
+    assert float(rows_logged[-1]["frx/significance/glasses"]) == pytest.approx(expected, rel=1e-4)
+    shares = report.error_attribution["all"]
+    assert all(0.0 <= v <= 1.0 for v in shares.values() if v == v)
+    _, records, _ = read_history(tmp_path / "frx")
+    assert records[-1]["counterfactuals"] == "exact" and "glasses" in records[-1]["significance"]
+
+    # a probe set no generator can render: latent by default, an error at once when exact is demanded
+    latent = AttributeRecoveryCallback(make_probe(), out_dir=tmp_path / "latent", n_bootstrap=0)
+    assert latent.counterfactual_path == "latent"
+    _trainer(tmp_path / "b", [latent], 1).fit(TinyFaceModule(), make_train_loader())
+    assert latent.last_report.counterfactuals == "latent" and latent.last_report.significance
+    with pytest.raises(CounterfactualError, match="frx_register_generators"):
+        AttributeRecoveryCallback(make_probe(), counterfactuals="exact")
+    with pytest.raises(ValueError, match="counterfactuals must be one of"):
+        AttributeRecoveryCallback(make_probe(), counterfactuals="maybe")

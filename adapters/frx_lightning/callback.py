@@ -11,10 +11,21 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
-from frx_plugin.analysis import ON_ERROR, AnalysisConfig, embed_probe_set, probe_leakage, scalar_metrics
+from frx_plugin.analysis import (
+    COUNTERFACTUAL_PATHS,
+    ON_ERROR,
+    AnalysisConfig,
+    choose_counterfactual_path,
+    counterfactual_measures,
+    embed_probe_set,
+    probe_leakage,
+    scalar_metrics,
+)
+from frx_plugin.counterfactual import exact_embedder, latent_embedder, latent_model
 from frx_plugin.history import HistoryRecorder
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet
+from frx_plugin.recovery import AnalysisError
 from frx_plugin.report import Report
 from frx_plugin.verification import verification
 
@@ -57,6 +68,17 @@ class AttributeRecoveryCallback(Callback):
     pass is appended to ``out_dir/history.json`` and
     ``out_dir/history.safetensors`` by the global-zero rank.
 
+    Counterfactuals (DESIGN.md §2) run in the same pass: identity significance
+    ``frx/significance/<attribute>`` (with ``/low`` and ``/high``) from
+    ``significance_samples`` probe samples, and error attribution
+    ``frx/errors/<attribute>`` (share of the explained errors the attribute
+    decides; also per kind, ``frx/errors/false_non_match/…`` and
+    ``…/false_match/…``) over at most ``max_error_pairs`` errors of each kind
+    at the verification threshold. ``counterfactuals``: "auto" (exact when a
+    generator registered through ``frx_register_generators`` can render the
+    probe set, latent otherwise), "exact" (an error at once if none can),
+    "latent" or "off".
+
     The pass's cost is logged too, as ``frx/time/embed_s`` (probe data and
     forward pass) and ``frx/time/after_embed_s`` (recovery, verification,
     history), and kept in ``last_timing``.
@@ -81,6 +103,9 @@ class AttributeRecoveryCallback(Callback):
         seed: int = 0,
         on_error: str = "warn",
         run_before_training: bool = True,
+        counterfactuals: str = "auto",
+        significance_samples: int = 128,
+        max_error_pairs: int = 16,
     ) -> None:
         super().__init__()
         if not isinstance(probe, ProbeSet):
@@ -89,6 +114,17 @@ class AttributeRecoveryCallback(Callback):
             raise ValueError(f"every_n_epochs must be a positive integer, got {every_n_epochs!r}")
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        if counterfactuals not in COUNTERFACTUAL_PATHS:
+            raise ValueError(f"counterfactuals must be one of {COUNTERFACTUAL_PATHS}, got {counterfactuals!r}")
+        for name, value in (("significance_samples", significance_samples), ("max_error_pairs", max_error_pairs)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        # decided once: exact when a generator can render the probe set (an error now if "exact" cannot be had)
+        self.counterfactual_path, self._generator = (
+            (None, None) if counterfactuals == "off" else choose_counterfactual_path(probe, counterfactuals)
+        )
+        self.significance_samples = significance_samples
+        self.max_error_pairs = max_error_pairs
         self.config = AnalysisConfig(n_folds=n_folds, n_bootstrap=n_bootstrap, seed=seed, fmr=float(fmr), batch_size=batch_size)
         self.probe = probe
         self.out_dir = Path(out_dir)
@@ -134,6 +170,8 @@ class AttributeRecoveryCallback(Callback):
             # verification compares every pair, so it needs all embeddings on every rank
             embeddings = gather_embeddings(trainer, local, len(self.probe))
             report.verification = verification(embeddings, self.probe.identity, fmr=self.config.fmr)
+            if self.counterfactual_path is not None:
+                self._counterfactuals(trainer, pl_module, embeddings, report)
             report.epoch, report.global_step = epoch, trainer.global_step
             self.last_report = report
             self.history.add(report.to_record(), report.tensors)
@@ -152,6 +190,31 @@ class AttributeRecoveryCallback(Callback):
             self.failures.append({"epoch": epoch, "global_step": trainer.global_step, "error": f"{type(exc).__name__}: {exc}"})
             rank_zero_warn(f"frx: the analysis pass at epoch {epoch} failed and is skipped; training goes on. {type(exc).__name__}: {exc}")
         trainer.strategy.barrier("frx_history_written")
+
+    def _counterfactuals(self, trainer: Trainer, pl_module: LightningModule, embeddings: torch.Tensor, report: Report) -> None:
+        """Identity significance and error attribution (every rank, same inputs, same collectives)."""
+        if self.counterfactual_path == "exact":
+            base = exact_embedder(pl_module, self._generator, self.config.batch_size)
+
+            def embed(rows: torch.Tensor, attribute: str, values: torch.Tensor) -> torch.Tensor:
+                # each rank renders and embeds its share of the changed faces; all ranks get all of them
+                mine = torch.arange(trainer.global_rank, rows.numel(), trainer.world_size)
+                # a rank with no share still takes part in the gather, with an empty (0, D) block
+                local = base(rows[mine], attribute, values[mine]) if mine.numel() else torch.empty(0, embeddings.shape[1])
+                return gather_embeddings(trainer, local, rows.numel())
+        else:
+            model = latent_model(
+                embeddings, self.probe.labels, self.probe.schema, report.tensors["probe_directions"], report.tensors["probe_bias"],
+                held_out={a.name: a.value for a in report.leakage},
+            )
+            embed = latent_embedder(model, embeddings, self.probe.labels)
+        try:
+            counterfactual_measures(
+                embeddings, self.probe, report, self.config, embed, path=self.counterfactual_path,
+                significance_samples=self.significance_samples, max_error_pairs=self.max_error_pairs,
+            )
+        except AnalysisError as exc:  # e.g. too few impostor pairs for τ: leakage and verification still count
+            report.warnings.append(f"counterfactuals skipped: {exc}")
 
     def _publish(self, trainer: Trainer, report: Report, epoch: int) -> None:
         """Global-zero only: write the history, log the scalars, tell the sinks."""

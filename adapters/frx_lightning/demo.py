@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from frx_lightning.callback import AttributeRecoveryCallback
 from frx_plugin.figures import plot_leakage_history
 from frx_plugin.hookspecs import hookimpl
-from frx_plugin.models import ArcFaceHead, ResidualFaceNet
+from frx_plugin.models import BACKBONE_FILE, ArcFaceHead, ResidualFaceNet, save_backbone
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.report import Report
 from frx_plugin.synthetic import SyntheticFaceDataset, SyntheticFaceWorld, SyntheticProbeSet
@@ -99,9 +99,12 @@ class _ProgressPrinter:
 def format_table(first: dict[str, Any], last: dict[str, Any]) -> str:
     """The end-of-demo table: each attribute's metric and normalised leakage before and after training."""
     lines = [
-        f"{'attribute':<14} {'group':<9} {'metric':<6} {'epoch ' + str(first['epoch']):>9} {'epoch ' + str(last['epoch']):>9}   {'leakage ℓ (95% CI)':<22}",
-        "-" * 78,
+        f"{'attribute':<14} {'group':<9} {'metric':<6} {'epoch ' + str(first['epoch']):>9} {'epoch ' + str(last['epoch']):>9}   "
+        f"{'leakage ℓ (95% CI)':<22} {'S_k':>6} {'errors':>6}",
+        "-" * 92,
     ]
+    significance = last.get("significance") or {}
+    errors = (last.get("error_attribution") or {}).get("all", {})
 
     def fmt(v):
         return "   nan" if v is None else f"{v:6.3f}"
@@ -110,14 +113,23 @@ def format_table(first: dict[str, Any], last: dict[str, Any]) -> str:
     for item in sorted(last["attributes"], key=lambda a: (a.get("group") or "", -(a["leakage"] or 0))):
         b = before.get(item["name"], {})
         ci = f"{fmt(item['leakage'])} [{fmt(item['leakage_low']).strip()}, {fmt(item['leakage_high']).strip()}]"
+        sk = significance.get(item["name"], {}).get("value")
+        share = errors.get(item["name"])
         lines.append(
-            f"{item['name']:<14} {item.get('group') or '':<9} {item['metric']:<6} {fmt(b.get('value')):>9} {fmt(item['value']):>9}   {ci}"
+            f"{item['name']:<14} {item.get('group') or '':<9} {item['metric']:<6} {fmt(b.get('value')):>9} {fmt(item['value']):>9}   {ci:<22} "
+            f"{fmt(sk)} {fmt(share)}"
             + (f"  ({item['reason']})" if item.get("reason") else "")
         )
     for name, rec in (("before", first), ("after", last)):
         ver = rec.get("verification")
         if ver:
             lines.append(f"verification {name} training (held-out identities): TAR {ver['tar']:.3f} at FMR {ver['fmr']:g}")
+    if significance:
+        lines.append(
+            f"S_k: identity significance after training ({last.get('counterfactuals')} counterfactuals: how far changing the "
+            "attribute alone moves an embedding, relative to changing the person); errors: share of the explained recognition "
+            "errors that changing the attribute alone would flip"
+        )
     return "\n".join(lines)
 
 
@@ -183,6 +195,11 @@ def run_demo(options: dict[str, Any]) -> int:
     if not records:
         print("frx demo: no analysis pass succeeded; see the warnings above", file=sys.stderr)
         return 1
+    probe_spec = {
+        "n_identities": opts["probe_identities"], "images_per_identity": opts["probe_images_per_identity"],
+        "seed": opts["seed"], "size": opts["size"], "first_identity": 1_000_000,
+    }
+    save_backbone(model.backbone, out / BACKBONE_FILE, probe=probe_spec)
     figure = plot_leakage_history(records, out / "leakage.png", title="frx demo: attribute leakage while training on the synthetic world")
     print()
     print(format_table(records[0], records[-1]))
