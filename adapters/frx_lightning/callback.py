@@ -80,8 +80,8 @@ class AttributeRecoveryCallback(Callback):
     "latent" or "off".
 
     The pass's cost is logged too, as ``frx/time/embed_s`` (probe data and
-    forward pass) and ``frx/time/after_embed_s`` (recovery, verification,
-    history), and kept in ``last_timing``.
+    forward pass), ``frx/time/after_embed_s`` (recovery, verification,
+    history) and ``frx/time/counterfactual_s``, and kept in ``last_timing``.
 
     Under DDP each rank embeds its own disjoint shard; the probe statistics are
     summed across ranks (every rank runs every collective), and the embeddings
@@ -123,6 +123,11 @@ class AttributeRecoveryCallback(Callback):
         self.counterfactual_path, self._generator = (
             (None, None) if counterfactuals == "off" else choose_counterfactual_path(probe, counterfactuals)
         )
+        if counterfactuals == "auto" and self.counterfactual_path == "latent":
+            rank_zero_warn(
+                f"frx: no generator (hook frx_register_generators) can render {probe.source}; identity significance and "
+                "error attribution use the latent path (pass counterfactuals='exact' to require a generator, 'off' to skip)"
+            )
         self.significance_samples = significance_samples
         self.max_error_pairs = max_error_pairs
         self.config = AnalysisConfig(n_folds=n_folds, n_bootstrap=n_bootstrap, seed=seed, fmr=float(fmr), batch_size=batch_size)
@@ -134,7 +139,8 @@ class AttributeRecoveryCallback(Callback):
         self.history = HistoryRecorder(self.out_dir, probe.schema)
         self.failures: list[dict[str, Any]] = []
         self.last_report: Report | None = None
-        #: seconds of the last pass: ``embed_s`` (probe data and forward pass) and ``after_embed_s`` (everything after)
+        #: seconds of the last pass: ``embed_s`` (probe data and forward pass), ``after_embed_s`` (recovery,
+        #: verification, history) and ``counterfactual_s`` (rendering, embedding and scoring the changed faces)
         self.last_timing: dict[str, float] = {}
 
     @property
@@ -170,8 +176,11 @@ class AttributeRecoveryCallback(Callback):
             # verification compares every pair, so it needs all embeddings on every rank
             embeddings = gather_embeddings(trainer, local, len(self.probe))
             report.verification = verification(embeddings, self.probe.identity, fmr=self.config.fmr)
+            counterfactual_s = 0.0
             if self.counterfactual_path is not None:
+                counterfactual_start = time.perf_counter()
                 self._counterfactuals(trainer, pl_module, embeddings, report)
+                counterfactual_s = time.perf_counter() - counterfactual_start
             report.epoch, report.global_step = epoch, trainer.global_step
             self.last_report = report
             self.history.add(report.to_record(), report.tensors)
@@ -180,7 +189,11 @@ class AttributeRecoveryCallback(Callback):
             if trainer.is_global_zero:
                 self._publish(trainer, report, epoch)
             # the pass's cost, split where the user's model stops working: embedding (data + forward) and the rest
-            self.last_timing = {"embed_s": embedded - started, "after_embed_s": time.perf_counter() - embedded}
+            self.last_timing = {
+                "embed_s": embedded - started,
+                "after_embed_s": time.perf_counter() - embedded - counterfactual_s,
+                "counterfactual_s": counterfactual_s,
+            }
             if trainer.is_global_zero:
                 for logger in trainer.loggers:
                     logger.log_metrics({f"frx/time/{k}": v for k, v in self.last_timing.items()}, step=trainer.global_step)
