@@ -62,6 +62,30 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from frx_plugin.explain import explain
+
+    document = explain(
+        demo_dir=args.demo_dir, embeddings_file=args.embeddings, out_dir=args.out, fmr=args.fmr,
+        max_pairs=args.max_pairs, path=args.path,
+    )
+    counts = document["counts"]
+    print(f"{document['path']} counterfactuals; τ = {document['tau']:.4f} at FMR {document['fmr']:g}: "
+          f"{counts['false_non_match']:,} false non-matches, {counts['false_match']:,} false matches, {counts['explained']} explained")
+    print(f"{'attribute':<16} {'all errors':>10} {'non-match':>10} {'match':>10}   (share of explained errors the attribute flips)")
+    shares = document["attribution"]
+
+    def fmt(v):
+        return "       nan" if v is None or v != v else f"{v:10.3f}"
+
+    for name in sorted(shares["all"], key=lambda n: -(shares["all"][n] if shares["all"][n] == shares["all"][n] else -1)):
+        print(f"{name:<16} {fmt(shares['all'][name])} {fmt(shares['false_non_match'][name])} {fmt(shares['false_match'][name])}")
+    if document["path"] == "latent":
+        print("counterfactuals.png needs a generator that renders the faces; none for this input (latent path)")
+    print("wrote " + ", ".join(document["files"]))
+    return 0
+
+
 def _plugins(args: argparse.Namespace) -> int:
     pm = get_plugin_manager()
     print("plugins:")
@@ -112,6 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--format", choices=("table", "json", "csv"), default="table", help="what to print (default table)")
     analyze.set_defaults(func=_analyze)
 
+    explain = sub.add_parser("explain", help="explain a model's recognition errors with counterfactuals")
+    explain.add_argument("--demo-dir", default="frx-demo", help="folder with frx demo's backbone.safetensors; trained there when missing (default ./frx-demo)")
+    explain.add_argument("--embeddings", default=None, help="explain an embedding-set file instead (latent path, no figure)")
+    explain.add_argument("--out", default="frx-explain", help="output folder for explanations.json and counterfactuals.png (default ./frx-explain)")
+    explain.add_argument("--fmr", type=float, default=1e-3, help="false-match rate that sets the threshold τ (default 1e-3)")
+    explain.add_argument("--max-pairs", type=int, default=50, help="error pairs explained of each kind (default 50)")
+    explain.add_argument("--path", choices=("auto", "exact", "latent"), default="auto",
+                         help="exact: re-render with a generator; latent: move embeddings; auto: exact where a generator exists")
+    explain.set_defaults(func=_explain)
+
     plugins = sub.add_parser("plugins", help="list the loaded plugins, backbones and probe sets")
     plugins.set_defaults(func=_plugins)
     return parser
@@ -121,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as exc:  # SchemaError, AnalysisError, EmbeddingSetError are ValueErrors
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as exc:  # SchemaError, AnalysisError, EmbeddingSetError are ValueErrors
         print(f"frx {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

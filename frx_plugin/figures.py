@@ -70,3 +70,51 @@ def plot_leakage_history(records: Sequence[dict[str, Any]], path: Path, title: s
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_counterfactuals(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """One row per explained error pair: the two faces, then the second face changed one attribute at a time.
+
+    Each row: ``kind``, ``tau``, ``score``, ``first`` and ``second`` images (3, H, W) in [0, 1], and
+    ``changed``: a list of ``(attribute, image, score)`` — the second face with that attribute
+    changed and the pair's score then. A panel whose score crosses τ is framed in green.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ValueError("plot_counterfactuals: no error pairs to show")
+    columns = 2 + max(len(r["changed"]) for r in rows)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.9 * columns, 2.45 * len(rows)), squeeze=False)
+
+    def show(ax, image, label: str, frame: str | None = None) -> None:
+        ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(label, fontsize=7)
+        if frame:
+            for spine in ax.spines.values():
+                spine.set_edgecolor(frame)
+                spine.set_linewidth(3)
+
+    for r, row in enumerate(rows):
+        kind = "false non-match" if row["kind"] == "false_non_match" else "false match"
+        show(axes[r, 0], row["first"], f"{kind}\nτ = {row['tau']:.3f}\nface A")
+        show(axes[r, 1], row["second"], f"face B\ncos(A, B) = {row['score']:.3f}")
+        for c, (attribute, image, score) in enumerate(row["changed"]):
+            flipped = (score > row["tau"]) if row["kind"] == "false_non_match" else (score <= row["tau"])
+            verb = "takes A's" if row["kind"] == "false_non_match" else "changes"
+            show(axes[r, 2 + c], image, f"B {verb} {attribute}\ncos = {score:.3f} ({score - row['score']:+.3f})",
+                 "tab:green" if flipped else None)
+        for c in range(2 + len(row["changed"]), columns):
+            axes[r, c].axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
