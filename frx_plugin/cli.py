@@ -63,25 +63,31 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from frx_plugin.explain import explain
+    from frx_plugin.explain import FIGURE_FILE, explain
 
     document = explain(
         demo_dir=args.demo_dir, embeddings_file=args.embeddings, out_dir=args.out, fmr=args.fmr,
-        max_pairs=args.max_pairs, path=args.path,
+        max_pairs=args.max_pairs, path=args.path, latent_mode=args.latent_mode,
     )
     counts = document["counts"]
-    print(f"{document['path']} counterfactuals; τ = {document['tau']:.4f} at FMR {document['fmr']:g}: "
+    how = document["path"] + (f" ({document['latent_mode']})" if document["latent_mode"] else "")
+    print(f"{how} counterfactuals; τ = {document['tau']:.4f} at FMR {document['fmr']:g}: "
           f"{counts['false_non_match']:,} false non-matches, {counts['false_match']:,} false matches, {counts['explained']} explained")
-    print(f"{'attribute':<16} {'all errors':>10} {'non-match':>10} {'match':>10}   (share of explained errors the attribute flips)")
     shares = document["attribution"]
+    if counts["explained"]:
+        print(f"{'attribute':<16} {'all errors':>10} {'non-match':>10} {'match':>10}   (share of explained errors the attribute alone flips)")
 
-    def fmt(v):
-        return "       nan" if v is None or v != v else f"{v:10.3f}"
+        def share(value) -> str:
+            return f"{'—':>10}" if value is None else f"{value:10.3f}"
 
-    for name in sorted(shares["all"], key=lambda n: -(shares["all"][n] if shares["all"][n] == shares["all"][n] else -1)):
-        print(f"{name:<16} {fmt(shares['all'][name])} {fmt(shares['false_non_match'][name])} {fmt(shares['false_match'][name])}")
-    if document["path"] == "latent":
-        print("counterfactuals.png needs a generator that renders the faces; none for this input (latent path)")
+        for name in sorted(shares["all"], key=lambda n: -(shares["all"][n] or 0.0)):
+            print(f"{name:<16} {share(shares['all'][name])} {share(shares['false_non_match'][name])} {share(shares['false_match'][name])}")
+    if document["path"] == "latent" and args.embeddings:
+        print(f"{FIGURE_FILE} needs a generator that renders the faces (hook frx_register_generators); an embedding file has none, so none written")
+    elif document["path"] == "latent":
+        print(f"{FIGURE_FILE} needs the exact path (a generator that renders the faces); none written on the latent path")
+    elif not counts["explained"]:
+        print(f"no recognition errors at FMR {document['fmr']:g}, so no {FIGURE_FILE}")
     print("wrote " + ", ".join(document["files"]))
     return 0
 
@@ -144,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--max-pairs", type=int, default=50, help="error pairs explained of each kind (default 50)")
     explain.add_argument("--path", choices=("auto", "exact", "latent"), default="auto",
                          help="exact: re-render with a generator; latent: move embeddings; auto: exact where a generator exists")
+    explain.add_argument("--latent-mode", choices=("conditional", "least_norm"), default="conditional",
+                         help="latent path: the expected move under the embeddings' covariance, or the least Euclidean move (default conditional)")
     explain.set_defaults(func=_explain)
 
     plugins = sub.add_parser("plugins", help="list the loaded plugins, backbones and probe sets")

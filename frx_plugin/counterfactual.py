@@ -114,7 +114,7 @@ def require_generator(probe: Any) -> tuple[str, AttributeGenerator]:
         raise CounterfactualError(
             f"no generator can render {getattr(probe, 'source', type(probe).__name__)}: exact counterfactuals need a plugin "
             f"implementing the frx_register_generators hook for it (installed: {sorted(generators())}); "
-            "or use the latent path (counterfactuals='latent')"
+            "or use the latent path (counterfactuals='latent' in the Lightning callback, --path latent in frx explain)"
         )
     return found
 

@@ -1,11 +1,28 @@
 """``frx explain``: what caused each recognition error of a model on a probe set (DESIGN.md §2).
 
 The default is the built-in pair: the synthetic world's held-out probe set and the backbone that
-``frx demo`` trained on it (``<demo_dir>/backbone.safetensors``; trained first when missing).
-Writes ``explanations.json`` — one entry per explained error pair (scores, τ, δ per attribute,
-ranked, and the attributes whose counterfactual flips the decision) with the share of errors
-each attribute explains — and, where a generator can render the faces, ``counterfactuals.png``.
-With an embedding file there are no faces: the latent path, and no figure.
+``frx demo`` trained on it (``<demo_dir>/backbone.safetensors``; trained first when missing). A
+model and a probe set of your own can be passed instead (from Python), or an embedding-set file.
+
+Writes ``explanations.json`` (layout ``frx.explanations/1``)::
+
+    {"format": "frx.explanations/1",
+     "source": "<what was explained>",
+     "path": "exact" | "latent",          # how the changed embeddings were made
+     "latent_mode": "conditional" | "least_norm" | null,   # null on the exact path
+     "fmr": 0.001, "tau": <threshold: accept when score > tau>,
+     "verification": {...},                # Verification.to_record(): TAR at FMR, pair counts
+     "counts": {"false_non_match": <all of them>, "false_match": <all of them>, "explained": <entries in pairs>},
+     "attribution": {"all" | "false_non_match" | "false_match": {attribute: share of explained errors it flips}},
+     "pairs": [{"pair": [i, j], "identities": [id_i, id_j], "kind": "false_non_match" | "false_match",
+                "score": s, "tau": tau, "counterfactual": "align" | "away",
+                "delta": {attribute: δ or null}, "ranked": [attributes, most against the error first],
+                "deciding": [attributes whose δ alone flips the decision, in ranked order]}, ...]}
+
+NaN is written as ``null``. Where a generator can render the faces (the exact path) it also writes
+``counterfactuals.png``: for a few error pairs, the two faces and the second face changed along its
+top-ranked attributes, each with the score it then gets. With an embedding file there are no
+faces: the latent path, and no figure.
 """
 
 from __future__ import annotations
@@ -21,6 +38,7 @@ import torch
 from frx_plugin.analysis import AnalysisConfig, analyze_probe, choose_counterfactual_path, embed_probe_set
 from frx_plugin.counterfactual import (
     CounterfactualError,
+    PairExplanation,
     _scale,
     away_values,
     error_attribution,
@@ -33,22 +51,43 @@ from frx_plugin.history import atomic_write_text
 from frx_plugin.models import BACKBONE_FILE, load_backbone
 from frx_plugin.verification import decision_errors
 
-__all__ = ["explain", "EXPLANATIONS_FORMAT"]
+__all__ = ["explain", "EXPLANATIONS_FORMAT", "EXPLANATIONS_FILE", "FIGURE_FILE"]
 
 EXPLANATIONS_FORMAT = "frx.explanations/1"
+EXPLANATIONS_FILE = "explanations.json"
+FIGURE_FILE = "counterfactuals.png"
+
+#: Counterfactual faces shown per error pair in the figure.
+FIGURE_CHANGES = 3
 
 
 def _clean(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None`` (JSON has no NaN)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     return value
 
 
+def _check_options(fmr: Any, max_pairs: Any, path: Any, latent_mode: Any, figure_pairs: Any) -> None:
+    """Raise a ``ValueError`` naming the first option out of its range."""
+    if isinstance(fmr, bool) or not (isinstance(fmr, (int, float)) and 0.0 < float(fmr) < 1.0):
+        raise ValueError(f"fmr must be a number in (0, 1), got {fmr!r}")
+    if not isinstance(max_pairs, int) or isinstance(max_pairs, bool) or max_pairs < 1:
+        raise ValueError(f"max_pairs must be a positive integer, got {max_pairs!r}")
+    if path not in ("auto", "exact", "latent"):
+        raise ValueError(f"path must be one of ['auto', 'exact', 'latent'], got {path!r}")
+    if latent_mode not in ("conditional", "least_norm"):
+        raise ValueError(f"latent_mode must be 'conditional' or 'least_norm', got {latent_mode!r}")
+    if not isinstance(figure_pairs, int) or isinstance(figure_pairs, bool) or figure_pairs < 0:
+        raise ValueError(f"figure_pairs must be a non-negative integer, got {figure_pairs!r}")
+
+
 def _trained_backbone(demo_dir: Path, say: Callable[[str], None]):
+    """The demo backbone at ``demo_dir`` (module in eval mode, description), trained with ``frx demo`` when missing."""
     path = demo_dir / BACKBONE_FILE
     if not path.is_file():
         from frx_plugin.plugins import get_plugin_manager
@@ -66,6 +105,8 @@ def _trained_backbone(demo_dir: Path, say: Callable[[str], None]):
 
 
 def explain(
+    model: Any = None,
+    probe: Any = None,
     *,
     demo_dir: str | Path = "frx-demo",
     embeddings_file: str | Path | None = None,
@@ -73,19 +114,38 @@ def explain(
     fmr: float = 1e-3,
     max_pairs: int = 50,
     path: str = "auto",
+    latent_mode: str = "conditional",
     figure_pairs: int = 4,
     say: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
 ) -> dict[str, Any]:
-    """Explain the errors of the verification decision at ``fmr``; write the files; return the document."""
-    if not (isinstance(fmr, (int, float)) and 0.0 < float(fmr) < 1.0):
-        raise ValueError(f"fmr must be a number in (0, 1), got {fmr!r}")
-    if not isinstance(max_pairs, int) or isinstance(max_pairs, bool) or max_pairs < 1:
-        raise ValueError(f"max_pairs must be a positive integer, got {max_pairs!r}")
-    if path not in ("auto", "exact", "latent"):
-        raise ValueError(f"path must be one of ['auto', 'exact', 'latent'], got {path!r}")
+    """Explain the errors of the verification decision at ``fmr``; write the files; return the document.
+
+    What is explained, in order of precedence:
+
+    - ``embeddings_file``: an embedding-set file (:func:`frx_plugin.embedding_set.read_embedding_set`);
+      always the latent path (``path="exact"`` is a :class:`CounterfactualError`), no figure;
+    - ``model`` and ``probe``: a model (what the ``frx_embed`` hook embeds) and a probe set;
+    - neither: the backbone in ``demo_dir`` and the synthetic probe set it names (trained with
+      ``frx demo`` first when the file is missing).
+
+    ``path``: "exact" re-renders with a generator (hook ``frx_register_generators``;
+    :class:`CounterfactualError` without one), "latent" moves embeddings along the probe heads
+    (``latent_mode``, see :func:`frx_plugin.counterfactual.latent_model`), "auto" takes exact where
+    a generator renders the probe set and says so (through ``say``) when it falls back to latent.
+    ``max_pairs``: error pairs explained of each kind, spread over the errors from the worst.
+    ``figure_pairs``: pairs shown in ``counterfactuals.png`` (0: no figure).
+
+    Returns the document written to ``<out_dir>/explanations.json`` (module docstring) with
+    ``"files"`` added: the paths written.
+    """
+    _check_options(fmr, max_pairs, path, latent_mode, figure_pairs)
+    if embeddings_file is not None and (model is not None or probe is not None):
+        raise ValueError("pass an embeddings_file or a model and probe set, not both")
+    if (model is None) != (probe is None):
+        raise ValueError("pass both a model and a probe set, or neither (then the demo backbone and its probe set)")
     out = Path(out_dir)
     config = AnalysisConfig(n_bootstrap=0, fmr=float(fmr))
-    probe = model = None
+    generator = None
     if embeddings_file is not None:
         from frx_plugin.embedding_set import read_embedding_set
         from frx_plugin.recovery import analyze_embeddings
@@ -94,32 +154,36 @@ def explain(
         if path == "exact":
             raise CounterfactualError(
                 f"{embeddings_file}: an embedding file holds no faces, and exact counterfactuals need a generator "
-                "(hook frx_register_generators) that renders a probe set; use the latent path"
+                "(hook frx_register_generators) that renders a probe set; use the latent path (--path latent or auto)"
             )
         z, identity, labels, schema = read_embedding_set(embeddings_file)
-        z = torch.nn.functional.normalize(z, dim=1)
+        z = torch.nn.functional.normalize(z.to(torch.float32), dim=1)
         report = analyze_embeddings(z, identity, labels, schema, n_bootstrap=0)
         report.verification = verification(z, identity, fmr=config.fmr)
-        chosen, generator, source = "latent", None, str(embeddings_file)
+        chosen, source = "latent", str(embeddings_file)
     else:
-        from frx_plugin.synthetic import SyntheticProbeSet
+        if model is None:
+            from frx_plugin.synthetic import SyntheticProbeSet
 
-        model, description = _trained_backbone(Path(demo_dir), say)
-        if not description.get("probe"):
-            raise ValueError(f"{Path(demo_dir) / BACKBONE_FILE}: the backbone names no probe set to explain")
-        probe = SyntheticProbeSet(**description["probe"])
+            backbone = Path(demo_dir) / BACKBONE_FILE
+            model, description = _trained_backbone(Path(demo_dir), say)
+            if not description.get("probe"):
+                raise ValueError(f"{backbone}: the backbone names no probe set to explain")
+            probe = SyntheticProbeSet(**description["probe"])
+            source = f"{probe.source} embedded by {backbone}"
+        else:
+            source = f"{getattr(probe, 'source', type(probe).__name__)} embedded by {type(model).__name__}"
         z = embed_probe_set(model, probe)
         identity, labels, schema = probe.identity, probe.labels, probe.schema
         report = analyze_probe(z, probe, config)
         chosen, generator = choose_counterfactual_path(probe, path)
-        source = f"{probe.source} embedded by {Path(demo_dir) / BACKBONE_FILE}"
+        if chosen == "latent" and path == "auto":
+            say(f"frx explain: no generator can render {source}; using the latent path (no counterfactual faces)")
     if chosen == "exact":
         embed = exact_embedder(model, generator)
     else:
-        if path == "auto" and embeddings_file is None:
-            say("frx explain: no generator can render this probe set; using the latent path")
         heads = latent_model(z, labels, schema, report.tensors["probe_directions"], report.tensors["probe_bias"],
-                             held_out={a.name: a.value for a in report.leakage})
+                             mode=latent_mode, held_out={a.name: a.value for a in report.leakage})
         embed = latent_embedder(heads, z, labels)
     errors = decision_errors(z, identity, config.fmr, known=report.verification)
     explanations = explain_errors(errors, z, schema, labels, embed, max_pairs=max_pairs)
@@ -127,8 +191,9 @@ def explain(
         "format": EXPLANATIONS_FORMAT,
         "source": source,
         "path": chosen,
+        "latent_mode": latent_mode if chosen == "latent" else None,
         "fmr": float(fmr),
-        "tau": errors.tau,
+        "tau": float(errors.tau),
         "verification": report.verification.to_record(),
         "counts": {
             "false_non_match": int(errors.false_non_match.shape[0]),
@@ -140,38 +205,55 @@ def explain(
             {**e.to_record(), "identities": [int(identity[e.first]), int(identity[e.second])]} for e in explanations
         ],
     }
-    atomic_write_text(out / "explanations.json", json.dumps(_clean(document), indent=1, allow_nan=False))
-    figure = None
-    if chosen == "exact" and explanations:
-        figure = _figure(probe, generator, explanations, labels, schema, figure_pairs, out / "counterfactuals.png")
-    document["files"] = [str(out / "explanations.json")] + ([str(figure)] if figure else [])
+    document = _clean(document)
+    atomic_write_text(out / EXPLANATIONS_FILE, json.dumps(document, indent=1, allow_nan=False))
+    files = [str(out / EXPLANATIONS_FILE)]
+    if chosen == "exact" and explanations and figure_pairs > 0:
+        files.append(str(_figure(probe, generator, explanations, labels, schema, figure_pairs, out / FIGURE_FILE)))
+    elif (out / FIGURE_FILE).is_file():
+        (out / FIGURE_FILE).unlink()  # an earlier run's figure would contradict this run's explanations
+        say(f"frx explain: removed {out / FIGURE_FILE} from an earlier run; this run makes no figure")
+    document["files"] = files
     return document
 
 
-def _figure(probe, generator, explanations, labels, schema, count: int, path: Path) -> Path:
-    """The first ``count`` pairs, alternating kinds: both faces and the second changed along its top attributes."""
-    from frx_plugin.figures import plot_counterfactuals
-
+def _figure_pairs(explanations: list[PairExplanation], count: int) -> list[PairExplanation]:
+    """Up to ``count`` pairs, the worst of each kind first, alternating false non-matches and false matches."""
     by_kind = [[e for e in explanations if e.kind == kind] for kind in ("false_non_match", "false_match")]
-    chosen = []
-    for i in range(count):
+    chosen: list[PairExplanation] = []
+    for i in range(max(len(group) for group in by_kind)):
         for group in by_kind:
             if i < len(group) and len(chosen) < count:
                 chosen.append(group[i])
+    return chosen
+
+
+def _counterfactual_value(explanation: PairExplanation, name: str, labels, schema) -> torch.Tensor:
+    """The value of attribute ``name`` that the second sample took in ``explanation``'s counterfactual (shape (1,)).
+
+    The same edit :func:`frx_plugin.counterfactual.explain_errors` made: for a false non-match the
+    first sample's value ("align"); for a false match the second's value moved away from the first's.
+    """
+    attribute, raw = schema[name], labels[name]
+    first, second = raw[[explanation.first]], raw[[explanation.second]]
+    if explanation.kind == "false_non_match":
+        return first
+    scale = _scale(attribute, raw) if attribute.kind == "continuous" else 1.0
+    return away_values(attribute, second, first, scale)[0]
+
+
+def _figure(probe, generator, explanations, labels, schema, count: int, path: Path) -> Path:
+    """``counterfactuals.png``: both faces of a few error pairs and the second face changed along its top attributes."""
+    from frx_plugin.figures import plot_counterfactuals
+
     rows = []
-    for e in chosen:
-        first, second = torch.tensor([e.first]), torch.tensor([e.second])
+    for e in _figure_pairs(explanations, count):
+        second = torch.tensor([e.second])
         changed = []
-        for name, delta in e.ranked()[:3]:
-            if delta == 0.0:
-                continue
-            attribute = schema[name]
-            if e.kind == "false_non_match":
-                value = labels[name][first]
-            else:
-                scale = _scale(attribute, labels[name]) if attribute.kind == "continuous" else 1.0
-                value, _ = away_values(attribute, labels[name][second], labels[name][first], scale)
-            changed.append((name, generator.counterfactual(second, name, value)[0], e.score + delta))
-        rows.append({"kind": e.kind, "tau": e.tau, "score": e.score, "first": probe.images(first)[0],
+        for name, delta in [(k, d) for k, d in e.ranked() if d != 0.0][:FIGURE_CHANGES]:
+            image = generator.counterfactual(second, name, _counterfactual_value(e, name, labels, schema))[0]
+            changed.append((name, image, e.score + delta))
+        rows.append({"kind": e.kind, "tau": e.tau, "score": e.score, "first": probe.images(torch.tensor([e.first]))[0],
                      "second": probe.images(second)[0], "changed": changed})
-    return plot_counterfactuals(rows, path, title="frx explain: each error pair, then face B changed one attribute at a time")
+    return plot_counterfactuals(rows, path, title="frx explain: each error pair (faces A, B), then B with one attribute changed; "
+                                             "framed green where that change alone flips the decision at τ")

@@ -65,10 +65,13 @@ def plot_leakage_history(records: Sequence[dict[str, Any]], path: Path, title: s
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    from frx_plugin.history import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))  # readers never see half a file
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -78,8 +81,11 @@ def plot_counterfactuals(rows: Sequence[dict[str, Any]], path: Path, title: str 
     Each row: ``kind``, ``tau``, ``score``, ``first`` and ``second`` images (3, H, W) in [0, 1], and
     ``changed``: a list of ``(attribute, image, score)`` — the second face with that attribute
     changed and the pair's score then. A panel whose score crosses τ is framed in green.
+    Written atomically (PNG): a reader sees the old figure or the new one, never half.
     """
     import matplotlib
+
+    from frx_plugin.history import atomic_write
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -90,7 +96,7 @@ def plot_counterfactuals(rows: Sequence[dict[str, Any]], path: Path, title: str 
     fig, axes = plt.subplots(len(rows), columns, figsize=(1.9 * columns, 2.45 * len(rows)), squeeze=False)
 
     def show(ax, image, label: str, frame: str | None = None) -> None:
-        ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
+        ax.imshow(image.detach().float().cpu().permute(1, 2, 0).clamp(0, 1).numpy())
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(label, fontsize=7)
@@ -111,10 +117,13 @@ def plot_counterfactuals(rows: Sequence[dict[str, Any]], path: Path, title: str 
         for c in range(2 + len(row["changed"]), columns):
             axes[r, c].axis("off")
     if title:
-        fig.suptitle(title, fontsize=9)
+        import textwrap
+
+        fig.suptitle(textwrap.fill(title, width=max(40, 26 * columns)), fontsize=9)  # wrapped to the figure's width
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
     return path

@@ -63,6 +63,14 @@ def test_explain_writes_both_files_and_every_entry_checks_out(demo_dir, tmp_path
     with torch.no_grad():
         changed = torch.nn.functional.normalize(model(probe.world.counterfactual([b], "yaw", probe.labels["yaw"][[a]])), dim=1)
     assert entry["delta"]["yaw"] == pytest.approx(float(zn[a] @ changed[0].double()) - entry["score"], abs=1e-5)
+    # and one false match: the second face's yaw moves one standard deviation further from the first's
+    entry = next(p for p in document["pairs"] if p["kind"] == "false_match")
+    a, b = entry["pair"]
+    yaw = probe.labels["yaw"].double()
+    step = float(yaw.std()) * (1.0 if yaw[b] >= yaw[a] else -1.0)
+    with torch.no_grad():
+        changed = torch.nn.functional.normalize(model(probe.world.counterfactual([b], "yaw", (yaw[[b]] + step).float())), dim=1)
+    assert entry["delta"]["yaw"] == pytest.approx(float(zn[a] @ changed[0].double()) - entry["score"], abs=1e-5)
     # the shares are those of the entries
     shares = document["attribution"]["all"]
     assert shares["yaw"] == pytest.approx(sum("yaw" in p["deciding"] for p in document["pairs"]) / len(document["pairs"]))
@@ -107,3 +115,29 @@ def test_explain_without_a_backbone_or_a_training_adapter_says_what_to_do(tmp_pa
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2
     assert "no trained backbone at" in proc.stderr and "backbone.safetensors" in proc.stderr and "[lightning]" in proc.stderr
+
+
+def test_explain_from_python_with_a_model_and_a_probe_set_of_your_own(demo_dir, tmp_path):
+    from frx_plugin.counterfactual import CounterfactualError
+    from frx_plugin.explain import explain
+    from frx_plugin.probe import TensorProbeSet
+
+    model, _ = load_backbone(demo_dir / "backbone.safetensors")
+    synthetic = SyntheticProbeSet(**PROBE)
+    probe = TensorProbeSet(synthetic.images(torch.arange(len(synthetic))), synthetic.schema, synthetic.identity, synthetic.labels,
+                           source="my faces")  # no generator renders it
+    messages = []
+    document = explain(model, probe, out_dir=tmp_path, fmr=0.01, max_pairs=2, latent_mode="least_norm", say=messages.append)
+    assert document["path"] == "latent" and document["latent_mode"] == "least_norm" and document["source"].startswith("my faces")
+    assert any("latent path" in m and "my faces" in m for m in messages)
+    assert document["files"] == [str(tmp_path / "explanations.json")] and not (tmp_path / "counterfactuals.png").exists()
+    assert json.loads((tmp_path / "explanations.json").read_text())["pairs"] == document["pairs"]
+    assert 0 < len(document["pairs"]) <= 4
+    with pytest.raises(CounterfactualError, match="frx_register_generators"):
+        explain(model, probe, out_dir=tmp_path, fmr=0.01, path="exact")
+    for bad, option in (({"max_pairs": 0}, "max_pairs"), ({"figure_pairs": -1}, "figure_pairs"),
+                        ({"latent_mode": "nearest"}, "latent_mode"), ({"path": "guess"}, "path"), ({"fmr": 1.0}, "fmr")):
+        with pytest.raises(ValueError, match=option):
+            explain(model, probe, out_dir=tmp_path, **bad)
+    with pytest.raises(ValueError, match="both a model and a probe set"):
+        explain(model, out_dir=tmp_path)
