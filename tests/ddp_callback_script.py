@@ -13,13 +13,24 @@ from lightning.pytorch import Trainer, seed_everything  # noqa: E402
 from frx_lightning import AttributeRecoveryCallback  # noqa: E402
 from tests.lightning_helpers import TinyFaceModule, make_probe, make_train_loader  # noqa: E402
 
+class NanOnRankOne(TinyFaceModule):
+    """A model whose embeddings turn NaN from epoch 1, on the second process only."""
+
+    def forward(self, images):
+        z = self.net(images)
+        if self.global_rank == 1 and self.current_epoch >= 1 and not self.training:
+            z = z * float("nan")
+        return z
+
+
 if __name__ == "__main__":
     out, devices = sys.argv[1], int(sys.argv[2])
+    broken = len(sys.argv) > 3 and sys.argv[3] == "nan-on-rank-1"
     seed_everything(0)
     probe = make_probe(n_identities=17, per_identity=7, seed=3)  # 119 samples: not a multiple of 2
     callback = AttributeRecoveryCallback(probe, out_dir=out, n_bootstrap=30)
     trainer = Trainer(
-        max_epochs=1,
+        max_epochs=2 if broken else 1,
         accelerator="cpu",
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",
@@ -29,4 +40,4 @@ if __name__ == "__main__":
         enable_model_summary=False,
         enable_checkpointing=False,
     )
-    trainer.fit(TinyFaceModule(), make_train_loader())
+    trainer.fit(NanOnRankOne() if broken else TinyFaceModule(), make_train_loader())

@@ -46,6 +46,19 @@ def _assert_same_counterfactuals(one: dict, two: dict, path: str) -> None:
     assert one["error_attribution"] == two["error_attribution"]
 
 
+def test_a_failure_on_one_process_skips_the_pass_on_every_process_without_hanging(tmp_path):
+    # the second process's embeddings turn NaN in training epoch 1 (the pass after it is epoch 2): before its
+    # first collective every process learns of it, so that pass is skipped everywhere, training finishes and
+    # the earlier passes stay
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "run"), "2", "nan-on-rank-1"], capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json.loads((tmp_path / "run" / "history.json").read_text())["records"]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert "failed on another process" in proc.stderr or "NaN" in proc.stderr
+
+
 def _demo(out: Path, devices: int) -> list[dict]:
     proc = subprocess.run(
         [sys.executable, "-m", "frx_plugin", "demo", "--out", str(out), "--devices", str(devices), "--epochs", "1",

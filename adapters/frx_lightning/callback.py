@@ -21,7 +21,7 @@ from frx_plugin.analysis import (
     probe_leakage,
     scalar_metrics,
 )
-from frx_plugin.counterfactual import exact_embedder, latent_embedder, latent_model
+from frx_plugin.counterfactual import CounterfactualError, exact_embedder, latent_embedder, latent_model
 from frx_plugin.history import HistoryRecorder
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet
@@ -33,6 +33,14 @@ from frx_plugin.verification import verification
 def shard_indices(trainer: Trainer, n: int) -> torch.Tensor:
     """This rank's disjoint share of ``n`` samples: ``rank, rank + W, …`` (no padding, no repeats)."""
     return torch.arange(trainer.global_rank, n, trainer.world_size)
+
+
+def _any_rank(trainer: Trainer, flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank (every rank must call this: one small all-gather)."""
+    if trainer.world_size == 1:
+        return flag
+    flags = trainer.strategy.all_gather(torch.tensor([1.0 if flag else 0.0], device=trainer.strategy.root_device))
+    return bool(flags.max() > 0)
 
 
 def gather_embeddings(trainer: Trainer, local: torch.Tensor, n: int) -> torch.Tensor:
@@ -169,7 +177,20 @@ class AttributeRecoveryCallback(Callback):
         try:
             started = time.perf_counter()
             indices = shard_indices(trainer, len(self.probe))
-            local = embed_probe_set(pl_module, self.probe, indices, self.config.batch_size)
+            problem: BaseException | None = None
+            try:
+                local = embed_probe_set(pl_module, self.probe, indices, self.config.batch_size)
+                bad = int((~torch.isfinite(local).all(1)).sum()) if local.numel() else 0
+                if bad:
+                    problem = AnalysisError(
+                        f"embeddings contain NaN or infinity in {bad} of this process's {local.shape[0]} probe rows — did the training diverge?"
+                    )
+            except Exception as exc:  # noqa: BLE001 - reported below, on every rank alike
+                problem = exc
+            # every rank learns whether any rank failed before the first collective of the pass, so a failure
+            # on one process skips the pass everywhere instead of leaving the others waiting in a collective
+            if _any_rank(trainer, problem is not None):
+                raise problem or RuntimeError("the analysis pass failed on another process; it is skipped on every process")
             embedded = time.perf_counter()
             # leakage: every rank streams its own shard; the statistics are summed across ranks
             report = probe_leakage(local, self.probe, self.config, indices, distributed=trainer.world_size > 1)
@@ -212,9 +233,19 @@ class AttributeRecoveryCallback(Callback):
             def embed(rows: torch.Tensor, attribute: str, values: torch.Tensor) -> torch.Tensor:
                 # each rank renders and embeds its share of the changed faces; all ranks get all of them
                 mine = torch.arange(trainer.global_rank, rows.numel(), trainer.world_size)
-                # a rank with no share still takes part in the gather, with an empty (0, D) block
-                local = base(rows[mine], attribute, values[mine]) if mine.numel() else torch.empty(0, embeddings.shape[1])
-                return gather_embeddings(trainer, local, rows.numel())
+                # a rank with no share still takes part in the gather, with an empty (0, D) block; a rank whose
+                # share fails sends NaN, so every rank sees the failure after the gather and stops alike
+                try:
+                    local = base(rows[mine], attribute, values[mine]) if mine.numel() else torch.empty(0, embeddings.shape[1])
+                    failure = None
+                except Exception as exc:  # noqa: BLE001 - re-raised below
+                    local, failure = torch.full((mine.numel(), embeddings.shape[1]), math.nan), exc
+                gathered = gather_embeddings(trainer, local, rows.numel())
+                if failure is not None:
+                    raise failure
+                if not bool(torch.isfinite(gathered).all()):
+                    raise CounterfactualError(f"changed faces of {attribute!r} could not be embedded on every process (NaN)")
+                return gathered
         else:
             model = latent_model(
                 embeddings, self.probe.labels, self.probe.schema, report.tensors["probe_directions"], report.tensors["probe_bias"],
