@@ -133,9 +133,9 @@ COUNTERFACTUAL_PATHS = ("auto", "exact", "latent", "off")
 
 def counterfactual_rows(n: int, samples: int) -> torch.Tensor:
     """The probe rows whose counterfactuals a pass makes: ``samples`` spread evenly over ``n``."""
-    if samples >= n:
-        return torch.arange(n)
-    return torch.unique(torch.linspace(0, n - 1, samples).round().long())
+    from frx_plugin.counterfactual import spread
+
+    return spread(n, samples)
 
 
 def choose_counterfactual_path(probe: ProbeSet, path: str) -> tuple[str, Any]:

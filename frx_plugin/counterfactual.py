@@ -438,7 +438,8 @@ def pair_errors(pairs: torch.Tensor, embeddings: torch.Tensor, identity: torch.T
     return DecisionErrors(known, pairs[fnm], score[fnm], pairs[fm], score[fm])
 
 
-def _spread(count: int, limit: int | None) -> torch.Tensor:
+def spread(count: int, limit: int | None) -> torch.Tensor:
+    """Up to ``limit`` of the indices 0..count−1, spread evenly (all of them when there are not more)."""
     if limit is None or count <= limit:
         return torch.arange(count)
     return torch.unique(torch.linspace(0, count - 1, limit).round().long())
@@ -466,7 +467,7 @@ def explain_errors(
         ("false_non_match", errors.false_non_match, errors.false_non_match_score),
         ("false_match", errors.false_match, errors.false_match_score),
     ):
-        chosen = _spread(pairs.shape[0], max_pairs)
+        chosen = spread(pairs.shape[0], max_pairs)
         if chosen.numel() == 0:
             continue
         first, second, score = pairs[chosen, 0], pairs[chosen, 1], scores[chosen].to(torch.float64)
