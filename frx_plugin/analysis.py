@@ -138,6 +138,12 @@ def counterfactual_rows(n: int, samples: int) -> torch.Tensor:
     return spread(n, samples)
 
 
+def generator_attributes(probe: ProbeSet, generator: Any) -> tuple[list[str], list[str]]:
+    """(attributes the generator can change, attributes of the probe set it cannot)."""
+    controls = set(generator.attributes)
+    return [n for n in probe.schema.names if n in controls], [n for n in probe.schema.names if n not in controls]
+
+
 def choose_counterfactual_path(probe: ProbeSet, path: str) -> tuple[str, Any]:
     """("exact", generator) or ("latent", None) for ``path`` in auto / exact / latent."""
     from frx_plugin.counterfactual import find_generator, require_generator
@@ -161,6 +167,7 @@ def counterfactual_measures(
     path: str,
     significance_samples: int = 128,
     max_error_pairs: int = 16,
+    attributes: list[str] | None = None,
 ) -> list:
     """Fill ``report.significance`` and ``report.error_attribution`` (DESIGN.md §2); return the explanations.
 
@@ -168,20 +175,27 @@ def counterfactual_measures(
     makes changed embeddings (:func:`frx_plugin.counterfactual.exact_embedder` or
     :func:`~frx_plugin.counterfactual.latent_embedder`); ``path`` names which, for the report.
     The errors are those of the verification decision at ``config.fmr`` (``report.verification``
-    is reused); at most ``max_error_pairs`` of each kind are explained.
+    is reused); at most ``max_error_pairs`` of each kind are explained. ``attributes``: the ones to
+    change (default all; on the exact path, those the generator controls).
     """
     from frx_plugin.counterfactual import error_attribution, explain_errors, identity_significance
     from frx_plugin.verification import decision_errors
 
     rows = counterfactual_rows(len(probe), significance_samples)
+    names = list(probe.schema.names) if attributes is None else [n for n in probe.schema.names if n in attributes]
     significance = identity_significance(
-        embeddings, probe.identity, probe.schema, probe.labels, embed, rows, n_bootstrap=config.n_bootstrap, seed=config.seed
+        embeddings, probe.identity, probe.schema, probe.labels, embed, rows, n_bootstrap=config.n_bootstrap,
+        seed=config.seed, attributes=names,
     )
     report.significance = {k: {"value": e.value, "low": e.low, "high": e.high} for k, e in significance.items()}
-    errors = decision_errors(embeddings, probe.identity, config.fmr, known=report.verification)
-    explanations = explain_errors(errors, embeddings, probe.schema, probe.labels, embed, max_pairs=max_error_pairs)
-    report.error_attribution = error_attribution(explanations, list(probe.schema.names))
     report.counterfactuals = path
+    try:
+        errors = decision_errors(embeddings, probe.identity, config.fmr, known=report.verification)
+    except AnalysisError as exc:  # too few impostor pairs for τ: significance stands, attribution cannot
+        report.warnings.append(f"error attribution skipped: {exc}")
+        return []
+    explanations = explain_errors(errors, embeddings, probe.schema, probe.labels, embed, max_pairs=max_error_pairs, attributes=names)
+    report.error_attribution = error_attribution(explanations, names)
     return explanations
 
 

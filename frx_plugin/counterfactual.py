@@ -345,8 +345,9 @@ def identity_significance(
     rows: torch.Tensor,
     n_bootstrap: int = 200,
     seed: int = 0,
+    attributes: Sequence[str] | None = None,
 ) -> dict[str, MetricEstimate]:
-    """S_k for every attribute of ``schema`` that ``embed`` can change, over the probe rows ``rows``.
+    """S_k for every attribute of ``schema`` (or of ``attributes``), over the probe rows ``rows``.
 
     ``z`` (N, D) L2-normalised embeddings of the whole probe set (the impostor pairs of the
     denominator are all of its pairs of different identities); ``rows`` the samples whose
@@ -362,6 +363,8 @@ def identity_significance(
     distance = 1.0 - _impostor_mean_cosine(z, identity, weights)  # (R,)
     out: dict[str, MetricEstimate] = {}
     for attribute in schema:
+        if attributes is not None and attribute.name not in attributes:
+            continue
         raw = labels[attribute.name]
         keep = rows[~attribute.missing_mask(raw[rows])]
         if keep.numel() == 0:

@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import torch
 
-from frx_plugin.analysis import AnalysisConfig, analyze_probe, choose_counterfactual_path, embed_probe_set
+from frx_plugin.analysis import AnalysisConfig, analyze_probe, choose_counterfactual_path, embed_probe_set, generator_attributes
 from frx_plugin.counterfactual import (
     CounterfactualError,
     PairExplanation,
@@ -179,14 +179,18 @@ def explain(
         chosen, generator = choose_counterfactual_path(probe, path)
         if chosen == "latent" and path == "auto":
             say(f"frx explain: no generator can render {source}; using the latent path (no counterfactual faces)")
+    attributes = None
     if chosen == "exact":
+        attributes, unchanged = generator_attributes(probe, generator)
+        if unchanged:
+            say(f"frx explain: the generator cannot change {unchanged}; they are left out")
         embed = exact_embedder(model, generator)
     else:
         heads = latent_model(z, labels, schema, report.tensors["probe_directions"], report.tensors["probe_bias"],
                              mode=latent_mode, held_out={a.name: a.value for a in report.leakage})
         embed = latent_embedder(heads, z, labels)
     errors = decision_errors(z, identity, config.fmr, known=report.verification)
-    explanations = explain_errors(errors, z, schema, labels, embed, max_pairs=max_pairs)
+    explanations = explain_errors(errors, z, schema, labels, embed, max_pairs=max_pairs, attributes=attributes)
     document = {
         "format": EXPLANATIONS_FORMAT,
         "source": source,
@@ -200,7 +204,7 @@ def explain(
             "false_match": int(errors.false_match.shape[0]),
             "explained": len(explanations),
         },
-        "attribution": error_attribution(explanations, list(schema.names)),
+        "attribution": error_attribution(explanations, attributes if attributes is not None else list(schema.names)),
         "pairs": [
             {**e.to_record(), "identities": [int(identity[e.first]), int(identity[e.second])]} for e in explanations
         ],

@@ -184,3 +184,70 @@ def test_counterfactuals_are_logged_exact_on_the_synthetic_world_and_latent_else
         AttributeRecoveryCallback(make_probe(), counterfactuals="exact")
     with pytest.raises(ValueError, match="counterfactuals must be one of"):
         AttributeRecoveryCallback(make_probe(), counterfactuals="maybe")
+
+
+def test_a_failing_generator_skips_the_counterfactuals_but_keeps_the_pass(tmp_path):
+    from frx_plugin.plugins import get_plugin_manager
+    from frx_plugin.synthetic import SyntheticProbeSet
+
+    import frx_plugin
+
+    class BrokenGenerator:
+        attributes = ("glasses", "yaw", "age")
+
+        def counterfactual(self, indices, attribute, values):
+            raise RuntimeError("the renderer ran out of memory")
+
+    class Plugin:
+        @frx_plugin.hookimpl(tryfirst=True)
+        def frx_register_generators(self, register):
+            register("broken", lambda probe: BrokenGenerator())
+
+    plugin = Plugin()
+    get_plugin_manager().register(plugin)
+    try:
+        probe = SyntheticProbeSet(12, 3, seed=2, size=32, first_identity=9_000)
+        callback = AttributeRecoveryCallback(probe, out_dir=tmp_path, n_bootstrap=0, significance_samples=6, max_error_pairs=2)
+        with pytest.warns(UserWarning, match="counterfactuals skipped: RuntimeError: the renderer ran out of memory"):
+            _trainer(tmp_path, [callback], 1).fit(TinyFaceModule(), make_train_loader())
+        assert callback.history.epochs == [0, 1] and not callback.failures  # leakage and verification kept
+        assert callback.last_report.significance == {} and callback.last_report.leakage
+        assert any("the generator cannot change ['face_shape'" in w for w in callback.last_report.warnings)
+        strict = AttributeRecoveryCallback(probe, out_dir=tmp_path / "strict", n_bootstrap=0, on_error="raise")
+        with pytest.raises(RuntimeError, match="ran out of memory"):
+            _trainer(tmp_path / "s", [strict], 1).fit(TinyFaceModule(), make_train_loader())
+    finally:
+        get_plugin_manager().unregister(plugin)
+
+
+def test_a_generator_for_some_attributes_measures_those_and_names_the_rest(tmp_path):
+    import frx_plugin
+    from frx_plugin.plugins import get_plugin_manager
+    from frx_plugin.synthetic import SyntheticProbeSet
+
+    class PoseOnly:
+        attributes = ("yaw", "roll")
+
+        def __init__(self, world):
+            self.world = world
+
+        def counterfactual(self, indices, attribute, values):
+            return self.world.counterfactual(indices, attribute, values)
+
+    class Plugin:
+        @frx_plugin.hookimpl(tryfirst=True)
+        def frx_register_generators(self, register):
+            register("pose-only", lambda probe: PoseOnly(probe.world) if isinstance(probe, SyntheticProbeSet) else None)
+
+    plugin = Plugin()
+    get_plugin_manager().register(plugin)
+    try:
+        probe = SyntheticProbeSet(12, 3, seed=2, size=32, first_identity=9_000)
+        callback = AttributeRecoveryCallback(probe, out_dir=tmp_path, n_bootstrap=0, significance_samples=6, max_error_pairs=2, fmr=0.01)
+        _trainer(tmp_path, [callback], 1).fit(TinyFaceModule(), make_train_loader())
+        report = callback.last_report
+        assert set(report.significance) == {"yaw", "roll"}
+        assert set(report.error_attribution["all"]) == {"yaw", "roll"}
+        assert any("the generator cannot change ['face_shape'" in w and "'glasses'" in w for w in report.warnings)
+    finally:
+        get_plugin_manager().unregister(plugin)

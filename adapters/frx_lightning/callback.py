@@ -17,6 +17,7 @@ from frx_plugin.analysis import (
     AnalysisConfig,
     choose_counterfactual_path,
     counterfactual_measures,
+    generator_attributes,
     embed_probe_set,
     probe_leakage,
     scalar_metrics,
@@ -227,7 +228,11 @@ class AttributeRecoveryCallback(Callback):
 
     def _counterfactuals(self, trainer: Trainer, pl_module: LightningModule, embeddings: torch.Tensor, report: Report) -> None:
         """Identity significance and error attribution (every rank, same inputs, same collectives)."""
+        attributes = None
         if self.counterfactual_path == "exact":
+            attributes, unchanged = generator_attributes(self.probe, self._generator)
+            if unchanged:
+                report.warnings.append(f"counterfactuals: the generator cannot change {unchanged}; they are left out")
             base = exact_embedder(pl_module, self._generator, self.config.batch_size)
 
             def embed(rows: torch.Tensor, attribute: str, values: torch.Tensor) -> torch.Tensor:
@@ -255,10 +260,14 @@ class AttributeRecoveryCallback(Callback):
         try:
             counterfactual_measures(
                 embeddings, self.probe, report, self.config, embed, path=self.counterfactual_path,
-                significance_samples=self.significance_samples, max_error_pairs=self.max_error_pairs,
+                significance_samples=self.significance_samples, max_error_pairs=self.max_error_pairs, attributes=attributes,
             )
-        except AnalysisError as exc:  # e.g. too few impostor pairs for τ: leakage and verification still count
-            report.warnings.append(f"counterfactuals skipped: {exc}")
+        except Exception as exc:  # noqa: BLE001 - leakage and verification of the pass still count
+            # data that allows no counterfactual (too few impostor pairs for τ, …) is a warning; any other
+            # failure follows on_error. Both happen on every rank alike (the inputs are the same everywhere).
+            if self.on_error == "raise" and not isinstance(exc, AnalysisError):
+                raise
+            report.warnings.append(f"counterfactuals skipped: {type(exc).__name__}: {exc}")
 
     def _publish(self, trainer: Trainer, report: Report, epoch: int) -> None:
         """Global-zero only: write the history, log the scalars, tell the sinks."""
