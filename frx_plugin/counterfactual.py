@@ -62,6 +62,7 @@ __all__ = [
     "PairExplanation",
     "explain_errors",
     "pair_errors",
+    "pair_values",
     "error_attribution",
 ]
 
@@ -413,6 +414,20 @@ class PairExplanation:
         }
 
 
+def pair_values(attribute: Attribute, raw: torch.Tensor, first: torch.Tensor, second: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The values the second samples take in a pair explanation, and where that changes anything.
+
+    ``raw``: the attribute's labels of the whole probe set; ``first``/``second``: sample indices.
+    A false non-match "aligns" (the first's value); a false match moves "away" from the first's
+    value (see :func:`away_values`, one standard deviation of the labels for continuous kinds).
+    """
+    if kind == "false_non_match":
+        values = raw[first]
+        return values, (values != raw[second]) if attribute.discrete else torch.ones_like(values, dtype=torch.bool)
+    scale = _scale(attribute, raw) if attribute.kind == "continuous" else 1.0
+    return away_values(attribute, raw[second], raw[first], scale)
+
+
 def pair_errors(pairs: torch.Tensor, embeddings: torch.Tensor, identity: torch.Tensor, tau: float, verification: Any = None):
     """User-chosen pairs (M, 2) as :class:`~frx_plugin.verification.DecisionErrors` at threshold ``tau``.
 
@@ -479,13 +494,8 @@ def explain_errors(
             attribute = schema[name]
             raw = labels[name]
             labelled = ~(attribute.missing_mask(raw[first]) | attribute.missing_mask(raw[second]))
-            if kind == "false_non_match":
-                values = raw[first]
-                changed = labelled & ((values != raw[second]) if attribute.discrete else torch.ones_like(labelled))
-            else:
-                scale = _scale(attribute, raw) if attribute.kind == "continuous" else 1.0
-                values, moves = away_values(attribute, raw[second], raw[first], scale)
-                changed = labelled & moves
+            values, moves = pair_values(attribute, raw, first, second, kind)
+            changed = labelled & moves
             delta[labelled, c] = 0.0
             todo = changed.nonzero().squeeze(1)
             if todo.numel():

@@ -39,13 +39,12 @@ from frx_plugin.analysis import AnalysisConfig, analyze_probe, choose_counterfac
 from frx_plugin.counterfactual import (
     CounterfactualError,
     PairExplanation,
-    _scale,
-    away_values,
     error_attribution,
     exact_embedder,
     explain_errors,
     latent_embedder,
     latent_model,
+    pair_values,
 )
 from frx_plugin.history import atomic_write_text
 from frx_plugin.models import BACKBONE_FILE, load_backbone
@@ -238,12 +237,8 @@ def _counterfactual_value(explanation: PairExplanation, name: str, labels, schem
     The same edit :func:`frx_plugin.counterfactual.explain_errors` made: for a false non-match the
     first sample's value ("align"); for a false match the second's value moved away from the first's.
     """
-    attribute, raw = schema[name], labels[name]
-    first, second = raw[[explanation.first]], raw[[explanation.second]]
-    if explanation.kind == "false_non_match":
-        return first
-    scale = _scale(attribute, raw) if attribute.kind == "continuous" else 1.0
-    return away_values(attribute, second, first, scale)[0]
+    first, second = torch.tensor([explanation.first]), torch.tensor([explanation.second])
+    return pair_values(schema[name], labels[name], first, second, explanation.kind)[0]
 
 
 def _figure(probe, generator, explanations, labels, schema, count: int, path: Path) -> Path:
