@@ -217,6 +217,10 @@ def scalar_metrics(report: Report) -> dict[str, float]:
         prefix = "frx/errors" if kind == "all" else f"frx/errors/{kind}"
         for name, share in shares.items():
             out[f"{prefix}/{name}"] = share
+    if report.recovery is not None:
+        from frx_plugin.two_stage import recovery_scalars
+
+        out.update(recovery_scalars(report.recovery))
     return {k: float(v) for k, v in out.items() if v is not None and not math.isnan(float(v))}
 
 

@@ -28,7 +28,6 @@ faces: the latent path, and no figure.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -48,6 +47,7 @@ from frx_plugin.counterfactual import (
 )
 from frx_plugin.history import atomic_write_text
 from frx_plugin.models import BACKBONE_FILE, load_backbone
+from frx_plugin.report import json_safe
 from frx_plugin.verification import decision_errors
 
 __all__ = ["explain", "EXPLANATIONS_FORMAT", "EXPLANATIONS_FILE", "FIGURE_FILE"]
@@ -58,17 +58,6 @@ FIGURE_FILE = "counterfactuals.png"
 
 #: Counterfactual faces shown per error pair in the figure.
 FIGURE_CHANGES = 3
-
-
-def _clean(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by ``None`` (JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
 
 
 def _check_options(fmr: Any, max_pairs: Any, path: Any, latent_mode: Any, figure_pairs: Any) -> None:
@@ -208,7 +197,7 @@ def explain(
             {**e.to_record(), "identities": [int(identity[e.first]), int(identity[e.second])]} for e in explanations
         ],
     }
-    document = _clean(document)
+    document = json_safe(document)
     atomic_write_text(out / EXPLANATIONS_FILE, json.dumps(document, indent=1, allow_nan=False))
     files = [str(out / EXPLANATIONS_FILE)]
     if chosen == "exact" and explanations and figure_pairs > 0:

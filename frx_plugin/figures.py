@@ -8,6 +8,20 @@ from typing import Any, Sequence
 import math
 
 
+def _save(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG atomically (readers see the old figure or the new one, never half) and close it."""
+    import matplotlib.pyplot as plt
+
+    from frx_plugin.history import atomic_write
+
+    path = Path(path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
+    return path
+
+
 def plot_leakage_history(records: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Normalised leakage ℓ of every attribute across epochs: identity attributes, nuisance attributes, and TAR.
 
@@ -65,14 +79,7 @@ def plot_leakage_history(records: Sequence[dict[str, Any]], path: Path, title: s
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    from frx_plugin.history import atomic_write
-
-    path = Path(path)
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))  # readers never see half a file
-    finally:
-        plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_counterfactuals(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
@@ -84,8 +91,6 @@ def plot_counterfactuals(rows: Sequence[dict[str, Any]], path: Path, title: str 
     Written atomically (PNG): a reader sees the old figure or the new one, never half.
     """
     import matplotlib
-
-    from frx_plugin.history import atomic_write
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -121,9 +126,116 @@ def plot_counterfactuals(rows: Sequence[dict[str, Any]], path: Path, title: str 
 
         fig.suptitle(textwrap.fill(title, width=max(40, 26 * columns)), fontsize=9)  # wrapped to the figure's width
     fig.tight_layout()
-    path = Path(path)
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    finally:
-        plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def decoded_grid(originals, decoded, gap: int = 2):
+    """One image ``(3, H', W')`` of held-out faces (first column) beside their decoder samples (the others).
+
+    ``originals`` ``(n, 3, H, W)`` and ``decoded`` ``(n, S, 3, H, W)`` in [0, 1]; rows are faces,
+    separated by ``gap`` white pixels (for TensorBoard's ``add_image``).
+    """
+    import torch
+
+    n, samples, c, h, w = decoded.shape
+    grid = torch.ones(c, n * (h + gap) - gap, (samples + 1) * (w + gap) - gap)
+    for i in range(n):
+        top = i * (h + gap)
+        grid[:, top : top + h, :w] = originals[i].float().clamp(0, 1)
+        for s in range(samples):
+            left = (s + 1) * (w + gap)
+            grid[:, top : top + h, left : left + w] = decoded[i, s].float().clamp(0, 1)
+    return grid
+
+
+def plot_decoded(originals, decoded, path: Path, title: str = "", similarity=None) -> Path:
+    """``decoded.png``: held-out faces (left) beside several decoder samples of their embedding (right).
+
+    ``originals`` ``(n, 3, H, W)``, ``decoded`` ``(n, S, 3, H, W)``; ``similarity`` ``(n, S)``
+    (optional): cos(f(x̂), z) of each sample, shown under it.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    n, samples = decoded.shape[:2]
+    if n == 0:
+        raise ValueError("plot_decoded: no faces to show")
+    fig, axes = plt.subplots(n, samples + 1, figsize=(1.45 * (samples + 1), 1.6 * n + 0.5), squeeze=False)
+    for i in range(n):
+        panels = [(originals[i], "held-out face" if i == 0 else "")]
+        for s in range(samples):
+            label = f"G(z, ε{s + 1})" if i == 0 else ""
+            if similarity is not None:
+                label = (label + "\n" if label else "") + f"cos {float(similarity[i, s]):.2f}"
+            panels.append((decoded[i, s], label))
+        for ax, (image, label) in zip(axes[i], panels):
+            ax.imshow(image.detach().float().cpu().permute(1, 2, 0).clamp(0, 1).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(label, fontsize=7)
+    if title:
+        import textwrap
+
+        fig.suptitle(textwrap.fill(title, width=max(40, 18 * (samples + 1))), fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_recovery(recovery: dict[str, Any], path: Path, title: str = "") -> Path:
+    """Recovery significance R_k per attribute: two-stage (E∘G) beside direct (probe heads), with 95% intervals.
+
+    ``recovery``: a report's ``recovery`` entry. Attributes the estimator cannot read from real
+    faces are hatched; the grey tick is R_k of the estimator on the real faces (its ceiling).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    entries = recovery.get("attributes", {})
+    names = sorted(entries, key=lambda n: ((entries[n].get("group") or ""), n))
+    if not names:
+        raise ValueError("plot_recovery: no attributes to show")
+
+    def number(value) -> float:
+        return math.nan if value is None else float(value)
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(names) + 1.5), 4.2))
+    width = 0.38
+    for offset, key, colour, label in ((-width / 2, "two_stage", "tab:blue", "two-stage E(G(z))"), (width / 2, "direct", "tab:orange", "direct h(z)")):
+        for i, name in enumerate(names):
+            estimate = entries[name].get(key)
+            if not estimate:
+                continue
+            value, low, high = (number(estimate.get(k)) for k in ("value", "low", "high"))
+            unreadable = key == "two_stage" and not entries[name].get("readable", True)
+            ax.bar(i + offset, 0.0 if math.isnan(value) else value, width, color=colour, alpha=0.45 if unreadable else 0.9,
+                   hatch="//" if unreadable else None, label=label if i == 0 else None)
+            if not (math.isnan(low) or math.isnan(high)):
+                ax.errorbar(i + offset, value, yerr=[[max(0.0, value - low)], [max(0.0, high - value)]], color="black", capsize=2, lw=0.8)
+        if key == "two_stage":
+            for i, name in enumerate(names):
+                ceiling = number(entries[name].get("real_images"))
+                if not math.isnan(ceiling):
+                    ax.plot([i + offset - width / 2, i + offset + width / 2], [ceiling] * 2, color="grey", lw=2,
+                            label="estimator on real faces" if i == 0 else None)
+    ax.axhline(0.0, color="black", lw=0.6)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([f"{n}\n({entries[n].get('group') or '-'})" for n in names], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("recovery significance R_k")
+    ax.set_ylim(min(-0.1, ax.get_ylim()[0]), 1.05)
+    ax.grid(axis="y", alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="upper right")
+    similarity = recovery.get("identity_similarity") or {}
+    subtitle = (
+        f"decoder {recovery.get('decoder')}, estimator {recovery.get('estimator')}; cos(f(G(z)), z) "
+        f"{number(similarity.get('decoded')):.2f} (genuine {number(similarity.get('genuine')):.2f}, impostor {number(similarity.get('impostor')):.2f}); "
+        f"Spearman two-stage vs direct {number(recovery.get('spearman_two_stage_vs_direct')):.2f}"
+    )
+    ax.set_title((title + "\n" if title else "") + subtitle, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -59,6 +59,35 @@ def frx_register_generators(register: Callable[..., None]) -> None:
     """
 
 
+@hookspec
+def frx_register_decoders(register: Callable[..., None]) -> None:
+    """Register decoders ``G: z → x̂``, stage 1 of the two-stage recovery (DESIGN.md §2).
+
+    Called whenever frx builds a decoder by name (the Lightning callback's ``decoder=``, ``frx demo
+    --two-stage``). Call ``register(name, factory, description="")`` where ``factory(embedding_dim,
+    output_shape, **options)`` returns a fresh, untrained decoder for embeddings of size
+    ``embedding_dim`` whose images are ``output_shape`` = ``(C, H, W)``, or raises ``ValueError`` for a
+    shape it cannot make. The object follows :class:`frx_plugin.decoders.FaceDecoder`: ``output_shape``,
+    ``fit(task)`` (train, or continue training from its own state, on the rows of one identity-disjoint
+    fold's training part), ``decode(z, samples, seed)`` → ``(B, samples, C, H, W)`` in [0, 1], and
+    ``state_dict``/``load_state_dict`` for the warm start. Returns nothing.
+    """
+
+
+@hookspec
+def frx_register_estimators(register: Callable[..., None]) -> None:
+    """Register attribute estimators ``E: x → a``, stage 2 of the two-stage recovery (DESIGN.md §2).
+
+    Called whenever frx looks for an estimator for a probe set. Call ``register(name, factory,
+    description="")`` where ``factory(probe)`` returns an estimator for that
+    :class:`~frx_plugin.probe.ProbeSet`, or ``None`` when it cannot read its attributes. The object
+    follows :class:`frx_plugin.estimators.AttributeEstimator`: ``attributes`` (the probe attributes it
+    outputs), ``input_shape`` ``(C, H, W)``, ``accuracy`` (its own held-out accuracy per attribute,
+    possibly empty) and ``estimate(images)`` → ``{attribute: (B,) predictions}`` (class indices for
+    discrete kinds, values in the attribute's units for continuous ones). Returns nothing.
+    """
+
+
 @hookspec(firstresult=True)
 def frx_embed(model: Any, images: "torch.Tensor") -> "torch.Tensor | None":
     """Embed a batch of images with ``model``.

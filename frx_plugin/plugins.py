@@ -123,6 +123,16 @@ def generators() -> dict[str, Registration]:
     return _collect("frx_register_generators", "generator")
 
 
+def decoders() -> dict[str, Registration]:
+    """Every registered decoder factory (``factory(embedding_dim, output_shape, **options)``), by name."""
+    return _collect("frx_register_decoders", "decoder")
+
+
+def estimators() -> dict[str, Registration]:
+    """Every registered estimator factory (``factory(probe)`` → estimator or ``None``), by name."""
+    return _collect("frx_register_estimators", "estimator")
+
+
 def _create(registry: dict[str, Registration], kind: str, name: str, kwargs: dict[str, Any]) -> Any:
     if name not in registry:
         raise PluginError(f"unknown {kind} {name!r}; the installed plugins offer: {sorted(registry)}")
@@ -135,3 +145,10 @@ def create_backbone(name: str, **kwargs: Any) -> Any:
 
 def create_probe_set(name: str, **kwargs: Any) -> Any:
     return _create(probe_sets(), "probe set", name, kwargs)
+
+
+def create_decoder(name: str, embedding_dim: int, output_shape: tuple[int, int, int], **options: Any) -> Any:
+    registry = decoders()
+    if name not in registry:
+        raise PluginError(f"unknown decoder {name!r}; the installed plugins offer: {sorted(registry)}")
+    return registry[name].factory(embedding_dim, tuple(output_shape), **options)

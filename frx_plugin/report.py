@@ -17,6 +17,17 @@ def _clean(value: float | None) -> float | None:
     return None if math.isnan(value) else value
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None``, through dicts and lists (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 @dataclass
 class AttributeLeakage:
     """Held-out recovery of one attribute from the embeddings (DESIGN.md §2).
@@ -92,6 +103,8 @@ class Report:
     error_attribution: dict[str, dict[str, float | None]] = field(default_factory=dict)
     #: how the counterfactuals were made: "exact" (a generator re-rendered the faces), "latent", or None
     counterfactuals: str | None = None
+    #: the two-stage path (decoder, estimator, R_k of both paths, spread; see :mod:`frx_plugin.two_stage`), or None
+    recovery: dict[str, Any] | None = None
 
     def __getitem__(self, name: str) -> AttributeLeakage:
         for item in self.leakage:
@@ -113,6 +126,7 @@ class Report:
             "counterfactuals": self.counterfactuals,
             "significance": {k: {m: _clean(v) for m, v in d.items()} for k, d in self.significance.items()},
             "error_attribution": {k: {a: _clean(v) for a, v in d.items()} for k, d in self.error_attribution.items()},
+            "recovery": json_safe(self.recovery),
         }
 
     @classmethod
@@ -134,4 +148,5 @@ class Report:
                 k: {a: (math.nan if v is None else v) for a, v in d.items()} for k, d in record.get("error_attribution", {}).items()
             },
             counterfactuals=record.get("counterfactuals"),
+            recovery=record.get("recovery"),
         )

@@ -1,0 +1,309 @@
+"""Decoders ``G: z → x̂``: stage 1 of the paper's two-stage recovery, p(x|z) (DESIGN.md §2).
+
+A decoder turns an embedding back into a face. It takes a noise vector beside z, so p(x|z) is a
+distribution and not one image: several samples of the same z show what the representation
+leaves open. Decoders come through the ``frx_register_decoders`` hook; the built-in one is
+:class:`ConvFaceDecoder`.
+
+Training (:meth:`ConvFaceDecoder.fit`) uses the rows of one identity-disjoint fold's training
+part, so the faces it decodes afterwards (the held-out fold) belong to people it never saw. Its
+loss is a pixel loss plus an identity loss, ``1 − cos(f(x̂), z)`` with the recognition model f
+(gradients flow into the decoder only; the model's own gradients are never touched). The pixel
+loss is taken for the best of a few noise draws per face (implicit maximum likelihood, Li &
+Malik 2018): a plain pixel loss would teach the decoder to ignore the noise and paint the mean
+face, while the best-of-k loss makes the samples cover the faces that share an embedding.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from frx_plugin.recovery import AnalysisError
+
+
+class DecoderError(AnalysisError):
+    """A decoder that cannot be used as asked (wrong shapes, bad options)."""
+
+
+class DecoderDiverged(DecoderError):
+    """A decoder whose training loss became NaN or infinite; its weights are left as before the fit."""
+
+
+@dataclass
+class DecoderTask:
+    """What one fit of a decoder sees: the training part of one identity-disjoint fold.
+
+    ``embeddings`` (n, D) the L2-normalised z of the training faces, ``images`` (n, C, H, W) in
+    [0, 1] at the decoder's ``output_shape``, ``identity_embedder`` a differentiable
+    ``f(x̂) → z`` (L2-normalised, (B, D)) for the identity loss, or ``None`` for the pixel loss
+    alone; ``steps`` optimisation steps, ``seed`` for the batches and noise.
+    """
+
+    embeddings: torch.Tensor
+    images: torch.Tensor
+    identity_embedder: Callable[[torch.Tensor], torch.Tensor] | None = None
+    steps: int = 200
+    seed: int = 0
+
+
+@dataclass
+class DecoderFit:
+    """How a fit went: the mean losses of its first and last 10% of steps, and every step's total loss."""
+
+    steps: int
+    pixel_loss_start: float
+    pixel_loss_end: float
+    identity_loss_start: float | None
+    identity_loss_end: float | None
+    losses: list[float] = field(default_factory=list, repr=False)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "pixel_loss_start": self.pixel_loss_start,
+            "pixel_loss_end": self.pixel_loss_end,
+            "identity_loss_start": self.identity_loss_start,
+            "identity_loss_end": self.identity_loss_end,
+        }
+
+
+@runtime_checkable
+class FaceDecoder(Protocol):
+    """What ``frx_register_decoders`` offers: ``G(z, noise) → x̂``, trainable and warm-startable.
+
+    ``output_shape``: ``(C, H, W)`` of its images. ``fit(task)``: train on a
+    :class:`DecoderTask`, continuing from the current weights; return a :class:`DecoderFit`,
+    raise :class:`DecoderDiverged` on a NaN loss. ``decode(z, samples, seed)``:
+    ``(B, samples, C, H, W)`` in [0, 1], deterministic in ``seed``. ``state_dict()`` /
+    ``load_state_dict(state)``: tensors only, for the warm start of the next pass.
+    """
+
+    output_shape: tuple[int, int, int]
+
+    def fit(self, task: DecoderTask) -> DecoderFit: ...
+
+    def decode(self, z: torch.Tensor, samples: int = 1, seed: int = 0) -> torch.Tensor: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> Any: ...
+
+
+def check_output_shape(output_shape: Any) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(v) for v in output_shape)
+    except (TypeError, ValueError):
+        raise DecoderError(f"decoder output_shape must be (C, H, W), got {output_shape!r}") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise DecoderError(f"decoder output_shape must be (C, H, W) of positive sizes, got {output_shape!r}")
+    return shape  # type: ignore[return-value]
+
+
+class ConvDecoderNet(nn.Module):
+    """``(z, noise) → image``: a linear map to a ``side/16`` square, four ×2 upsampling stages, sigmoid.
+
+    Each stage is a 4×4 transposed convolution of stride 2 (2.25× cheaper than upsampling and a
+    3×3 convolution at the larger size), batch norm and LeakyReLU; channels halve from
+    ``8 · width`` to ``width``. ``side`` must be a multiple of 16 (64 → 4×4
+    start, 112 → 7×7).
+    """
+
+    def __init__(self, embedding_dim: int, side: int, channels: int = 3, noise_dim: int = 16, width: int = 8) -> None:
+        super().__init__()
+        if side % 16 or side < 16:
+            raise DecoderError(f"the conv decoder makes square images whose side is a multiple of 16 (64, 112, …), got {side}")
+        self.embedding_dim, self.noise_dim, self.side, self.channels = embedding_dim, noise_dim, side, channels
+        self.start = side // 16
+        widths = [8 * width, 4 * width, 2 * width, width]
+        self.project = nn.Sequential(nn.Linear(embedding_dim + noise_dim, widths[0] * self.start**2), nn.LeakyReLU(0.2))
+        stages: list[nn.Module] = []
+        previous = widths[0]
+        for w in widths:
+            stages += [nn.ConvTranspose2d(previous, w, 4, 2, 1, bias=False), nn.BatchNorm2d(w), nn.LeakyReLU(0.2)]
+            previous = w
+        self.stages = nn.Sequential(*stages)
+        self.out = nn.Conv2d(previous, channels, 3, 1, 1)
+
+    def forward(self, z: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        # unit-norm embeddings have components of size 1/√D; scale them to unit size
+        h = self.project(torch.cat([z * math.sqrt(self.embedding_dim), noise], 1))
+        h = h.view(z.shape[0], -1, self.start, self.start)
+        return torch.sigmoid(self.out(self.stages(h)))
+
+
+class ConvFaceDecoder:
+    """The built-in decoder: :class:`ConvDecoderNet` trained with pixel + identity loss (see the module).
+
+    ``embedding_dim``: D of the embeddings. ``output_shape``: ``(C, S, S)`` with S a multiple of
+    16 (64×64 and 112×112 are the faces' sizes). ``noise_dim``: size of the noise input.
+    ``width``: channels of the last stage. ``candidates``: noise draws per face for the best-of-k
+    pixel loss. ``identity_weight``: weight of ``1 − cos(f(x̂), z)`` against the pixel MSE
+    (which is scaled by 10, so both start near 1). ``lr``, ``batch_size``: Adam's step size and
+    the batch.
+    """
+
+    name = "conv"
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        output_shape: tuple[int, int, int] = (3, 64, 64),
+        noise_dim: int = 16,
+        width: int = 8,
+        candidates: int = 4,
+        identity_weight: float = 1.0,
+        lr: float = 2e-3,
+        batch_size: int = 32,
+    ) -> None:
+        shape = check_output_shape(output_shape)
+        if shape[1] != shape[2]:
+            raise DecoderError(f"the conv decoder makes square images, got output_shape {shape}")
+        for key, value in (("embedding_dim", embedding_dim), ("noise_dim", noise_dim), ("width", width), ("candidates", candidates), ("batch_size", batch_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise DecoderError(f"ConvFaceDecoder: {key} must be a positive integer, got {value!r}")
+        if not (identity_weight >= 0 and lr > 0):
+            raise DecoderError(f"ConvFaceDecoder: identity_weight must be ≥ 0 and lr > 0, got {identity_weight!r}, {lr!r}")
+        self.output_shape = shape
+        self.embedding_dim = embedding_dim
+        self.candidates = candidates
+        self.identity_weight = float(identity_weight)
+        self.lr = float(lr)
+        self.batch_size = batch_size
+        self.net = ConvDecoderNet(embedding_dim, shape[1], shape[0], noise_dim, width)
+        self.fits = 0
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.net.load_state_dict(state)
+
+    def to(self, device: torch.device | str) -> "ConvFaceDecoder":
+        self.net.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def _check_z(self, z: torch.Tensor, where: str) -> None:
+        if z.ndim != 2 or z.shape[1] != self.embedding_dim:
+            raise DecoderError(f"{where}: the decoder takes embeddings (B, {self.embedding_dim}), got {tuple(z.shape)}")
+
+    # -- training ------------------------------------------------------------------------------
+    def fit(self, task: DecoderTask) -> DecoderFit:
+        """Train for ``task.steps`` steps from the current weights (the warm start of a later pass).
+
+        A NaN or infinite loss raises :class:`DecoderDiverged` and puts back the weights the fit
+        started from, so the next pass starts from a sane state.
+        """
+        z, images = task.embeddings, task.images
+        self._check_z(z, "decoder fit")
+        if images.ndim != 4 or tuple(images.shape[1:]) != self.output_shape or images.shape[0] != z.shape[0]:
+            raise DecoderError(
+                f"decoder fit: images must be (n={z.shape[0]}, {', '.join(map(str, self.output_shape))}) to match the "
+                f"decoder's output_shape, got {tuple(images.shape)}"
+            )
+        if z.shape[0] < 2:
+            raise DecoderError(f"decoder fit: {z.shape[0]} training faces; at least 2 are needed")
+        if not isinstance(task.steps, int) or task.steps < 1:
+            raise DecoderError(f"decoder fit: steps must be a positive integer, got {task.steps!r}")
+        device = self.device
+        generator = torch.Generator().manual_seed(int(task.seed) * 1_000_003 + self.fits)
+        self.fits += 1
+        start_state = self.state_dict()
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=self.lr, betas=(0.5, 0.999))
+        n, batch = z.shape[0], min(self.batch_size, z.shape[0])
+        noise_dim = self.net.noise_dim
+        losses, pixel_losses, identity_losses = [], [], []
+        self.net.train()
+        try:
+            for step in range(task.steps):
+                rows = torch.randint(0, n, (batch,), generator=generator)
+                zb = z[rows].to(device, torch.float32)
+                xb = images[rows].to(device, torch.float32)
+                # best-of-k: the noise draw whose image is closest to the face carries the gradient
+                noise = torch.randn(batch, self.candidates, noise_dim, generator=generator).to(device)
+                if self.candidates > 1:
+                    with torch.no_grad():
+                        self.net.eval()
+                        tries = self.net(zb.repeat_interleave(self.candidates, 0), noise.view(-1, noise_dim))
+                        self.net.train()
+                        error = (tries.view(batch, self.candidates, -1) - xb.view(batch, 1, -1)).pow(2).mean(2)
+                        best = error.argmin(1)
+                    chosen = noise[torch.arange(batch), best]
+                else:
+                    chosen = noise[:, 0]
+                decoded = self.net(zb, chosen)
+                pixel = F.mse_loss(decoded, xb)
+                loss = 10.0 * pixel
+                identity_value = None
+                if task.identity_embedder is not None and self.identity_weight > 0:
+                    embedded = task.identity_embedder(decoded)
+                    identity = (1.0 - F.cosine_similarity(embedded.float(), zb, dim=1)).mean()
+                    loss = loss + self.identity_weight * identity
+                    identity_value = float(identity.detach())
+                if not bool(torch.isfinite(loss.detach())):
+                    raise DecoderDiverged(f"the decoder's training loss is {float(loss.detach())} at step {step + 1} of {task.steps}")
+                # gradients of the decoder only: the recognition model's .grad stay untouched
+                grads = torch.autograd.grad(loss, params)
+                for p, g in zip(params, grads):
+                    p.grad = g
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                pixel_losses.append(float(pixel.detach()))
+                if identity_value is not None:
+                    identity_losses.append(identity_value)
+        except DecoderDiverged:
+            self.net.load_state_dict(start_state)
+            raise
+        finally:
+            for p in params:
+                p.grad = None
+            self.net.eval()
+        tenth = max(1, task.steps // 10)
+
+        def mean(values: list[float], part: slice) -> float | None:
+            chosen = values[part]
+            return sum(chosen) / len(chosen) if chosen else None
+
+        return DecoderFit(
+            steps=task.steps,
+            pixel_loss_start=mean(pixel_losses, slice(0, tenth)),
+            pixel_loss_end=mean(pixel_losses, slice(-tenth, None)),
+            identity_loss_start=mean(identity_losses, slice(0, tenth)),
+            identity_loss_end=mean(identity_losses, slice(-tenth, None)),
+            losses=losses,
+        )
+
+    # -- sampling ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, samples: int = 1, seed: int = 0, batch_size: int = 256) -> torch.Tensor:
+        """``(B, samples, C, H, W)``: ``samples`` faces per embedding, one noise draw each (seeded)."""
+        self._check_z(z, "decode")
+        if not isinstance(samples, int) or samples < 1:
+            raise DecoderError(f"decode: samples must be a positive integer, got {samples!r}")
+        self.net.eval()
+        generator = torch.Generator().manual_seed(int(seed))
+        noise = torch.randn(z.shape[0], samples, self.net.noise_dim, generator=generator)
+        out = torch.empty(z.shape[0], samples, *self.output_shape)
+        device = self.device
+        flat_z = z.to(torch.float32).repeat_interleave(samples, 0)
+        flat_noise = noise.view(-1, self.net.noise_dim)
+        flat_out = out.view(-1, *self.output_shape)
+        for start in range(0, flat_z.shape[0], batch_size):
+            part = slice(start, start + batch_size)
+            flat_out[part] = self.net(flat_z[part].to(device), flat_noise[part].to(device)).cpu()
+        return out
+
+    def copy(self) -> "ConvFaceDecoder":
+        return copy.deepcopy(self)

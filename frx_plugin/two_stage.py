@@ -1,0 +1,595 @@
+"""The paper's two stages: decode embeddings into faces, p(x|z), and read attributes off them, p(a|x).
+
+Recovery significance (DESIGN.md §2), with decoder G and estimator E::
+
+    R_k = 1 − err_k(a, E(G(z))) / err_k(a, E(G(z_π)))
+
+π pairs each face with a face of another identity from the same identity-disjoint fold, so both
+are decoded by the decoder that never saw their fold. err is 1 − accuracy for discrete kinds and
+the mean absolute error for continuous ones, averaged over the decoder's samples of each z. The
+same formula with the direct probe heads h in place of E∘G gives the direct-path value, on the
+same folds and pairs. R_k of E on the real faces (``real_images``) is the ceiling of what the
+estimator can read at all; an attribute it cannot read from real faces (``readable`` false) says
+nothing about the representation.
+
+The **spread** of an attribute is how much E's readings differ between samples of the same z:
+for discrete kinds the share of samples that disagree with the most common reading, for
+continuous ones the standard deviation across samples over the standard deviation of the labels.
+
+One pass trains one decoder per fold on the other folds' faces (warm-started from the previous
+pass's weights), decodes its held-out fold ``samples`` times, and reads every decoded face with
+E. :class:`TwoStage` holds that state; :meth:`TwoStage.run_fold` does one fold (under DDP each
+process takes its own folds), :meth:`TwoStage.measures` turns the assembled readings into the
+report's ``recovery`` entry.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from frx_plugin.attributes import Attribute, AttributeSchema
+from frx_plugin.decoders import DecoderDiverged, DecoderError, DecoderTask, FaceDecoder
+from frx_plugin.estimators import AttributeEstimator, EstimatorError, require_estimator
+from frx_plugin.probe import ProbeSet
+from frx_plugin.recovery import AnalysisError, _estimate, identity_folds
+
+#: an attribute whose R_k on real faces is at most this is called unreadable by the estimator
+READABLE_MIN = 0.1
+
+
+@dataclass(frozen=True)
+class TwoStageConfig:
+    """Options of the two-stage path (validated on construction).
+
+    ``decoder``: a name registered through ``frx_register_decoders`` (built in: ``"conv"``);
+    ``decoder_options``: keyword arguments for its factory. ``estimator``: a name registered
+    through ``frx_register_estimators``, or ``None`` for the first that can read the probe set.
+    ``n_folds``: identity-disjoint folds (one decoder each). ``samples``: decoder samples per z.
+    ``steps``: optimisation steps of each decoder per pass. ``identity_loss``: train with the
+    recognition model's identity loss (needs a torch module). ``figure_faces``: held-out faces
+    kept for ``decoded.png``.
+    """
+
+    decoder: str = "conv"
+    estimator: str | None = None
+    n_folds: int = 2
+    samples: int = 4
+    steps: int = 200
+    n_bootstrap: int = 200
+    seed: int = 0
+    batch_size: int = 128
+    identity_loss: bool = True
+    figure_faces: int = 6
+    decoder_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key in ("n_folds", "samples", "steps", "batch_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"two-stage {key} must be a positive integer, got {value!r}")
+        if self.n_folds < 2:
+            raise ValueError(f"two-stage n_folds must be at least 2 (identity-disjoint decoders), got {self.n_folds}")
+        for key in ("n_bootstrap", "figure_faces"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"two-stage {key} must be a non-negative integer, got {value!r}")
+
+
+# --------------------------------------------------------------------------- pairs, errors, R_k
+
+
+def within_fold_pairs(identity: torch.Tensor, folds: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """π (N,): for each face, a face of another identity in the same fold (seeded).
+
+    Within each fold the identities are shuffled and each is paired with the next one
+    (cyclically); each face then takes a random face of its paired identity. A fold with a
+    single identity has no partner: its faces get -1.
+    """
+    generator = torch.Generator().manual_seed(int(seed) + 7919)
+    pairs = torch.full_like(identity, -1, dtype=torch.int64)
+    for f in torch.unique(folds).tolist():
+        rows = (folds == f).nonzero().squeeze(1)
+        ids, index = torch.unique(identity[rows], return_inverse=True)
+        if ids.numel() < 2:
+            continue
+        order = torch.randperm(ids.numel(), generator=generator)
+        partner = torch.empty_like(order)
+        partner[order] = order.roll(-1)  # identity order[j] → order[j + 1]
+        # faces of each identity, grouped: pick a random one of the partner's
+        counts = torch.bincount(index, minlength=ids.numel())
+        starts = torch.cumsum(counts, 0) - counts
+        by_identity = rows[torch.argsort(index, stable=True)]
+        target = partner[index]
+        pick = (torch.rand(rows.numel(), generator=generator) * counts[target]).long().clamp_max(counts[target] - 1)
+        pairs[rows] = by_identity[starts[target] + pick]
+    return pairs
+
+
+def reading_errors(attribute: Attribute, target: torch.Tensor, readings: torch.Tensor) -> torch.Tensor:
+    """Per face (n,): the error of its readings ``(n, S)`` (or ``(n,)``), averaged over the S samples.
+
+    Discrete kinds: the share of readings that are not the label; continuous: the mean absolute
+    error. NaN where a reading is missing.
+    """
+    readings = readings.to(torch.float64)
+    if readings.ndim == 1:
+        readings = readings[:, None]
+    target = target.to(torch.float64)[:, None]
+    if attribute.discrete:
+        wrong = (readings != target).to(torch.float64)
+        wrong[torch.isnan(readings)] = math.nan
+        return wrong.mean(1)
+    return (readings - target).abs().mean(1)
+
+
+def recovery_significance(
+    attribute: Attribute,
+    target: torch.Tensor,
+    readings: torch.Tensor,
+    baseline: torch.Tensor,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """R = 1 − err(a, readings) / err(a, baseline), over the labelled faces whose readings exist.
+
+    ``readings``/``baseline`` ``(n,)`` or ``(n, S)``: the readings of each face, and of the face π
+    paired it with (read against this face's label). ``weights`` ``(R, n)``: one R per row (the
+    bootstrap); without it a 0-d tensor. NaN when the baseline makes no error.
+    """
+    error = reading_errors(attribute, target, readings)
+    base = reading_errors(attribute, target, baseline)
+    valid = ~attribute.missing_mask(target) & torch.isfinite(error) & torch.isfinite(base)
+    w = torch.ones(1, target.shape[0], dtype=torch.float64) if weights is None else weights.to(torch.float64)
+    w = w * valid.to(torch.float64)
+    error, base = torch.nan_to_num(error), torch.nan_to_num(base)
+    total = w.sum(1).clamp_min(1e-300)
+    ratio = ((w @ error) / total) / ((w @ base) / total)
+    out = 1.0 - torch.where((w @ base) > 0, ratio, torch.full_like(ratio, math.nan))
+    out = torch.where(w.sum(1) > 0, out, torch.full_like(out, math.nan))
+    return out[0] if weights is None else out
+
+
+def sample_spread(attribute: Attribute, readings: torch.Tensor, scale: float = 1.0) -> float:
+    """How much the readings ``(n, S)`` of the same z differ, averaged over the faces (see the module)."""
+    readings = readings.to(torch.float64)
+    readings = readings[torch.isfinite(readings).all(1)]
+    if readings.shape[0] == 0 or readings.shape[1] < 2:
+        return math.nan
+    if attribute.discrete:
+        classes = readings.long().clamp_min(0)
+        counts = F.one_hot(classes, max(attribute.num_classes, int(classes.max()) + 1)).sum(1)  # (n, C)
+        return float((1.0 - counts.max(1).values.to(torch.float64) / readings.shape[1]).mean())
+    return float(readings.std(1).mean() / scale) if scale > 0 else math.nan
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties) over the pairs where both are finite."""
+    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
+    if len(pairs) < 3:
+        return math.nan
+
+    def ranks(values: list[float]) -> torch.Tensor:
+        t = torch.tensor(values, dtype=torch.float64)
+        order = torch.argsort(t)
+        r = torch.empty_like(t)
+        r[order] = torch.arange(len(values), dtype=torch.float64)
+        for v in torch.unique(t):  # ties share their mean rank
+            tied = t == v
+            r[tied] = r[tied].mean()
+        return r
+
+    ra, rb = ranks([p[0] for p in pairs]), ranks([p[1] for p in pairs])
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = float((ra.norm() * rb.norm()))
+    return float((ra * rb).sum()) / denominator if denominator > 0 else math.nan
+
+
+# --------------------------------------------------------------------------- the direct path
+
+
+@torch.no_grad()
+def direct_readings(
+    embeddings: torch.Tensor, labels: Mapping[str, torch.Tensor], schema: AttributeSchema, folds: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Held-out readings h_k(z) ``(N,)`` float64 of every attribute from ridge probe heads on ``folds``.
+
+    Each face is read by the head fitted without its fold: binary kinds by the head's class
+    midpoint, categorical ones by the largest class score, continuous ones by the score itself
+    (in the attribute's units). An attribute whose heads are undefined reads NaN.
+    """
+    from frx_plugin.metrics import ProbeStatistics
+    from frx_plugin.recovery import build_targets, fit_probe_heads, score_rows
+
+    x = embeddings.to(torch.float64)
+    n, d = x.shape
+    n_folds = int(folds.max()) + 1
+    _, targets = build_targets(labels, schema, n)
+    masked = [t.attribute.name for t in targets if not bool(t.labelled.all())]
+    statistics = ProbeStatistics(schema, d, n_folds, masked, sync_on_compute=False)
+    statistics.update(x, folds, {name: labels[name] for name in schema.names})
+    shared, masked_statistics = statistics.compute()
+    heads = fit_probe_heads(shared, masked_statistics, schema)
+    scores = score_rows(x, folds, heads.weight, heads.bias)
+    out: dict[str, torch.Tensor] = {}
+    for t in targets:
+        name = t.attribute.name
+        s = scores[:, t.cols]
+        if heads.reason[name]:
+            out[name] = torch.full((n,), math.nan, dtype=torch.float64)
+        elif t.attribute.kind == "binary":
+            out[name] = (s[:, 0] > heads.threshold[folds, t.cols[0]]).to(torch.float64)
+        elif t.attribute.kind == "categorical":
+            out[name] = s.argmax(1).to(torch.float64)
+        else:
+            out[name] = s[:, 0]
+    return out
+
+
+# --------------------------------------------------------------------------- one pass
+
+
+@dataclass
+class FoldResult:
+    """What one fold's decoder gave: readings ``{attribute: (n_f, S)}`` of its held-out faces ``rows``,
+    ``similarity`` ``(n_f, S)`` = cos(f(x̂), z), the fit record (or ``error``), and figure faces."""
+
+    fold: int
+    rows: torch.Tensor
+    readings: dict[str, torch.Tensor]
+    similarity: torch.Tensor
+    fit: dict[str, Any] | None = None
+    error: str | None = None
+    originals: torch.Tensor | None = None
+    decoded: torch.Tensor | None = None
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+class TwoStage:
+    """The two-stage path's state across passes: the estimator, one decoder per fold (warm start).
+
+    ``probe``: the probe set; ``estimator``: an :class:`~frx_plugin.estimators.AttributeEstimator`
+    (default: the one registered for the probe set, by ``config.estimator``). Bad combinations are
+    errors at construction: an estimator that cannot take the probe's image shape (the decoder
+    makes faces of that shape) names both. Attributes the estimator does not output are skipped
+    with a warning that names them (``self.warnings``).
+    """
+
+    def __init__(self, probe: ProbeSet, config: TwoStageConfig = TwoStageConfig(), estimator: AttributeEstimator | None = None,
+                 estimator_name: str | None = None) -> None:
+        from frx_plugin.plugins import decoders
+
+        self.probe, self.config = probe, config
+        if estimator is None:
+            estimator_name, estimator = require_estimator(probe, config.estimator)
+        self.estimator, self.estimator_name = estimator, estimator_name or type(estimator).__name__
+        if config.decoder not in decoders():
+            from frx_plugin.plugins import PluginError
+
+            raise PluginError(f"unknown decoder {config.decoder!r}; the installed plugins offer: {sorted(decoders())}")
+        self.output_shape = tuple(int(v) for v in probe.images(torch.arange(1)).shape[1:])
+        self._check_estimator_shape(self.output_shape, f"the probe set's faces ({probe.source})")
+        self.folds = identity_folds(probe.identity, config.n_folds, config.seed)
+        self.pairs = within_fold_pairs(probe.identity, self.folds, config.seed)
+        offered = set(estimator.attributes)
+        self.attributes = [a.name for a in probe.schema if a.name in offered]
+        missing = [a.name for a in probe.schema if a.name not in offered]
+        self.warnings: list[str] = []
+        if missing:
+            self.warnings.append(f"two-stage: estimator {self.estimator_name!r} has no output for {missing}; they are skipped")
+        if not self.attributes:
+            raise EstimatorError(f"estimator {self.estimator_name!r} outputs none of the probe set's attributes {list(probe.schema.names)}")
+        self.decoders: dict[int, FaceDecoder] = {}
+        self._states: dict[int, dict[str, torch.Tensor]] = {}
+        self._real: dict[str, torch.Tensor] | None = None
+
+    def _check_estimator_shape(self, shape: tuple[int, ...], what: str) -> None:
+        wanted = tuple(int(v) for v in self.estimator.input_shape)
+        if tuple(shape) != wanted:
+            raise EstimatorError(
+                f"decoder {self.config.decoder!r} makes images of shape {tuple(shape)} ({what}) but estimator "
+                f"{self.estimator_name!r} takes {wanted}: use an estimator for {tuple(shape)} or a probe set of {wanted} faces"
+            )
+
+    # -- warm start ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The decoders' weights, ``fold<k>.<parameter>`` (tensors only)."""
+        for fold, decoder in self.decoders.items():
+            self._states[fold] = decoder.state_dict()
+        return {f"fold{fold}.{key}": value for fold, state in self._states.items() for key, value in state.items()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        states: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in state.items():
+            head, _, rest = key.partition(".")
+            if not head.startswith("fold") or not rest:
+                raise DecoderError(f"two-stage state: unexpected entry {key!r} (expected 'fold<k>.<parameter>')")
+            states.setdefault(int(head[4:]), {})[rest] = value
+        self._states = states
+        for fold, decoder in self.decoders.items():
+            if fold in states:
+                decoder.load_state_dict(states[fold])
+
+    def decoder(self, fold: int, embedding_dim: int, device: torch.device | None = None) -> FaceDecoder:
+        """The decoder of ``fold`` (made on first use; loaded from a saved state if there is one)."""
+        if fold not in self.decoders:
+            from frx_plugin.plugins import create_decoder
+
+            decoder = create_decoder(self.config.decoder, embedding_dim, self.output_shape, **dict(self.config.decoder_options))
+            shape = tuple(int(v) for v in decoder.output_shape)
+            self._check_estimator_shape(shape, f"its output_shape for {embedding_dim}-d embeddings")
+            if fold in self._states:
+                decoder.load_state_dict(self._states[fold])
+            if device is not None and hasattr(decoder, "to"):
+                decoder.to(device)
+            self.decoders[fold] = decoder
+        return self.decoders[fold]
+
+    # -- reading faces ---------------------------------------------------------------------------
+    def read(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """E's readings (float64, one per image) of every attribute the pass measures."""
+        out: dict[str, list[torch.Tensor]] = {name: [] for name in self.attributes}
+        for start in range(0, images.shape[0], self.config.batch_size):
+            chunk = images[start : start + self.config.batch_size]
+            readings = self.estimator.estimate(chunk)
+            for name in self.attributes:
+                value = readings.get(name) if isinstance(readings, Mapping) else None
+                if value is None:
+                    raise EstimatorError(f"estimator {self.estimator_name!r} gave no reading of {name!r}, which it lists in its attributes")
+                value = torch.as_tensor(value).detach().cpu().reshape(-1)
+                if value.numel() != chunk.shape[0]:
+                    raise EstimatorError(f"estimator {self.estimator_name!r}: {value.numel()} readings of {name!r} for {chunk.shape[0]} images")
+                out[name].append(value.to(torch.float64))
+        return {name: torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64) for name, parts in out.items()}
+
+    def real_readings(self) -> dict[str, torch.Tensor]:
+        """E's readings of the probe set's real faces (made once: they depend on neither model nor decoder)."""
+        if self._real is None:
+            parts: dict[str, list[torch.Tensor]] = {name: [] for name in self.attributes}
+            for _, images in self.probe.batches(torch.arange(len(self.probe)), self.config.batch_size):
+                for name, value in self.read(images).items():
+                    parts[name].append(value)
+            self._real = {name: torch.cat(v) for name, v in parts.items()}
+        return self._real
+
+    # -- one fold --------------------------------------------------------------------------------
+    def run_fold(self, fold: int, embeddings: torch.Tensor, model: Any, embed: Callable[[torch.Tensor], torch.Tensor]) -> FoldResult:
+        """Train fold ``fold``'s decoder on the other folds' faces, decode and read its own faces.
+
+        ``embeddings`` (N, D) of the whole probe set; ``model`` the recognition model (its
+        identity loss, when it is a torch module and ``identity_loss`` is on); ``embed`` maps
+        images to L2-normalised embeddings without gradients (the ``frx_embed`` hook). A
+        diverging decoder gives a result with ``error`` and NaN readings.
+        """
+        config = self.config
+        rows = (self.folds == fold).nonzero().squeeze(1)
+        train = (self.folds != fold).nonzero().squeeze(1)
+        device = embed_device(model)
+        decoder = self.decoder(fold, embeddings.shape[1], device)
+        nan = {name: torch.full((rows.numel(), config.samples), math.nan, dtype=torch.float64) for name in self.attributes}
+        empty = torch.full((rows.numel(), config.samples), math.nan, dtype=torch.float64)
+        images = torch.cat([x for _, x in self.probe.batches(train, config.batch_size)])
+        identity_embedder: Callable[[torch.Tensor], torch.Tensor] | None = None
+        was_training = getattr(model, "training", False)
+        if config.identity_loss and isinstance(model, torch.nn.Module):
+            model.eval()
+            identity_embedder = lambda x: F.normalize(_first(model(x)).float(), dim=1)  # noqa: E731
+
+        try:
+            fit = decoder.fit(DecoderTask(embeddings[train], images, identity_embedder, steps=config.steps, seed=config.seed + 104_729 * fold))
+        except DecoderDiverged as exc:
+            return FoldResult(fold, rows, nan, empty, error=f"decoder of fold {fold} diverged: {exc}")
+        finally:
+            if was_training:
+                model.train()
+        self._states[fold] = decoder.state_dict()
+        decoded = decoder.decode(embeddings[rows], config.samples, seed=config.seed + fold)  # (n_f, S, C, H, W)
+        flat = decoded.reshape(-1, *decoded.shape[2:])
+        if not bool(torch.isfinite(flat).all()):
+            return FoldResult(fold, rows, nan, empty, fit=fit.to_record(), error=f"decoder of fold {fold} made non-finite images")
+        readings = {name: value.view(rows.numel(), config.samples) for name, value in self.read(flat).items()}
+        z_decoded = torch.cat([embed(flat[i : i + config.batch_size]) for i in range(0, flat.shape[0], config.batch_size)])
+        similarity = (z_decoded.to(torch.float64).cpu() * embeddings[rows].to(torch.float64).repeat_interleave(config.samples, 0)).sum(1)
+        result = FoldResult(fold, rows, readings, similarity.view(rows.numel(), config.samples), fit=fit.to_record())
+        if config.figure_faces:
+            keep = rows[: config.figure_faces]
+            result.originals = self.probe.images(keep)
+            result.decoded = decoded[: config.figure_faces]
+        return result
+
+    # -- assembling ----------------------------------------------------------------------------
+    def assemble(self, results: Sequence[FoldResult]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Readings ``{attribute: (N, S)}`` and similarity ``(N, S)`` of all faces from the folds' results."""
+        n, s = len(self.probe), self.config.samples
+        readings = {name: torch.full((n, s), math.nan, dtype=torch.float64) for name in self.attributes}
+        similarity = torch.full((n, s), math.nan, dtype=torch.float64)
+        for result in results:
+            for name in self.attributes:
+                readings[name][result.rows] = result.readings[name]
+            similarity[result.rows] = result.similarity
+        return readings, similarity
+
+    def pack(self, result: FoldResult) -> torch.Tensor:
+        """``(N, (A + 1)·S)`` float64, NaN outside the fold's rows: one result as a tensor for a gather."""
+        readings, similarity = self.assemble([result])
+        return torch.cat([readings[name] for name in self.attributes] + [similarity], 1)
+
+    def unpack(self, packed: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        s = self.config.samples
+        readings = {name: packed[:, i * s : (i + 1) * s] for i, name in enumerate(self.attributes)}
+        return readings, packed[:, len(self.attributes) * s :]
+
+    def measures(
+        self,
+        embeddings: torch.Tensor,
+        readings: Mapping[str, torch.Tensor],
+        similarity: torch.Tensor,
+        fits: Mapping[int, dict[str, Any] | None] | None = None,
+        errors: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """The report's ``recovery`` entry from the assembled readings (see the module for each number)."""
+        from frx_plugin.counterfactual import _impostor_mean_cosine
+        from frx_plugin.randomness import poisson_bootstrap_weights
+
+        config, probe = self.config, self.probe
+        identity = probe.identity
+        pairs = self.pairs
+        has_pair = pairs >= 0
+        partner = pairs.clamp_min(0)
+        weights = poisson_bootstrap_weights(identity, config.seed, config.n_bootstrap) if config.n_bootstrap else None
+        direct = direct_readings(embeddings, probe.labels, probe.schema, self.folds)
+        real = self.real_readings()
+
+        def significance(attribute: Attribute, values: torch.Tensor) -> dict[str, float]:
+            target = probe.labels[attribute.name].clone()
+            target = torch.where(has_pair, target, torch.full_like(target, -1 if attribute.discrete else math.nan))
+            baseline = values[partner]
+            point = recovery_significance(attribute, target, values, baseline)
+            replicates = recovery_significance(attribute, target, values, baseline, weights) if weights is not None else None
+            estimate = _estimate(point, replicates)
+            return {"value": estimate.value, "low": estimate.low, "high": estimate.high}
+
+        attributes: dict[str, dict[str, Any]] = {}
+        for attribute in probe.schema:
+            name = attribute.name
+            entry: dict[str, Any] = {"kind": attribute.kind, "group": attribute.group, "direct": significance(attribute, direct[name])}
+            if name in readings:
+                entry["two_stage"] = significance(attribute, readings[name])
+                entry["real_images"] = significance(attribute, real[name])["value"]
+                labels = probe.labels[name]
+                scale = float(labels[~torch.isnan(labels)].std()) if not attribute.discrete else 1.0
+                entry["spread"] = sample_spread(attribute, readings[name], scale)
+                entry["estimator_accuracy"] = dict(self.estimator.accuracy.get(name, {}))
+                entry["readable"] = bool(entry["real_images"] > READABLE_MIN)
+                if not entry["readable"]:
+                    entry["reason"] = (
+                        f"estimator {self.estimator_name!r} cannot read {name!r} from real faces "
+                        f"(R on real images {entry['real_images']:.2f} ≤ {READABLE_MIN}); its two-stage value says nothing about the representation"
+                    )
+            else:
+                entry["reason"] = f"estimator {self.estimator_name!r} has no output for {name!r}"
+            attributes[name] = entry
+        measured = [a for a in attributes.values() if "two_stage" in a and a.get("readable")]
+        weights_one = torch.ones(1, torch.unique(identity).numel(), dtype=torch.float64)
+        z = F.normalize(embeddings.to(torch.float64), dim=1)
+        genuine = _genuine_mean_cosine(z, identity)
+        finite = similarity[torch.isfinite(similarity)]
+        return {
+            "decoder": self.config.decoder,
+            "estimator": self.estimator_name,
+            "samples": config.samples,
+            "folds": config.n_folds,
+            "steps": config.steps,
+            "identity_similarity": {
+                "decoded": float(finite.mean()) if finite.numel() else math.nan,
+                "genuine": genuine,
+                "impostor": float(_impostor_mean_cosine(z, identity, weights_one)[0]),
+            },
+            "decoder_fits": {str(k): v for k, v in (fits or {}).items()},
+            "errors": list(errors),
+            "spearman_two_stage_vs_direct": spearman(
+                [a["two_stage"]["value"] for a in measured], [a["direct"]["value"] for a in measured]
+            ),
+            "attributes": attributes,
+        }
+
+
+def _genuine_mean_cosine(z: torch.Tensor, identity: torch.Tensor) -> float:
+    """Mean cosine over ordered pairs of different faces of the same identity (NaN without any)."""
+    ids, index = torch.unique(identity, return_inverse=True)
+    sums = torch.zeros(ids.numel(), z.shape[1], dtype=torch.float64).index_add_(0, index, z)
+    counts = torch.bincount(index, minlength=ids.numel()).to(torch.float64)
+    pairs = float((counts * (counts - 1)).sum())
+    if pairs == 0:
+        return math.nan
+    return float(((sums * sums).sum() - (z * z).sum()) / pairs)
+
+
+def embed_device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration, TypeError):
+        return torch.device("cpu")
+
+
+def run_two_stage(
+    two_stage: TwoStage,
+    embeddings: torch.Tensor,
+    model: Any,
+    embed: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    folds: Sequence[int] | None = None,
+) -> tuple[dict[str, Any], list[FoldResult]]:
+    """One whole two-stage pass in this process: every fold (or ``folds``), then the measures.
+
+    ``embed``: images → L2-normalised embeddings without gradients (default: the ``frx_embed``
+    hook with ``model``). Returns the ``recovery`` entry and the fold results (for the figure).
+    """
+    if embed is None:
+        embed = hook_embedder(model)
+    results = [two_stage.run_fold(f, embeddings, model, embed) for f in (folds if folds is not None else range(two_stage.config.n_folds))]
+    readings, similarity = two_stage.assemble(results)
+    measures = two_stage.measures(
+        embeddings, readings, similarity, {r.fold: r.fit for r in results}, [r.error for r in results if r.error]
+    )
+    return measures, results
+
+
+def hook_embedder(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """images → embeddings through the ``frx_embed`` hook, in eval mode and without gradients."""
+    from frx_plugin.plugins import get_plugin_manager
+
+    hook = get_plugin_manager().hook.frx_embed
+    device = embed_device(model)
+
+    @torch.no_grad()
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        was_training = getattr(model, "training", False)
+        if was_training:
+            model.eval()
+        try:
+            return hook(model=model, images=images.to(device)).detach().to("cpu", torch.float32)
+        finally:
+            if was_training:
+                model.train()
+
+    return embed
+
+
+def recovery_scalars(recovery: Mapping[str, Any]) -> dict[str, float]:
+    """Logger names of a ``recovery`` entry: ``frx/recovery/<a>`` (+ ``/low``, ``/high``), ``frx/recovery_direct/<a>``,
+    ``frx/recovery_spread/<a>`` and ``frx/decoder/identity_similarity``."""
+    out: dict[str, float] = {}
+    for name, entry in recovery.get("attributes", {}).items():
+        two = entry.get("two_stage")
+        if two is not None:
+            out[f"frx/recovery/{name}"] = two["value"]
+            out[f"frx/recovery/{name}/low"] = two["low"]
+            out[f"frx/recovery/{name}/high"] = two["high"]
+            out[f"frx/recovery_spread/{name}"] = entry.get("spread", math.nan)
+        out[f"frx/recovery_direct/{name}"] = entry["direct"]["value"]
+    similarity = recovery.get("identity_similarity", {})
+    out["frx/decoder/identity_similarity"] = similarity.get("decoded", math.nan)
+    return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(float(v))}
+
+
+__all__ = [
+    "READABLE_MIN",
+    "AnalysisError",
+    "FoldResult",
+    "TwoStage",
+    "TwoStageConfig",
+    "direct_readings",
+    "reading_errors",
+    "recovery_scalars",
+    "recovery_significance",
+    "run_two_stage",
+    "sample_spread",
+    "spearman",
+    "within_fold_pairs",
+]
