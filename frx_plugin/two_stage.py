@@ -321,7 +321,11 @@ class TwoStage:
         if fold not in self.decoders:
             from frx_plugin.plugins import create_decoder
 
-            decoder = create_decoder(self.config.decoder, embedding_dim, self.output_shape, **dict(self.config.decoder_options))
+            # initial weights from (seed, fold) alone, not from the process's random state: a fold's decoder is the
+            # same whichever process makes it, and whatever ran before
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.config.seed * 1_000_003 + fold)
+                decoder = create_decoder(self.config.decoder, embedding_dim, self.output_shape, **dict(self.config.decoder_options))
             shape = tuple(int(v) for v in decoder.output_shape)
             self._check_estimator_shape(shape, f"its output_shape for {embedding_dim}-d embeddings")
             if fold in self._states:

@@ -11,7 +11,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning.pytorch import Trainer, seed_everything  # noqa: E402
 
 from frx_lightning import AttributeRecoveryCallback  # noqa: E402
-from tests.lightning_helpers import TinyFaceModule, make_probe, make_train_loader  # noqa: E402
+from frx_plugin.plugins import get_plugin_manager  # noqa: E402
+from frx_plugin.two_stage import TwoStageConfig  # noqa: E402
+from tests.lightning_helpers import PixelEstimatorPlugin, TinyFaceModule, make_probe, make_train_loader  # noqa: E402
 
 class NanOnRankOne(TinyFaceModule):
     """A model whose embeddings turn NaN from epoch 1, on the second process only."""
@@ -28,7 +30,10 @@ if __name__ == "__main__":
     broken = len(sys.argv) > 3 and sys.argv[3] == "nan-on-rank-1"
     seed_everything(0)
     probe = make_probe(n_identities=17, per_identity=7, seed=3)  # 119 samples: not a multiple of 2
-    callback = AttributeRecoveryCallback(probe, out_dir=out, n_bootstrap=30)
+    # the two-stage path too (each process trains the decoder of its own fold), except in the broken run
+    get_plugin_manager().register(PixelEstimatorPlugin())
+    two_stage = {} if broken else {"decode_every_n_epochs": 1, "two_stage": TwoStageConfig(steps=20, samples=2, n_bootstrap=30)}
+    callback = AttributeRecoveryCallback(probe, out_dir=out, n_bootstrap=30, **two_stage)
     trainer = Trainer(
         max_epochs=2 if broken else 1,
         accelerator="cpu",

@@ -28,6 +28,7 @@ from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet
 from frx_plugin.recovery import AnalysisError
 from frx_plugin.report import Report
+from frx_plugin.two_stage import TwoStage, TwoStageConfig, hook_embedder
 from frx_plugin.verification import verification
 
 
@@ -65,6 +66,15 @@ def gather_embeddings(trainer: Trainer, local: torch.Tensor, n: int) -> torch.Te
     return full
 
 
+def _merge_ranks(trainer: Trainer, local: torch.Tensor) -> torch.Tensor:
+    """Every rank's tensor of the same shape, NaN where the rank has nothing; the ranks' entries merged (one all-gather)."""
+    gathered = trainer.strategy.all_gather(local.to(trainer.strategy.root_device)).cpu()  # (W, ...)
+    merged = gathered[0].clone()
+    for part in gathered[1:]:
+        merged = torch.where(torch.isnan(merged), part, merged)
+    return merged
+
+
 class AttributeRecoveryCallback(Callback):
     """Measure, every ``every_n_epochs``, how much of each attribute the embeddings of the trained module keep.
 
@@ -88,9 +98,25 @@ class AttributeRecoveryCallback(Callback):
     probe set, latent otherwise), "exact" (an error at once if none can),
     "latent" or "off".
 
+    The paper's two stages (decode z into faces, read the attributes off them;
+    :mod:`frx_plugin.two_stage`) run every ``decode_every_n_epochs`` epochs
+    (off by default: they train decoders), with the options of ``two_stage``
+    (:class:`~frx_plugin.two_stage.TwoStageConfig`; its decoder and estimator come
+    from the ``frx_register_decoders`` and ``frx_register_estimators`` hooks).
+    They log ``frx/recovery/<attribute>`` (recovery significance R_k of the
+    two-stage path, with ``/low`` and ``/high``), ``frx/recovery_direct/<attribute>``
+    (the same measure from the probe heads), ``frx/recovery_spread/<attribute>``
+    and ``frx/decoder/identity_similarity``, write ``decoded.png`` and
+    ``recovery.png`` to ``out_dir``, and log the decoded faces as an image to
+    every logger that takes images (TensorBoard). The decoders are warm-started
+    from the previous pass. A decoder that diverges is reported in the pass's
+    warnings and the run goes on. Under DDP each process trains the decoders of
+    its own folds.
+
     The pass's cost is logged too, as ``frx/time/embed_s`` (probe data and
     forward pass), ``frx/time/after_embed_s`` (recovery, verification,
-    history) and ``frx/time/counterfactual_s``, and kept in ``last_timing``.
+    history), ``frx/time/counterfactual_s`` and ``frx/time/two_stage_s``, and
+    kept in ``last_timing``.
 
     Under DDP each rank embeds its own disjoint shard; the probe statistics are
     summed across ranks (every rank runs every collective), and the embeddings
@@ -115,6 +141,8 @@ class AttributeRecoveryCallback(Callback):
         counterfactuals: str = "auto",
         significance_samples: int = 128,
         max_error_pairs: int = 16,
+        decode_every_n_epochs: int | None = None,
+        two_stage: TwoStageConfig | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(probe, ProbeSet):
@@ -137,6 +165,23 @@ class AttributeRecoveryCallback(Callback):
                 f"frx: no generator (hook frx_register_generators) can render {probe.source}; identity significance and "
                 "error attribution use the latent path (pass counterfactuals='exact' to require a generator, 'off' to skip)"
             )
+        if decode_every_n_epochs is not None and (
+            not isinstance(decode_every_n_epochs, int) or isinstance(decode_every_n_epochs, bool) or decode_every_n_epochs < 1
+        ):
+            raise ValueError(f"decode_every_n_epochs must be a positive integer or None (off), got {decode_every_n_epochs!r}")
+        if two_stage is not None and not isinstance(two_stage, TwoStageConfig):
+            raise TypeError(f"two_stage must be a frx_plugin.two_stage.TwoStageConfig, got {type(two_stage).__name__}")
+        if decode_every_n_epochs is not None:
+            from frx_plugin.plugins import PluginError, decoders
+
+            config = two_stage or TwoStageConfig()
+            if config.decoder not in decoders():
+                raise PluginError(f"unknown decoder {config.decoder!r}; the installed plugins offer: {sorted(decoders())}")
+        self.decode_every_n_epochs = decode_every_n_epochs
+        self.two_stage_config = two_stage or TwoStageConfig(seed=seed, n_bootstrap=n_bootstrap)
+        #: the two-stage path's state (estimator, decoders); made in ``setup``, the global-zero rank first
+        self.two_stage: TwoStage | None = None
+        self._two_stage_state: dict[str, torch.Tensor] = {}
         self.significance_samples = significance_samples
         self.max_error_pairs = max_error_pairs
         self.config = AnalysisConfig(n_folds=n_folds, n_bootstrap=n_bootstrap, seed=seed, fmr=float(fmr), batch_size=batch_size)
@@ -157,6 +202,20 @@ class AttributeRecoveryCallback(Callback):
         return self._generate_state_key(out_dir=str(self.out_dir))
 
     # -- Lightning hooks -------------------------------------------------
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.decode_every_n_epochs is None or self.two_stage is not None:
+            return
+        # the estimator may train and cache itself on first use: the global-zero rank first, the others then load it
+        if trainer.is_global_zero:
+            self.two_stage = TwoStage(self.probe, self.two_stage_config)
+        trainer.strategy.barrier("frx_estimator_ready")
+        if not trainer.is_global_zero:
+            self.two_stage = TwoStage(self.probe, self.two_stage_config)
+        if self._two_stage_state:
+            self.two_stage.load_state_dict(self._two_stage_state)
+        for message in self.two_stage.warnings:
+            rank_zero_warn(f"frx: {message}")
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.run_before_training and trainer.current_epoch == 0 and not self.history.has_epoch(0):
             self._run_pass(trainer, pl_module, epoch=0)
@@ -167,11 +226,17 @@ class AttributeRecoveryCallback(Callback):
             self._run_pass(trainer, pl_module, epoch=epoch)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history.state_dict(), "failures": list(self.failures)}
+        state: dict[str, Any] = {"history": self.history.state_dict(), "failures": list(self.failures)}
+        if self.two_stage is not None:
+            state["two_stage"] = self.two_stage.state_dict()  # the decoders' warm start survives a resume
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history.load_state_dict(state_dict["history"])
         self.failures = list(state_dict.get("failures", []))
+        self._two_stage_state = dict(state_dict.get("two_stage", {}))
+        if self.two_stage is not None and self._two_stage_state:
+            self.two_stage.load_state_dict(self._two_stage_state)
 
     # -- the pass ----------------------------------------------------------
     def _run_pass(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
@@ -203,6 +268,11 @@ class AttributeRecoveryCallback(Callback):
                 counterfactual_start = time.perf_counter()
                 self._counterfactuals(trainer, pl_module, embeddings, report)
                 counterfactual_s = time.perf_counter() - counterfactual_start
+            two_stage_s, decoded = 0.0, None
+            if self.two_stage is not None and epoch % self.decode_every_n_epochs == 0:
+                two_stage_start = time.perf_counter()
+                decoded = self._two_stage_pass(trainer, pl_module, embeddings, report)
+                two_stage_s = time.perf_counter() - two_stage_start
             report.epoch, report.global_step = epoch, trainer.global_step
             self.last_report = report
             self.history.add(report.to_record(), report.tensors)
@@ -210,11 +280,14 @@ class AttributeRecoveryCallback(Callback):
                 rank_zero_warn(f"frx (epoch {epoch}): {message}")
             if trainer.is_global_zero:
                 self._publish(trainer, report, epoch)
+                if decoded is not None:
+                    self._publish_decoded(trainer, report, decoded, epoch)
             # the pass's cost, split where the user's model stops working: embedding (data + forward) and the rest
             self.last_timing = {
                 "embed_s": embedded - started,
-                "after_embed_s": time.perf_counter() - embedded - counterfactual_s,
+                "after_embed_s": time.perf_counter() - embedded - counterfactual_s - two_stage_s,
                 "counterfactual_s": counterfactual_s,
+                "two_stage_s": two_stage_s,
             }
             if trainer.is_global_zero:
                 for logger in trainer.loggers:
@@ -268,6 +341,73 @@ class AttributeRecoveryCallback(Callback):
             if self.on_error == "raise" and not isinstance(exc, AnalysisError):
                 raise
             report.warnings.append(f"counterfactuals skipped: {type(exc).__name__}: {exc}")
+
+    def _two_stage_pass(self, trainer: Trainer, pl_module: LightningModule, embeddings: torch.Tensor, report: Report):
+        """Decoders and estimator (every rank; each trains the decoders of its own folds). Returns the figure's faces."""
+        two_stage = self.two_stage
+        assert two_stage is not None
+        rank, world = trainer.global_rank, trainer.world_size
+        folds = list(range(rank, two_stage.config.n_folds, world))
+        results, problem = [], None
+        try:
+            embed = hook_embedder(pl_module)
+            results = [two_stage.run_fold(f, embeddings, pl_module, embed) for f in folds]
+        except Exception as exc:  # noqa: BLE001 - every rank learns of it below, before the gather
+            problem = exc
+        if _any_rank(trainer, problem is not None):
+            message = f"{type(problem).__name__}: {problem}" if problem else "it failed on another process"
+            report.warnings.append(f"two-stage recovery skipped: {message}")
+            if self.on_error == "raise" and problem is not None and not isinstance(problem, AnalysisError):
+                raise problem
+            return None
+        # each fold's readings and fit summary, NaN where another rank owns the fold; merged after one gather each
+        width = (len(two_stage.attributes) + 1) * two_stage.config.samples
+        mine = torch.full((len(self.probe), width), math.nan, dtype=torch.float64)
+        for r in results:
+            mine = torch.where(torch.isnan(mine), two_stage.pack(r), mine)
+        summary = torch.full((two_stage.config.n_folds, 5), math.nan, dtype=torch.float64)
+        for r in results:
+            fit = r.fit or {}
+            summary[r.fold] = torch.tensor([
+                0.0 if r.error is None else 1.0,
+                *(math.nan if fit.get(k) is None else float(fit[k]) for k in ("pixel_loss_start", "pixel_loss_end", "identity_loss_start", "identity_loss_end")),
+            ], dtype=torch.float64)
+        if world > 1:
+            mine = _merge_ranks(trainer, mine)
+            summary = _merge_ranks(trainer, summary)
+        readings, similarity = two_stage.unpack(mine)
+        local_errors = {r.fold: r.error for r in results if r.error}
+        errors, fits = [], {}
+        for fold in range(two_stage.config.n_folds):
+            row = summary[fold].tolist()
+            if row[0] == 1.0:
+                errors.append(local_errors.get(fold, f"the decoder of fold {fold} failed on another process (diverged)"))
+            keys = ("pixel_loss_start", "pixel_loss_end", "identity_loss_start", "identity_loss_end")
+            fits[fold] = {k: (None if math.isnan(v) else v) for k, v in zip(keys, row[1:])}
+        for message in errors:
+            report.warnings.append(f"two-stage: {message}; its faces are left out of R_k and training goes on")
+        report.recovery = two_stage.measures(embeddings, readings, similarity, fits, errors)
+        first = next((r for r in results if r.fold == 0 and r.decoded is not None), None)
+        return (first.originals, first.decoded, first.similarity[: first.decoded.shape[0]]) if first is not None else None
+
+    def _publish_decoded(self, trainer: Trainer, report: Report, decoded, epoch: int) -> None:
+        """Global-zero only: ``decoded.png``, ``recovery.png`` and the decoded faces for image loggers."""
+        from frx_plugin.figures import decoded_grid, plot_decoded, plot_recovery
+
+        originals, faces, similarity = decoded
+        try:
+            plot_decoded(originals, faces, self.out_dir / "decoded.png", similarity=similarity,
+                         title=f"epoch {epoch}: held-out faces and samples of G(z) (decoder trained on other identities)")
+            if report.recovery is not None:
+                plot_recovery(report.recovery, self.out_dir / "recovery.png", title=f"epoch {epoch}")
+            grid = decoded_grid(originals, faces)
+            for logger in trainer.loggers:
+                add_image = getattr(getattr(logger, "experiment", None), "add_image", None)
+                if callable(add_image):
+                    add_image("frx/decoded", grid, global_step=trainer.global_step, dataformats="CHW")
+        except Exception as exc:  # noqa: BLE001 - a figure never costs the pass
+            report.warnings.append(f"two-stage figures not written: {type(exc).__name__}: {exc}")
+            rank_zero_warn(f"frx: the two-stage figures were not written: {exc}")
 
     def _publish(self, trainer: Trainer, report: Report, epoch: int) -> None:
         """Global-zero only: write the history, log the scalars, tell the sinks."""

@@ -21,6 +21,7 @@ from frx_plugin.models import BACKBONE_FILE, ArcFaceHead, ResidualFaceNet, save_
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.report import Report
 from frx_plugin.synthetic import SyntheticFaceDataset, SyntheticFaceWorld, SyntheticProbeSet
+from frx_plugin.two_stage import TwoStageConfig
 
 DEMO_DEFAULTS: dict[str, Any] = {
     "epochs": 12,
@@ -37,6 +38,9 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "devices": 1,
     "every_n_epochs": 1,
     "n_bootstrap": 200,
+    "two_stage": False,
+    "decode_every_n_epochs": 4,
+    "decoder_steps": 200,
 }
 
 
@@ -133,9 +137,41 @@ def format_table(first: dict[str, Any], last: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_recovery_table(record: dict[str, Any]) -> str:
+    """The two-stage table: R_k of both paths, the estimator's ceiling on real faces, and the spread across samples."""
+    recovery = record["recovery"]
+
+    def fmt(value) -> str:
+        return "   nan" if value is None else f"{value:6.3f}"
+
+    lines = [
+        f"two-stage recovery at epoch {record['epoch']} (decoder {recovery['decoder']}, estimator {recovery['estimator']}, "
+        f"{recovery['samples']} samples per z, {recovery['folds']} identity-disjoint folds)",
+        f"{'attribute':<14} {'group':<9} {'R two-stage (95% CI)':<24} {'R direct':>8} {'E on real':>9} {'spread':>7}",
+        "-" * 78,
+    ]
+    entries = recovery["attributes"]
+    for name in sorted(entries, key=lambda n: (entries[n].get("group") or "", n)):
+        entry = entries[name]
+        two = entry.get("two_stage") or {}
+        ci = f"{fmt(two.get('value'))} [{fmt(two.get('low')).strip()}, {fmt(two.get('high')).strip()}]" if two else "     -"
+        mark = "" if entry.get("readable", True) else "  (the estimator cannot read it from real faces)"
+        lines.append(
+            f"{name:<14} {entry.get('group') or '':<9} {ci:<24} {fmt(entry['direct']['value']):>8} {fmt(entry.get('real_images')):>9} "
+            f"{fmt(entry.get('spread')):>7}{mark}"
+        )
+    similarity = recovery["identity_similarity"]
+    lines.append(
+        f"cos(f(G(z)), z) of held-out faces {fmt(similarity['decoded']).strip()} (same person {fmt(similarity['genuine']).strip()}, "
+        f"different people {fmt(similarity['impostor']).strip()}); Spearman of the two paths {fmt(recovery['spearman_two_stage_vs_direct']).strip()}"
+    )
+    return "\n".join(lines)
+
+
 def run_demo(options: dict[str, Any]) -> int:
     opts = dict(DEMO_DEFAULTS, **{k: v for k, v in options.items() if v is not None})
-    for key in ("epochs", "identities", "images_per_identity", "probe_identities", "probe_images_per_identity", "devices"):
+    for key in ("epochs", "identities", "images_per_identity", "probe_identities", "probe_images_per_identity", "devices",
+                "decode_every_n_epochs", "decoder_steps"):
         if int(opts[key]) < 1:
             raise ValueError(f"frx demo: --{key.replace('_', '-')} must be at least 1, got {opts[key]}")
     if opts["identities"] < 2:
@@ -166,7 +202,21 @@ def run_demo(options: dict[str, Any]) -> int:
         lr=opts["lr"],
         total_steps=steps_per_epoch * opts["epochs"],
     )
-    callback = AttributeRecoveryCallback(probe, out_dir=out, every_n_epochs=opts["every_n_epochs"], n_bootstrap=opts["n_bootstrap"], seed=opts["seed"])
+    two_stage = {}
+    if opts["two_stage"]:
+        # every pass that decodes must also be an analysis pass: decode on multiples of both periods
+        period = opts["decode_every_n_epochs"]
+        if period % opts["every_n_epochs"]:
+            raise ValueError(
+                f"frx demo: --decode-every-n-epochs {period} must be a multiple of --every-n-epochs {opts['every_n_epochs']}"
+            )
+        two_stage = {
+            "decode_every_n_epochs": period,
+            "two_stage": TwoStageConfig(steps=opts["decoder_steps"], seed=opts["seed"], n_bootstrap=opts["n_bootstrap"]),
+        }
+    callback = AttributeRecoveryCallback(
+        probe, out_dir=out, every_n_epochs=opts["every_n_epochs"], n_bootstrap=opts["n_bootstrap"], seed=opts["seed"], **two_stage
+    )
     printer = _ProgressPrinter()
     pm = get_plugin_manager()
     pm.register(printer, name="frx.demo.progress")
@@ -203,5 +253,13 @@ def run_demo(options: dict[str, Any]) -> int:
     figure = plot_leakage_history(records, out / "leakage.png", title="frx demo: attribute leakage while training on the synthetic world")
     print()
     print(format_table(records[0], records[-1]))
-    print(f"\ntrained {opts['epochs']} epochs in {elapsed:.0f}s; wrote {out / 'history.json'}, {out / 'history.safetensors'}, {figure}")
+    written = [out / "history.json", out / "history.safetensors", figure]
+    decoded = [r for r in records if r.get("recovery")]
+    if decoded:
+        print()
+        print(format_recovery_table(decoded[-1]))
+        written += [out / name for name in ("decoded.png", "recovery.png") if (out / name).exists()]
+    elif opts["two_stage"]:
+        print("\nfrx demo: no two-stage pass succeeded; see the warnings above", file=sys.stderr)
+    print(f"\ntrained {opts['epochs']} epochs in {elapsed:.0f}s; wrote {', '.join(str(p) for p in written)}")
     return 0
