@@ -31,6 +31,20 @@ def frx_register_generators(register) -> None:
     register("synthetic", synthetic_generator, "re-renders samples of the synthetic world with one attribute changed")
 
 
+@hookimpl
+def frx_register_decoders(register) -> None:
+    from frx_plugin.decoders import ConvFaceDecoder
+
+    register("conv", ConvFaceDecoder, "convolutional decoder G(z, noise), 64x64 or 112x112 (any multiple of 16), pixel + identity loss")
+
+
+@hookimpl
+def frx_register_estimators(register) -> None:
+    from frx_plugin.estimators import synthetic_estimator
+
+    register("synthetic", synthetic_estimator, "small CNN trained on renders of the synthetic world, cached on disk")
+
+
 @hookimpl(trylast=True)
 def frx_embed(model: Any, images: torch.Tensor) -> torch.Tensor:
     out = model(images)
