@@ -36,25 +36,8 @@ from frx_plugin.analysis import AnalysisConfig, analyze_probe, embed_probe_set
 from frx_plugin.counterfactual import exact_embedder, identity_significance, latent_embedder, latent_model, require_generator
 from frx_plugin.models import BACKBONE_FILE, load_backbone
 from frx_plugin.synthetic import SyntheticFaceWorld, SyntheticProbeSet
+from frx_plugin.two_stage import spearman
 from frx_plugin.verification import verification
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    """Rank correlation with average ranks for ties."""
-
-    def ranks(values: list[float]) -> torch.Tensor:
-        x = torch.tensor(values, dtype=torch.float64)
-        order = torch.argsort(x)
-        r = torch.empty_like(x)
-        r[order] = torch.arange(len(values), dtype=torch.float64)
-        for v in torch.unique(x):
-            tied = x == v
-            r[tied] = r[tied].mean()
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
 
 
 def embed_images(model, images: torch.Tensor) -> torch.Tensor:

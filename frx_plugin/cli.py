@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--two-stage", action="store_true", default=None,
                       help="also run the paper's two stages (decode embeddings into faces, read their attributes; "
                            "writes decoded.png and recovery.png) every --decode-every-n-epochs epochs")
-    demo.add_argument("--decode-every-n-epochs", type=int, default=None, help="two-stage pass every N epochs (default 4)")
+    demo.add_argument("--decode-every-n-epochs", type=int, default=None, help="two-stage pass every N epochs (default 6)")
     demo.add_argument("--decoder-steps", type=int, default=None, help="training steps of each decoder per two-stage pass (default 200)")
     demo.set_defaults(func=_demo)
 

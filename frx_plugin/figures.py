@@ -236,6 +236,9 @@ def plot_recovery(recovery: dict[str, Any], path: Path, title: str = "") -> Path
         f"{number(similarity.get('decoded')):.2f} (genuine {number(similarity.get('genuine')):.2f}, impostor {number(similarity.get('impostor')):.2f}); "
         f"Spearman two-stage vs direct {number(recovery.get('spearman_two_stage_vs_direct')):.2f}"
     )
-    ax.set_title((title + "\n" if title else "") + subtitle, fontsize=8)
+    import textwrap
+
+    width_chars = int(fig.get_figwidth() * 15)  # about 15 characters of 8-point text per inch
+    ax.set_title("\n".join(filter(None, [title, textwrap.fill(subtitle, width=width_chars)])), fontsize=8)
     fig.tight_layout()
     return _save(fig, path)

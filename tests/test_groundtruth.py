@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.groundtruth import planted_pairs, spearman
+from benchmarks.groundtruth import planted_pairs
 from frx_plugin.synthetic import SyntheticFaceWorld
+from frx_plugin.two_stage import spearman
 
 
 def test_spearman_is_the_pearson_correlation_of_average_ranks():
@@ -28,6 +29,9 @@ def test_spearman_is_the_pearson_correlation_of_average_ranks():
     assert spearman(list(a), list(b)) == pytest.approx(expected, abs=1e-12)
     assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    # pairs with a missing value on either side are left out; fewer than 3 pairs give NaN
+    assert spearman([1, 2, float("nan"), 3], [1, 2, 5, 3]) == pytest.approx(1.0)
+    assert np.isnan(spearman([1, 2], [2, 1]))
 
 
 @pytest.mark.parametrize("cause", ["glasses", "hair_colour", "age", "yaw"])

@@ -39,7 +39,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "every_n_epochs": 1,
     "n_bootstrap": 200,
     "two_stage": False,
-    "decode_every_n_epochs": 4,
+    "decode_every_n_epochs": 6,
     "decoder_steps": 200,
 }
 
