@@ -49,7 +49,15 @@ def main() -> int:
     parser.add_argument("--demo-dir", type=Path, default=None, help="a frx demo folder with backbone.safetensors (default OUT/demo)")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--decoder-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of the conv decoder, e.g. whiten_inputs=false or candidates=1 (repeatable)")
     args = parser.parse_args()
+    options = {}
+    for item in args.decoder_option:
+        key, _, value = item.partition("=")
+        options[key] = {"true": True, "false": False}.get(value.lower(), None)
+        if options[key] is None:
+            options[key] = float(value) if "." in value or "e" in value.lower() else int(value)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     demo = args.demo_dir or out / "demo"
@@ -66,7 +74,7 @@ def main() -> int:
     direct_s = time.perf_counter() - started
 
     started = time.perf_counter()
-    two_stage = TwoStage(probe, TwoStageConfig(steps=args.steps, samples=args.samples))
+    two_stage = TwoStage(probe, TwoStageConfig(steps=args.steps, samples=args.samples, decoder_options=options))
     estimator_s = time.perf_counter() - started
     started = time.perf_counter()
     recovery, results = run_two_stage(two_stage, embeddings, model)
@@ -84,6 +92,7 @@ def main() -> int:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "probe": description["probe"],
+        "decoder_options": options,
         "direct_pass_s": direct_s,
         "estimator_s": estimator_s,
         "two_stage_pass_s": cold_s,

@@ -102,3 +102,20 @@ def test_read_history_names_the_file_and_field(tmp_path):
     (tmp_path / "history.json").write_text("{not json")
     with pytest.raises(SchemaError, match="history.json: not valid JSON"):
         read_history(tmp_path)
+
+
+def test_atomic_writes_get_the_mode_of_an_ordinary_new_file(tmp_path):
+    import os
+    import stat
+
+    from frx_plugin.history import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        plain = tmp_path / "plain.json"
+        plain.write_text("{}")
+    finally:
+        os.umask(old)
+    # figures and histories are shared with other users and tools like any file the user writes (not 0600)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644

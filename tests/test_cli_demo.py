@@ -39,6 +39,29 @@ def test_demo_trains_a_backbone_that_learns_and_writes_its_history(tmp_path):
     assert {a["name"] for a in records[-1]["attributes"]} == set(SYNTHETIC_SCHEMA.names)
 
 
+def test_demo_two_stage_writes_decoded_faces_and_recovery(tmp_path):
+    out = tmp_path / "demo"
+    env = dict(os.environ, FRX_CACHE_DIR=str(tmp_path / "cache"))  # the estimator is trained here, then cached
+    proc = _frx(
+        "demo", "--out", str(out), "--identities", "100", "--images-per-identity", "8", "--epochs", "2", "--size", "32",
+        "--probe-identities", "40", "--probe-images-per-identity", "4", "--n-bootstrap", "20",
+        "--two-stage", "--decode-every-n-epochs", "2", "--decoder-steps", "20", env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "training the synthetic attribute estimator once" in proc.stdout
+    assert list((tmp_path / "cache" / "estimators").glob("synthetic-*.safetensors"))
+    records = json.loads((out / "history.json").read_text())["records"]
+    assert [r["epoch"] for r in records if r.get("recovery")] == [0, 2]
+    recovery = records[-1]["recovery"]
+    assert set(recovery["attributes"]) == set(SYNTHETIC_SCHEMA.names) and recovery["estimator"] == "synthetic"
+    for name in ("decoded.png", "recovery.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = proc.stdout.split("two-stage recovery at epoch 2", 1)[1]
+    for name, entry in recovery["attributes"].items():
+        row = next(line for line in table.splitlines() if line.startswith(name + " "))
+        assert f"{entry['direct']['value']:6.3f}".strip() in row
+
+
 def test_demo_without_a_training_adapter_says_what_to_install(tmp_path):
     env = dict(os.environ, FRX_DISABLE_PLUGIN_AUTOLOAD="1")
     proc = _frx("demo", "--out", str(tmp_path), env=env, timeout=120)
@@ -53,6 +76,7 @@ def test_demo_without_a_training_adapter_says_what_to_install(tmp_path):
         ("--epochs", "0", "--epochs must be at least 1"),
         ("--identities", "1", "--identities must be at least 2"),
         ("--identities", "3", "fewer than one batch of 64 per device"),
+        ("--decode-every-n-epochs", "0", "--decode-every-n-epochs must be at least 1"),
     ],
 )
 def test_demo_rejects_bad_options_with_their_name(tmp_path, flag, value, message):

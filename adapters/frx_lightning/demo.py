@@ -204,6 +204,11 @@ def run_demo(options: dict[str, Any]) -> int:
     )
     two_stage = {}
     if opts["two_stage"]:
+        from frx_plugin.estimators import SYNTHETIC_ESTIMATOR_DEFAULTS, synthetic_estimator_path
+
+        cached = synthetic_estimator_path(**dict(SYNTHETIC_ESTIMATOR_DEFAULTS, size=opts["size"]))
+        if not cached.exists():
+            print(f"[frx] training the synthetic attribute estimator once (about a minute at 64x64); it is cached at {cached}", flush=True)
         # every pass that decodes must also be an analysis pass: decode on multiples of both periods
         period = opts["decode_every_n_epochs"]
         if period % opts["every_n_epochs"]:
