@@ -79,6 +79,14 @@ def test_a_failure_on_one_process_skips_the_pass_on_every_process_without_hangin
     assert "failed on another process" in proc.stderr or "NaN" in proc.stderr
 
 
+def test_a_two_stage_setup_error_stops_both_processes_without_a_hang(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "run"), "2", "estimator-32"], capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode != 0
+    assert "estimator 'pixels' takes (3, 32, 32)" in proc.stderr
+
+
 def _demo(out: Path, devices: int) -> list[dict]:
     proc = subprocess.run(
         [sys.executable, "-m", "frx_plugin", "demo", "--out", str(out), "--devices", str(devices), "--epochs", "1",

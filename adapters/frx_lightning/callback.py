@@ -205,12 +205,20 @@ class AttributeRecoveryCallback(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.decode_every_n_epochs is None or self.two_stage is not None:
             return
-        # the estimator may train and cache itself on first use: the global-zero rank first, the others then load it
-        if trainer.is_global_zero:
-            self.two_stage = TwoStage(self.probe, self.two_stage_config)
-        trainer.strategy.barrier("frx_estimator_ready")
-        if not trainer.is_global_zero:
-            self.two_stage = TwoStage(self.probe, self.two_stage_config)
+        # the estimator may train and cache itself on first use: the global-zero rank first, the others then load it.
+        # A configuration error (no estimator, shapes that do not fit) stops every rank alike, never one alone.
+        problem: BaseException | None = None
+        for turn in (True, False):
+            if trainer.is_global_zero == turn and problem is None:
+                try:
+                    self.two_stage = TwoStage(self.probe, self.two_stage_config)
+                except Exception as exc:  # noqa: BLE001 - raised below on every rank
+                    problem = exc
+            if turn:
+                trainer.strategy.barrier("frx_estimator_ready")
+        if _any_rank(trainer, problem is not None):
+            raise problem or RuntimeError("frx: the two-stage path could not be set up on another process (see its error)")
+        assert self.two_stage is not None
         if self._two_stage_state:
             self.two_stage.load_state_dict(self._two_stage_state)
         for message in self.two_stage.warnings:
