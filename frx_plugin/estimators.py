@@ -460,23 +460,15 @@ def load_synthetic_estimator(path, config: Mapping[str, Any] | None = None) -> S
     A file that is not readable, was not written by it, or (given ``config``) holds another
     configuration, world or format is an :class:`EstimatorError` naming the file.
     """
-    from safetensors import safe_open
-
+    from frx_plugin.history import read_tagged_safetensors
     from frx_plugin.synthetic import SYNTHETIC_SCHEMA
 
     path = Path(path)
     if not path.is_file():
         raise EstimatorError(f"no cached estimator at {path}")
+    header, state = read_tagged_safetensors(path, ESTIMATOR_METADATA, "frx's save_synthetic_estimator", EstimatorError)
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            state = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as exc:  # safetensors raises its own error types for damaged files
-        raise EstimatorError(f"{path}: not a readable safetensors file ({exc})") from None
-    if ESTIMATOR_METADATA not in metadata:
-        raise EstimatorError(f"{path}: the header has no {ESTIMATOR_METADATA!r} entry; frx did not write this estimator")
-    try:
-        description = json.loads(metadata[ESTIMATOR_METADATA])
+        description = json.loads(header)
         key, schema = description["key"], AttributeSchema.from_json(description["schema"])
         accuracy, held_out = description["accuracy"], description["held_out_identities"]
         stored = dict(key["config"])

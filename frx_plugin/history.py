@@ -43,6 +43,28 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def read_tagged_safetensors(path, tag: str, writer: str, error: type[Exception] = ValueError) -> tuple[str, dict[str, torch.Tensor]]:
+    """The header entry ``tag`` and every tensor of a safetensors file that frx wrote (no pickle).
+
+    A missing file is a ``FileNotFoundError``; a damaged one, or one without ``tag`` in its header
+    (not written by ``writer``), is ``error`` naming the path.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no file at {path} (expected one written by {writer})")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise error(f"{path}: not a readable safetensors file ({exc})") from None
+    if tag not in metadata:
+        raise error(f"{path}: the header has no {tag!r} entry; it was not written by {writer}")
+    return metadata[tag], state
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 

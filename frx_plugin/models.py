@@ -151,22 +151,11 @@ def load_backbone(path) -> tuple[ResidualFaceNet, dict]:
     ``ValueError`` that names the path.
     """
     import json
-    from pathlib import Path
 
-    from safetensors import safe_open
+    from frx_plugin.history import read_tagged_safetensors
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no saved backbone at {path}")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            state = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as exc:  # safetensors raises its own error types for damaged files
-        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
-    if BACKBONE_METADATA not in metadata:
-        raise ValueError(f"{path}: the header has no {BACKBONE_METADATA!r} entry; it was not written by frx's save_backbone")
-    description = json.loads(metadata[BACKBONE_METADATA])
+    header, state = read_tagged_safetensors(path, BACKBONE_METADATA, "frx's save_backbone")
+    description = json.loads(header)
     if description.get("architecture") != "resnet-small":
         raise ValueError(f"{path}: unknown architecture {description.get('architecture')!r}")
     module = ResidualFaceNet(
