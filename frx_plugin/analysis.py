@@ -55,7 +55,8 @@ class AnalysisConfig:
         return asdict(self)
 
 
-def _model_device(model: Any) -> torch.device:
+def model_device(model: Any) -> torch.device:
+    """The device of the model's first parameter (the CPU for a model without torch parameters)."""
     try:
         return next(model.parameters()).device
     except (AttributeError, StopIteration):
@@ -71,7 +72,7 @@ def embed_probe_set(model: Any, probe: ProbeSet, indices: torch.Tensor | None = 
     if indices is None:
         indices = torch.arange(len(probe))
     hook = get_plugin_manager().hook.frx_embed
-    device = _model_device(model)
+    device = model_device(model)
     was_training = getattr(model, "training", None)
     if was_training:
         model.eval()

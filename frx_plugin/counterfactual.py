@@ -292,7 +292,7 @@ def latent_embedder(model: LatentModel, embeddings: torch.Tensor, labels: Mappin
 
 def exact_embedder(model: Any, generator: AttributeGenerator, batch_size: int = 256) -> Embedder:
     """``embed(rows, attribute, values)`` on the exact path: re-render with the generator, embed with the model."""
-    from frx_plugin.analysis import _model_device
+    from frx_plugin.analysis import model_device
     from frx_plugin.plugins import get_plugin_manager
 
     hook = get_plugin_manager().hook.frx_embed
@@ -301,7 +301,7 @@ def exact_embedder(model: Any, generator: AttributeGenerator, batch_size: int = 
     def embed(rows: torch.Tensor, attribute: str, values: torch.Tensor) -> torch.Tensor:
         if attribute not in generator.attributes:
             raise CounterfactualError(f"the generator cannot change attribute {attribute!r}; it controls {list(generator.attributes)}")
-        device = _model_device(model)
+        device = model_device(model)
         was_training = getattr(model, "training", None)
         if was_training:
             model.eval()

@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from frx_plugin.analysis import model_device
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.decoders import DecoderDiverged, DecoderError, DecoderTask, FaceDecoder
 from frx_plugin.estimators import AttributeEstimator, EstimatorError, require_estimator
@@ -374,7 +375,7 @@ class TwoStage:
         config = self.config
         rows = (self.folds == fold).nonzero().squeeze(1)
         train = (self.folds != fold).nonzero().squeeze(1)
-        device = embed_device(model)
+        device = model_device(model)
         decoder = self.decoder(fold, embeddings.shape[1], device)
         nan = {name: torch.full((rows.numel(), config.samples), math.nan, dtype=torch.float64) for name in self.attributes}
         empty = torch.full((rows.numel(), config.samples), math.nan, dtype=torch.float64)
@@ -515,13 +516,6 @@ def _genuine_mean_cosine(z: torch.Tensor, identity: torch.Tensor) -> float:
     return float(((sums * sums).sum() - (z * z).sum()) / pairs)
 
 
-def embed_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration, TypeError):
-        return torch.device("cpu")
-
-
 def run_two_stage(
     two_stage: TwoStage,
     embeddings: torch.Tensor,
@@ -549,7 +543,7 @@ def hook_embedder(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     from frx_plugin.plugins import get_plugin_manager
 
     hook = get_plugin_manager().hook.frx_embed
-    device = embed_device(model)
+    device = model_device(model)
 
     @torch.no_grad()
     def embed(images: torch.Tensor) -> torch.Tensor:

@@ -174,6 +174,8 @@ def test_unknown_decoder_and_bad_period_are_rejected_at_once():
     probe = make_probe()
     with pytest.raises(ValueError, match="decode_every_n_epochs must be a positive integer"):
         AttributeRecoveryCallback(probe, decode_every_n_epochs=0)
+    with pytest.raises(ValueError, match=r"decode_every_n_epochs \(3\) must be a multiple of every_n_epochs \(2\)"):
+        AttributeRecoveryCallback(probe, every_n_epochs=2, decode_every_n_epochs=3)
     with pytest.raises(Exception, match="unknown decoder 'nope'; the installed plugins offer: .*conv"):
         AttributeRecoveryCallback(probe, decode_every_n_epochs=1, two_stage=TwoStageConfig(decoder="nope"))
     with pytest.raises(ValueError, match="two-stage samples must be a positive integer"):

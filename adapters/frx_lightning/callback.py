@@ -169,6 +169,11 @@ class AttributeRecoveryCallback(Callback):
             not isinstance(decode_every_n_epochs, int) or isinstance(decode_every_n_epochs, bool) or decode_every_n_epochs < 1
         ):
             raise ValueError(f"decode_every_n_epochs must be a positive integer or None (off), got {decode_every_n_epochs!r}")
+        if decode_every_n_epochs is not None and decode_every_n_epochs % every_n_epochs:
+            raise ValueError(
+                f"decode_every_n_epochs ({decode_every_n_epochs}) must be a multiple of every_n_epochs ({every_n_epochs}): "
+                "a two-stage pass runs inside an analysis pass"
+            )
         if two_stage is not None and not isinstance(two_stage, TwoStageConfig):
             raise TypeError(f"two_stage must be a frx_plugin.two_stage.TwoStageConfig, got {type(two_stage).__name__}")
         if decode_every_n_epochs is not None:

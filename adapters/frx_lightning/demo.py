@@ -209,14 +209,8 @@ def run_demo(options: dict[str, Any]) -> int:
         cached = synthetic_estimator_path(**dict(SYNTHETIC_ESTIMATOR_DEFAULTS, size=opts["size"]))
         if not cached.exists():
             print(f"[frx] training the synthetic attribute estimator once (about a minute at 64x64); it is cached at {cached}", flush=True)
-        # every pass that decodes must also be an analysis pass: decode on multiples of both periods
-        period = opts["decode_every_n_epochs"]
-        if period % opts["every_n_epochs"]:
-            raise ValueError(
-                f"frx demo: --decode-every-n-epochs {period} must be a multiple of --every-n-epochs {opts['every_n_epochs']}"
-            )
         two_stage = {
-            "decode_every_n_epochs": period,
+            "decode_every_n_epochs": opts["decode_every_n_epochs"],
             "two_stage": TwoStageConfig(steps=opts["decoder_steps"], seed=opts["seed"], n_bootstrap=opts["n_bootstrap"]),
         }
     callback = AttributeRecoveryCallback(
