@@ -1,0 +1,13 @@
+"""The InsightFace adapter as an frx plugin (entry point ``insightface`` in the ``frx`` group)."""
+
+from __future__ import annotations
+
+from frx_plugin.hookspecs import hookimpl
+
+
+@hookimpl
+def frx_register_probe_sets(register) -> None:
+    from frx_insightface.readers import CelebAProbeSet, VerificationProbeSet
+
+    register("insightface-bin", VerificationProbeSet, "an InsightFace verification .bin (lfw, cfp_fp, agedb_30): path=FILE")
+    register("celeba", CelebAProbeSet, "CelebA aligned images with 40 binary attributes: root=FOLDER, partition=, size=, limit=")

@@ -1,0 +1,305 @@
+"""Readers for the data formats of face recognition, each giving a probe set frx can analyse.
+
+- InsightFace verification ``.bin`` files (lfw, cfp_fp, agedb_30): a pickle of ``(bins, issame)``,
+  ``bins`` the encoded images of the pairs one after the other, ``issame`` one flag per pair. Pickle
+  runs code on load, so these files are read with :class:`RestrictedUnpickler`, which admits
+  bytes, lists, tuples, booleans and integers and nothing that names a Python object.
+- CelebA: ``list_attr_celeba.txt`` (40 binary attributes), ``identity_CelebA.txt`` and, optionally,
+  ``list_eval_partition.txt``, with the aligned images folder ``img_align_celeba``.
+
+Images are decoded with Pillow (which matplotlib already brings). Every problem is a
+:class:`DataFormatError` that names the file and the row or entry.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from frx_plugin.attributes import Attribute, AttributeSchema
+from frx_plugin.probe import ProbeSet
+
+
+class DataFormatError(ValueError):
+    """A data file that does not follow its format; the message names the file and the row or entry."""
+
+
+# --------------------------------------------------------------------------- restricted pickle
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: bytes, str, lists, tuples, dicts, booleans, integers, floats, None.
+
+    Any pickle that names a Python object (a class, a function such as ``os.system``, a persistent
+    id) is refused before that object is looked up, so a crafted file cannot run code. The one
+    global admitted is ``_codecs.encode`` for the ``latin1`` text-to-bytes conversion that Python
+    writes for ``bytes`` at pickle protocols 0–2, wrapped so it can do nothing else.
+    """
+
+    def __init__(self, file, source: str) -> None:
+        super().__init__(file, encoding="bytes")
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
+        raise DataFormatError(
+            f"{self.source}: refused to load: the pickle names the Python object {module}.{name}; "
+            "a verification .bin holds only bytes, lists and booleans (the file may be crafted to run code)"
+        )
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise DataFormatError(f"{self.source}: refused to load: the pickle refers to a persistent object {pid!r}")
+
+
+def _latin1_encode(text: Any, encoding: Any = "latin1") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1", b"latin1"):
+        raise DataFormatError("refused to load: _codecs.encode used for something other than bytes")
+    return text.encode("latin1")
+
+
+def restricted_load(path: str | Path) -> Any:
+    """The data in a pickle file, read by :class:`RestrictedUnpickler` (errors name the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no file at {path}")
+    with open(path, "rb") as fh:
+        try:
+            return RestrictedUnpickler(fh, str(path)).load()
+        except DataFormatError:
+            raise
+        except Exception as exc:  # truncated or not a pickle at all
+            raise DataFormatError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None
+
+
+# --------------------------------------------------------------------------- images
+
+
+def decode_image(data: bytes, source: str, size: int | None = None) -> torch.Tensor:
+    """One encoded image (JPEG, PNG, …) as ``(3, H, W)`` uint8 RGB; resized to ``size``² if given."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(bytes(data))) as image:
+            image = image.convert("RGB")
+            if size is not None and image.size != (size, size):
+                image = image.resize((size, size), Image.BILINEAR)
+            raw = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataFormatError(f"{source}: the image cannot be decoded ({exc})") from None
+    return raw.view(height, width, 3).permute(2, 0, 1).contiguous()
+
+
+# --------------------------------------------------------------------------- verification .bin
+
+
+@dataclass
+class VerificationPairs:
+    """A verification file: ``images`` ``(2P, 3, H, W)`` uint8 and ``issame`` ``(P,)`` bool; pair p is images 2p and 2p + 1."""
+
+    images: torch.Tensor
+    issame: torch.Tensor
+    source: str
+
+    @property
+    def pairs(self) -> torch.Tensor:
+        """``(P, 2)`` image indices of each pair."""
+        return torch.arange(self.images.shape[0]).view(-1, 2)
+
+
+def read_verification_bin(path: str | Path) -> VerificationPairs:
+    """An InsightFace verification ``.bin`` (lfw.bin, cfp_fp.bin, agedb_30.bin), read without running code.
+
+    Errors name the file and the entry: a pickle naming any Python object, a structure other
+    than ``(images, flags)``, an image count that is not twice the flag count, a flag that is not
+    a boolean, an image that cannot be decoded or whose size differs from the first one's.
+    """
+    path = Path(path)
+    data = restricted_load(path)
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise DataFormatError(f"{path}: expected a pair (encoded images, same-person flags), got {type(data).__name__}")
+    bins, issame = data
+    if not isinstance(bins, (list, tuple)) or not isinstance(issame, (list, tuple)):
+        raise DataFormatError(f"{path}: expected two lists (encoded images, flags), got {type(bins).__name__} and {type(issame).__name__}")
+    if len(bins) != 2 * len(issame):
+        raise DataFormatError(
+            f"{path}: {len(bins)} images for {len(issame)} same-person flags; a verification file holds two images per flag"
+        )
+    if not issame:
+        raise DataFormatError(f"{path}: no pairs")
+    flags = []
+    for k, flag in enumerate(issame):
+        if isinstance(flag, bool) or (isinstance(flag, int) and flag in (0, 1)):
+            flags.append(bool(flag))
+        else:
+            raise DataFormatError(f"{path}: flag {k} is {flag!r}; same-person flags are booleans")
+    first = None
+    images = []
+    for k, item in enumerate(bins):
+        if not isinstance(item, (bytes, bytearray)):
+            raise DataFormatError(f"{path}: image entry {k} is {type(item).__name__}, not encoded image bytes")
+        image = decode_image(item, f"{path}: image entry {k}")
+        if first is None:
+            first = tuple(image.shape)
+        elif tuple(image.shape) != first:
+            raise DataFormatError(f"{path}: image entry {k} is {tuple(image.shape)[1:]} pixels, entry 0 is {first[1:]}")
+        images.append(image)
+    return VerificationPairs(torch.stack(images), torch.tensor(flags), str(path))
+
+
+class VerificationProbeSet(ProbeSet):
+    """A verification file as a probe set: its images with pair-wise identities and no attribute labels.
+
+    The file says only whether the two faces of a pair are the same person, so each pair gets its
+    own identities (one shared id for a same-person pair, two for a different-person one); the
+    attributes come from estimators (``frx_register_estimators``). ``pairs`` and ``issame`` keep
+    the file's pairs for ``frx explain``.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        pairs = read_verification_bin(path)
+        count = pairs.issame.shape[0]
+        first = torch.arange(count) * 2
+        second = torch.where(pairs.issame, first, first + 1)
+        identity = torch.stack([first, second], 1).reshape(-1)
+        super().__init__(AttributeSchema([]), identity, {}, source=pairs.source)
+        self._images = pairs.images
+        self.pairs, self.issame = pairs.pairs, pairs.issame
+
+    def images(self, indices: torch.Tensor) -> torch.Tensor:
+        return self._images[indices].float() / 255.0
+
+
+# --------------------------------------------------------------------------- CelebA
+
+
+CELEBA_ATTRIBUTES_FILE = "list_attr_celeba.txt"
+CELEBA_IDENTITY_FILE = "identity_CelebA.txt"
+CELEBA_PARTITION_FILE = "list_eval_partition.txt"
+CELEBA_IMAGES = "img_align_celeba"
+CELEBA_PARTITIONS = {"train": 0, "valid": 1, "test": 2}
+
+
+def _rows(path: Path, width: int, skip: int = 0) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of each non-empty line after ``skip`` header lines; every row has ``width`` fields."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no file at {path}")
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if number <= skip or not line.strip():
+                continue
+            fields = line.split()
+            if len(fields) != width:
+                raise DataFormatError(f"{path}: line {number} has {len(fields)} fields, expected {width}")
+            out.append((number, fields))
+    return out
+
+
+def read_celeba_labels(root: str | Path, partition: str | None = None) -> tuple[list[str], torch.Tensor, AttributeSchema, dict[str, torch.Tensor]]:
+    """CelebA's file names, identities, schema (40 binary attributes) and labels, in the attribute file's order.
+
+    ``partition``: ``"train"``, ``"valid"`` or ``"test"`` keeps those rows (needs
+    ``list_eval_partition.txt``). Errors name the file and the line: a row of the wrong width, a
+    value other than -1/1, a count in the first line that does not match, an image without an
+    identity.
+    """
+    root = Path(root)
+    attributes_path = root / CELEBA_ATTRIBUTES_FILE
+    if not attributes_path.is_file():
+        raise FileNotFoundError(f"no {CELEBA_ATTRIBUTES_FILE} in {root}")
+    with open(attributes_path, encoding="utf-8") as fh:
+        head = [fh.readline(), fh.readline()]
+    try:
+        declared = int(head[0].strip())
+    except ValueError:
+        raise DataFormatError(f"{attributes_path}: line 1 should be the image count, got {head[0].strip()!r}") from None
+    names = head[1].split()
+    if not names:
+        raise DataFormatError(f"{attributes_path}: line 2 should name the attributes")
+    rows = _rows(attributes_path, len(names) + 1, skip=2)
+    if len(rows) != declared:
+        raise DataFormatError(f"{attributes_path}: line 1 declares {declared} images, the file lists {len(rows)}")
+    files = [fields[0] for _, fields in rows]
+    values = torch.empty(len(rows), len(names), dtype=torch.int64)
+    for i, (number, fields) in enumerate(rows):
+        for j, text in enumerate(fields[1:]):
+            if text not in ("1", "-1"):
+                raise DataFormatError(f"{attributes_path}: line {number}, attribute {names[j]!r}: {text!r} is not -1 or 1")
+            values[i, j] = 1 if text == "1" else 0
+    identity_of = {}
+    for number, (name, ident) in _rows(root / CELEBA_IDENTITY_FILE, 2):
+        try:
+            identity_of[name] = int(ident)
+        except ValueError:
+            raise DataFormatError(f"{root / CELEBA_IDENTITY_FILE}: line {number}: identity {ident!r} is not an integer") from None
+    missing = [f for f in files if f not in identity_of]
+    if missing:
+        raise DataFormatError(f"{root / CELEBA_IDENTITY_FILE}: no identity for {len(missing)} image(s), first {missing[0]!r}")
+    keep = torch.ones(len(files), dtype=torch.bool)
+    if partition is not None:
+        if partition not in CELEBA_PARTITIONS:
+            raise ValueError(f"partition must be one of {sorted(CELEBA_PARTITIONS)} or None, got {partition!r}")
+        split = {name: int(p) for _, (name, p) in _rows(root / CELEBA_PARTITION_FILE, 2)}
+        keep = torch.tensor([split.get(f, -1) == CELEBA_PARTITIONS[partition] for f in files])
+    index = keep.nonzero().squeeze(1).tolist()
+    schema = AttributeSchema(Attribute(name.lower(), "binary") for name in names)
+    labels = {a.name: values[index, j].clone() for j, a in enumerate(schema)}
+    identity = torch.tensor([identity_of[files[i]] for i in index], dtype=torch.int64)
+    return [files[i] for i in index], identity, schema, labels
+
+
+class CelebAProbeSet(ProbeSet):
+    """CelebA (aligned images) as a probe set: 40 binary attributes, identities, images loaded on demand.
+
+    Each aligned 178×218 image is cropped to its central square and resized to ``size``.
+    ``limit`` keeps the first ``limit`` rows of the chosen partition.
+    """
+
+    def __init__(self, root: str | Path, partition: str | None = None, size: int = 112, limit: int | None = None) -> None:
+        self.root = Path(root)
+        files, identity, schema, labels = read_celeba_labels(self.root, partition)
+        if limit is not None:
+            files, identity = files[:limit], identity[:limit]
+            labels = {k: v[:limit] for k, v in labels.items()}
+        super().__init__(schema, identity, labels, source=f"CelebA at {self.root}")
+        self.files, self.size = files, size
+
+    def images(self, indices: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(len(indices), 3, self.size, self.size)
+        for row, index in enumerate(torch.as_tensor(indices).tolist()):
+            path = self.root / CELEBA_IMAGES / self.files[index]
+            if not path.is_file():
+                raise FileNotFoundError(f"{self.source}: no image {path}")
+            image = _square(decode_image(path.read_bytes(), str(path)), self.size)
+            out[row] = image.float() / 255.0
+        return out
+
+
+def _square(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The central square of a ``(3, H, W)`` uint8 image, resized to ``size``² (bilinear)."""
+    _, height, width = image.shape
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    crop = image[:, top : top + side, left : left + side].float()
+    resized = torch.nn.functional.interpolate(crop[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return resized[0].round().clamp(0, 255).to(torch.uint8)
+
+
+__all__: Sequence[str] = [
+    "CelebAProbeSet",
+    "DataFormatError",
+    "RestrictedUnpickler",
+    "VerificationPairs",
+    "VerificationProbeSet",
+    "decode_image",
+    "read_celeba_labels",
+    "read_verification_bin",
+    "restricted_load",
+]
