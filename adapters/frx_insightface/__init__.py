@@ -1,4 +1,4 @@
-"""frx for InsightFace: readers of the data formats face recognition uses (more of the adapter comes in issue 6)."""
+"""frx for InsightFace: model-zoo recognition models as backbones, an ONNX exporter, and readers of the data formats face recognition uses."""
 
 from frx_insightface.readers import (
     CelebAProbeSet,

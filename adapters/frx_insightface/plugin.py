@@ -11,3 +11,11 @@ def frx_register_probe_sets(register) -> None:
 
     register("insightface-bin", VerificationProbeSet, "an InsightFace verification .bin (lfw, cfp_fp, agedb_30): path=FILE")
     register("celeba", CelebAProbeSet, "CelebA aligned images with 40 binary attributes: root=FOLDER, partition=, size=, limit=")
+
+
+@hookimpl
+def frx_embed(model, images):
+    """InsightFace backbones embed the InsightFace way (see :class:`frx_insightface.backbone.InsightFaceBackbone`)."""
+    from frx_insightface.backbone import InsightFaceBackbone
+
+    return model.embed(images) if isinstance(model, InsightFaceBackbone) else None
