@@ -10,8 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from frx_plugin.attributes import Attribute, AttributeSchema
+
 from frx_insightface.readers import (
     CelebAProbeSet,
+    ImageFolderProbeSet,
     DataFormatError,
     VerificationProbeSet,
     read_celeba_labels,
@@ -149,3 +152,52 @@ def test_celeba_errors_name_the_file_and_line(tmp_path):
         read_celeba_labels(tmp_path / "d")
     with pytest.raises(FileNotFoundError, match="no list_attr_celeba.txt in"):
         read_celeba_labels(tmp_path / "nowhere")
+
+
+# --------------------------------------------------------------------------- image folder + CSV
+
+
+def _folder(tmp_path, lines, images=("a.png", "b.png", "c.png", "d.png")):
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for k, name in enumerate(images):
+        Image.fromarray(_faces(1, size=20, seed=k)[0].permute(1, 2, 0).numpy()).save(folder / name)
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_image_folder_with_a_csv(tmp_path):
+    folder = _folder(tmp_path, [
+        "path,identity,glasses,hair,age",
+        "a.png,alice,1,brown,31.5",
+        "b.png,alice,0,black,",
+        "c.png,bob,,brown,40",
+        "d.png,carol,1,red,22",
+    ])
+    probe = ImageFolderProbeSet(folder, size=16)
+    assert [(a.name, a.kind) for a in probe.schema] == [("glasses", "binary"), ("hair", "categorical"), ("age", "continuous")]
+    assert probe.schema["hair"].classes == ("black", "brown", "red")
+    assert probe.identity.tolist() == [0, 0, 1, 2] and probe.identity_names == ["alice", "bob", "carol"]
+    assert probe.labels["glasses"].tolist() == [1, 0, -1, 1]
+    assert probe.labels["hair"].tolist() == [1, 0, 1, 2]
+    age = probe.labels["age"]
+    assert age[0] == 31.5 and torch.isnan(age[1]) and age[3] == 22
+    images = probe.images(torch.tensor([2]))
+    want = torch.nn.functional.interpolate(_faces(1, size=20, seed=2).float(), size=(16, 16), mode="bilinear", antialias=True)
+    assert images.shape == (1, 3, 16, 16) and float((images * 255 - want).abs().mean()) < 3  # Pillow's resize, not torch's
+
+
+def test_image_folder_errors_name_file_line_and_column(tmp_path):
+    folder = _folder(tmp_path, ["path,identity,glasses", "a.png,1,1", "b.png,2,maybe"], images=("a.png", "b.png"))
+    schema = AttributeSchema([Attribute("glasses", "binary")])
+    with pytest.raises(DataFormatError, match=r"labels\.csv: line 3, column 'glasses': 'maybe' is not 0/1"):
+        ImageFolderProbeSet(folder, schema=schema)
+    (folder / "labels.csv").write_text("path,identity,glasses\na.png,1,1\nb.png,2\n")
+    with pytest.raises(DataFormatError, match=r"labels\.csv: line 3 has 2 fields, the header has 3"):
+        ImageFolderProbeSet(folder)
+    (folder / "labels.csv").write_text("file,identity\na.png,1\n")
+    with pytest.raises(DataFormatError, match=r"labels\.csv: no 'path' column"):
+        ImageFolderProbeSet(folder)
+    (folder / "labels.csv").write_text("path,identity\na.png,1\nmissing.png,2\n")
+    with pytest.raises(DataFormatError, match=r"labels\.csv: line 3: no image .*missing\.png"):
+        ImageFolderProbeSet(folder)

@@ -7,9 +7,10 @@ from frx_plugin.hookspecs import hookimpl
 
 @hookimpl
 def frx_register_probe_sets(register) -> None:
-    from frx_insightface.readers import CelebAProbeSet, VerificationProbeSet
+    from frx_insightface.readers import CelebAProbeSet, ImageFolderProbeSet, VerificationProbeSet
 
     register("insightface-bin", VerificationProbeSet, "an InsightFace verification .bin (lfw, cfp_fp, agedb_30): path=FILE")
+    register("image-folder", ImageFolderProbeSet, "a folder of images with a CSV of path, identity and attribute columns: folder=, csv_path=")
     register("celeba", CelebAProbeSet, "CelebA aligned images with 40 binary attributes: root=FOLDER, partition=, size=, limit=")
 
 

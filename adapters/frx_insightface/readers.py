@@ -6,6 +6,7 @@
   bytes, lists, tuples, booleans and integers and nothing that names a Python object.
 - CelebA: ``list_attr_celeba.txt`` (40 binary attributes), ``identity_CelebA.txt`` and, optionally,
   ``list_eval_partition.txt``, with the aligned images folder ``img_align_celeba``.
+- A folder of images with a CSV of image path, identity and attribute columns.
 
 Images are decoded with Pillow (which matplotlib already brings). Every problem is a
 :class:`DataFormatError` that names the file and the row or entry.
@@ -14,6 +15,7 @@ Images are decoded with Pillow (which matplotlib already brings). Every problem 
 from __future__ import annotations
 
 import io
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,8 +294,127 @@ def _square(image: torch.Tensor, size: int) -> torch.Tensor:
     return resized[0].round().clamp(0, 255).to(torch.uint8)
 
 
+
+
+# --------------------------------------------------------------------------- a folder of images with a CSV
+
+
+def _infer_attribute(name: str, values: list[str]) -> Attribute:
+    """The kind of a CSV column from its non-empty values: 0/1 (or true/false) binary, numbers continuous, else categorical."""
+    present = [v for v in values if v != ""]
+    if not present:
+        return Attribute(name, "continuous")  # every label missing
+    lowered = {v.lower() for v in present}
+    if lowered <= {"0", "1"} or lowered <= {"true", "false"}:
+        return Attribute(name, "binary")
+    try:
+        numbers = [float(v) for v in present]
+    except ValueError:
+        numbers = None
+    if numbers is not None:
+        return Attribute(name, "continuous")
+    classes = tuple(sorted(set(present)))
+    if len(classes) == 1:  # a text column with one value: binary, everything present in its "yes" class
+        return Attribute(name, "binary", classes=(f"not {classes[0]}", classes[0]))
+    return Attribute(name, "categorical", classes=classes)
+
+
+def _parse_label(attribute: Attribute, text: str, where: str) -> float | int:
+    if text == "":
+        return -1 if attribute.discrete else math.nan
+    if attribute.kind == "binary":
+        if text in attribute.classes:
+            return attribute.classes.index(text)
+        lowered = text.lower()
+        if lowered in ("1", "true"):
+            return 1
+        if lowered in ("0", "false"):
+            return 0
+        raise DataFormatError(
+            f"{where}: {text!r} is not 0/1, true/false or one of the classes {list(attribute.classes)} (binary attribute {attribute.name!r})"
+        )
+    if attribute.kind == "categorical":
+        if text not in attribute.classes:
+            raise DataFormatError(f"{where}: {text!r} is not one of the classes {list(attribute.classes)} of {attribute.name!r}")
+        return attribute.classes.index(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataFormatError(f"{where}: {text!r} is not a number (continuous attribute {attribute.name!r})") from None
+    if not math.isfinite(value):
+        raise DataFormatError(f"{where}: {text!r} is not a finite number (continuous attribute {attribute.name!r})")
+    return value
+
+
+class ImageFolderProbeSet(ProbeSet):
+    """A folder of face images and a CSV with an image-path column, an identity column and attribute columns.
+
+    ``csv_path`` (default ``folder/labels.csv``): a header row, then one row per image. ``path``
+    (relative to ``folder``) and ``identity`` (any text or integer) are required; every other column
+    is an attribute whose kind is inferred from its values (0/1 or true/false: binary; numbers:
+    continuous; anything else: categorical, classes in sorted order) unless ``schema`` gives it. An
+    empty cell is a missing label. Images are decoded with Pillow and resized to ``size``². Errors name
+    the file, the line and the column.
+    """
+
+    def __init__(self, folder: str | Path, csv_path: str | Path | None = None, schema: AttributeSchema | None = None,
+                 size: int = 112, path_column: str = "path", identity_column: str = "identity") -> None:
+        import csv
+
+        self.folder = Path(folder)
+        csv_path = Path(csv_path) if csv_path is not None else self.folder / "labels.csv"
+        if not csv_path.is_file():
+            raise FileNotFoundError(f"no CSV of labels at {csv_path}")
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            try:
+                header = [h.strip() for h in next(reader)]
+            except StopIteration:
+                raise DataFormatError(f"{csv_path}: the file is empty; it needs a header row") from None
+            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+        for column in (path_column, identity_column):
+            if column not in header:
+                raise DataFormatError(f"{csv_path}: no {column!r} column (the header has {header})")
+        for number, row in rows:
+            if len(row) != len(header):
+                raise DataFormatError(f"{csv_path}: line {number} has {len(row)} fields, the header has {len(header)}")
+        if not rows:
+            raise DataFormatError(f"{csv_path}: no rows after the header")
+        columns = {name: [row[i].strip() for _, row in rows] for i, name in enumerate(header)}
+        names = [h for h in header if h not in (path_column, identity_column)]
+        if schema is None:
+            schema = AttributeSchema(_infer_attribute(name, columns[name]) for name in names)
+        else:
+            unknown = [a.name for a in schema if a.name not in columns]
+            if unknown:
+                raise DataFormatError(f"{csv_path}: no column for attribute(s) {unknown}")
+        labels = {}
+        for attribute in schema:
+            values = [_parse_label(attribute, text, f"{csv_path}: line {number}, column {attribute.name!r}")
+                      for (number, _), text in zip(rows, columns[attribute.name])]
+            labels[attribute.name] = torch.tensor(values, dtype=torch.int64 if attribute.discrete else torch.float32)
+        ids: dict[str, int] = {}
+        identity = torch.tensor([ids.setdefault(text, len(ids)) for text in columns[identity_column]], dtype=torch.int64)
+        self.files = []
+        for (number, _), relative in zip(rows, columns[path_column]):
+            path = self.folder / relative
+            if not path.is_file():
+                raise DataFormatError(f"{csv_path}: line {number}: no image {path}")
+            self.files.append(path)
+        self.identity_names = list(ids)
+        self.size = size
+        super().__init__(schema, identity, labels, source=f"image folder {self.folder}")
+
+    def images(self, indices: torch.Tensor) -> torch.Tensor:
+        return torch.stack([
+            decode_image(self.files[i].read_bytes(), str(self.files[i]), self.size).float() / 255.0
+            for i in torch.as_tensor(indices).tolist()
+        ]) if len(indices) else torch.empty(0, 3, self.size, self.size)
+
+
 __all__: Sequence[str] = [
     "CelebAProbeSet",
+    "ImageFolderProbeSet",
     "DataFormatError",
     "RestrictedUnpickler",
     "VerificationPairs",
