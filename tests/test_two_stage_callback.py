@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import math
-import struct
 
 import pytest
 import torch
@@ -21,6 +20,7 @@ from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.two_stage import TwoStageConfig, direct_readings, recovery_significance, within_fold_pairs
 from frx_plugin.recovery import identity_folds
 from tests.lightning_helpers import PixelEstimatorPlugin, TinyFaceModule, make_probe, make_train_loader
+from tests.tensorboard_helpers import summary_tags
 
 FAST = TwoStageConfig(steps=30, samples=3, n_bootstrap=20)
 
@@ -37,25 +37,6 @@ def pixels(fresh_plugins):
     plugin = PixelEstimatorPlugin()
     get_plugin_manager().register(plugin)
     return plugin
-
-
-def _tensorboard_tags(log_dir) -> dict[str, list[int]]:
-    """Tags → steps of the image summaries in TensorBoard event files (TFRecord framing, protobuf Event)."""
-    from tensorboardX.proto.event_pb2 import Event
-
-    found: dict[str, list[int]] = {}
-    for path in sorted(log_dir.rglob("events.out.tfevents.*")):
-        data = path.read_bytes()
-        offset = 0
-        while offset < len(data):
-            (length,) = struct.unpack("<Q", data[offset : offset + 8])
-            event = Event.FromString(data[offset + 12 : offset + 12 + length])
-            offset += 12 + length + 4
-            for value in event.summary.value:
-                if value.HasField("image"):
-                    assert value.image.height > 0 and value.image.encoded_image_string[:4] == b"\x89PNG"
-                    found.setdefault(value.tag, []).append(event.step)
-    return found
 
 
 def test_two_stage_passes_log_recovery_write_figures_and_images(tmp_path, pixels):
@@ -99,7 +80,7 @@ def test_two_stage_passes_log_recovery_write_figures_and_images(tmp_path, pixels
 
     for name in ("decoded.png", "recovery.png"):
         assert (tmp_path / "frx" / name).read_bytes()[:4] == b"\x89PNG"
-    assert _tensorboard_tags(tmp_path / "tb") == {"frx/decoded": [records[0]["global_step"], records[2]["global_step"]]}
+    assert summary_tags(tmp_path / "tb", kind="image") == {"frx/decoded": [records[0]["global_step"], records[2]["global_step"]]}
 
 
 def test_decoders_warm_start_across_passes_and_resume(tmp_path, pixels):

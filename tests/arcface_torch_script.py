@@ -1,0 +1,58 @@
+"""Run by tests/test_arcface_torch.py: a training loop in the manner of arcface_torch's train_v2.py, with frx attached.
+
+torch.distributed from RANK/WORLD_SIZE (gloo), the backbone wrapped in DistributedDataParallel, a
+DistributedSampler, an ArcFace margin head (no partial FC), SGD, and the callbacks called as
+``callback(global_step, backbone)`` on every rank. Argument: the output folder.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tensorboardX import SummaryWriter  # noqa: E402
+from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
+
+from frx_insightface.arcface_torch import ArcFaceTorchCallback  # noqa: E402
+from frx_plugin.analysis import AnalysisConfig  # noqa: E402
+from frx_plugin.models import ArcFaceHead, ResidualFaceNet  # noqa: E402
+from frx_plugin.synthetic import SyntheticFaceDataset, SyntheticFaceWorld, SyntheticProbeSet  # noqa: E402
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    backbone = ResidualFaceNet(embedding_dim=32, widths=(8, 16, 16, 32), input_size=32)
+    if world > 1:
+        backbone = torch.nn.parallel.DistributedDataParallel(backbone)
+    head = ArcFaceHead(32, 30)
+    train = SyntheticFaceDataset(SyntheticFaceWorld(30, 8, seed=0, size=32))
+    sampler = DistributedSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=0) if world > 1 else None
+    loader = DataLoader(train, batch_size=16, sampler=sampler, shuffle=sampler is None, drop_last=True)
+    probe = SyntheticProbeSet(n_identities=25, images_per_identity=3, seed=0, size=32, first_identity=500_000)  # 75: odd
+    writer = SummaryWriter(str(out / "tb")) if rank == 0 else None
+    frx = ArcFaceTorchCallback(probe, out_dir=out / "frx", every_n_steps=5, writer=writer, config=AnalysisConfig(n_bootstrap=30))
+    optimizer = torch.optim.SGD(list(backbone.parameters()) + list(head.parameters()), lr=0.05, momentum=0.9)
+    global_step = 0
+    for epoch in range(2):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        for images, labels in loader:
+            frx(global_step, backbone)  # as train_v2 calls callback_verification(global_step, backbone)
+            loss = F.cross_entropy(head(backbone(images), labels), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            global_step += 1
+    if writer is not None:
+        writer.close()
+    assert not frx.failures, frx.failures
+    if world > 1:
+        dist.destroy_process_group()
