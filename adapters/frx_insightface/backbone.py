@@ -70,17 +70,10 @@ def load_insightface_backbone(path: str | Path, flip: bool = False) -> InsightFa
     downloaded); a file insightface routes to no model, or to one that is not a recognition model,
     is a :class:`~frx_insightface.readers.DataFormatError` naming the file and its input shape.
     """
-    from insightface.model_zoo import model_zoo
-
     path = Path(path).expanduser()
     if path.suffix != ".onnx":
         raise DataFormatError(f"{path}: an InsightFace backbone is an .onnx file")
-    if not path.is_file():
-        raise FileNotFoundError(f"no ONNX model at {path}. {WHERE_TO_GET}")
-    try:
-        model = model_zoo.get_model(str(path), providers=["CPUExecutionProvider"], download=False)
-    except Exception as exc:  # onnx / onnxruntime reject damaged files with their own error types
-        raise DataFormatError(f"{path}: insightface cannot open it ({type(exc).__name__}: {exc})") from None
+    model = open_model(path)
     if model is None:
         raise DataFormatError(f"{path}: insightface routes this ONNX file to no model class ({_input_shape(path)})")
     if getattr(model, "taskname", None) != "recognition":
@@ -89,6 +82,22 @@ def load_insightface_backbone(path: str | Path, flip: bool = False) -> InsightFa
             f"({_input_shape(path)})"
         )
     return InsightFaceBackbone(model, path, flip=flip)
+
+
+def open_model(path: Path) -> Any:
+    """The model insightface's ``model_zoo.get_model`` makes of ``path`` on the CPU (``None``: no class), never downloading.
+
+    A missing file is a ``FileNotFoundError`` that says where to get one; a file onnx or onnxruntime
+    cannot open is a :class:`~frx_insightface.readers.DataFormatError` naming it.
+    """
+    from insightface.model_zoo import model_zoo
+
+    if not path.is_file():
+        raise FileNotFoundError(f"no ONNX model at {path}. {WHERE_TO_GET}")
+    try:
+        return model_zoo.get_model(str(path), providers=["CPUExecutionProvider"], download=False)
+    except Exception as exc:  # onnx / onnxruntime reject damaged files with their own error types
+        raise DataFormatError(f"{path}: insightface cannot open it ({type(exc).__name__}: {exc})") from None
 
 
 def _input_shape(path: Path) -> str:

@@ -14,7 +14,7 @@ from typing import Mapping
 
 import torch
 
-from frx_insightface.backbone import WHERE_TO_GET
+from frx_insightface.backbone import open_model
 from frx_insightface.readers import DataFormatError
 from frx_plugin.hookspecs import hookimpl
 
@@ -23,15 +23,8 @@ class GenderAgeEstimator:
     """Reads sex and age with an InsightFace genderage model. ``input_shape``: the probe's images, any size."""
 
     def __init__(self, path: str | Path, input_shape: tuple[int, int, int], names: Mapping[str, str] | None = None) -> None:
-        from insightface.model_zoo import model_zoo
-
         path = Path(path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"no ONNX model at {path}. {WHERE_TO_GET}")
-        try:
-            model = model_zoo.get_model(str(path), providers=["CPUExecutionProvider"], download=False)
-        except Exception as exc:  # onnx / onnxruntime reject damaged files with their own error types
-            raise DataFormatError(f"{path}: insightface cannot open it ({type(exc).__name__}: {exc})") from None
+        model = open_model(path)
         if getattr(model, "taskname", None) != "genderage":
             found = getattr(model, "taskname", None) or (type(model).__name__ if model is not None else "no model class")
             raise DataFormatError(f"{path}: insightface reads it as {found!r}, not a genderage model (96×96 input, 3 outputs)")
