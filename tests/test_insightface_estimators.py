@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import warnings
+
+import numpy as np
 
 import pytest
 import torch
 
-from frx_insightface.estimators import GenderAgeEstimator, GenderAgePlugin
+from frx_insightface.estimators import GenderAgeEstimator, GenderAgePlugin, PoseEstimator, PosePlugin
 from frx_insightface.readers import DataFormatError
 from frx_plugin.estimators import AttributeEstimator, find_estimator
 from frx_plugin.plugins import get_plugin_manager
@@ -59,3 +62,47 @@ def test_genderage_registers_through_the_hook_and_bad_files_are_named(genderage,
         torch.onnx.export(recognition, (torch.zeros(1, 3, 112, 112),), str(tmp_path / "rec.onnx"), dynamo=False)
     with pytest.raises(DataFormatError, match=r"rec\.onnx: insightface reads it as 'recognition', not a genderage model"):
         GenderAgeEstimator(tmp_path / "rec.onnx", (3, 16, 16))
+
+
+def _rotation(pitch: float, yaw: float, roll: float) -> np.ndarray:
+    """Rz(roll) · Ry(yaw) · Rx(pitch), angles in degrees."""
+    a, b, c = (math.radians(v) for v in (pitch, yaw, roll))
+    rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
+    ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
+    rz = np.array([[math.cos(c), -math.sin(c), 0], [math.sin(c), math.cos(c), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+class _PosedLandmarks(torch.nn.Module):
+    """192×192 → 3309 outputs as the 3D 68-point model has: the mean face shape turned by a known pose."""
+
+    def __init__(self, pitch: float, yaw: float, roll: float) -> None:
+        super().__init__()
+        from insightface.data import get_object
+
+        shape = get_object("meanshape_68.pkl")
+        turned = (_rotation(pitch, yaw, roll) @ (shape - shape.mean(0)).T).T
+        points = np.zeros((1103, 3), dtype=np.float32)
+        points[-68:] = turned / np.abs(turned).max() * 0.5  # normalised coordinates, inside the crop
+        self.register_buffer("points", torch.from_numpy(points.reshape(1, -1)))
+
+    def forward(self, x):
+        return self.points.expand(x.shape[0], -1) + 0.0 * x.mean((1, 2, 3))[:, None]
+
+
+def test_head_pose_through_insightfaces_landmark_class(tmp_path, fresh_plugins):
+    path = tmp_path / "1k3d68.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_PosedLandmarks(12.0, -25.0, 7.0), (torch.zeros(1, 3, 192, 192),), str(path),
+                          input_names=["data"], output_names=["fc1"], dynamo=False)
+    estimator = PoseEstimator(path, (3, 16, 16))
+    assert type(estimator.model).__name__ == "Landmark" and estimator.attributes == ("pitch", "yaw", "roll")
+    readings = estimator.estimate(torch.rand(2, 3, 16, 16))
+    for name, want in (("pitch", 12.0), ("yaw", -25.0), ("roll", 7.0)):
+        assert readings[name].tolist() == pytest.approx([want, want], abs=1e-3)
+    get_plugin_manager().register(PosePlugin(path, names={"yaw": "head_yaw"}))
+    name, found = find_estimator(make_probe(), "insightface-pose")
+    assert found.attributes == ("pitch", "head_yaw", "roll")
+    with pytest.raises(DataFormatError, match=r"insightface reads it as 'landmark_3d_68', not a genderage model"):
+        GenderAgeEstimator(path, (3, 16, 16))
