@@ -9,7 +9,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -63,30 +63,35 @@ def model_device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
-@torch.no_grad()
-def embed_probe_set(model: Any, probe: ProbeSet, indices: torch.Tensor | None = None, batch_size: int = 256) -> torch.Tensor:
-    """Embeddings ``(len(indices), D)`` float32 on the CPU, through the ``frx_embed`` hook.
+def hook_embedder(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """images → L2-normalised embeddings float32 on the CPU through the ``frx_embed`` hook, without gradients.
 
-    The model is put in eval mode for the pass and restored afterwards.
+    The model is put in eval mode for each call and restored afterwards.
     """
-    if indices is None:
-        indices = torch.arange(len(probe))
     hook = get_plugin_manager().hook.frx_embed
     device = model_device(model)
-    was_training = getattr(model, "training", None)
-    if was_training:
-        model.eval()
-    try:
-        chunks = []
-        for _, images in probe.batches(indices, batch_size):
-            z = hook(model=model, images=images.to(device))
-            chunks.append(z.detach().to("cpu", torch.float32))
-    finally:
+
+    @torch.no_grad()
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        was_training = getattr(model, "training", False)
         if was_training:
-            model.train()
-    if not chunks:
-        return torch.empty(0, 0)
-    return torch.cat(chunks)
+            model.eval()
+        try:
+            return hook(model=model, images=images.to(device)).detach().to("cpu", torch.float32)
+        finally:
+            if was_training:
+                model.train()
+
+    return embed
+
+
+def embed_probe_set(model: Any, probe: ProbeSet, indices: torch.Tensor | None = None, batch_size: int = 256) -> torch.Tensor:
+    """Embeddings ``(len(indices), D)`` float32 on the CPU, through the ``frx_embed`` hook (:func:`hook_embedder`)."""
+    if indices is None:
+        indices = torch.arange(len(probe))
+    embed = hook_embedder(model)
+    chunks = [embed(images) for _, images in probe.batches(indices, batch_size)]
+    return torch.cat(chunks) if chunks else torch.empty(0, 0)
 
 
 def probe_leakage(

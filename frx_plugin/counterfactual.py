@@ -292,28 +292,19 @@ def latent_embedder(model: LatentModel, embeddings: torch.Tensor, labels: Mappin
 
 def exact_embedder(model: Any, generator: AttributeGenerator, batch_size: int = 256) -> Embedder:
     """``embed(rows, attribute, values)`` on the exact path: re-render with the generator, embed with the model."""
-    from frx_plugin.analysis import model_device
-    from frx_plugin.plugins import get_plugin_manager
+    from frx_plugin.analysis import hook_embedder
 
-    hook = get_plugin_manager().hook.frx_embed
+    embed_images = hook_embedder(model)
 
-    @torch.no_grad()
     def embed(rows: torch.Tensor, attribute: str, values: torch.Tensor) -> torch.Tensor:
         if attribute not in generator.attributes:
             raise CounterfactualError(f"the generator cannot change attribute {attribute!r}; it controls {list(generator.attributes)}")
-        device = model_device(model)
-        was_training = getattr(model, "training", None)
-        if was_training:
-            model.eval()
-        try:
-            out = []
-            for start in range(0, rows.numel(), batch_size):
-                part = slice(start, start + batch_size)
+        out = []
+        for start in range(0, rows.numel(), batch_size):
+            part = slice(start, start + batch_size)
+            with torch.no_grad():
                 images = generator.counterfactual(rows[part], attribute, values[part])
-                out.append(hook(model=model, images=images.to(device)).detach().to("cpu", torch.float32))
-        finally:
-            if was_training:
-                model.train()
+            out.append(embed_images(images))
         return torch.cat(out) if out else torch.empty(0, 0)
 
     return embed

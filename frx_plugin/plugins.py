@@ -147,8 +147,13 @@ def create_probe_set(name: str, **kwargs: Any) -> Any:
     return _create(probe_sets(), "probe set", name, kwargs)
 
 
-def create_decoder(name: str, embedding_dim: int, output_shape: tuple[int, int, int], **options: Any) -> Any:
+def require_decoder(name: str) -> Registration:
+    """The registered decoder ``name``; an unknown name is a :class:`PluginError` listing the installed ones."""
     registry = decoders()
     if name not in registry:
         raise PluginError(f"unknown decoder {name!r}; the installed plugins offer: {sorted(registry)}")
-    return registry[name].factory(embedding_dim, tuple(output_shape), **options)
+    return registry[name]
+
+
+def create_decoder(name: str, embedding_dim: int, output_shape: tuple[int, int, int], **options: Any) -> Any:
+    return require_decoder(name).factory(embedding_dim, tuple(output_shape), **options)

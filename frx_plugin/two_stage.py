@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from frx_plugin.analysis import model_device
+from frx_plugin.analysis import hook_embedder, model_device
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.decoders import DecoderDiverged, DecoderError, DecoderTask, FaceDecoder
 from frx_plugin.estimators import AttributeEstimator, EstimatorError, require_estimator
@@ -264,16 +264,13 @@ class TwoStage:
 
     def __init__(self, probe: ProbeSet, config: TwoStageConfig = TwoStageConfig(), estimator: AttributeEstimator | None = None,
                  estimator_name: str | None = None) -> None:
-        from frx_plugin.plugins import decoders
+        from frx_plugin.plugins import require_decoder
 
         self.probe, self.config = probe, config
         if estimator is None:
             estimator_name, estimator = require_estimator(probe, config.estimator)
         self.estimator, self.estimator_name = estimator, estimator_name or type(estimator).__name__
-        if config.decoder not in decoders():
-            from frx_plugin.plugins import PluginError
-
-            raise PluginError(f"unknown decoder {config.decoder!r}; the installed plugins offer: {sorted(decoders())}")
+        require_decoder(config.decoder)
         self.output_shape = tuple(int(v) for v in probe.images(torch.arange(1)).shape[1:])
         self._check_estimator_shape(self.output_shape, f"the probe set's faces ({probe.source})")
         self.folds = identity_folds(probe.identity, config.n_folds, config.seed)
@@ -536,27 +533,6 @@ def run_two_stage(
         embeddings, readings, similarity, {r.fold: r.fit for r in results}, [r.error for r in results if r.error]
     )
     return measures, results
-
-
-def hook_embedder(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """images → embeddings through the ``frx_embed`` hook, in eval mode and without gradients."""
-    from frx_plugin.plugins import get_plugin_manager
-
-    hook = get_plugin_manager().hook.frx_embed
-    device = model_device(model)
-
-    @torch.no_grad()
-    def embed(images: torch.Tensor) -> torch.Tensor:
-        was_training = getattr(model, "training", False)
-        if was_training:
-            model.eval()
-        try:
-            return hook(model=model, images=images.to(device)).detach().to("cpu", torch.float32)
-        finally:
-            if was_training:
-                model.train()
-
-    return embed
 
 
 def recovery_scalars(recovery: Mapping[str, Any]) -> dict[str, float]:

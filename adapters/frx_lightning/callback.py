@@ -19,6 +19,7 @@ from frx_plugin.analysis import (
     counterfactual_measures,
     generator_attributes,
     embed_probe_set,
+    hook_embedder,
     probe_leakage,
     scalar_metrics,
 )
@@ -28,7 +29,7 @@ from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet
 from frx_plugin.recovery import AnalysisError
 from frx_plugin.report import Report
-from frx_plugin.two_stage import TwoStage, TwoStageConfig, hook_embedder
+from frx_plugin.two_stage import TwoStage, TwoStageConfig
 from frx_plugin.verification import verification
 
 
@@ -176,14 +177,12 @@ class AttributeRecoveryCallback(Callback):
             )
         if two_stage is not None and not isinstance(two_stage, TwoStageConfig):
             raise TypeError(f"two_stage must be a frx_plugin.two_stage.TwoStageConfig, got {type(two_stage).__name__}")
-        if decode_every_n_epochs is not None:
-            from frx_plugin.plugins import PluginError, decoders
-
-            config = two_stage or TwoStageConfig()
-            if config.decoder not in decoders():
-                raise PluginError(f"unknown decoder {config.decoder!r}; the installed plugins offer: {sorted(decoders())}")
         self.decode_every_n_epochs = decode_every_n_epochs
         self.two_stage_config = two_stage or TwoStageConfig(seed=seed, n_bootstrap=n_bootstrap)
+        if decode_every_n_epochs is not None:
+            from frx_plugin.plugins import require_decoder
+
+            require_decoder(self.two_stage_config.decoder)  # an unknown name is an error now, not at the first pass
         #: the two-stage path's state (estimator, decoders); made in ``setup``, the global-zero rank first
         self.two_stage: TwoStage | None = None
         self._two_stage_state: dict[str, torch.Tensor] = {}
