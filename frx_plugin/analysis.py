@@ -18,7 +18,7 @@ from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet
 from frx_plugin.recovery import AnalysisError, analyze_embeddings
 from frx_plugin.report import Report
-from frx_plugin.verification import verification
+from frx_plugin.verification import listed_pair_verification, verification
 
 ON_ERROR = ("warn", "raise")
 
@@ -127,9 +127,17 @@ def probe_leakage(
 
 
 def analyze_probe(embeddings: torch.Tensor, probe: ProbeSet, config: AnalysisConfig = AnalysisConfig()) -> Report:
-    """Leakage of every attribute of ``probe`` and verification on its pairs, from the embeddings of all its samples."""
+    """Leakage of every attribute of ``probe`` and verification on its pairs, from the embeddings of all its samples.
+
+    A probe set that lists its pairs (``probe.pairs``, as a verification file does) is verified on
+    those pairs only; otherwise on all pairs.
+    """
     report = probe_leakage(embeddings, probe, config)
-    report.verification = verification(embeddings, probe.identity, fmr=config.fmr)
+    listed = getattr(probe, "pairs", None)
+    if listed is not None:
+        report.verification = listed_pair_verification(embeddings, probe.identity, listed, fmr=config.fmr)
+    else:
+        report.verification = verification(embeddings, probe.identity, fmr=config.fmr)
     return report
 
 
@@ -307,6 +315,50 @@ def analyze_file(
         report.warnings.append(f"verification skipped: {dataset.n:,} samples is more than {VERIFICATION_MAX_SAMPLES:,} (it compares every pair)")
     if out_dir is not None:
         document = {"format": ANALYSIS_FORMAT, "source": str(path), "options": config.to_json(), **report.to_record()}
+        atomic_write_text(Path(out_dir) / "analysis.json", json.dumps(document, indent=1, allow_nan=False))
+    return report
+
+
+def analyze_model(
+    model: Any,
+    probe: ProbeSet,
+    *,
+    attributes: list[str] | None = None,
+    config: AnalysisConfig = AnalysisConfig(),
+    out_dir: str | Path | None = None,
+    model_name: str | None = None,
+    with_verification: bool = True,
+    progress: Any = None,
+) -> Report:
+    """Embed ``probe`` with ``model`` (through ``frx_embed``) and analyse it: leakage, and verification on its pairs.
+
+    The importable twin of ``frx analyze --backbone``. A probe set that lists its pairs (a
+    verification file) is verified on those. With ``out_dir``, writes ``out_dir/analysis.json``
+    (the layout of :func:`analyze_file`'s, with ``source`` naming the probe set and the model).
+    ``progress(done, total, stage)`` after each embedded batch.
+    """
+    from frx_plugin.probe import select_attributes
+
+    if attributes is not None:
+        probe = select_attributes(probe, attributes)
+    indices = torch.arange(len(probe))
+    embed = hook_embedder(model)
+    chunks = []
+    for chunk, images in probe.batches(indices, config.batch_size):
+        chunks.append(embed(images))
+        if progress is not None:
+            progress(int(chunk[-1]) + 1, len(probe), "embedding")
+    z = torch.cat(chunks)
+    if with_verification:
+        report = analyze_probe(z, probe, config)
+    else:
+        report = probe_leakage(z, probe, config)
+    if out_dir is not None:
+        source = f"{probe.source} embedded by {model_name or type(model).__name__}"
+        document = {"format": ANALYSIS_FORMAT, "source": source, "options": config.to_json(), **report.to_record()}
+        estimated = getattr(probe, "estimated", None)
+        if estimated:
+            document["estimated"] = dict(estimated)
         atomic_write_text(Path(out_dir) / "analysis.json", json.dumps(document, indent=1, allow_nan=False))
     return report
 

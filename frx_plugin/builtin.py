@@ -18,6 +18,14 @@ def frx_register_backbones(register) -> None:
 
 
 @hookimpl
+def frx_register_backbone_specs(register) -> None:
+    from frx_plugin.specs import load_torch_backbone, open_frx_backbone
+
+    register("frx", open_frx_backbone, "frx:PATH, a backbone.safetensors that frx demo saved (or its folder)")
+    register("torch", load_torch_backbone, "torch:package.module:factory@weights.safetensors[,KEY=VALUE...] (options go to the factory)")
+
+
+@hookimpl
 def frx_register_probe_sets(register) -> None:
     from frx_plugin.synthetic import SyntheticProbeSet
 

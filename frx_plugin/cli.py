@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from frx_plugin import __version__
-from frx_plugin.plugins import backbones, failed_plugins, get_plugin_manager, probe_sets
+from frx_plugin.plugins import backbone_specs, backbones, estimator_specs, estimators, failed_plugins, get_plugin_manager, probe_sets
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -40,14 +40,55 @@ def _progress_bar():
     return show
 
 
+def open_model_and_probe(backbone: str, probe: str | None = None, pairs: str | None = None,
+                         estimators: Sequence[str] = (), progress=None):
+    """The model of a backbone spec and the probe set to analyse it on, labelled by the estimator specs.
+
+    The probe set: ``pairs`` (a verification file, judged on its listed pairs), else ``probe`` (a
+    probe spec), else the synthetic probe set the backbone was trained for (``frx:`` backbones), else
+    the default synthetic probe set. Returns ``(model, probe set)``.
+    """
+    from frx_plugin.estimators import label_probe_set
+    from frx_plugin.specs import open_backbone, open_estimator, open_probe
+
+    if pairs is not None and probe is not None:
+        raise ValueError("pass --pairs or --probe, not both")
+    model, facts = open_backbone(backbone)
+    if pairs is not None or probe is not None:
+        probe_set = open_probe(pairs or probe)
+        if pairs is not None and getattr(probe_set, "pairs", None) is None:
+            raise ValueError(f"--pairs {pairs}: {probe_set.source} lists no pairs; pass it as --probe")
+    elif facts.get("probe"):
+        from frx_plugin.synthetic import SyntheticProbeSet
+
+        probe_set = SyntheticProbeSet(**facts["probe"])
+    else:
+        probe_set = open_probe("synthetic")
+    if estimators:
+        probe_set = label_probe_set(probe_set, [open_estimator(text, probe_set) for text in estimators], progress=progress)
+    if len(probe_set.schema) == 0:
+        raise ValueError(f"{probe_set.source} labels no attributes; pass --estimator SPEC to read them off its images")
+    return model, probe_set
+
+
 def _analyze(args: argparse.Namespace) -> int:
     import csv
 
-    from frx_plugin.analysis import CSV_COLUMNS, AnalysisConfig, analyze_file, format_leakage_table, leakage_rows
+    from frx_plugin.analysis import CSV_COLUMNS, AnalysisConfig, analyze_file, analyze_model, format_leakage_table, leakage_rows
 
     attributes = [a.strip() for a in args.attributes.split(",") if a.strip()] if args.attributes else None
     config = AnalysisConfig(n_folds=args.folds, n_bootstrap=args.bootstrap, seed=args.seed, fmr=args.fmr, head=args.head, C=args.C)
-    report = analyze_file(args.embeddings, attributes=attributes, config=config, out_dir=args.out, progress=_progress_bar(), with_verification=not args.no_verification)
+    if (args.embeddings is None) == (args.backbone is None):
+        raise ValueError("pass --embeddings FILE or --backbone SPEC (one of them)")
+    if args.embeddings is not None:
+        if args.probe or args.pairs or args.estimator:
+            raise ValueError("--probe, --pairs and --estimator go with --backbone; an embedding file is analysed as it is")
+        report = analyze_file(args.embeddings, attributes=attributes, config=config, out_dir=args.out, progress=_progress_bar(),
+                              with_verification=not args.no_verification)
+    else:
+        model, probe = open_model_and_probe(args.backbone, args.probe, args.pairs, args.estimator or (), _progress_bar())
+        report = analyze_model(model, probe, attributes=attributes, config=config, out_dir=args.out, model_name=args.backbone,
+                               with_verification=not args.no_verification, progress=_progress_bar())
     for message in report.warnings:
         print(f"frx analyze: warning: {message}", file=sys.stderr)
     if args.format == "json":
@@ -65,9 +106,16 @@ def _analyze(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     from frx_plugin.explain import FIGURE_FILE, explain
 
+    model = probe = None
+    if args.backbone is not None:
+        if args.embeddings is not None:
+            raise ValueError("pass --embeddings FILE or --backbone SPEC, not both")
+        model, probe = open_model_and_probe(args.backbone, args.probe, args.pairs, args.estimator or (), _progress_bar())
+    elif args.probe or args.pairs or args.estimator:
+        raise ValueError("--probe, --pairs and --estimator go with --backbone SPEC")
     document = explain(
-        demo_dir=args.demo_dir, embeddings_file=args.embeddings, out_dir=args.out, fmr=args.fmr,
-        max_pairs=args.max_pairs, path=args.path, latent_mode=args.latent_mode,
+        model, probe, demo_dir=args.demo_dir, embeddings_file=args.embeddings, out_dir=args.out, fmr=args.fmr,
+        max_pairs=args.max_pairs, path=args.path, latent_mode=args.latent_mode, model_name=args.backbone,
     )
     counts = document["counts"]
     how = document["path"] + (f" ({document['latent_mode']})" if document["latent_mode"] else "")
@@ -82,7 +130,7 @@ def _explain(args: argparse.Namespace) -> int:
 
         for name in sorted(shares["all"], key=lambda n: -(shares["all"][n] or 0.0)):
             print(f"{name:<16} {share(shares['all'][name])} {share(shares['false_non_match'][name])} {share(shares['false_match'][name])}")
-    if document["path"] == "latent" and args.embeddings:
+    if document["path"] == "latent" and (args.embeddings or args.backbone):
         print(f"{FIGURE_FILE} needs a generator that renders the faces (hook frx_register_generators); an embedding file has none, so none written")
     elif document["path"] == "latent":
         print(f"{FIGURE_FILE} needs the exact path (a generator that renders the faces); none written on the latent path")
@@ -99,11 +147,27 @@ def _plugins(args: argparse.Namespace) -> int:
         print(f"  {name:<20} {getattr(plugin, '__name__', type(plugin).__name__)}")
     for name, reason in failed_plugins().items():
         print(f"  {name:<20} NOT LOADED: {reason}")
-    for title, registry in (("backbones", backbones()), ("probe sets", probe_sets())):
+    kinds = (("backbone specs (--backbone KIND:ARGUMENT)", backbone_specs()), ("probe sets (--probe NAME[:ARGUMENT])", probe_sets()),
+             ("estimator specs (--estimator KIND:ARGUMENT)", estimator_specs()), ("estimators (--estimator NAME)", estimators()),
+             ("backbone architectures", backbones()))
+    for title, registry in kinds:
         print(f"{title}:")
         for reg in registry.values():
             print(f"  {reg.name:<20} {reg.description}")
     return 0
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    """--backbone, --probe, --pairs, --estimator (see frx_plugin.specs)."""
+    parser.add_argument("--backbone", default=None, metavar="SPEC",
+                        help="a model: insightface:FILE.onnx, frx:frx-demo/backbone.safetensors, torch:pkg.mod:factory@w.safetensors (frx plugins lists the kinds)")
+    parser.add_argument("--probe", default=None, metavar="SPEC",
+                        help="with --backbone: the probe set, NAME[:ARGUMENT][,KEY=VALUE...] (synthetic, celeba:DIR, image-folder:DIR,csv_path=F); "
+                             "default: the synthetic one")
+    parser.add_argument("--pairs", default=None, metavar="FILE",
+                        help="with --backbone: a verification file (lfw.bin, cfp_fp.bin, ...), judged on its listed pairs")
+    parser.add_argument("--estimator", action="append", default=None, metavar="SPEC",
+                        help="with --backbone: read attributes off the probe images, e.g. insightface:genderage.onnx (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--decoder-steps", type=int, default=None, help="training steps of each decoder per two-stage pass (default 200)")
     demo.set_defaults(func=_demo)
 
-    analyze = sub.add_parser("analyze", help="leakage of every attribute in an embedding-set file (.safetensors)")
-    analyze.add_argument("--embeddings", required=True, help="embedding-set file (see DESIGN.md: embeddings, identity, attr.<name>)")
+    analyze = sub.add_parser("analyze", help="leakage of every attribute in an embedding-set file, or of a model on a probe set")
+    analyze.add_argument("--embeddings", default=None, help="embedding-set file (see DESIGN.md: embeddings, identity, attr.<name>)")
+    _model_options(analyze)
     analyze.add_argument("--out", required=True, help="output folder for analysis.json")
     analyze.add_argument("--folds", type=int, default=5, help="identity-disjoint folds (default 5)")
     analyze.add_argument("--seed", type=int, default=0, help="seed of the folds and the bootstrap (default 0)")
@@ -150,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="explain a model's recognition errors with counterfactuals")
     explain.add_argument("--demo-dir", default="frx-demo", help="folder with frx demo's backbone.safetensors; trained there when missing (default ./frx-demo)")
     explain.add_argument("--embeddings", default=None, help="explain an embedding-set file instead (latent path, no figure)")
+    _model_options(explain)
     explain.add_argument("--out", default="frx-explain", help="output folder for explanations.json and counterfactuals.png (default ./frx-explain)")
     explain.add_argument("--fmr", type=float, default=1e-3, help="false-match rate that sets the threshold τ (default 1e-3)")
     explain.add_argument("--max-pairs", type=int, default=50, help="error pairs explained of each kind (default 50)")

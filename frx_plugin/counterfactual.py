@@ -438,13 +438,17 @@ def pair_errors(pairs: torch.Tensor, embeddings: torch.Tensor, identity: torch.T
         raise CounterfactualError(
             f"{outside.numel()} pair(s) reference samples that do not exist (the probe set has {n} samples): {shown}"
         )
-    z = torch.nn.functional.normalize(embeddings.to(torch.float64), dim=1)
+    # scored in the precision verification uses (float32 unless float64), so τ splits them as it did there
+    dtype = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
+    z = torch.nn.functional.normalize(embeddings.to(dtype), dim=1)
     score = (z[pairs[:, 0]] * z[pairs[:, 1]]).sum(1)
     genuine = identity[pairs[:, 0]] == identity[pairs[:, 1]]
     fnm = genuine & (score <= tau)
     fm = ~genuine & (score > tau)
     known = verification or Verification(math.nan, math.nan, float(tau), int(genuine.sum()), int((~genuine).sum()))
-    return DecisionErrors(known, pairs[fnm], score[fnm], pairs[fm], score[fm])
+    fnm_order = torch.argsort(score[fnm], stable=True)  # the worst first, as decision_errors orders them
+    fm_order = torch.argsort(score[fm], descending=True, stable=True)
+    return DecisionErrors(known, pairs[fnm][fnm_order], score[fnm][fnm_order], pairs[fm][fm_order], score[fm][fm_order])
 
 
 def spread(count: int, limit: int | None) -> torch.Tensor:

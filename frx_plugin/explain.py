@@ -14,6 +14,7 @@ Writes ``explanations.json`` (layout ``frx.explanations/1``)::
      "verification": {...},                # Verification.to_record(): TAR at FMR, pair counts
      "counts": {"false_non_match": <all of them>, "false_match": <all of them>, "explained": <entries in pairs>},
      "attribution": {"all" | "false_non_match" | "false_match": {attribute: share of explained errors it flips}},
+     "estimated": {attribute: estimator},  # only when estimators read attributes off the images
      "pairs": [{"pair": [i, j], "identities": [id_i, id_j], "kind": "false_non_match" | "false_match",
                 "score": s, "tau": tau, "counterfactual": "align" | "away",
                 "delta": {attribute: δ or null}, "ranked": [attributes, most against the error first],
@@ -43,6 +44,7 @@ from frx_plugin.counterfactual import (
     explain_errors,
     latent_embedder,
     latent_model,
+    pair_errors,
     pair_values,
 )
 from frx_plugin.history import atomic_write_text
@@ -105,6 +107,7 @@ def explain(
     latent_mode: str = "conditional",
     figure_pairs: int = 4,
     say: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    model_name: str | None = None,
 ) -> dict[str, Any]:
     """Explain the errors of the verification decision at ``fmr``; write the files; return the document.
 
@@ -121,7 +124,12 @@ def explain(
     (``latent_mode``, see :func:`frx_plugin.counterfactual.latent_model`), "auto" takes exact where
     a generator renders the probe set and says so (through ``say``) when it falls back to latent.
     ``max_pairs``: error pairs explained of each kind, spread over the errors from the worst.
-    ``figure_pairs``: pairs shown in ``counterfactuals.png`` (0: no figure).
+    ``figure_pairs``: pairs shown in ``counterfactuals.png`` (0: no figure). ``model_name``: how the
+    document's ``source`` names the model (default its type).
+
+    A probe set that lists its pairs (``probe.pairs``, a verification file) is judged on those
+    pairs: τ is set by the listed impostor pairs and the errors are the listed pairs on the wrong
+    side of it; otherwise every pair of the probe set counts.
 
     Returns the document written to ``<out_dir>/explanations.json`` (module docstring) with
     ``"files"`` added: the paths written.
@@ -160,7 +168,7 @@ def explain(
             probe = SyntheticProbeSet(**description["probe"])
             source = f"{probe.source} embedded by {backbone}"
         else:
-            source = f"{getattr(probe, 'source', type(probe).__name__)} embedded by {type(model).__name__}"
+            source = f"{getattr(probe, 'source', type(probe).__name__)} embedded by {model_name or type(model).__name__}"
         z = embed_probe_set(model, probe)
         identity, labels, schema = probe.identity, probe.labels, probe.schema
         report = analyze_probe(z, probe, config)
@@ -177,7 +185,16 @@ def explain(
         heads = latent_model(z, labels, schema, report.tensors["probe_directions"], report.tensors["probe_bias"],
                              mode=latent_mode, held_out={a.name: a.value for a in report.leakage})
         embed = latent_embedder(heads, z, labels)
-    errors = decision_errors(z, identity, config.fmr, known=report.verification)
+    listed = getattr(probe, "pairs", None) if probe is not None else None
+    if listed is not None:
+        if report.verification.impostor_pairs * config.fmr < 1.0:
+            raise CounterfactualError(
+                f"{source}: {report.verification.impostor_pairs} listed impostor pairs are too few to set a threshold "
+                f"at FMR {config.fmr:g}; pass a larger fmr (at least {1.0 / report.verification.impostor_pairs:.2g})"
+            )
+        errors = pair_errors(listed, z, identity, report.verification.threshold, report.verification)
+    else:
+        errors = decision_errors(z, identity, config.fmr, known=report.verification)
     explanations = explain_errors(errors, z, schema, labels, embed, max_pairs=max_pairs, attributes=attributes)
     document = {
         "format": EXPLANATIONS_FORMAT,
@@ -197,6 +214,9 @@ def explain(
             {**e.to_record(), "identities": [int(identity[e.first]), int(identity[e.second])]} for e in explanations
         ],
     }
+    estimated = getattr(probe, "estimated", None) if probe is not None else None
+    if estimated:
+        document["estimated"] = dict(estimated)  # attribute -> the estimator that read it off the images
     document = json_safe(document)
     atomic_write_text(out / EXPLANATIONS_FILE, json.dumps(document, indent=1, allow_nan=False))
     files = [str(out / EXPLANATIONS_FILE)]

@@ -34,6 +34,28 @@ def frx_register_backbones(register: Callable[..., None]) -> None:
 
 
 @hookspec
+def frx_register_backbone_specs(register: Callable[..., None]) -> None:
+    """Register kinds of backbone spec, as the command line's ``--backbone KIND:ARGUMENT[,KEY=VALUE...]``.
+
+    Called whenever frx opens a backbone spec (:mod:`frx_plugin.specs`). Call ``register(kind, open,
+    description="")`` where ``open(argument, **options)`` returns a model that the ``frx_embed``
+    hook embeds, or ``(model, facts)`` with ``facts["probe"]`` the synthetic probe set's options the
+    model was trained for. Errors name the file or the argument. Returns nothing.
+    """
+
+
+@hookspec
+def frx_register_estimator_specs(register: Callable[..., None]) -> None:
+    """Register kinds of estimator spec, as the command line's ``--estimator KIND:ARGUMENT[,KEY=VALUE...]``.
+
+    Call ``register(kind, open, description="")`` where ``open(argument, probe, **options)`` returns
+    an :class:`~frx_plugin.estimators.AttributeEstimator` for that probe set's images, with a
+    ``schema`` (the :class:`~frx_plugin.attributes.AttributeSchema` of what it reads) so that it can
+    label a probe set that lacks those attributes. Returns nothing.
+    """
+
+
+@hookspec
 def frx_register_probe_sets(register: Callable[..., None]) -> None:
     """Register probe-set factories (labelled face data frx can analyse).
 

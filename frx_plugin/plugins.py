@@ -118,6 +118,16 @@ def probe_sets() -> dict[str, Registration]:
     return _collect("frx_register_probe_sets", "probe set")
 
 
+def backbone_specs() -> dict[str, Registration]:
+    """Every registered backbone spec kind (``open(argument, **options)``), by kind (see :mod:`frx_plugin.specs`)."""
+    return _collect("frx_register_backbone_specs", "backbone spec kind")
+
+
+def estimator_specs() -> dict[str, Registration]:
+    """Every registered estimator spec kind (``open(argument, probe, **options)``), by kind."""
+    return _collect("frx_register_estimator_specs", "estimator spec kind")
+
+
 def generators() -> dict[str, Registration]:
     """Every registered generator factory (``factory(probe)`` → generator or ``None``), by name."""
     return _collect("frx_register_generators", "generator")

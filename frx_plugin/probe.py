@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -59,3 +59,42 @@ class TensorProbeSet(ProbeSet):
 
     def images(self, indices: torch.Tensor) -> torch.Tensor:
         return self._images[indices]
+
+
+class RelabelledProbeSet(ProbeSet):
+    """Another probe set's faces and identities with other labels: a subset of its attributes, or
+    attributes that estimators read off its images (:func:`frx_plugin.estimators.label_probe_set`).
+
+    Everything else (``images``, ``pairs``, ``issame``, ``counterfactual``, ...) is the wrapped
+    probe set's. ``estimated``: attribute → what read it, for the estimated ones.
+    """
+
+    def __init__(self, probe: ProbeSet, schema: AttributeSchema, labels: Mapping[str, torch.Tensor],
+                 estimated: Mapping[str, str] | None = None) -> None:
+        self._probe = probe
+        super().__init__(schema, probe.identity, labels, source=probe.source)
+        self.estimated = dict(estimated or {})
+
+    def images(self, indices: torch.Tensor) -> torch.Tensor:
+        return self._probe.images(indices)
+
+    def batches(self, indices: torch.Tensor, batch_size: int):
+        return self._probe.batches(indices, batch_size)
+
+    def select(self, names) -> "RelabelledProbeSet":
+        schema = self.schema.select(names)
+        return RelabelledProbeSet(self._probe, schema, {n: self.labels[n] for n in schema.names},
+                                  {n: w for n, w in self.estimated.items() if n in schema.names})
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_probe":
+            raise AttributeError(name)
+        return getattr(self._probe, name)
+
+
+def select_attributes(probe: ProbeSet, names) -> ProbeSet:
+    """``probe`` with only the attributes ``names`` (an unknown one is a ``KeyError`` listing the known)."""
+    if isinstance(probe, RelabelledProbeSet):
+        return probe.select(names)
+    schema = probe.schema.select(names)
+    return RelabelledProbeSet(probe, schema, {n: probe.labels[n] for n in schema.names})

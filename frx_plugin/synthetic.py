@@ -822,6 +822,9 @@ class SyntheticProbeSet(ProbeSet):
     that start at identity 0.
     """
 
+    #: a probe spec gives options only (``synthetic,n_identities=200``), no argument
+    spec_argument = None
+
     def __init__(self, n_identities: int = 100, images_per_identity: int = 10, seed: int = 0, size: int = 112,
                  first_identity: int = 100_000) -> None:
         self.world = SyntheticFaceWorld(n_identities, images_per_identity, seed=seed, size=size, first_identity=first_identity)

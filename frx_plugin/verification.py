@@ -29,7 +29,7 @@ import torch
 from frx_plugin.recovery import AnalysisError
 from frx_plugin.report import Verification
 
-__all__ = ["verification", "pair_scores", "equal_error_rate", "decision_errors", "DecisionErrors"]
+__all__ = ["verification", "listed_pair_verification", "pair_scores", "equal_error_rate", "decision_errors", "DecisionErrors"]
 
 #: Score-matrix entries per block.
 _BLOCK_ENTRIES = 4_000_000
@@ -179,6 +179,31 @@ def verification(embeddings: torch.Tensor, identity: torch.Tensor, fmr: float = 
     genuine = torch.cat(genuine_parts)
     tar = float((genuine > threshold).double().mean())
     return Verification(tar=tar, fmr=float(fmr), threshold=threshold, genuine_pairs=n_genuine, impostor_pairs=n_impostor)
+
+
+@torch.no_grad()
+def listed_pair_verification(embeddings: torch.Tensor, identity: torch.Tensor, pairs: torch.Tensor, fmr: float = 1e-3) -> Verification:
+    """TAR at ``fmr`` over the listed ``pairs`` (M, 2) only, as a verification file (lfw.bin) defines them.
+
+    Same threshold convention as :func:`verification`, over the impostor pairs of the list (a pair is
+    genuine when its two samples share an identity). Raises :class:`AnalysisError` without genuine or
+    impostor pairs in the list.
+    """
+    if not (isinstance(fmr, (int, float)) and 0.0 < float(fmr) < 1.0):
+        raise AnalysisError(f"fmr must be a number in (0, 1), got {fmr!r}")
+    z, identity = _prepare(embeddings, identity)
+    pairs = torch.as_tensor(pairs, dtype=torch.int64)
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or bool(((pairs < 0) | (pairs >= z.shape[0])).any()):
+        raise AnalysisError(f"pairs must be (M, 2) indices of the {z.shape[0]} samples, got shape {tuple(pairs.shape)}")
+    scores = (z[pairs[:, 0]] * z[pairs[:, 1]]).sum(1)
+    same = identity[pairs[:, 0]] == identity[pairs[:, 1]]
+    genuine, impostor = scores[same], scores[~same]
+    if genuine.numel() == 0 or impostor.numel() == 0:
+        raise AnalysisError(f"the {pairs.shape[0]} listed pairs hold {genuine.numel()} genuine and {impostor.numel()} impostor pairs; verification needs both")
+    k = int(math.floor(float(fmr) * impostor.numel()))
+    threshold = float(torch.sort(impostor, descending=True).values[k])
+    tar = float((genuine > threshold).double().mean())
+    return Verification(tar=tar, fmr=float(fmr), threshold=threshold, genuine_pairs=int(genuine.numel()), impostor_pairs=int(impostor.numel()))
 
 
 @dataclass

@@ -19,7 +19,10 @@ from typing import Mapping
 
 import torch
 
+from dataclasses import replace
+
 from frx_insightface.backbone import open_model
+from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_insightface.readers import DataFormatError
 from frx_plugin.hookspecs import hookimpl
 
@@ -38,6 +41,14 @@ class GenderAgeEstimator:
         self.accuracy: dict = {}  # unknown for a model frx did not train; the report's ceiling on real faces stands in
 
     DEFAULT_NAMES = {"sex": "sex", "age": "age"}
+    #: What it reads, under insightface's names (``schema`` renames them as ``names`` says).
+    READS = (Attribute("sex", "binary", ("female", "male"), "identity", "insightface genderage: 0 female, 1 male"),
+             Attribute("age", "continuous", None, None, "insightface genderage: age in years"))
+
+    @property
+    def schema(self) -> AttributeSchema:
+        """The attributes it reads, with their kinds, under the probe set's names."""
+        return AttributeSchema(replace(a, name=self.names[a.name]) for a in self.READS)
 
     def _check(self, model, path: Path) -> None:
         if getattr(model, "taskname", None) != "genderage":
@@ -72,6 +83,8 @@ class PoseEstimator(GenderAgeEstimator):
     """Reads head pose (``pitch``, ``yaw``, ``roll`` in degrees) with an InsightFace 3D 68-point landmark model."""
 
     DEFAULT_NAMES = {"pitch": "pitch", "yaw": "yaw", "roll": "roll"}
+    READS = tuple(Attribute(name, "continuous", None, "nuisance", f"insightface 3D landmarks: head {name} in degrees")
+                  for name in DEFAULT_NAMES)
 
     def _check(self, model, path: Path) -> None:
         if getattr(model, "taskname", None) != "landmark_3d_68":

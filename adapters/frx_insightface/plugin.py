@@ -20,3 +20,20 @@ def frx_embed(model, images):
     from frx_insightface.backbone import InsightFaceBackbone
 
     return model.embed(images) if isinstance(model, InsightFaceBackbone) else None
+
+
+@hookimpl
+def frx_register_backbone_specs(register) -> None:
+    from frx_insightface.specs import open_backbone_spec
+
+    register("insightface", open_backbone_spec,
+             "insightface:FILE.onnx, or a model pack (a name under ~/.insightface/models, or its folder)[,flip=true][,root=DIR]")
+
+
+@hookimpl
+def frx_register_estimator_specs(register) -> None:
+    from frx_insightface.specs import open_estimator_spec
+
+    register("insightface", open_estimator_spec,
+             "insightface:FILE.onnx (genderage: sex, age; 3D 68 landmarks: pitch, yaw, roll), or a model pack (both)"
+             "[,sex=NAME,age=NAME,...][,root=DIR]")

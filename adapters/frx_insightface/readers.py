@@ -164,6 +164,9 @@ class VerificationProbeSet(ProbeSet):
     the file's pairs for ``frx explain``.
     """
 
+    #: a bare path with this suffix names this probe set on the command line (``--pairs lfw.bin``)
+    suffixes = (".bin",)
+
     def __init__(self, path: str | Path) -> None:
         pairs = read_verification_bin(path)
         count = pairs.issame.shape[0]
