@@ -171,6 +171,30 @@ def choose_counterfactual_path(probe: ProbeSet, path: str) -> tuple[str, Any]:
     return "latent", None
 
 
+def probe_decision_errors(embeddings: torch.Tensor, probe: ProbeSet, report: Report, fmr: float):
+    """The errors of the verification decision at ``fmr`` (:class:`~frx_plugin.verification.DecisionErrors`).
+
+    On every pair of the probe set, or on its listed pairs (``probe.pairs``, a verification file),
+    with τ from ``report.verification``. Too few impostor pairs for τ at ``fmr`` is an
+    :class:`AnalysisError` that says how many are needed.
+    """
+    from frx_plugin.counterfactual import pair_errors
+    from frx_plugin.verification import decision_errors
+
+    listed = getattr(probe, "pairs", None)
+    if listed is None:
+        return decision_errors(embeddings, probe.identity, fmr, known=report.verification)
+    known = report.verification
+    if known is None or known.fmr != float(fmr):
+        known = listed_pair_verification(embeddings, probe.identity, listed, fmr)
+    if known.impostor_pairs * float(fmr) < 1.0:
+        raise AnalysisError(
+            f"{probe.source}: {known.impostor_pairs} listed impostor pairs are too few to set a threshold at FMR {fmr:g}; "
+            f"pass a larger fmr (at least {1.0 / known.impostor_pairs:.2g})"
+        )
+    return pair_errors(listed, embeddings, probe.identity, known.threshold, known)
+
+
 def counterfactual_measures(
     embeddings: torch.Tensor,
     probe: ProbeSet,
@@ -193,7 +217,6 @@ def counterfactual_measures(
     change (default all; on the exact path, those the generator controls).
     """
     from frx_plugin.counterfactual import error_attribution, explain_errors, identity_significance
-    from frx_plugin.verification import decision_errors
 
     rows = counterfactual_rows(len(probe), significance_samples)
     names = list(probe.schema.names) if attributes is None else [n for n in probe.schema.names if n in attributes]
@@ -204,7 +227,7 @@ def counterfactual_measures(
     report.significance = {k: {"value": e.value, "low": e.low, "high": e.high} for k, e in significance.items()}
     report.counterfactuals = path
     try:
-        errors = decision_errors(embeddings, probe.identity, config.fmr, known=report.verification)
+        errors = probe_decision_errors(embeddings, probe, report, config.fmr)
     except AnalysisError as exc:  # too few impostor pairs for τ: significance stands, attribution cannot
         report.warnings.append(f"error attribution skipped: {exc}")
         return []

@@ -140,6 +140,38 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_line() -> str:
+    import shlex
+
+    return "frx " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "frx"
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from frx_plugin.benchmark import run_benchmark
+
+    document = run_benchmark(
+        args.backbone or (), args.probe or args.pairs, embedding_files=args.embeddings or (), estimators=args.estimator or (),
+        out_dir=args.out, overwrite=args.overwrite, n_bootstrap=args.bootstrap, seed=args.seed, command=_command_line(),
+        progress=_progress_bar(),
+    )
+    print((Path(args.out) / "benchmark.md").read_text(encoding="utf-8"))
+    files = list(document["files"])
+    if not args.no_report:
+        from frx_plugin.html_report import write_report
+
+        files.append(str(write_report(args.out, command=_command_line())))
+    print("wrote " + ", ".join(files))
+    return 1 if any(row.get("error") for row in document["backbones"]) else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from frx_plugin.html_report import write_report
+
+    path = write_report(args.folder, out=args.out, command=None)
+    print(f"wrote {path}")
+    return 0
+
+
 def _plugins(args: argparse.Namespace) -> int:
     pm = get_plugin_manager()
     print("plugins:")
@@ -224,6 +256,28 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--latent-mode", choices=("conditional", "least_norm"), default="conditional",
                          help="latent path: the expected move under the embeddings' covariance, or the least Euclidean move (default conditional)")
     explain.set_defaults(func=_explain)
+
+    benchmark = sub.add_parser("benchmark", help="compare backbones on one probe set: verification, leakage, significance, errors, cost")
+    benchmark.add_argument("--backbone", action="append", default=None, metavar="SPEC",
+                           help="a backbone to compare (repeatable): synthetic:resnet-small, synthetic:mobilefacenet-like, "
+                                "insightface:FILE.onnx, torch:pkg.mod:factory@w.safetensors, frx:DIR (frx plugins lists the kinds)")
+    benchmark.add_argument("--embeddings", action="append", default=None, metavar="FILE",
+                           help="an embedding-set file to compare as it is (repeatable; no embedding cost)")
+    benchmark.add_argument("--probe", default=None, metavar="SPEC",
+                           help="the probe set for every backbone (default: the one the first backbone names, else synthetic)")
+    benchmark.add_argument("--pairs", default=None, metavar="FILE", help="a verification file (lfw.bin ...), judged on its listed pairs")
+    benchmark.add_argument("--estimator", action="append", default=None, metavar="SPEC", help="read attributes off the probe images (repeatable)")
+    benchmark.add_argument("--out", required=True, help="output folder for benchmark.json, .csv, .md and report.html")
+    benchmark.add_argument("--overwrite", action="store_true", help="write into a folder that already holds files")
+    benchmark.add_argument("--bootstrap", type=int, default=200, help="identity-bootstrap replicates of the intervals (default 200)")
+    benchmark.add_argument("--seed", type=int, default=0, help="seed of the folds and the bootstrap (default 0)")
+    benchmark.add_argument("--no-report", action="store_true", help="skip report.html")
+    benchmark.set_defaults(func=_benchmark)
+
+    report = sub.add_parser("report", help="one self-contained report.html for a demo run, history, analysis, explanation or benchmark")
+    report.add_argument("folder", help="a folder frx wrote (frx demo, a callback's out_dir, frx analyze, frx explain, frx benchmark)")
+    report.add_argument("--out", default=None, help="the page to write (default FOLDER/report.html)")
+    report.set_defaults(func=_report)
 
     plugins = sub.add_parser("plugins", help="list the loaded plugins, backbones and probe sets")
     plugins.set_defaults(func=_plugins)

@@ -35,7 +35,14 @@ from typing import Any, Callable
 
 import torch
 
-from frx_plugin.analysis import AnalysisConfig, analyze_probe, choose_counterfactual_path, embed_probe_set, generator_attributes
+from frx_plugin.analysis import (
+    AnalysisConfig,
+    analyze_probe,
+    choose_counterfactual_path,
+    embed_probe_set,
+    generator_attributes,
+    probe_decision_errors,
+)
 from frx_plugin.counterfactual import (
     CounterfactualError,
     PairExplanation,
@@ -44,7 +51,6 @@ from frx_plugin.counterfactual import (
     explain_errors,
     latent_embedder,
     latent_model,
-    pair_errors,
     pair_values,
 )
 from frx_plugin.history import atomic_write_text
@@ -185,14 +191,8 @@ def explain(
         heads = latent_model(z, labels, schema, report.tensors["probe_directions"], report.tensors["probe_bias"],
                              mode=latent_mode, held_out={a.name: a.value for a in report.leakage})
         embed = latent_embedder(heads, z, labels)
-    listed = getattr(probe, "pairs", None) if probe is not None else None
-    if listed is not None:
-        if report.verification.impostor_pairs * config.fmr < 1.0:
-            raise CounterfactualError(
-                f"{source}: {report.verification.impostor_pairs} listed impostor pairs are too few to set a threshold "
-                f"at FMR {config.fmr:g}; pass a larger fmr (at least {1.0 / report.verification.impostor_pairs:.2g})"
-            )
-        errors = pair_errors(listed, z, identity, report.verification.threshold, report.verification)
+    if probe is not None:
+        errors = probe_decision_errors(z, probe, report, config.fmr)
     else:
         errors = decision_errors(z, identity, config.fmr, known=report.verification)
     explanations = explain_errors(errors, z, schema, labels, embed, max_pairs=max_pairs, attributes=attributes)

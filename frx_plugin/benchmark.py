@@ -1,0 +1,500 @@
+"""``frx benchmark``: several backbones on one probe set, side by side.
+
+For every backbone (a spec, :mod:`frx_plugin.specs`) or embedding file, on the same probe set:
+verification (TAR at FMR 1e-3 and 1e-4, EER, each with a 95% interval from the identity
+bootstrap), leakage, identity significance and error attribution per attribute (DESIGN.md §2), and
+the cost of embedding (seconds per image, parameters, embedding size D). Writes, atomically:
+
+- ``benchmark.json`` (layout ``frx.benchmark/1``)::
+
+    {"format": "frx.benchmark/1", "command": "...", "versions": {...}, "machine": "...",
+     "probe": "<source>", "n_samples": N, "n_identities": K, "fmrs": [0.001, 0.0001], "n_bootstrap": B,
+     "backbones": [{"spec": "...", "embedding_dim": D, "parameters": P | null,
+                    "embed_seconds_per_image": s | null,
+                    "verification": {"tar": {"0.001": {"value", "low", "high"}, ...}, "eer": {"value", "low", "high"}},
+                    "analysis": <the pass's Report record>, "seconds": total, "error": null | "message"}, ...]}
+
+- ``benchmark.csv``: one row per backbone, the headline numbers and per attribute ``leakage.<a>``,
+  ``significance.<a>`` and ``errors.<a>``;
+- ``benchmark.md``: the same as tables (one row per backbone; one row per attribute with a column
+  per backbone).
+
+A backbone whose analysis fails gets its ``error`` and the others go on.
+
+Intervals of verification: every identity gets a Poisson(1) multiplicity per replicate (the
+hashed bootstrap of :mod:`frx_plugin.randomness`); an impostor pair weighs the product of its two
+identities' multiplicities, a genuine pair its identity's; τ and TAR (and the EER) are recomputed
+on the weighted pairs with the convention of :func:`frx_plugin.verification.verification`. On a
+probe set that lists its pairs (a verification file) each pair is its own unit. The point
+estimates are the unweighted ones, equal to :func:`~frx_plugin.verification.verification`'s.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from frx_plugin.analysis import AnalysisConfig, analyze_probe, choose_counterfactual_path, counterfactual_measures, generator_attributes, hook_embedder
+from frx_plugin.history import atomic_write_text
+from frx_plugin.recovery import AnalysisError
+from frx_plugin.report import json_safe
+
+__all__ = ["BENCHMARK_FORMAT", "BENCHMARK_FMRS", "verification_with_intervals", "run_benchmark", "check_output_folder"]
+
+BENCHMARK_FORMAT = "frx.benchmark/1"
+BENCHMARK_FMRS = (1e-3, 1e-4)
+#: Pair scores held at once for the intervals (all pairs of a probe set of about 6,300 images).
+MAX_PAIRS = 20_000_000
+#: Files a benchmark writes (an output folder holding any files is refused unless overwriting).
+OUTPUT_FILES = ("benchmark.json", "benchmark.csv", "benchmark.md", "report.html")
+
+
+def _all_pairs_fit(n: int) -> None:
+    if n * (n - 1) // 2 > MAX_PAIRS:
+        raise AnalysisError(
+            f"verification intervals hold every pair score: {n:,} samples make {n * (n - 1) // 2:,} pairs, more than "
+            f"{MAX_PAIRS:,}; use a smaller probe set (fewer identities or images per identity)"
+        )
+
+
+def _threshold(impostor_sorted: torch.Tensor, weights_sorted: torch.Tensor, fmr: float) -> float:
+    """τ: the highest impostor score with at most a share ``fmr`` of the (weighted) impostor pairs strictly above it."""
+    cumulative = torch.cumsum(weights_sorted, 0)
+    total = float(cumulative[-1])
+    # first position (descending order) where the weight up to and including it exceeds fmr · total
+    j = int(torch.searchsorted(cumulative, torch.tensor([fmr * total], dtype=cumulative.dtype), right=True)[0])
+    return float(impostor_sorted[min(j, impostor_sorted.numel() - 1)])
+
+
+def _weighted_eer(scores: torch.Tensor, genuine: torch.Tensor, weights: torch.Tensor) -> float:
+    """½(FMR + FNMR) where they are closest, over thresholds at every score (as :func:`equal_error_rate`)."""
+    order = torch.argsort(scores)
+    s, g, w = scores[order], genuine[order], weights[order]
+    wg, wi = torch.where(g, w, 0.0), torch.where(g, 0.0, w)
+    total_g, total_i = float(wg.sum()), float(wi.sum())
+    # at threshold t = s[k] (ties: the last of a run): FNMR = weight of genuine ≤ t, FMR = weight of impostor > t
+    last = torch.ones_like(s, dtype=torch.bool)
+    last[:-1] = s[1:] != s[:-1]
+    fnmr = torch.cumsum(wg, 0)[last] / total_g
+    fmr = 1.0 - torch.cumsum(wi, 0)[last] / total_i
+    best = int(torch.argmin((fmr - fnmr).abs()))
+    return float(0.5 * (fmr[best] + fnmr[best]))
+
+
+def _interval(values: list[float]) -> tuple[float, float]:
+    finite = torch.tensor([v for v in values if math.isfinite(v)], dtype=torch.float64)
+    if finite.numel() < 2:
+        return math.nan, math.nan
+    return float(torch.quantile(finite, 0.025)), float(torch.quantile(finite, 0.975))
+
+
+@torch.no_grad()
+def verification_with_intervals(
+    embeddings: torch.Tensor,
+    identity: torch.Tensor,
+    fmrs: Sequence[float] = BENCHMARK_FMRS,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+    pairs: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """TAR at each of ``fmrs`` and the EER, each ``{"value", "low", "high"}`` (95% identity-bootstrap interval).
+
+    All pairs of the probe set, or the listed ``pairs`` (M, 2) (then each pair is its own unit of
+    the bootstrap). A TAR whose FMR needs more impostor pairs than there are (fewer than 1/fmr) is
+    NaN with the reason in ``"notes"``.
+    """
+    from frx_plugin.randomness import poisson_bootstrap_weights
+
+    from frx_plugin.verification import _blocks, _genuine_pairs, _prepare
+
+    z, identity = _prepare(embeddings, identity)
+    if pairs is None:
+        _all_pairs_fit(identity.numel())
+        # the scores exactly as verification() computes them (same blocks, same rounding), so the point estimates agree
+        genuine_parts, impostor_parts, first_parts, second_parts = [], [], [], []
+        for g, i, (a, b) in _blocks(z, identity, bound=-2.0):  # every cosine is ≥ −1: all pairs, with their indices
+            genuine_parts.append(g)
+            impostor_parts.append(i)
+            first_parts.append(a)
+            second_parts.append(b)
+        genuine_scores = torch.cat(genuine_parts)
+        impostor_scores = torch.cat(impostor_parts)
+        ids, index = torch.unique(identity, return_inverse=True)
+        genuine_unit = index[_genuine_pairs(identity)[0]]
+        impostor_a, impostor_b = index[torch.cat(first_parts)], index[torch.cat(second_parts)]
+        units = ids
+    else:
+        pairs = torch.as_tensor(pairs, dtype=torch.int64)
+        scores = (z[pairs[:, 0]] * z[pairs[:, 1]]).sum(1)  # as listed_pair_verification computes them
+        same = identity[pairs[:, 0]] == identity[pairs[:, 1]]
+        genuine_scores, impostor_scores = scores[same], scores[~same]
+        unit = torch.arange(pairs.shape[0])
+        genuine_unit, impostor_a, impostor_b = unit[same], unit[~same], None
+        units = unit
+    n_genuine, n_impostor = genuine_scores.numel(), impostor_scores.numel()
+    if n_genuine == 0 or n_impostor == 0:
+        raise AnalysisError(f"verification needs genuine and impostor pairs; there are {n_genuine} and {n_impostor}")
+    replicate = poisson_bootstrap_weights(units, seed, n_bootstrap).to(torch.float64) if n_bootstrap else torch.zeros(0, units.numel())
+    impostor_order = torch.argsort(impostor_scores, descending=True, stable=True)
+    impostor_sorted = impostor_scores[impostor_order]
+    scores = torch.cat([genuine_scores, impostor_scores])
+    genuine = torch.cat([torch.ones(n_genuine, dtype=torch.bool), torch.zeros(n_impostor, dtype=torch.bool)])
+    notes: dict[str, str] = {}
+    tar_draws: dict[float, list[float]] = {float(f): [] for f in fmrs}
+    eer_draws: list[float] = []
+
+    def measure(weights: torch.Tensor | None) -> tuple[dict[float, float], float]:
+        if weights is None:
+            w_gen = torch.ones(n_genuine, dtype=torch.float64)
+            w_imp = torch.ones(n_impostor, dtype=torch.float64)
+        else:
+            # a genuine pair weighs its identity's multiplicity; an impostor pair the product of its two (listed: its own)
+            w_gen = weights[genuine_unit]
+            w_imp = weights[impostor_a] * (weights[impostor_b] if impostor_b is not None else 1.0)
+        w_all = torch.cat([w_gen, w_imp])
+        w_imp = w_imp[impostor_order]
+        tars: dict[float, float] = {}
+        for fmr in tar_draws:
+            if float(w_imp.sum()) * fmr < 1.0 or float(w_gen.sum()) == 0.0:
+                tars[fmr] = math.nan
+                continue
+            tau = _threshold(impostor_sorted, w_imp, fmr)
+            tars[fmr] = float((w_gen * (genuine_scores > tau)).sum() / w_gen.sum())
+        eer = _weighted_eer(scores, genuine, w_all) if float(w_gen.sum()) > 0 and float(w_imp.sum()) > 0 else math.nan
+        return tars, eer
+
+    point_tar, point_eer = measure(None)
+    for fmr in tar_draws:
+        if n_impostor * fmr < 1.0:
+            notes[f"{fmr:g}"] = f"{n_impostor:,} impostor pairs are too few for FMR {fmr:g} (at least {math.ceil(1 / fmr):,} needed)"
+    for r in range(replicate.shape[0]):
+        tars, eer = measure(replicate[r])
+        for fmr, value in tars.items():
+            tar_draws[fmr].append(value)
+        eer_draws.append(eer)
+    out: dict[str, Any] = {"tar": {}, "genuine_pairs": n_genuine, "impostor_pairs": n_impostor}
+    for fmr, value in point_tar.items():
+        low, high = _interval(tar_draws[fmr]) if math.isfinite(value) else (math.nan, math.nan)
+        out["tar"][f"{fmr:g}"] = {"value": value, "low": low, "high": high}
+    low, high = _interval(eer_draws)
+    out["eer"] = {"value": point_eer, "low": low, "high": high}
+    if notes:
+        out["notes"] = notes
+    return out
+
+
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a folder that already holds files (another run's) unless ``overwrite``; names some of them."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and not overwrite:
+        present = sorted(p.name for p in out.iterdir())
+        if present:
+            shown = ", ".join(present[:5]) + (" …" if len(present) > 5 else "")
+            raise ValueError(f"--out {out} already holds files ({shown}), perhaps another run's; pick an empty folder or pass --overwrite")
+
+
+def _parameters(model: Any) -> int | None:
+    try:
+        return int(sum(p.numel() for p in model.parameters()))
+    except AttributeError:
+        return None
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata
+
+    from frx_plugin import __version__
+
+    out = {"frx": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    for name in ("insightface", "onnxruntime", "lightning", "torchmetrics"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _machine() -> str:
+    import os
+
+    return f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU threads, torch threads {torch.get_num_threads()}"
+
+
+def _counterfactuals(model: Any, z: torch.Tensor, probe: Any, report: Any, config: AnalysisConfig, max_error_pairs: int) -> None:
+    """Identity significance and error attribution: exact where a generator renders the probe set, else latent."""
+    from frx_plugin.counterfactual import exact_embedder, latent_embedder, latent_model
+
+    chosen, generator = choose_counterfactual_path(probe, "auto") if model is not None else ("latent", None)
+    attributes = None
+    if chosen == "exact":
+        attributes, _ = generator_attributes(probe, generator)
+        embed = exact_embedder(model, generator, config.batch_size)
+    else:
+        heads = latent_model(z, probe.labels, probe.schema, report.tensors["probe_directions"], report.tensors["probe_bias"],
+                             held_out={a.name: a.value for a in report.leakage})
+        embed = latent_embedder(heads, z, probe.labels)
+    counterfactual_measures(z, probe, report, config, embed, path=chosen, max_error_pairs=max_error_pairs, attributes=attributes)
+
+
+def _embed(model: Any, probe: Any, batch_size: int, progress: Callable | None, label: str) -> tuple[torch.Tensor, float]:
+    embed = hook_embedder(model)
+    indices = torch.arange(len(probe))
+    chunks, seconds, done = [], 0.0, 0
+    for chunk, images in probe.batches(indices, batch_size):
+        start = time.perf_counter()
+        chunks.append(embed(images))
+        seconds += time.perf_counter() - start  # the model's time only, not the probe set's rendering or decoding
+        done += chunk.numel()
+        if progress is not None:
+            progress(done, len(probe), label)
+    return torch.cat(chunks), seconds
+
+
+def run_benchmark(
+    backbones: Sequence[str],
+    probe: Any = None,
+    *,
+    embedding_files: Sequence[str] = (),
+    estimators: Sequence[str] = (),
+    out_dir: str | Path,
+    overwrite: bool = False,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+    max_error_pairs: int = 16,
+    command: str | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    say: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+) -> dict[str, Any]:
+    """Benchmark the backbone specs (and embedding files) on one probe set; write the files; return the document.
+
+    ``probe``: a probe spec or a probe set; default: the probe set the first backbone names
+    (built-in ``synthetic:`` ones name held-out identities of the synthetic world), else the
+    synthetic probe set. ``estimators``: estimator specs that read attributes off the probe images.
+    Every spec's kind is checked before anything runs (an unknown kind lists the installed ones).
+    """
+    from frx_plugin.estimators import label_probe_set
+    from frx_plugin.plugins import PluginError, backbone_specs
+    from frx_plugin.specs import open_backbone, open_estimator, open_probe, parse_spec
+
+    if not backbones and not embedding_files:
+        raise ValueError("nothing to compare: pass at least one --backbone SPEC (or --embeddings FILE)")
+    out = Path(out_dir)
+    check_output_folder(out, overwrite)
+    kinds = backbone_specs()
+    for text in backbones:
+        spec = parse_spec(text, "backbone")
+        if spec.kind not in kinds:
+            offered = "; ".join(f"{k} ({r.description})" for k, r in sorted(kinds.items()))
+            raise PluginError(f"backbone {text!r}: unknown kind {spec.kind!r}; the installed plugins offer: {offered}")
+    for path in embedding_files:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--embeddings {path}: no such file")
+    config = AnalysisConfig(n_bootstrap=n_bootstrap, seed=seed, fmr=BENCHMARK_FMRS[0])
+    opened: list[tuple[str, Any, dict, float]] = []
+    for text in backbones:
+        start = time.perf_counter()
+        say(f"frx benchmark: opening {text}")
+        model, facts = open_backbone(text)
+        opened.append((text, model, facts, time.perf_counter() - start))
+    if isinstance(probe, str):
+        probe_set = open_probe(probe)
+    elif probe is not None:
+        probe_set = probe
+    else:
+        named = next((facts["probe"] for _, _, facts, _ in opened if facts.get("probe")), None)
+        if named is not None:
+            from frx_plugin.synthetic import SyntheticProbeSet
+
+            probe_set = SyntheticProbeSet(**named)
+        else:
+            probe_set = open_probe("synthetic")
+    if estimators:
+        probe_set = label_probe_set(probe_set, [open_estimator(t, probe_set) for t in estimators], progress=progress)
+    if len(probe_set.schema) == 0 and opened:
+        raise ValueError(f"{probe_set.source} labels no attributes; pass --estimator SPEC to read them off its images")
+    listed = getattr(probe_set, "pairs", None)
+    rows: list[dict[str, Any]] = []
+    for text, model, facts, open_seconds in opened:
+        start = time.perf_counter()
+        row: dict[str, Any] = {"spec": text, "error": None}
+        try:
+            z, seconds = _embed(model, probe_set, config.batch_size, progress, f"embedding {text}")
+            row.update(embedding_dim=int(z.shape[1]), parameters=_parameters(model), embed_seconds_per_image=seconds / len(probe_set))
+            if facts.get("training_seconds") is not None:
+                row["training_seconds"] = facts["training_seconds"]
+            say(f"frx benchmark: analysing {text} (D = {z.shape[1]})")
+            row.update(_analyse(model, z, probe_set, config, max_error_pairs, listed))
+        except Exception as exc:  # noqa: BLE001 - one backbone's failure is its row's; the others go on
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            say(f"frx benchmark: {text} failed: {row['error']}")
+        row["seconds"] = time.perf_counter() - start + open_seconds
+        rows.append(row)
+    for path in embedding_files:
+        start = time.perf_counter()
+        row = {"spec": f"embeddings:{path}", "error": None, "parameters": None, "embed_seconds_per_image": None}
+        try:
+            from frx_plugin.embedding_set import read_embedding_set
+            from frx_plugin.probe import ProbeSet
+
+            z, identity, labels, schema = read_embedding_set(path)
+            z = torch.nn.functional.normalize(z.to(torch.float32), dim=1)
+            row["embedding_dim"] = int(z.shape[1])
+            as_probe = ProbeSet(schema, identity, labels, source=str(path))
+            row.update(_analyse(None, z, as_probe, config, max_error_pairs, None))
+        except Exception as exc:  # noqa: BLE001
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            say(f"frx benchmark: {path} failed: {row['error']}")
+        row["seconds"] = time.perf_counter() - start
+        rows.append(row)
+    document = {
+        "format": BENCHMARK_FORMAT,
+        "command": command,
+        "versions": _versions(),
+        "machine": _machine(),
+        "probe": probe_set.source,
+        "n_samples": len(probe_set),
+        "n_identities": int(torch.unique(probe_set.identity).numel()),
+        "fmrs": list(BENCHMARK_FMRS),
+        "n_bootstrap": n_bootstrap,
+        "estimated": dict(getattr(probe_set, "estimated", {}) or {}),
+        "backbones": rows,
+    }
+    document = json_safe(document)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "benchmark.json", json.dumps(document, indent=1, allow_nan=False))
+    atomic_write_text(out / "benchmark.csv", benchmark_csv(document))
+    atomic_write_text(out / "benchmark.md", benchmark_markdown(document))
+    document["files"] = [str(out / name) for name in ("benchmark.json", "benchmark.csv", "benchmark.md")]
+    return document
+
+
+def _analyse(model: Any, z: torch.Tensor, probe: Any, config: AnalysisConfig, max_error_pairs: int, listed: Any) -> dict[str, Any]:
+    report = analyze_probe(z, probe, config)
+    try:
+        _counterfactuals(model, z, probe, report, config, max_error_pairs)
+    except AnalysisError as exc:
+        report.warnings.append(f"counterfactuals skipped: {exc}")
+    verification = verification_with_intervals(z, probe.identity, BENCHMARK_FMRS, config.n_bootstrap, config.seed, pairs=listed)
+    record = report.to_record()
+    return {"verification": verification, "analysis": record}
+
+
+# ----------------------------------------------------------------------------------- tables
+
+
+def _estimate(entry: Any) -> str:
+    if not isinstance(entry, dict) or entry.get("value") is None:
+        return "—"
+    low, high = entry.get("low"), entry.get("high")
+    interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+    return f"{entry['value']:.3f}{interval}"
+
+
+def _attributes(document: dict[str, Any]) -> list[str]:
+    names: list[str] = []
+    for row in document["backbones"]:
+        for item in (row.get("analysis") or {}).get("attributes", []):
+            if item["name"] not in names:
+                names.append(item["name"])
+    return names
+
+
+def _per_attribute(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    analysis = row.get("analysis") or {}
+    out: dict[str, dict[str, Any]] = {}
+    for item in analysis.get("attributes", []):
+        out.setdefault(item["name"], {})["leakage"] = {"value": item.get("leakage"), "low": item.get("leakage_low"), "high": item.get("leakage_high")}
+    for name, estimate in (analysis.get("significance") or {}).items():
+        out.setdefault(name, {})["significance"] = estimate
+    for name, share in ((analysis.get("error_attribution") or {}).get("all") or {}).items():
+        out.setdefault(name, {})["errors"] = share
+    return out
+
+
+def _summary_columns(document: dict[str, Any]) -> list[str]:
+    return ["spec", "embedding_dim", "parameters", "ms_per_image"] + [
+        f"tar_at_fmr_{f:g}{suffix}" for f in document["fmrs"] for suffix in ("", "_low", "_high")
+    ] + ["eer", "eer_low", "eer_high", "error"]
+
+
+def benchmark_csv(document: dict[str, Any]) -> str:
+    """One row per backbone: the headline numbers, then ``leakage.<a>``, ``significance.<a>``, ``errors.<a>``."""
+    names = _attributes(document)
+    columns = _summary_columns(document) + [f"{m}.{n}" for m in ("leakage", "significance", "errors") for n in names]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in document["backbones"]:
+        line: dict[str, Any] = {"spec": row["spec"], "embedding_dim": row.get("embedding_dim"), "parameters": row.get("parameters"),
+                                "error": row.get("error") or ""}
+        seconds = row.get("embed_seconds_per_image")
+        line["ms_per_image"] = None if seconds is None else round(1000 * seconds, 4)
+        verification = row.get("verification") or {}
+        for f in document["fmrs"]:
+            entry = (verification.get("tar") or {}).get(f"{f:g}") or {}
+            for suffix, key in (("", "value"), ("_low", "low"), ("_high", "high")):
+                line[f"tar_at_fmr_{f:g}{suffix}"] = entry.get(key)
+        for suffix, key in (("", "value"), ("_low", "low"), ("_high", "high")):
+            line[f"eer{suffix}"] = (verification.get("eer") or {}).get(key)
+        for name, measures in _per_attribute(row).items():
+            line[f"leakage.{name}"] = (measures.get("leakage") or {}).get("value")
+            line[f"significance.{name}"] = (measures.get("significance") or {}).get("value")
+            line[f"errors.{name}"] = measures.get("errors")
+        writer.writerow({k: ("" if v is None else v) for k, v in line.items()})
+    return buffer.getvalue()
+
+
+def benchmark_markdown(document: dict[str, Any]) -> str:
+    """The comparison as Markdown: a summary table, then leakage, significance and error share per attribute."""
+    lines = [f"# frx benchmark on {document['probe']}", "",
+             f"{document['n_samples']:,} samples of {document['n_identities']:,} identities; intervals are 95% over "
+             f"{document['n_bootstrap']} identity-bootstrap replicates.", ""]
+    fmrs = document["fmrs"]
+    lines.append("| backbone | D | parameters | ms / image | " + " | ".join(f"TAR @ FMR {f:g}" for f in fmrs) + " | EER |")
+    lines.append("|---|---:|---:|---:|" + "---|" * (len(fmrs) + 1))
+    for row in document["backbones"]:
+        if row.get("error"):
+            lines.append(f"| `{row['spec']}` | {row.get('embedding_dim') or '—'} | — | — | " + " | ".join("—" for _ in fmrs) + f" | failed: {row['error']} |")
+            continue
+        verification = row.get("verification") or {}
+        seconds = row.get("embed_seconds_per_image")
+        parameters = row.get("parameters")
+        lines.append(
+            f"| `{row['spec']}` | {row.get('embedding_dim')} | {f'{parameters:,}' if parameters else '—'} | "
+            f"{'—' if seconds is None else f'{1000 * seconds:.2f}'} | "
+            + " | ".join(_estimate((verification.get("tar") or {}).get(f"{f:g}")) for f in fmrs)
+            + f" | {_estimate(verification.get('eer'))} |"
+        )
+    names = _attributes(document)
+    good = [row for row in document["backbones"] if not row.get("error")]
+    per = {row["spec"]: _per_attribute(row) for row in good}
+    for title, key, what in (
+        ("Leakage ℓ per attribute", "leakage", "held-out recovery, normalised to [0, 1]; lower keeps less of it"),
+        ("Identity significance S_k per attribute", "significance", "how far changing the attribute moves the identity score"),
+        ("Share of errors each attribute explains", "errors", "explained errors that changing the attribute alone corrects"),
+    ):
+        if not any(key in per[row["spec"]].get(n, {}) for row in good for n in names):
+            continue
+        lines += ["", f"## {title}", "", what + ".", "",
+                  "| attribute | " + " | ".join(f"`{row['spec']}`" for row in good) + " |",
+                  "|---|" + "---|" * len(good)]
+        for name in names:
+            cells = []
+            for row in good:
+                value = per[row["spec"]].get(name, {}).get(key)
+                cells.append(_estimate(value) if key != "errors" else ("—" if value is None else f"{value:.2f}"))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if document.get("command"):
+        lines += ["", f"Command: `{document['command']}`"]
+    lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in document["versions"].items()) + f"; machine: {document['machine']}.", ""]
+    return "\n".join(lines)
