@@ -18,6 +18,7 @@ from frx_insightface.packs import face_analysis, pack_folder
 from frx_plugin.analysis import AnalysisConfig, analyze_probe
 from frx_plugin.cli import main
 from frx_plugin.synthetic import SyntheticProbeSet
+from frx_plugin.verification import equal_error_rate
 from tests.test_insightface_estimators import _ColourGenderAge
 
 IDENTITIES = 80
@@ -165,3 +166,26 @@ def test_face_analysis_never_downloads_a_missing_pack(tmp_path, files):
     with pytest.raises(FileNotFoundError, match=r"empty: this InsightFace model pack folder holds no \.onnx files"):
         pack_folder("empty", root=root)
     assert pack_folder(files["pack"]) == files["pack"]
+
+
+def test_benchmark_takes_insightface_models_and_verification_files(files, tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = main(["benchmark", "--backbone", f"insightface:{files['rec']}", "--backbone", f"insightface:{files['rec']},flip=true",
+                 "--pairs", str(files["lfw"]), "--estimator", f"insightface:{files['genderage']}", "--bootstrap", "10",
+                 "--no-report", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    document = json.loads((out / "benchmark.json").read_text())
+    plain, flipped = document["backbones"]
+    assert document["estimated"] == {"sex": str(files["genderage"]), "age": str(files["genderage"])}
+    # judged on the file's 160 listed pairs, with the torch module's TAR on them
+    assert plain["verification"]["genuine_pairs"] == IDENTITIES and plain["verification"]["impostor_pairs"] == IDENTITIES
+    z = _torch_embeddings(files["net"], files["images"])
+    score = (z[0::2] * z[1::2]).sum(1)
+    eer = equal_error_rate(score[files["issame"]], score[~files["issame"]])[0]
+    assert plain["verification"]["eer"]["value"] == pytest.approx(eer, abs=1.5 / IDENTITIES)
+    # 80 impostor pairs cannot set τ at FMR 1e-3: no number, and the reason
+    assert plain["verification"]["tar"]["0.001"]["value"] is None
+    assert "80 impostor pairs are too few for FMR 0.001" in plain["verification"]["notes"]["0.001"]
+    assert {a["name"] for a in plain["analysis"]["attributes"]} == {"sex", "age"}
+    assert plain["parameters"] is None and plain["embed_seconds_per_image"] > 0  # an ONNX model has no torch parameters
+    assert flipped["embed_seconds_per_image"] > 0 and flipped["error"] is None
