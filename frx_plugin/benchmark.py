@@ -75,9 +75,13 @@ def _threshold(impostor_sorted: torch.Tensor, weights_sorted: torch.Tensor, fmr:
     return float(impostor_sorted[min(j, impostor_sorted.numel() - 1)])
 
 
-def _weighted_eer(scores: torch.Tensor, genuine: torch.Tensor, weights: torch.Tensor) -> float:
-    """½(FMR + FNMR) where they are closest, over thresholds at every score (as :func:`equal_error_rate`)."""
-    order = torch.argsort(scores)
+def _weighted_eer(scores: torch.Tensor, genuine: torch.Tensor, weights: torch.Tensor, order: torch.Tensor | None = None) -> float:
+    """½(FMR + FNMR) where they are closest, over thresholds at every score (as :func:`equal_error_rate`).
+
+    ``order``: ``argsort(scores)`` when already known (the bootstrap reuses it).
+    """
+    if order is None:
+        order = torch.argsort(scores)
     s, g, w = scores[order], genuine[order], weights[order]
     wg, wi = torch.where(g, w, 0.0), torch.where(g, 0.0, w)
     total_g, total_i = float(wg.sum()), float(wi.sum())
@@ -148,6 +152,7 @@ def verification_with_intervals(
     impostor_sorted = impostor_scores[impostor_order]
     scores = torch.cat([genuine_scores, impostor_scores])
     genuine = torch.cat([torch.ones(n_genuine, dtype=torch.bool), torch.zeros(n_impostor, dtype=torch.bool)])
+    ascending = torch.argsort(scores)
     notes: dict[str, str] = {}
     tar_draws: dict[float, list[float]] = {float(f): [] for f in fmrs}
     eer_draws: list[float] = []
@@ -169,7 +174,7 @@ def verification_with_intervals(
                 continue
             tau = _threshold(impostor_sorted, w_imp, fmr)
             tars[fmr] = float((w_gen * (genuine_scores > tau)).sum() / w_gen.sum())
-        eer = _weighted_eer(scores, genuine, w_all) if float(w_gen.sum()) > 0 and float(w_imp.sum()) > 0 else math.nan
+        eer = _weighted_eer(scores, genuine, w_all, ascending) if float(w_gen.sum()) > 0 and float(w_imp.sum()) > 0 else math.nan
         return tars, eer
 
     point_tar, point_eer = measure(None)
