@@ -167,7 +167,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from frx_plugin.html_report import write_report
 
-    path = write_report(args.folder, out=args.out, command=None)
+    path = write_report(args.folder, out=args.out, command=_command_line())
     print(f"wrote {path}")
     return 0
 

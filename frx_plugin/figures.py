@@ -242,3 +242,90 @@ def plot_recovery(recovery: dict[str, Any], path: Path, title: str = "") -> Path
     ax.set_title("\n".join(filter(None, [title, textwrap.fill(subtitle, width=width_chars)])), fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _estimate_parts(entry: Any) -> tuple[float, float, float]:
+    """(value, low, high) of a number or an ``{"value", "low", "high"}`` entry; missing parts are NaN."""
+
+    def number(value: Any) -> float:
+        if value is None or isinstance(value, bool):
+            return math.nan
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return math.nan
+
+    if isinstance(entry, dict):
+        return number(entry.get("value")), number(entry.get("low")), number(entry.get("high"))
+    value = number(entry)
+    return value, math.nan, math.nan
+
+
+def plot_estimates(
+    categories: Sequence[str],
+    series: dict[str, Sequence[Any]],
+    path: Path,
+    *,
+    ylabel: str,
+    title: str = "",
+    ylim: tuple[float, float] | None = None,
+) -> Path:
+    """Grouped bars with 95% intervals: one group per category (attribute), one bar per series (backbone, error kind).
+
+    ``series`` maps a label to one entry per category: a number, ``{"value", "low", "high"}``
+    (the interval drawn when both bounds are there), or ``None`` (JSON's null: no bar, a grey
+    "—" at the base instead). One series gets no legend unless its label is non-empty.
+    ``ylim``: the value axis (default: matplotlib's, always including 0). Written atomically (PNG).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    categories = list(categories)
+    labels = list(series)
+    if not categories or not labels:
+        raise ValueError("plot_estimates: nothing to plot (no categories or no series)")
+    for label in labels:
+        if len(series[label]) != len(categories):
+            raise ValueError(f"plot_estimates: series {label!r} has {len(series[label])} entries for {len(categories)} categories")
+    groups, bars = len(categories), len(labels)
+    fig, ax = plt.subplots(figsize=(min(16.0, max(6.0, 0.28 * groups * (bars + 1) + 1.5)), 4.2))
+    width = 0.8 / bars
+    cmap = plt.get_cmap("tab10")
+    missing: list[float] = []
+    labelled: set[str] = set()
+    for b, label in enumerate(labels):
+        offset = (b - (bars - 1) / 2) * width
+        for i, entry in enumerate(series[label]):
+            value, low, high = _estimate_parts(entry)
+            x = i + offset
+            if math.isnan(value):
+                missing.append(x)
+                continue
+            ax.bar(x, value, width * 0.92, color=cmap(b % 10), label=label if label and label not in labelled else None)
+            labelled.add(label)
+            if not (math.isnan(low) or math.isnan(high)):
+                ax.errorbar(x, value, yerr=[[max(0.0, value - low)], [max(0.0, high - value)]], color="black", capsize=2, lw=0.8)
+    ax.axhline(0.0, color="black", lw=0.6)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    for x in missing:
+        ax.text(x, 0.0, "—", ha="center", va="bottom", color="dimgrey", fontsize=12, fontweight="bold")
+    ax.set_xticks(range(groups))
+    longest = max(len(line) for c in categories for line in str(c).splitlines() or [""])
+    rotate = groups * max(longest, 4) > 9 * fig.get_figwidth()  # labels wider than their slots are turned
+    ax.set_xticklabels(categories, rotation=60 if rotate else 0, ha="right" if rotate else "center", fontsize=7 if rotate else 8)
+    ax.set_xlim(-0.6, groups - 0.4)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    handles, names = ax.get_legend_handles_labels()
+    if handles:
+        unique = dict(zip(names, handles))
+        ax.legend(unique.values(), unique.keys(), fontsize=7, loc="best")
+    if title:
+        import textwrap
+
+        ax.set_title(textwrap.fill(title, width=int(fig.get_figwidth() * 13)), fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
