@@ -167,7 +167,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from frx_plugin.html_report import write_report
 
-    path = write_report(args.folder, out=args.out, command=_command_line())
+    path = write_report(args.folder, out=args.out)  # the command that made the results is the one the files record
     print(f"wrote {path}")
     return 0
 
