@@ -15,13 +15,16 @@ def frx_register_backbones(register) -> None:
     from frx_plugin import models
 
     register("resnet-small", models.ResidualFaceNet, "narrow residual CNN, 64x64 or larger input (the demo backbone)")
+    register("mobilefacenet-like", models.MobileFaceNetLike, "small MobileFaceNet-style CNN (inverted residuals, global depthwise conv), input a multiple of 16")
 
 
 @hookimpl
 def frx_register_backbone_specs(register) -> None:
     from frx_plugin.specs import load_torch_backbone, open_frx_backbone
+    from frx_plugin.zoo import BUILTIN_BACKBONES, open_synthetic_backbone
 
     register("frx", open_frx_backbone, "frx:PATH, a backbone.safetensors that frx demo saved (or its folder)")
+    register("synthetic", open_synthetic_backbone, f"synthetic:NAME, trained on the synthetic world on first use and cached: {', '.join(BUILTIN_BACKBONES)}")
     register("torch", load_torch_backbone, "torch:package.module:factory@weights.safetensors[,KEY=VALUE...] (options go to the factory)")
 
 

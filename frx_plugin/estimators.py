@@ -493,7 +493,7 @@ def _full_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=1)
-def _world_fingerprint() -> str:
+def world_fingerprint() -> str:
     """A digest of a few renders and labels of the synthetic world: a changed renderer makes a new cache key."""
     from frx_plugin.synthetic import SYNTHETIC_SCHEMA, SyntheticFaceWorld
 
@@ -509,7 +509,7 @@ def _world_fingerprint() -> str:
 
 def _cache_key(config: Mapping[str, Any]) -> dict[str, Any]:
     return {"format": SYNTHETIC_ESTIMATOR_FORMAT, "widths": list(SYNTHETIC_ESTIMATOR_WIDTHS),
-            "world": _world_fingerprint(), "config": dict(config)}
+            "world": world_fingerprint(), "config": dict(config)}
 
 
 def synthetic_estimator_path(**config) -> Path:
