@@ -260,7 +260,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="frx-report-demo-") as scratch:
         folder = Path(args.folder) if args.folder else build_demo_folder(Path(scratch) / "demo")
-        page = write_report(folder, command="python " + " ".join(sys.argv))
+        # a folder of real outputs keeps the command its files record; the built demo folder has none
+        page = write_report(folder, command=None if args.folder else "python " + " ".join(sys.argv))
         print(f"wrote {page}")
         try:
             passed, message = browser_check(page, Path(args.out), args.chromium)

@@ -25,6 +25,8 @@ def test_demo_trains_a_backbone_that_learns_and_writes_its_history(tmp_path):
     assert [r["epoch"] for r in records] == [0, 1, 2, 3, 4]
     assert (out / "history.safetensors").stat().st_size > 0
     assert (out / "leakage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "report.html").read_text()  # the demo's page, with the command that made it
+    assert "Leakage across epochs" in page and "frx demo --out" in page and "https://" not in page
     # the backbone really learns: held-out verification far above the untrained network's
     before, after = records[0]["verification"]["tar"], records[-1]["verification"]["tar"]
     assert after > 0.25 and after > 5 * before, (before, after)  # measured: 0.023 -> 0.364

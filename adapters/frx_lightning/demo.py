@@ -260,5 +260,14 @@ def run_demo(options: dict[str, Any]) -> int:
         written += [out / name for name in ("decoded.png", "recovery.png") if (out / name).exists()]
     elif opts["two_stage"]:
         print("\nfrx demo: no two-stage pass succeeded; see the warnings above", file=sys.stderr)
+    try:  # the page is a convenience: a failure to draw it never fails the demo
+        import shlex
+
+        from frx_plugin.html_report import write_report
+
+        command = "frx " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["demo"] else None
+        written.append(write_report(out, command=command))
+    except Exception as exc:  # noqa: BLE001
+        print(f"frx demo: report.html not written: {type(exc).__name__}: {exc}", file=sys.stderr)
     print(f"\ntrained {opts['epochs']} epochs in {elapsed:.0f}s; wrote {', '.join(str(p) for p in written)}")
     return 0
