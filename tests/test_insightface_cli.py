@@ -189,3 +189,39 @@ def test_benchmark_takes_insightface_models_and_verification_files(files, tmp_pa
     assert {a["name"] for a in plain["analysis"]["attributes"]} == {"sex", "age"}
     assert plain["parameters"] is None and plain["embed_seconds_per_image"] > 0  # an ONNX model has no torch parameters
     assert flipped["embed_seconds_per_image"] > 0 and flipped["error"] is None
+
+
+def test_analyze_an_image_folder_with_a_csv(files, tmp_path, capsys):
+    from frx_plugin.attributes import Attribute, AttributeSchema
+    from frx_plugin.probe import TensorProbeSet
+
+    probe = SyntheticProbeSet(30, 4, size=112)
+    faces = (probe.images(torch.arange(len(probe))) * 255).round().to(torch.uint8)
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    lines = ["path,identity,skin_tone,glasses,background"]
+    for i in range(len(probe)):
+        Image.fromarray(faces[i].permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
+        lines.append(f"{i:03d}.png,person{int(probe.identity[i])},{float(probe.labels['skin_tone'][i]):.9g},"
+                     f"{int(probe.labels['glasses'][i])},bg{int(probe.labels['background'][i]):02d}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "analysis"
+    code = main(["analyze", "--backbone", f"insightface:{files['rec']}", "--probe", f"image-folder:{folder}",
+                 "--bootstrap", "0", "--format", "json", "--out", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    document = json.loads(printed.out)
+    # the reference: the torch module on the same pixels, the labels as the synthetic world gives them
+    images = faces.float() / 255.0
+    background = probe.labels["background"]
+    present = sorted(set(background.tolist()))
+    schema = AttributeSchema([Attribute("skin_tone", "continuous"), Attribute("glasses", "binary"),
+                              Attribute("background", "categorical", tuple(f"bg{v:02d}" for v in present))])
+    labels = {"skin_tone": probe.labels["skin_tone"], "glasses": probe.labels["glasses"],
+              "background": torch.tensor([present.index(v) for v in background.tolist()])}
+    reference_probe = TensorProbeSet(images, schema, probe.identity, labels)
+    reference = analyze_probe(_torch_embeddings(files["net"], images), reference_probe, AnalysisConfig(n_bootstrap=0))
+    got = {a["name"]: a["value"] for a in document["attributes"]}
+    assert set(got) == {"skin_tone", "glasses", "background"}
+    for item in reference.leakage:
+        assert got[item.name] == pytest.approx(item.value, abs=1e-3), item.name
