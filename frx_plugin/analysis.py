@@ -171,6 +171,27 @@ def choose_counterfactual_path(probe: ProbeSet, path: str) -> tuple[str, Any]:
     return "latent", None
 
 
+def counterfactual_embedder(
+    model: Any, z: torch.Tensor, labels: Any, schema: Any, report: Report, chosen: str, generator: Any = None,
+    probe: Any = None, latent_mode: str = "conditional", batch_size: int = 256,
+) -> tuple[Any, list[str] | None, list[str]]:
+    """``(embed, attributes, unchanged)`` for counterfactuals on the ``chosen`` path ("exact" or "latent").
+
+    Exact: ``model`` embeds the faces ``generator`` re-renders; ``attributes`` are those it controls
+    and ``unchanged`` the probe set's others. Latent: the embeddings ``z`` move along the probe heads
+    of ``report`` (``latent_mode``, :func:`frx_plugin.counterfactual.latent_model`); ``attributes``
+    is ``None`` (all of them).
+    """
+    from frx_plugin.counterfactual import exact_embedder, latent_embedder, latent_model
+
+    if chosen == "exact":
+        attributes, unchanged = generator_attributes(probe, generator)
+        return exact_embedder(model, generator, batch_size), attributes, unchanged
+    heads = latent_model(z, labels, schema, report.tensors["probe_directions"], report.tensors["probe_bias"],
+                         mode=latent_mode, held_out={a.name: a.value for a in report.leakage})
+    return latent_embedder(heads, z, labels), None, []
+
+
 def probe_decision_errors(embeddings: torch.Tensor, probe: ProbeSet, report: Report, fmr: float):
     """The errors of the verification decision at ``fmr`` (:class:`~frx_plugin.verification.DecisionErrors`).
 

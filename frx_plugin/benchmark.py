@@ -43,7 +43,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from frx_plugin.analysis import AnalysisConfig, analyze_probe, choose_counterfactual_path, counterfactual_measures, generator_attributes, hook_embedder
+from frx_plugin.analysis import (
+    AnalysisConfig,
+    analyze_probe,
+    choose_counterfactual_path,
+    counterfactual_embedder,
+    counterfactual_measures,
+    hook_embedder,
+)
 from frx_plugin.history import atomic_write_text
 from frx_plugin.recovery import AnalysisError
 from frx_plugin.report import json_safe
@@ -237,17 +244,9 @@ def _machine() -> str:
 
 def _counterfactuals(model: Any, z: torch.Tensor, probe: Any, report: Any, config: AnalysisConfig, max_error_pairs: int) -> None:
     """Identity significance and error attribution: exact where a generator renders the probe set, else latent."""
-    from frx_plugin.counterfactual import exact_embedder, latent_embedder, latent_model
-
     chosen, generator = choose_counterfactual_path(probe, "auto") if model is not None else ("latent", None)
-    attributes = None
-    if chosen == "exact":
-        attributes, _ = generator_attributes(probe, generator)
-        embed = exact_embedder(model, generator, config.batch_size)
-    else:
-        heads = latent_model(z, probe.labels, probe.schema, report.tensors["probe_directions"], report.tensors["probe_bias"],
-                             held_out={a.name: a.value for a in report.leakage})
-        embed = latent_embedder(heads, z, probe.labels)
+    embed, attributes, _ = counterfactual_embedder(model, z, probe.labels, probe.schema, report, chosen, generator, probe,
+                                                    batch_size=config.batch_size)
     counterfactual_measures(z, probe, report, config, embed, path=chosen, max_error_pairs=max_error_pairs, attributes=attributes)
 
 
@@ -269,6 +268,7 @@ def run_benchmark(
     backbones: Sequence[str],
     probe: Any = None,
     *,
+    pairs: str | None = None,
     embedding_files: Sequence[str] = (),
     estimators: Sequence[str] = (),
     out_dir: str | Path,
@@ -282,14 +282,13 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Benchmark the backbone specs (and embedding files) on one probe set; write the files; return the document.
 
-    ``probe``: a probe spec or a probe set; default: the probe set the first backbone names
-    (built-in ``synthetic:`` ones name held-out identities of the synthetic world), else the
-    synthetic probe set. ``estimators``: estimator specs that read attributes off the probe images.
+    ``probe``: a probe spec or a probe set, or ``pairs`` a verification file; default: the probe set
+    the first backbone names (built-in ``synthetic:`` ones name held-out identities of the synthetic
+    world), else the synthetic probe set (:func:`frx_plugin.specs.probe_for`). ``estimators``: estimator specs that read attributes off the probe images.
     Every spec's kind is checked before anything runs (an unknown kind lists the installed ones).
     """
-    from frx_plugin.estimators import label_probe_set
     from frx_plugin.plugins import PluginError, backbone_specs
-    from frx_plugin.specs import open_backbone, open_estimator, open_probe, parse_spec
+    from frx_plugin.specs import open_backbone, parse_spec, probe_for
 
     if not backbones and not embedding_files:
         raise ValueError("nothing to compare: pass at least one --backbone SPEC (or --embeddings FILE)")
@@ -305,28 +304,17 @@ def run_benchmark(
         if not Path(path).is_file():
             raise FileNotFoundError(f"--embeddings {path}: no such file")
     config = AnalysisConfig(n_bootstrap=n_bootstrap, seed=seed, fmr=BENCHMARK_FMRS[0])
+    given = probe is not None or pairs is not None  # then opened first: its errors come before training any backbone
+    probe_set = probe_for(None, probe, pairs, estimators, progress) if given else None
     opened: list[tuple[str, Any, dict, float]] = []
     for text in backbones:
         start = time.perf_counter()
         say(f"frx benchmark: opening {text}")
         model, facts = open_backbone(text)
         opened.append((text, model, facts, time.perf_counter() - start))
-    if isinstance(probe, str):
-        probe_set = open_probe(probe)
-    elif probe is not None:
-        probe_set = probe
-    else:
-        named = next((facts["probe"] for _, _, facts, _ in opened if facts.get("probe")), None)
-        if named is not None:
-            from frx_plugin.synthetic import SyntheticProbeSet
-
-            probe_set = SyntheticProbeSet(**named)
-        else:
-            probe_set = open_probe("synthetic")
-    if estimators:
-        probe_set = label_probe_set(probe_set, [open_estimator(t, probe_set) for t in estimators], progress=progress)
-    if len(probe_set.schema) == 0 and opened:
-        raise ValueError(f"{probe_set.source} labels no attributes; pass --estimator SPEC to read them off its images")
+    if probe_set is None:
+        named = next((facts for _, _, facts, _ in opened if facts.get("probe")), None)
+        probe_set = probe_for(named, estimators=estimators, progress=progress)
     listed = getattr(probe_set, "pairs", None)
     rows: list[dict[str, Any]] = []
     for text, model, facts, open_seconds in opened:

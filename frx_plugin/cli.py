@@ -42,33 +42,13 @@ def _progress_bar():
 
 def open_model_and_probe(backbone: str, probe: str | None = None, pairs: str | None = None,
                          estimators: Sequence[str] = (), progress=None):
-    """The model of a backbone spec and the probe set to analyse it on, labelled by the estimator specs.
+    """The model of a backbone spec and the probe set to analyse it on (:func:`frx_plugin.specs.probe_for`)."""
+    from frx_plugin.specs import open_backbone, probe_for
 
-    The probe set: ``pairs`` (a verification file, judged on its listed pairs), else ``probe`` (a
-    probe spec), else the synthetic probe set the backbone was trained for (``frx:`` backbones), else
-    the default synthetic probe set. Returns ``(model, probe set)``.
-    """
-    from frx_plugin.estimators import label_probe_set
-    from frx_plugin.specs import open_backbone, open_estimator, open_probe
-
-    if pairs is not None and probe is not None:
-        raise ValueError("pass --pairs or --probe, not both")
+    given = probe is not None or pairs is not None  # then opened first: its errors come before a long model load
+    probe_set = probe_for(None, probe, pairs, estimators, progress) if given else None
     model, facts = open_backbone(backbone)
-    if pairs is not None or probe is not None:
-        probe_set = open_probe(pairs or probe)
-        if pairs is not None and getattr(probe_set, "pairs", None) is None:
-            raise ValueError(f"--pairs {pairs}: {probe_set.source} lists no pairs; pass it as --probe")
-    elif facts.get("probe"):
-        from frx_plugin.synthetic import SyntheticProbeSet
-
-        probe_set = SyntheticProbeSet(**facts["probe"])
-    else:
-        probe_set = open_probe("synthetic")
-    if estimators:
-        probe_set = label_probe_set(probe_set, [open_estimator(text, probe_set) for text in estimators], progress=progress)
-    if len(probe_set.schema) == 0:
-        raise ValueError(f"{probe_set.source} labels no attributes; pass --estimator SPEC to read them off its images")
-    return model, probe_set
+    return model, probe_set if given else probe_for(facts, estimators=estimators, progress=progress)
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -150,7 +130,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     from frx_plugin.benchmark import run_benchmark
 
     document = run_benchmark(
-        args.backbone or (), args.probe or args.pairs, embedding_files=args.embeddings or (), estimators=args.estimator or (),
+        args.backbone or (), args.probe, pairs=args.pairs, embedding_files=args.embeddings or (), estimators=args.estimator or (),
         out_dir=args.out, overwrite=args.overwrite, n_bootstrap=args.bootstrap, seed=args.seed, command=_command_line(),
         progress=_progress_bar(),
     )

@@ -39,18 +39,15 @@ from frx_plugin.analysis import (
     AnalysisConfig,
     analyze_probe,
     choose_counterfactual_path,
+    counterfactual_embedder,
     embed_probe_set,
-    generator_attributes,
     probe_decision_errors,
 )
 from frx_plugin.counterfactual import (
     CounterfactualError,
     PairExplanation,
     error_attribution,
-    exact_embedder,
     explain_errors,
-    latent_embedder,
-    latent_model,
     pair_values,
 )
 from frx_plugin.history import atomic_write_text
@@ -181,16 +178,9 @@ def explain(
         chosen, generator = choose_counterfactual_path(probe, path)
         if chosen == "latent" and path == "auto":
             say(f"frx explain: no generator can render {source}; using the latent path (no counterfactual faces)")
-    attributes = None
-    if chosen == "exact":
-        attributes, unchanged = generator_attributes(probe, generator)
-        if unchanged:
-            say(f"frx explain: the generator cannot change {unchanged}; they are left out")
-        embed = exact_embedder(model, generator)
-    else:
-        heads = latent_model(z, labels, schema, report.tensors["probe_directions"], report.tensors["probe_bias"],
-                             mode=latent_mode, held_out={a.name: a.value for a in report.leakage})
-        embed = latent_embedder(heads, z, labels)
+    embed, attributes, unchanged = counterfactual_embedder(model, z, labels, schema, report, chosen, generator, probe, latent_mode)
+    if unchanged:
+        say(f"frx explain: the generator cannot change {unchanged}; they are left out")
     if probe is not None:
         errors = probe_decision_errors(z, probe, report, config.fmr)
     else:

@@ -33,11 +33,11 @@ import inspect
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from frx_plugin.plugins import PluginError, backbone_specs, estimator_specs, probe_sets
 
-__all__ = ["Spec", "parse_spec", "open_backbone", "open_probe", "open_estimator", "load_torch_backbone"]
+__all__ = ["Spec", "parse_spec", "open_backbone", "open_probe", "open_estimator", "probe_for", "load_torch_backbone"]
 
 _OPTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
@@ -161,6 +161,37 @@ def open_estimator(text: str, probe: Any) -> Any:
     if spec.argument is None:
         raise ValueError(f"estimator {spec.text!r}: {spec.kind} estimators need an argument: {registry[spec.kind].description}")
     return registry[spec.kind].factory(spec.argument, probe, **spec.options)
+
+
+def probe_for(facts: dict[str, Any] | None = None, probe: Any = None, pairs: str | None = None,
+              estimators: Sequence[str] = (), progress: Callable[[int, int, str], None] | None = None) -> Any:
+    """The probe set a model is analysed on, labelled by the estimator specs.
+
+    ``pairs`` (a verification file, judged on its listed pairs), else ``probe`` (a probe spec, or a
+    probe set object), else
+    the synthetic probe set the model's ``facts`` name (``frx:`` and ``synthetic:`` backbones), else
+    the default synthetic probe set. A probe set left without attributes is a ``ValueError`` that
+    says to pass an estimator.
+    """
+    from frx_plugin.estimators import label_probe_set
+
+    if pairs is not None and probe is not None:
+        raise ValueError("pass --pairs or --probe, not both")
+    if pairs is not None or probe is not None:
+        probe_set = open_probe(pairs or probe) if isinstance(pairs or probe, str) else probe
+        if pairs is not None and getattr(probe_set, "pairs", None) is None:
+            raise ValueError(f"--pairs {pairs}: {probe_set.source} lists no pairs; pass it as --probe")
+    elif (facts or {}).get("probe"):
+        from frx_plugin.synthetic import SyntheticProbeSet
+
+        probe_set = SyntheticProbeSet(**facts["probe"])
+    else:
+        probe_set = open_probe("synthetic")
+    if estimators:
+        probe_set = label_probe_set(probe_set, [open_estimator(text, probe_set) for text in estimators], progress=progress)
+    if len(probe_set.schema) == 0:
+        raise ValueError(f"{probe_set.source} labels no attributes; pass --estimator SPEC to read them off its images")
+    return probe_set
 
 
 # ----------------------------------------------------------------------------------- built-in kinds
