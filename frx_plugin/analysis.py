@@ -85,12 +85,21 @@ def hook_embedder(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     return embed
 
 
-def embed_probe_set(model: Any, probe: ProbeSet, indices: torch.Tensor | None = None, batch_size: int = 256) -> torch.Tensor:
-    """Embeddings ``(len(indices), D)`` float32 on the CPU, through the ``frx_embed`` hook (:func:`hook_embedder`)."""
+def embed_probe_set(model: Any, probe: ProbeSet, indices: torch.Tensor | None = None, batch_size: int = 256,
+                    progress: Callable[[int, int, str], None] | None = None) -> torch.Tensor:
+    """Embeddings ``(len(indices), D)`` float32 on the CPU, through the ``frx_embed`` hook (:func:`hook_embedder`).
+
+    ``progress(done, total, "embedding")`` after each batch when given.
+    """
     if indices is None:
         indices = torch.arange(len(probe))
     embed = hook_embedder(model)
-    chunks = [embed(images) for _, images in probe.batches(indices, batch_size)]
+    chunks, done = [], 0
+    for chunk, images in probe.batches(indices, batch_size):
+        chunks.append(embed(images))
+        done += chunk.numel()
+        if progress is not None:
+            progress(done, indices.numel(), "embedding")
     return torch.cat(chunks) if chunks else torch.empty(0, 0)
 
 
@@ -385,14 +394,7 @@ def analyze_model(
 
     if attributes is not None:
         probe = select_attributes(probe, attributes)
-    indices = torch.arange(len(probe))
-    embed = hook_embedder(model)
-    chunks = []
-    for chunk, images in probe.batches(indices, config.batch_size):
-        chunks.append(embed(images))
-        if progress is not None:
-            progress(int(chunk[-1]) + 1, len(probe), "embedding")
-    z = torch.cat(chunks)
+    z = embed_probe_set(model, probe, batch_size=config.batch_size, progress=progress)
     if with_verification:
         report = analyze_probe(z, probe, config)
     else:

@@ -110,8 +110,10 @@ def _explain(args: argparse.Namespace) -> int:
 
         for name in sorted(shares["all"], key=lambda n: -(shares["all"][n] or 0.0)):
             print(f"{name:<16} {share(shares['all'][name])} {share(shares['false_non_match'][name])} {share(shares['false_match'][name])}")
-    if document["path"] == "latent" and (args.embeddings or args.backbone):
+    if document["path"] == "latent" and args.embeddings:
         print(f"{FIGURE_FILE} needs a generator that renders the faces (hook frx_register_generators); an embedding file has none, so none written")
+    elif document["path"] == "latent" and args.backbone:
+        print(f"{FIGURE_FILE} needs a generator that renders this probe set's faces (hook frx_register_generators); none can, so none written")
     elif document["path"] == "latent":
         print(f"{FIGURE_FILE} needs the exact path (a generator that renders the faces); none written on the latent path")
     elif not counts["explained"]:
@@ -120,10 +122,11 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command_line() -> str:
+def command_line() -> str:
+    """This process's ``frx`` command as typed (``frx`` plus the arguments, shell-quoted), for provenance."""
     import shlex
 
-    return "frx " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "frx"
+    return "frx " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "frx"
 
 
 def _benchmark(args: argparse.Namespace) -> int:
@@ -131,7 +134,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 
     document = run_benchmark(
         args.backbone or (), args.probe, pairs=args.pairs, embedding_files=args.embeddings or (), estimators=args.estimator or (),
-        out_dir=args.out, overwrite=args.overwrite, n_bootstrap=args.bootstrap, seed=args.seed, command=_command_line(),
+        out_dir=args.out, overwrite=args.overwrite, n_bootstrap=args.bootstrap, seed=args.seed, command=command_line(),
         progress=_progress_bar(),
     )
     print((Path(args.out) / "benchmark.md").read_text(encoding="utf-8"))
@@ -139,7 +142,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     if not args.no_report:
         from frx_plugin.html_report import write_report
 
-        files.append(str(write_report(args.out, command=_command_line())))
+        files.append(str(write_report(args.out, command=command_line())))
     print("wrote " + ", ".join(files))
     return 1 if any(row.get("error") for row in document["backbones"]) else 0
 

@@ -261,11 +261,10 @@ def run_demo(options: dict[str, Any]) -> int:
     elif opts["two_stage"]:
         print("\nfrx demo: no two-stage pass succeeded; see the warnings above", file=sys.stderr)
     try:  # the page is a convenience: a failure to draw it never fails the demo
-        import shlex
-
+        from frx_plugin.cli import command_line
         from frx_plugin.html_report import write_report
 
-        command = "frx " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["demo"] else None
+        command = command_line() if sys.argv[1:2] == ["demo"] else None
         written.append(write_report(out, command=command))
     except Exception as exc:  # noqa: BLE001
         print(f"frx demo: report.html not written: {type(exc).__name__}: {exc}", file=sys.stderr)
