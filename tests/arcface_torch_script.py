@@ -55,4 +55,8 @@ if __name__ == "__main__":
         writer.close()
     assert not frx.failures, frx.failures
     if world > 1:
+        # an orderly teardown: both ranks done, the DDP reducer (which holds the process group) gone first;
+        # tearing down with the reducer alive let a rank abort at exit ("terminate called without an active exception")
+        dist.barrier()
+        del backbone, optimizer
         dist.destroy_process_group()
