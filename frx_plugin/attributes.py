@@ -12,12 +12,10 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
+from frx_plugin.errors import SchemaError
+
 KINDS = ("binary", "categorical", "continuous")
 GROUPS = ("identity", "nuisance")
-
-
-class SchemaError(ValueError):
-    """An attribute definition or a label tensor that does not fit its schema."""
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ from frx_plugin.analysis import (
     hook_embedder,
 )
 from frx_plugin.history import atomic_write_text
-from frx_plugin.recovery import AnalysisError
+from frx_plugin.errors import AnalysisError
 from frx_plugin.report import json_safe
 
 __all__ = ["BENCHMARK_FORMAT", "BENCHMARK_FMRS", "verification_with_intervals", "run_benchmark", "check_output_folder"]

@@ -42,12 +42,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from frx_plugin.attributes import Attribute, AttributeSchema
-from frx_plugin.recovery import AnalysisError, MetricEstimate, _estimate
+from frx_plugin.errors import CounterfactualError
+from frx_plugin.interfaces import AttributeGenerator, Embedder
+from frx_plugin.recovery import MetricEstimate, _estimate
 
 __all__ = [
     "AttributeGenerator",
@@ -70,26 +72,6 @@ __all__ = [
 #: combinations of heads so nearly dependent that holding them fixed would take an unbounded move.
 LATENT_RTOL = 1e-3
 
-#: How a changed embedding is made: ``embed(rows, attribute, values)`` → (m, D) L2-normalised.
-Embedder = Callable[[torch.Tensor, str, torch.Tensor], torch.Tensor]
-
-
-class CounterfactualError(AnalysisError):
-    """A counterfactual that cannot be made (no generator, an attribute it cannot change, …)."""
-
-
-@runtime_checkable
-class AttributeGenerator(Protocol):
-    """Re-renders probe samples with one attribute changed (what ``frx_register_generators`` offers).
-
-    ``attributes``: the attribute names it controls. ``counterfactual(indices, attribute,
-    values)``: images ``(B, 3, H, W)`` of the probe samples ``indices`` with ``attribute`` set to
-    ``values`` (per sample; class indices or values in the attribute's units), all else equal.
-    """
-
-    attributes: Sequence[str]
-
-    def counterfactual(self, indices: torch.Tensor, attribute: str, values: torch.Tensor) -> torch.Tensor: ...
 
 
 def find_generator(probe: Any) -> tuple[str, AttributeGenerator] | None:

@@ -27,82 +27,14 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from frx_plugin.recovery import AnalysisError
-
-
-class DecoderError(AnalysisError):
-    """A decoder that cannot be used as asked (wrong shapes, bad options)."""
-
-
-class DecoderDiverged(DecoderError):
-    """A decoder whose training loss became NaN or infinite; its weights are left as before the fit."""
-
-
-@dataclass
-class DecoderTask:
-    """What one fit of a decoder sees: the training part of one identity-disjoint fold.
-
-    ``embeddings`` (n, D) the L2-normalised z of the training faces, ``images`` (n, C, H, W) in
-    [0, 1] at the decoder's ``output_shape``, ``identity_embedder`` a differentiable
-    ``f(x̂) → z`` (L2-normalised, (B, D)) for the identity loss, or ``None`` for the pixel loss
-    alone; ``steps`` optimisation steps, ``seed`` for the batches and noise.
-    """
-
-    embeddings: torch.Tensor
-    images: torch.Tensor
-    identity_embedder: Callable[[torch.Tensor], torch.Tensor] | None = None
-    steps: int = 200
-    seed: int = 0
-
-
-@dataclass
-class DecoderFit:
-    """How a fit went: the mean losses of its first and last 10% of steps, and every step's total loss."""
-
-    steps: int
-    pixel_loss_start: float
-    pixel_loss_end: float
-    identity_loss_start: float | None
-    identity_loss_end: float | None
-    losses: list[float] = field(default_factory=list, repr=False)
-
-    def to_record(self) -> dict[str, Any]:
-        return {
-            "steps": self.steps,
-            "pixel_loss_start": self.pixel_loss_start,
-            "pixel_loss_end": self.pixel_loss_end,
-            "identity_loss_start": self.identity_loss_start,
-            "identity_loss_end": self.identity_loss_end,
-        }
-
-
-@runtime_checkable
-class FaceDecoder(Protocol):
-    """What ``frx_register_decoders`` offers: ``G(z, noise) → x̂``, trainable and warm-startable.
-
-    ``output_shape``: ``(C, H, W)`` of its images. ``fit(task)``: train on a
-    :class:`DecoderTask`, continuing from the current weights; return a :class:`DecoderFit`,
-    raise :class:`DecoderDiverged` on a NaN loss. ``decode(z, samples, seed)``:
-    ``(B, samples, C, H, W)`` in [0, 1], deterministic in ``seed``. ``state_dict()`` /
-    ``load_state_dict(state)``: tensors only, for the warm start of the next pass.
-    """
-
-    output_shape: tuple[int, int, int]
-
-    def fit(self, task: DecoderTask) -> DecoderFit: ...
-
-    def decode(self, z: torch.Tensor, samples: int = 1, seed: int = 0) -> torch.Tensor: ...
-
-    def state_dict(self) -> dict[str, torch.Tensor]: ...
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> Any: ...
+from frx_plugin.errors import DecoderDiverged, DecoderError
+from frx_plugin.interfaces import DecoderFit, DecoderTask
 
 
 def check_output_shape(output_shape: Any) -> tuple[int, int, int]:

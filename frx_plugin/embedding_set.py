@@ -20,6 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from frx_plugin.errors import EmbeddingSetError
 from frx_plugin.attributes import AttributeSchema, SchemaError
 from frx_plugin.history import atomic_write
 
@@ -30,10 +31,6 @@ METADATA_KEY = "frx.attributes"
 
 _FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 _INT_DTYPES = {"I8": torch.int8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64, "U8": torch.uint8}
-
-
-class EmbeddingSetError(ValueError):
-    """An embedding-set file that cannot be read as one; the message names the file and the field."""
 
 
 def write_embedding_set(

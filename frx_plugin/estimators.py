@@ -22,38 +22,16 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from frx_plugin.attributes import AttributeSchema
+from frx_plugin.errors import EstimatorError
+from frx_plugin.interfaces import AttributeEstimator
 from frx_plugin.probe import RelabelledProbeSet
-from frx_plugin.recovery import AnalysisError
-
-
-class EstimatorError(AnalysisError):
-    """An estimator that cannot be used as asked (wrong input shape, broken output, failed training)."""
-
-
-@runtime_checkable
-class AttributeEstimator(Protocol):
-    """Reads attributes off images (what ``frx_register_estimators`` offers).
-
-    ``attributes``: the probe-set attribute names it outputs. ``input_shape``: the ``(C, H, W)``
-    of the images it takes (float in [0, 1]). ``accuracy``: its own held-out accuracy per
-    attribute, ``{name: {metric: value}}`` (``accuracy`` and ``balanced_accuracy`` for discrete
-    kinds, ``r2`` and ``mae`` for continuous ones; empty when unknown). ``estimate(images)``:
-    ``{name: (B,) tensor}``, int64 class indices for discrete kinds, float32 values in the
-    attribute's units for continuous ones.
-    """
-
-    attributes: Sequence[str]
-    input_shape: tuple[int, int, int]
-    accuracy: Mapping[str, Mapping[str, float]]
-
-    def estimate(self, images: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
 
 def find_estimator(probe: Any, name: str | None = None) -> tuple[str, AttributeEstimator] | None:

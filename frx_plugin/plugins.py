@@ -12,6 +12,7 @@ from typing import Any, Callable
 import pluggy
 
 from frx_plugin import hookspecs
+from frx_plugin.errors import PluginError
 from frx_plugin.hookspecs import PROJECT_NAME
 
 ENTRY_POINT_GROUP = "frx"
@@ -21,10 +22,6 @@ _lock = threading.Lock()
 _manager: pluggy.PluginManager | None = None
 _entry_points_loaded = False
 _failed: dict[str, str] = {}
-
-
-class PluginError(RuntimeError):
-    """A plugin or registry problem (unknown name, duplicate registration, failed load)."""
 
 
 def _new_manager() -> pluggy.PluginManager:

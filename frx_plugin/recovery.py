@@ -54,6 +54,7 @@ from typing import Mapping, Sequence
 
 import torch
 
+from frx_plugin.errors import AnalysisError
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.report import AttributeLeakage, Report
 
@@ -78,10 +79,6 @@ INNER_EXPONENTS = torch.linspace(-5.0, 2.0, 15, dtype=torch.float64)
 _CONVERT_ONCE_ENTRIES = 64 * 2**20
 #: Replicates per chunk are chosen so that chunk × N stays under this many entries.
 _BOOTSTRAP_CHUNK_ENTRIES = 4_000_000
-
-
-class AnalysisError(ValueError):
-    """Input that an analysis pass cannot work on; the message names the attribute or field."""
 
 
 # --------------------------------------------------------------------------- folds

@@ -34,8 +34,10 @@ import torch.nn.functional as F
 
 from frx_plugin.analysis import hook_embedder, model_device
 from frx_plugin.attributes import Attribute, AttributeSchema
-from frx_plugin.decoders import DecoderDiverged, DecoderError, DecoderTask, FaceDecoder
-from frx_plugin.estimators import AttributeEstimator, EstimatorError, require_estimator
+from frx_plugin.errors import DecoderDiverged, DecoderError
+from frx_plugin.interfaces import AttributeEstimator, DecoderTask, FaceDecoder
+from frx_plugin.errors import EstimatorError
+from frx_plugin.estimators import require_estimator
 from frx_plugin.probe import ProbeSet
 from frx_plugin.recovery import AnalysisError, _estimate, identity_folds
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from frx_plugin.recovery import AnalysisError
+from frx_plugin.errors import AnalysisError
 from frx_plugin.report import Verification
 
 __all__ = ["verification", "listed_pair_verification", "pair_scores", "equal_error_rate", "decision_errors", "DecisionErrors"]

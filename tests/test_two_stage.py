@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from frx_plugin.attributes import Attribute
-from frx_plugin.decoders import ConvFaceDecoder, DecoderDiverged, DecoderError, DecoderTask
+from frx_plugin.decoders import ConvFaceDecoder
+from frx_plugin.errors import DecoderDiverged, DecoderError
+from frx_plugin.interfaces import DecoderTask
 from frx_plugin.two_stage import (
     direct_readings,
     reading_errors,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import frx_plugin.verification as verification_module
-from frx_plugin.recovery import AnalysisError
+from frx_plugin.errors import AnalysisError
 from frx_plugin.verification import equal_error_rate, pair_scores, verification
 
 

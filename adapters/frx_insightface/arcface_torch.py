@@ -32,7 +32,7 @@ from frx_plugin.analysis import ON_ERROR, AnalysisConfig, embed_probe_set, probe
 from frx_plugin.history import HistoryRecorder
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet
-from frx_plugin.recovery import AnalysisError
+from frx_plugin.errors import AnalysisError
 from frx_plugin.report import Report
 from frx_plugin.verification import verification
 

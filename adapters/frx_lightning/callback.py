@@ -27,7 +27,7 @@ from frx_plugin.counterfactual import CounterfactualError, exact_embedder, laten
 from frx_plugin.history import HistoryRecorder
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet
-from frx_plugin.recovery import AnalysisError
+from frx_plugin.errors import AnalysisError
 from frx_plugin.report import Report
 from frx_plugin.two_stage import TwoStage, TwoStageConfig
 from frx_plugin.verification import verification
