@@ -105,6 +105,9 @@ class Report:
     counterfactuals: str | None = None
     #: the two-stage path (decoder, estimator, R_k of both paths, spread; see :mod:`frx_plugin.two_stage`), or None
     recovery: dict[str, Any] | None = None
+    #: the pass's cost in seconds: ``embed_s`` (probe data and forward pass), ``after_embed_s`` (leakage,
+    #: verification), ``counterfactual_s`` and ``two_stage_s``; empty when not measured
+    timing: dict[str, float] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> AttributeLeakage:
         for item in self.leakage:
@@ -127,6 +130,7 @@ class Report:
             "significance": {k: {m: _clean(v) for m, v in d.items()} for k, d in self.significance.items()},
             "error_attribution": {k: {a: _clean(v) for a, v in d.items()} for k, d in self.error_attribution.items()},
             "recovery": json_safe(self.recovery),
+            "timing": {k: _clean(v) for k, v in self.timing.items()},
         }
 
     @classmethod
@@ -149,4 +153,5 @@ class Report:
             },
             counterfactuals=record.get("counterfactuals"),
             recovery=record.get("recovery"),
+            timing={k: (math.nan if v is None else v) for k, v in record.get("timing", {}).items()},
         )

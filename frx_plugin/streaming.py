@@ -120,6 +120,7 @@ def analyze_stream(
     sync_on_compute: bool = False,
     masked_attributes: Sequence[str] | None = None,
     n_bins: int = DEFAULT_BINS,
+    dist_sync_fn: Callable | None = None,
 ) -> Report:
     """Held-out leakage of every attribute of ``schema`` from a stream of chunks, in constant memory.
 
@@ -132,7 +133,9 @@ def analyze_stream(
     labels (default: found by a scan of the label columns, pass 0); naming one without
     missing labels changes nothing but cost. Same report as ``analyze_embeddings`` (same
     folds, heads, reasons, warnings and Poisson replicates); AUROC from ``n_bins`` histogram
-    bins per score column.
+    bins per score column. ``dist_sync_fn``: how the metrics' states are gathered across ranks
+    (torchmetrics' own ``torch.distributed`` gather by default; an frx pass passes
+    :func:`frx_plugin.collectives.metric_sync`).
     """
     _check_identity(identity)
     if not isinstance(n_bootstrap, int) or n_bootstrap < 0:
@@ -141,7 +144,7 @@ def analyze_stream(
 
     dim = None
     if masked_attributes is None:
-        scan = _MissingLabels(schema, sync_on_compute=sync_on_compute)
+        scan = _MissingLabels(schema, sync_on_compute=sync_on_compute, dist_sync_fn=dist_sync_fn)
         first_dim = None
         for i, chunk in enumerate(chunks()):
             x, _, labels = _checked(chunk, schema, i, first_dim)
@@ -158,7 +161,7 @@ def analyze_stream(
         x, ident, labels = _checked(chunk, schema, i, dim)
         if statistics is None:
             dim = dim or x.shape[1]
-            statistics = ProbeStatistics(schema, dim, n_folds, list(masked_attributes), sync_on_compute=sync_on_compute)
+            statistics = ProbeStatistics(schema, dim, n_folds, list(masked_attributes), sync_on_compute=sync_on_compute, dist_sync_fn=dist_sync_fn)
         statistics.update(x, lookup(ident), labels)
     if statistics is None:
         raise AnalysisError("chunks() yielded no chunks")
@@ -172,7 +175,7 @@ def analyze_stream(
             "rows missing or repeated (e.g. a sampler's padding) change the result"
         )
 
-    leakage_metric = HeldOutLeakage(heads, schema, n_bootstrap, seed, n_bins, sync_on_compute=sync_on_compute)
+    leakage_metric = HeldOutLeakage(heads, schema, n_bootstrap, seed, n_bins, sync_on_compute=sync_on_compute, dist_sync_fn=dist_sync_fn)
     for i, chunk in enumerate(chunks()):
         x, ident, labels = _checked(chunk, schema, i, dim)
         leakage_metric.update(x, ident, lookup(ident), labels)

@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from frx_plugin.analysis import hook_embedder, model_device
+from frx_plugin.model import hook_embedder, model_device
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.errors import DecoderDiverged, DecoderError
 from frx_plugin.interfaces import AttributeEstimator, DecoderTask, FaceDecoder
@@ -438,7 +438,7 @@ class TwoStage:
         errors: Sequence[str] = (),
     ) -> dict[str, Any]:
         """The report's ``recovery`` entry from the assembled readings (see the module for each number)."""
-        from frx_plugin.counterfactual import _impostor_mean_cosine
+        from frx_plugin.counterfactual import impostor_mean_cosine
         from frx_plugin.randomness import poisson_bootstrap_weights
 
         config, probe = self.config, self.probe
@@ -493,7 +493,7 @@ class TwoStage:
             "identity_similarity": {
                 "decoded": float(finite.mean()) if finite.numel() else math.nan,
                 "genuine": genuine,
-                "impostor": float(_impostor_mean_cosine(z, identity, weights_one)[0]),
+                "impostor": float(impostor_mean_cosine(z, identity, weights_one)[0]),
             },
             "decoder_fits": {str(k): v for k, v in (fits or {}).items()},
             "errors": list(errors),

@@ -64,10 +64,10 @@ def test_identity_significance_is_the_defined_ratio_with_identity_bootstrap():
         assert result[name].value == pytest.approx(float(moved.mean()) / denominator, rel=1e-6), name
         assert result[name].replicates == 30 and result[name].low <= result[name].value <= result[name].high
     # a bootstrap replicate re-weights identities in the denominator as in the numerator: brute force
-    from frx_plugin.counterfactual import _impostor_mean_cosine
+    from frx_plugin.counterfactual import impostor_mean_cosine
 
     w_id = poisson_bootstrap_weights(torch.unique(identity), 4, 30)[7]
-    assert 1 - float(_impostor_mean_cosine(z, identity, w_id[None].double())[0]) == pytest.approx(
+    assert 1 - float(impostor_mean_cosine(z, identity, w_id[None].double())[0]) == pytest.approx(
         brute_impostor_distance(z, identity, w_id[identity]), rel=1e-9
     )
 
@@ -102,7 +102,7 @@ def test_exact_significance_re_renders_and_re_embeds(synthetic):
 @pytest.mark.parametrize("rtol, tolerance", [(1e-12, 1e-6), (None, 5e-2)])
 def test_latent_move_changes_one_head_by_the_calibrated_amount_and_holds_the_others(synthetic, monkeypatch, rtol, tolerance):
     """Exactly without truncation; within 5% (here: 29 heads in 32 dimensions) with the default truncation."""
-    import frx_plugin.counterfactual as counterfactual_module
+    import frx_plugin.counterfactual.latent as counterfactual_module
 
     if rtol is not None:
         monkeypatch.setattr(counterfactual_module, "LATENT_RTOL", rtol)

@@ -1,0 +1,154 @@
+"""The latent path: z moves along the probe heads where no generator can render the probe set."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+
+from frx_plugin.attributes import AttributeSchema
+from frx_plugin.errors import CounterfactualError
+from frx_plugin.interfaces import Embedder
+
+LATENT_RTOL = 1e-3
+
+
+@dataclass
+class LatentModel:
+    """The latent path: probe heads, their joint inverse, and per-attribute calibration of Δ.
+
+    ``weight`` (T, D) the heads of the defined attributes' columns, ``cols[name]`` their rows in
+    ``weight``; ``solve`` (T, D) maps wanted head changes e to the move v = e·solve (``mode``
+    "least_norm": (W⁺)ᵀ, the least Euclidean move; "conditional": the Gaussian conditional mean of
+    the move given the head changes, ΣWᵀ(WΣWᵀ)⁻¹ with Σ the probe embeddings' covariance); ``class_means[name]`` (C, width) the mean head
+    scores of each class (discrete kinds), ``slope[name]`` the score change per unit of the label
+    (continuous kinds).
+    """
+
+    weight: torch.Tensor
+    solve: torch.Tensor
+    cols: dict[str, torch.Tensor]
+    class_means: dict[str, torch.Tensor] = field(default_factory=dict)
+    slope: dict[str, float] = field(default_factory=dict)
+    mode: str = "conditional"
+
+    def move(self, z: torch.Tensor, attribute: str, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """z (m, D) moved so that attribute's head changes as from ``old`` to ``new``; L2-normalised."""
+        if attribute not in self.cols:
+            raise CounterfactualError(f"attribute {attribute!r} has no probe head for the latent path (undefined leakage)")
+        cols = self.cols[attribute]
+        if attribute in self.class_means:
+            means = self.class_means[attribute]
+            delta = means[new.long()] - means[old.long()]  # (m, width)
+        else:
+            delta = (self.slope[attribute] * (new.to(torch.float64) - old.to(torch.float64)))[:, None]
+        e = torch.zeros(z.shape[0], self.weight.shape[0], dtype=torch.float64)
+        e[:, cols] = delta
+        moved = z.to(torch.float64) + e @ self.solve
+        return torch.nn.functional.normalize(moved, dim=1).to(torch.float32)
+
+
+def latent_model(
+    embeddings: torch.Tensor,
+    labels: Mapping[str, torch.Tensor],
+    schema: AttributeSchema,
+    probe_directions: torch.Tensor,
+    probe_bias: torch.Tensor,
+    mode: str = "conditional",
+    held_out: Mapping[str, float] | None = None,
+) -> LatentModel:
+    """Build the latent path from a report's heads (``report.tensors``) and the probe set it measured.
+
+    ``held_out``: the report's held-out metric per attribute (AUROC or R², ``AttributeLeakage.value``).
+    The calibration of Δ (class means of the head scores, slope on the label) is measured on the
+    probe set the heads were fitted to, so it overstates what a head that fits noise separates;
+    with ``held_out`` it is shrunk by κ = (held-out separation) / (in-sample separation):
+    binormal d′ = √2·Φ⁻¹(AUROC) for discrete kinds, the correlation √R² for continuous ones
+    (κ = 0 when the held-out value shows no signal).
+    """
+    from frx_plugin.recovery import auroc_columns, build_targets
+
+    z = embeddings.to(torch.float64)
+    _, targets = build_targets({a.name: labels[a.name][:0] for a in schema}, schema, 0)
+    defined = [t for t in targets if bool(torch.isfinite(probe_directions[t.cols]).all())]
+    if not defined:
+        raise CounterfactualError("no attribute has a probe head; the latent path needs at least one defined attribute")
+    rows = torch.cat([t.cols for t in defined])
+    weight = probe_directions[rows].to(torch.float64)
+    bias = probe_bias[rows].to(torch.float64)
+    if mode == "conditional":
+        # the Gaussian conditional mean: E[Δz | WΔz = e] = ΣWᵀ(WΣWᵀ)⁻¹e = L·(WL)⁺e with Σ = LLᵀ the probe set's covariance
+        centred = z - z.mean(0)
+        covariance = centred.T @ centred / max(1, z.shape[0] - 1)
+        jitter = 1e-12 * float(torch.diagonal(covariance).mean().clamp_min(1e-30))
+        factor = torch.linalg.cholesky(covariance + jitter * torch.eye(z.shape[1], dtype=torch.float64))
+        solve = (factor @ torch.linalg.pinv(weight @ factor, rtol=LATENT_RTOL)).T  # (T, D): v = e @ solve
+    elif mode == "least_norm":
+        solve = torch.linalg.pinv(weight, rtol=LATENT_RTOL).T  # least-norm v = W⁺e
+    else:
+        raise CounterfactualError(f"latent mode must be 'least_norm' or 'conditional', got {mode!r}")
+    model = LatentModel(weight, solve, {}, mode=mode)
+    scores = z @ weight.T + bias
+    offset = 0
+    for t in defined:
+        width = t.cols.numel()
+        local = torch.arange(offset, offset + width)
+        offset += width
+        name, attribute = t.attribute.name, t.attribute
+        model.cols[name] = local
+        raw = labels[name]
+        keep = ~attribute.missing_mask(raw)
+        s = scores[keep][:, local]
+        if attribute.discrete:
+            classes = raw[keep].long()
+            count = 2 if attribute.kind == "binary" else attribute.num_classes
+            means = torch.zeros(count, width, dtype=torch.float64)
+            for c in range(count):
+                member = classes == c
+                means[c] = s[member].mean(0) if bool(member.any()) else s.mean(0)
+            if held_out is not None and name in held_out:
+                onehot = torch.nn.functional.one_hot(classes, count).bool()
+                present = onehot.any(0)
+                columns = onehot[:, 1:] if attribute.kind == "binary" else onehot[:, present]
+                inside = float(torch.nanmean(auroc_columns(s if attribute.kind == "binary" else s[:, present], columns)))
+                kappa = shrink(separation(held_out[name]), separation(inside))
+                centre = means.mean(0, keepdim=True)
+                means = centre + kappa * (means - centre)
+            model.class_means[name] = means
+        else:
+            a = raw[keep].to(torch.float64)
+            a = a - a.mean()
+            slope = float((a * (s[:, 0] - s[:, 0].mean())).sum() / (a * a).sum().clamp_min(1e-300))
+            if held_out is not None and name in held_out:
+                label = raw[keep].to(torch.float64)
+                inside = 1.0 - float(((label - s[:, 0]) ** 2).sum() / ((label - label.mean()) ** 2).sum().clamp_min(1e-300))
+                slope *= shrink(math.sqrt(max(0.0, held_out[name])) if math.isfinite(held_out[name]) else 0.0,
+                                 math.sqrt(max(0.0, inside)))
+            model.slope[name] = slope
+    return model
+
+
+def separation(area: float) -> float:
+    """Binormal d′ = √2·Φ⁻¹(AUROC), 0 at or below chance (and for NaN)."""
+    if not math.isfinite(area) or area <= 0.5:
+        return 0.0
+    area = min(area, 1.0 - 1e-12)
+    return math.sqrt(2.0) * math.sqrt(2.0) * torch.erfinv(torch.tensor(2.0 * area - 1.0, dtype=torch.float64)).item()
+
+
+def shrink(outside: float, inside: float) -> float:
+    """κ = held-out / in-sample separation, in [0, 1]."""
+    if inside <= 0.0:
+        return 0.0
+    return max(0.0, min(1.0, outside / inside))
+
+
+def latent_embedder(model: LatentModel, embeddings: torch.Tensor, labels: Mapping[str, torch.Tensor]) -> Embedder:
+    """``embed(rows, attribute, values)`` on the latent path."""
+
+    def embed(rows: torch.Tensor, attribute: str, values: torch.Tensor) -> torch.Tensor:
+        return model.move(embeddings[rows], attribute, labels[attribute][rows], values)
+
+    return embed

@@ -1,0 +1,381 @@
+"""The analysis pass: the one place that sequences what frx measures of a model on a probe set.
+
+:func:`run_pass` is called by every training-loop adapter (Lightning, arcface_torch) and by the
+commands alike, so a model and a probe set give the same record whoever runs the pass. It
+
+1. embeds this process's shard of the probe set (rank, rank + W, …; no sample twice);
+2. checks the shard (an exception, NaN or infinity) and lets every rank learn of a failure
+   before the first collective, so one failing process skips the pass everywhere, never hangs;
+3. streams the leakage statistics of the shard and sums them across processes;
+4. gathers the embeddings and verifies (TAR at the FMR threshold; a probe set that lists its
+   pairs, as a verification file does, on those pairs);
+5. makes the counterfactuals (exact: a generator re-renders the faces, each process embedding
+   its share; latent: along the probe heads) for identity significance and error attribution;
+6. runs the two-stage path (decode z, read the attributes off the decoded faces) when given;
+7. times each part (``embed_s``, ``after_embed_s``, ``counterfactual_s``, ``two_stage_s``);
+8. applies the error policy (``on_error``) and fires ``frx_analysis_completed`` on rank 0.
+
+The adapters decide only *when* a pass runs and *where* its numbers go.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from frx_plugin.counterfactual.measures import choose_counterfactual_path, counterfactual_embedder, counterfactual_measures
+from frx_plugin.counterfactual.significance import exact_embedder
+from frx_plugin.collectives import Collectives, SingleProcess, gather_rows, merge_ranks, metric_sync, shard_indices
+from frx_plugin.errors import AnalysisError, CounterfactualError
+from frx_plugin.model import embed_probe_set, hook_embedder, model_device, unwrap
+from frx_plugin.plugins import get_plugin_manager
+from frx_plugin.probe import ProbeSet
+from frx_plugin.report import Report
+from frx_plugin.verification import listed_pair_verification, verification
+
+ON_ERROR = ("warn", "raise")
+#: Options of the counterfactual part of a pass.
+COUNTERFACTUAL_PATHS = ("auto", "exact", "latent", "off")
+#: The keys of a pass's timing (seconds), logged as ``frx/time/<key>``.
+TIMING_KEYS = ("embed_s", "after_embed_s", "counterfactual_s", "two_stage_s")
+
+__all__ = ["AnalysisConfig", "COUNTERFACTUAL_PATHS", "ON_ERROR", "PassPlan", "PassResult", "run_pass", "scalar_metrics"]
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Options of the leakage and verification part of a pass (validated on construction)."""
+
+    n_folds: int = 5
+    n_bootstrap: int = 200
+    seed: int = 0
+    fmr: float = 1e-3
+    batch_size: int = 256
+    head: str = "ridge"
+    C: float = 1.0
+
+    def __post_init__(self) -> None:
+        from frx_plugin.recovery import HEADS
+
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {list(HEADS)}, got {self.head!r}")
+        if not isinstance(self.C, (int, float)) or isinstance(self.C, bool) or not (0.0 < float(self.C) < math.inf):
+            raise ValueError(f"C (the inverse logistic penalty) must be a positive number, got {self.C!r}")
+        if not isinstance(self.n_folds, int) or self.n_folds < 2:
+            raise ValueError(f"n_folds must be an integer of at least 2, got {self.n_folds!r}")
+        if not isinstance(self.n_bootstrap, int) or self.n_bootstrap < 0:
+            raise ValueError(f"n_bootstrap must be a non-negative integer, got {self.n_bootstrap!r}")
+        if not (isinstance(self.fmr, float) and 0.0 < self.fmr < 1.0):
+            raise ValueError(f"fmr must be a float in (0, 1), got {self.fmr!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    """What a pass measures. Make one with :meth:`for_probe`, which decides the counterfactual path once.
+
+    ``counterfactuals``: the path decided ("exact", "latent") or ``None`` (off); ``generator``: the
+    generator of the exact path; ``notices``: what the decision has to tell the user (a warning each).
+    """
+
+    config: AnalysisConfig = AnalysisConfig()
+    counterfactuals: str | None = None
+    generator: Any = None
+    significance_samples: int = 128
+    max_error_pairs: int = 16
+    on_error: str = "warn"
+    notices: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.config, AnalysisConfig):
+            raise TypeError(f"config must be a frx_plugin.passes.AnalysisConfig, got {type(self.config).__name__}")
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
+        if self.counterfactuals not in (None, "exact", "latent"):
+            raise ValueError(f"counterfactuals must be 'exact', 'latent' or None, got {self.counterfactuals!r}")
+        if self.counterfactuals == "exact" and self.generator is None:
+            raise ValueError("the exact counterfactual path needs a generator")
+        _positive_int("significance_samples", self.significance_samples)
+        _positive_int("max_error_pairs", self.max_error_pairs)
+
+    @classmethod
+    def for_probe(cls, probe: ProbeSet, *, config: AnalysisConfig = AnalysisConfig(), counterfactuals: str = "auto",
+                  significance_samples: int = 128, max_error_pairs: int = 16, on_error: str = "warn") -> "PassPlan":
+        """The plan for ``probe``. ``counterfactuals``: "auto" (exact when a registered generator can
+        render the probe set, latent otherwise, with a notice), "exact" (an error now if none can),
+        "latent" or "off"."""
+        if counterfactuals not in COUNTERFACTUAL_PATHS:
+            raise ValueError(f"counterfactuals must be one of {COUNTERFACTUAL_PATHS}, got {counterfactuals!r}")
+        path, generator, notices = None, None, ()
+        if counterfactuals != "off":
+            path, generator = choose_counterfactual_path(probe, counterfactuals)
+            if counterfactuals == "auto" and path == "latent":
+                notices = (
+                    f"no generator (hook frx_register_generators) can render {probe.source}; identity significance and "
+                    "error attribution use the latent path (pass counterfactuals='exact' to require a generator, 'off' to skip)",
+                )
+        return cls(config=config, counterfactuals=path, generator=generator, significance_samples=significance_samples,
+                   max_error_pairs=max_error_pairs, on_error=on_error, notices=notices)
+
+
+@dataclass
+class PassResult:
+    """What a pass gave: its ``report`` (``None`` when it failed), the ``failure`` message, ``timing`` in
+    seconds (:data:`TIMING_KEYS`), and ``decoded`` — (originals, decoded faces, their identity
+    similarity) of the two-stage path for figures, or ``None``."""
+
+    report: Report | None
+    failure: str | None = None
+    timing: dict[str, float] = field(default_factory=dict)
+    decoded: tuple | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.report is not None
+
+
+# --------------------------------------------------------------------------- parts of the pass
+
+
+def probe_leakage(embeddings: torch.Tensor, probe: ProbeSet, config: AnalysisConfig = AnalysisConfig(),
+                  indices: torch.Tensor | None = None, collectives: Collectives | None = None) -> Report:
+    """Leakage of every attribute of ``probe`` from the embeddings of the samples ``indices`` (default all).
+
+    Streamed: each process passes its own disjoint shard and the statistics are summed through
+    ``collectives``, so every process gets the result of the whole probe set (every process must
+    call this: it runs collectives).
+    """
+    from frx_plugin.streaming import analyze_stream
+
+    if indices is None:
+        indices = torch.arange(len(probe))
+    distributed = collectives is not None and collectives.world_size > 1
+    labels = {name: value[indices] for name, value in probe.labels.items()}
+    masked = [a.name for a in probe.schema if bool(a.missing_mask(probe.labels[a.name]).any())]
+    return analyze_stream(
+        lambda: [(embeddings, probe.identity[indices], labels)],
+        probe.identity,
+        probe.schema,
+        n_folds=config.n_folds,
+        n_bootstrap=config.n_bootstrap,
+        seed=config.seed,
+        sync_on_compute=distributed,
+        masked_attributes=masked,
+        dist_sync_fn=metric_sync(collectives) if distributed else None,
+    )
+
+
+def probe_verification(embeddings: torch.Tensor, probe: ProbeSet, fmr: float):
+    """Verification on the probe set's listed pairs (``probe.pairs``, a verification file), else on all pairs."""
+    listed = getattr(probe, "pairs", None)
+    if listed is not None:
+        return listed_pair_verification(embeddings, probe.identity, listed, fmr=fmr)
+    return verification(embeddings, probe.identity, fmr=fmr)
+
+
+def _embed_shard(model: Any, probe: ProbeSet, indices: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, BaseException | None]:
+    """This process's embeddings and what went wrong (an exception, or NaN/infinity rows), never raised here."""
+    try:
+        local = embed_probe_set(model, probe, indices, batch_size)
+    except Exception as exc:  # noqa: BLE001 - every rank learns of it before the first collective
+        return torch.empty(0, 0), exc
+    bad = int((~torch.isfinite(local).all(1)).sum()) if local.numel() else 0
+    if bad:
+        return local, AnalysisError(
+            f"embeddings contain NaN or infinity in {bad} of this process's {local.shape[0]} probe rows — did the training diverge?"
+        )
+    return local, None
+
+
+def _sharded_exact_embedder(model: Any, generator: Any, batch_size: int, collectives: Collectives, dim: int):
+    """The exact embedder, each process rendering and embedding its share of the changed faces; all get all."""
+    base = exact_embedder(model, generator, batch_size)
+    if collectives.world_size == 1:
+        return base
+
+    def embed(rows: torch.Tensor, attribute: str, values: torch.Tensor) -> torch.Tensor:
+        mine = torch.arange(collectives.rank, rows.numel(), collectives.world_size)
+        # a rank with no share still takes part in the gather; a rank whose share fails sends NaN,
+        # so every rank sees the failure after the gather and stops alike
+        try:
+            local = base(rows[mine], attribute, values[mine]) if mine.numel() else torch.empty(0, dim)
+            failure = None
+        except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+            local, failure = torch.full((mine.numel(), dim), math.nan), exc
+        gathered = gather_rows(collectives, local, rows.numel())
+        if failure is not None:
+            raise failure
+        if not bool(torch.isfinite(gathered).all()):
+            raise CounterfactualError(f"changed faces of {attribute!r} could not be embedded on every process (NaN)")
+        return gathered
+
+    return embed
+
+
+def _counterfactuals(model: Any, probe: ProbeSet, embeddings: torch.Tensor, report: Report, plan: PassPlan,
+                     collectives: Collectives) -> None:
+    """Identity significance and error attribution (every rank, same inputs, same collectives)."""
+    embed, attributes, unchanged = counterfactual_embedder(
+        model, embeddings, probe.labels, probe.schema, report, plan.counterfactuals, generator=plan.generator, probe=probe,
+        batch_size=plan.config.batch_size,
+    )
+    if plan.counterfactuals == "exact":
+        if unchanged:
+            report.warnings.append(f"counterfactuals: the generator cannot change {unchanged}; they are left out")
+        embed = _sharded_exact_embedder(model, plan.generator, plan.config.batch_size, collectives, embeddings.shape[1])
+    try:
+        counterfactual_measures(
+            embeddings, probe, report, plan.config, embed, path=plan.counterfactuals,
+            significance_samples=plan.significance_samples, max_error_pairs=plan.max_error_pairs, attributes=attributes,
+        )
+    except Exception as exc:  # noqa: BLE001 - leakage and verification of the pass still count
+        # data that allows no counterfactual (too few impostor pairs for τ, …) is a warning; any other
+        # failure follows on_error. Both happen on every rank alike (the inputs are the same everywhere).
+        if plan.on_error == "raise" and not isinstance(exc, AnalysisError):
+            raise
+        report.warnings.append(f"counterfactuals skipped: {type(exc).__name__}: {exc}")
+
+
+_FIT_KEYS = ("pixel_loss_start", "pixel_loss_end", "identity_loss_start", "identity_loss_end")
+
+
+def _fold_summary(results: list, n_folds: int) -> torch.Tensor:
+    """(n_folds, 5): failed flag and the fit's losses of each fold this rank ran, NaN elsewhere."""
+    summary = torch.full((n_folds, 1 + len(_FIT_KEYS)), math.nan, dtype=torch.float64)
+    for r in results:
+        fit = r.fit or {}
+        summary[r.fold] = torch.tensor(
+            [0.0 if r.error is None else 1.0, *(math.nan if fit.get(k) is None else float(fit[k]) for k in _FIT_KEYS)],
+            dtype=torch.float64,
+        )
+    return summary
+
+
+def _two_stage(model: Any, embeddings: torch.Tensor, report: Report, two_stage: Any, plan: PassPlan,
+               collectives: Collectives):
+    """Decoders and estimator; each rank trains the decoders of its own folds. Returns the figure's faces or ``None``."""
+    n_folds = two_stage.config.n_folds
+    folds = list(range(collectives.rank, n_folds, collectives.world_size))
+    results, problem = [], None
+    try:
+        embed = hook_embedder(model)
+        results = [two_stage.run_fold(f, embeddings, model, embed) for f in folds]
+    except Exception as exc:  # noqa: BLE001 - every rank learns of it below, before the gather
+        problem = exc
+    if collectives.any(problem is not None):
+        message = f"{type(problem).__name__}: {problem}" if problem else "it failed on another process"
+        report.warnings.append(f"two-stage recovery skipped: {message}")
+        if plan.on_error == "raise" and problem is not None and not isinstance(problem, AnalysisError):
+            raise problem
+        return None
+    # each fold's readings and fit summary, NaN where another rank owns the fold; merged after one gather each
+    width = (len(two_stage.attributes) + 1) * two_stage.config.samples
+    mine = torch.full((embeddings.shape[0], width), math.nan, dtype=torch.float64)
+    for r in results:
+        mine = torch.where(torch.isnan(mine), two_stage.pack(r), mine)
+    mine, summary = merge_ranks(collectives, mine), merge_ranks(collectives, _fold_summary(results, n_folds))
+    readings, similarity = two_stage.unpack(mine)
+    local_errors = {r.fold: r.error for r in results if r.error}
+    errors, fits = [], {}
+    for fold in range(n_folds):
+        row = summary[fold].tolist()
+        if row[0] == 1.0:
+            errors.append(local_errors.get(fold, f"the decoder of fold {fold} failed on another process (diverged)"))
+        fits[fold] = {k: (None if math.isnan(v) else v) for k, v in zip(_FIT_KEYS, row[1:])}
+    for message in errors:
+        report.warnings.append(f"two-stage: {message}; its faces are left out of R_k and training goes on")
+    report.recovery = two_stage.measures(embeddings, readings, similarity, fits, errors)
+    first = next((r for r in results if r.fold == 0 and r.decoded is not None), None)
+    return (first.originals, first.decoded, first.similarity[: first.decoded.shape[0]]) if first is not None else None
+
+
+# --------------------------------------------------------------------------- the pass
+
+
+def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectives: Collectives | None = None, *,
+             two_stage: Any = None, context: dict[str, Any] | None = None) -> PassResult:
+    """One analysis pass of ``model`` on ``probe`` (see the module); every process of the run must call it alike.
+
+    ``collectives``: how the processes exchange (default one process, on the model's device);
+    ``two_stage``: a :class:`~frx_plugin.two_stage.TwoStage` to run the paper's two stages in this
+    pass, or ``None``; ``context``: what ``frx_analysis_completed`` receives beside the report
+    (framework, epoch, global step, out_dir, …). A failure follows ``plan.on_error``: "raise"
+    raises it (on every rank), "warn" returns a result without report whose ``failure`` says why.
+    """
+    model = unwrap(model)
+    collectives = collectives or SingleProcess(model_device(model))
+    timing = dict.fromkeys(TIMING_KEYS, 0.0)
+    try:
+        started = time.perf_counter()
+        indices = shard_indices(collectives, len(probe))
+        local, problem = _embed_shard(model, probe, indices, plan.config.batch_size)
+        if collectives.any(problem is not None):
+            raise problem or AnalysisError("the analysis pass failed on another process; it is skipped on every process")
+        embedded = time.perf_counter()
+        report = probe_leakage(local, probe, plan.config, indices, collectives)
+        embeddings = gather_rows(collectives, local, len(probe))  # verification compares every pair
+        report.verification = probe_verification(embeddings, probe, plan.config.fmr)
+        if plan.counterfactuals is not None:
+            start = time.perf_counter()
+            _counterfactuals(model, probe, embeddings, report, plan, collectives)
+            timing["counterfactual_s"] = time.perf_counter() - start
+        decoded = None
+        if two_stage is not None:
+            start = time.perf_counter()
+            decoded = _two_stage(model, embeddings, report, two_stage, plan, collectives)
+            timing["two_stage_s"] = time.perf_counter() - start
+        timing["embed_s"] = embedded - started
+        timing["after_embed_s"] = time.perf_counter() - embedded - timing["counterfactual_s"] - timing["two_stage_s"]
+        report.timing = dict(timing)
+    except Exception as exc:
+        if plan.on_error == "raise":
+            raise
+        return PassResult(report=None, failure=f"{type(exc).__name__}: {exc}", timing=timing)
+    if collectives.rank == 0:
+        get_plugin_manager().hook.frx_analysis_completed(report=report, context=dict(context or {}))
+    return PassResult(report=report, timing=timing, decoded=decoded)
+
+
+def scalar_metrics(report: Report) -> dict[str, float]:
+    """The report's numbers under the names loggers use.
+
+    ``frx/leakage/<attribute>`` (with ``/low`` and ``/high``), ``frx/<metric>/<attribute>``,
+    ``frx/verification/tar_at_fmr_<fmr>``, ``frx/significance/<attribute>``, ``frx/errors/…``,
+    the two-stage path's ``frx/recovery/…`` and the pass's cost ``frx/time/<part>_s``.
+    """
+    out: dict[str, float] = {}
+    for item in report.leakage:
+        out[f"frx/leakage/{item.name}"] = item.leakage
+        out[f"frx/leakage/{item.name}/low"] = item.leakage_low
+        out[f"frx/leakage/{item.name}/high"] = item.leakage_high
+        out[f"frx/{item.metric}/{item.name}"] = item.value
+    if report.verification is not None:
+        out[f"frx/verification/tar_at_fmr_{report.verification.fmr:g}"] = report.verification.tar
+    for name, estimate in report.significance.items():
+        out[f"frx/significance/{name}"] = estimate["value"]
+        out[f"frx/significance/{name}/low"] = estimate["low"]
+        out[f"frx/significance/{name}/high"] = estimate["high"]
+    for kind, shares in report.error_attribution.items():
+        prefix = "frx/errors" if kind == "all" else f"frx/errors/{kind}"
+        for name, share in shares.items():
+            out[f"{prefix}/{name}"] = share
+    if report.recovery is not None:
+        from frx_plugin.two_stage import recovery_scalars
+
+        out.update(recovery_scalars(report.recovery))
+    for key, seconds in report.timing.items():
+        out[f"frx/time/{key}"] = seconds
+    return {k: float(v) for k, v in out.items() if v is not None and not math.isnan(float(v))}
