@@ -78,18 +78,19 @@ def write_history(
     schema: AttributeSchema,
     records: Sequence[dict[str, Any]],
     tensors: dict[str, torch.Tensor],
+    failures: Sequence[dict[str, Any]] = (),
 ) -> None:
-    """Write the whole history (records in pass order; tensors keyed ``pass<k>.<name>``) atomically."""
+    """Write the whole history (records in pass order; tensors keyed ``pass<k>.<name>``; failed passes) atomically."""
     out_dir = Path(out_dir)
-    document = {"format": HISTORY_FORMAT, "attributes": schema.to_json(), "records": list(records)}
+    document = {"format": HISTORY_FORMAT, "attributes": schema.to_json(), "records": list(records), "failures": list(failures)}
     text = json.dumps(document, indent=1, allow_nan=False)
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     atomic_write(out_dir / HISTORY_TENSORS, lambda p: save_file(flat, str(p), metadata={"format": HISTORY_FORMAT}))
     atomic_write_text(out_dir / HISTORY_JSON, text)
 
 
-def read_history(out_dir: Path) -> tuple[AttributeSchema, list[dict[str, Any]], dict[str, torch.Tensor]]:
-    """Read a history folder; errors name the file and the field that is wrong."""
+def read_history_document(out_dir: Path) -> tuple[dict[str, Any], AttributeSchema, dict[str, torch.Tensor]]:
+    """The parsed ``history.json`` of a history folder, its schema and its tensors; errors name the file and the field."""
     out_dir = Path(out_dir)
     path = out_dir / HISTORY_JSON
     try:
@@ -102,18 +103,42 @@ def read_history(out_dir: Path) -> tuple[AttributeSchema, list[dict[str, Any]], 
         raise SchemaError(f"{path}: field 'format' must be {HISTORY_FORMAT!r}")
     if not isinstance(document.get("records"), list):
         raise SchemaError(f"{path}: field 'records' must be a list")
+    if not isinstance(document.setdefault("failures", []), list):
+        raise SchemaError(f"{path}: field 'failures' must be a list")
     schema = AttributeSchema.from_json(document.get("attributes"))
     tensor_path = out_dir / HISTORY_TENSORS
-    tensors = load_file(str(tensor_path)) if tensor_path.exists() else {}
+    try:
+        tensors = load_file(str(tensor_path)) if tensor_path.exists() else {}
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise SchemaError(f"{tensor_path}: not a readable safetensors file ({exc})") from None
+    return document, schema, tensors
+
+
+def read_history(out_dir: Path) -> tuple[AttributeSchema, list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """Read a history folder: (schema, records, tensors); errors name the file and the field that is wrong."""
+    document, schema, tensors = read_history_document(out_dir)
     return schema, document["records"], tensors
 
 
-class HistoryRecorder:
-    """Holds the passes of one run in memory and writes them as a history folder.
+def _order(record: dict[str, Any]) -> int:
+    """Where a pass stands in its run: its global step (its epoch where it has none)."""
+    step = record.get("global_step")
+    return int(record.get("epoch") or 0) if step is None else int(step)
 
-    Framework-free: the Lightning and InsightFace adapters keep one each and
-    put :meth:`state_dict` into their checkpoints, so a resumed run continues
-    the history without repeating or losing a pass.
+
+class HistoryRecorder:
+    """Holds the passes of one history folder in memory and writes them there.
+
+    Framework-free: the adapters keep one each and put :meth:`state_dict` into their
+    checkpoints. A history is never lost:
+
+    - a run **resumed** from a checkpoint (:meth:`load_state_dict`) continues the checkpoint's
+      history and replaces only the passes after it;
+    - a **new** run pointed at a folder that already holds a history continues it
+      (:meth:`continue_existing`): its passes follow the old ones, with the next ``run`` number.
+
+    Every record names its pass number (``pass_index``, over the whole file) and its ``run`` apart
+    from its ``epoch`` and ``global_step``; failed passes are kept in ``failures``.
     """
 
     def __init__(self, out_dir: Path | str, schema: AttributeSchema) -> None:
@@ -121,41 +146,103 @@ class HistoryRecorder:
         self.schema = schema
         self.records: list[dict[str, Any]] = []
         self.tensors: dict[str, torch.Tensor] = {}
+        self.failures: list[dict[str, Any]] = []
+        #: this run's number in the folder's history (0 for the first run)
+        self.run = 0
+        self._restored = False
+        self._opened = False
+
+    @property
+    def path(self) -> Path:
+        return self.out_dir / HISTORY_JSON
 
     @property
     def epochs(self) -> list[int]:
         return [r["epoch"] for r in self.records]
 
     def has_epoch(self, epoch: int) -> bool:
-        return any(r["epoch"] == epoch for r in self.records)
+        """Whether this run already has a pass at ``epoch``."""
+        return any(r["epoch"] == epoch and r.get("run", 0) == self.run for r in self.records)
 
-    def add(self, record: dict[str, Any], tensors: dict[str, torch.Tensor]) -> int:
-        """Append one pass; a pass for an epoch at or before the last one replaces it and drops what followed.
+    def check_folder(self) -> None:
+        """Refuse a folder whose history is of another probe set (different attributes), naming the file."""
+        if not self.path.exists():
+            return
+        _, schema, _ = read_history_document(self.out_dir)
+        if schema != self.schema:
+            raise SchemaError(
+                f"{self.path} holds the history of a probe set with other attributes ({list(schema.names)}); "
+                f"this run's probe set has {list(self.schema.names)}: pass another out_dir"
+            )
 
-        (That happens only when a run is resumed from a checkpoint older than
-        its newest pass: the passes after the checkpoint are re-run.)
-        Returns the pass index.
+    def continue_existing(self) -> list[str]:
+        """Once, before this run's first pass: take up the history already in the folder. Returns notices.
+
+        After a resume the checkpoint's history stands, and the folder's passes after it are
+        replaced (the notice says how many). Otherwise the folder's passes are kept and this run
+        follows them as run ``max(run) + 1``.
         """
-        epoch = record["epoch"]
-        keep = [r for r in self.records if r["epoch"] < epoch]
+        if self._opened:
+            return []
+        self._opened = True
+        if not self.path.exists():
+            return []
+        self.check_folder()
+        document, _, tensors = read_history_document(self.out_dir)
+        if self._restored:
+            later = len(document["records"]) - len(self.records)
+            return [f"resumed from a checkpoint: the {later} pass(es) of {self.path} after it are replaced by this run's"] if later > 0 else []
+        if self.records or not (document["records"] or document["failures"]):
+            return []
+        self.records, self.failures = list(document["records"]), list(document["failures"])
+        self.tensors = dict(tensors)
+        self.run = 1 + max(int(r.get("run", 0)) for r in self.records + self.failures)
+        return [f"continuing the history in {self.path}: {len(self.records)} pass(es) of earlier runs are kept; this is run {self.run}"]
+
+    def _drop_from(self, order: int) -> None:
+        """Drop this run's passes (and failures) at or after ``order`` — a resumed run re-running them."""
+        def later(r: dict[str, Any]) -> bool:
+            return int(r.get("run", 0)) == self.run and _order(r) >= order
+
+        keep = [r for r in self.records if not later(r)]
         if len(keep) != len(self.records):
             self.records = keep
             self.tensors = {k: v for k, v in self.tensors.items() if int(k.split(".", 1)[0][4:]) < len(keep)}
+        self.failures = [f for f in self.failures if not later(f)]
+
+    def add(self, record: dict[str, Any], tensors: dict[str, torch.Tensor]) -> int:
+        """Append one pass; a pass of this run at or before its last one replaces it and drops what followed.
+
+        (That happens only when a run is resumed from a checkpoint older than its newest pass:
+        the passes after the checkpoint are re-run.) Returns the pass index.
+        """
+        self._drop_from(_order(record))
         index = len(self.records)
-        self.records.append(dict(record, pass_index=index))
+        self.records.append(dict(record, pass_index=index, run=self.run))
         for name, value in tensors.items():
             self.tensors[tensor_key(index, name)] = value.detach().to("cpu", torch.float32).contiguous()
         return index
 
+    def add_failure(self, failure: dict[str, Any]) -> None:
+        """Keep a pass that failed (its ``epoch``, ``global_step`` and ``error``) in the history's ``failures``."""
+        self._drop_from(_order(failure))
+        self.failures.append(dict(failure, run=self.run))
+
     def write(self) -> None:
-        write_history(self.out_dir, self.schema, self.records, self.tensors)
+        write_history(self.out_dir, self.schema, self.records, self.tensors, self.failures)
 
     def state_dict(self) -> dict[str, Any]:
         # plain containers and tensors only: loadable with torch.load(weights_only=True)
-        return {"format": HISTORY_FORMAT, "records": json.dumps(self.records, allow_nan=False), "tensors": dict(self.tensors)}
+        return {
+            "format": HISTORY_FORMAT, "records": json.dumps(self.records, allow_nan=False), "tensors": dict(self.tensors),
+            "failures": json.dumps(self.failures, allow_nan=False), "run": self.run,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("format") != HISTORY_FORMAT:
             raise SchemaError(f"checkpoint state of the frx history has format {state.get('format')!r}, expected {HISTORY_FORMAT!r}")
         self.records = json.loads(state["records"])
         self.tensors = dict(state["tensors"])
+        self.failures = json.loads(state.get("failures", "[]"))
+        self.run = int(state.get("run", 0))
+        self._restored = True

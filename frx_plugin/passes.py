@@ -43,7 +43,9 @@ COUNTERFACTUAL_PATHS = ("auto", "exact", "latent", "off")
 #: The keys of a pass's timing (seconds), logged as ``frx/time/<key>``.
 TIMING_KEYS = ("embed_s", "after_embed_s", "counterfactual_s", "two_stage_s")
 
-__all__ = ["AnalysisConfig", "COUNTERFACTUAL_PATHS", "ON_ERROR", "PassPlan", "PassResult", "run_pass", "scalar_metrics"]
+__all__ = [
+    "AnalysisConfig", "COUNTERFACTUAL_PATHS", "ON_ERROR", "PassPlan", "PassResult", "prepare_two_stage", "run_pass", "scalar_metrics",
+]
 
 
 @dataclass(frozen=True)
@@ -300,6 +302,29 @@ def _two_stage(model: Any, embeddings: torch.Tensor, report: Report, two_stage: 
     report.recovery = two_stage.measures(embeddings, readings, similarity, fits, errors)
     first = next((r for r in results if r.fold == 0 and r.decoded is not None), None)
     return (first.originals, first.decoded, first.similarity[: first.decoded.shape[0]]) if first is not None else None
+
+
+def prepare_two_stage(probe: ProbeSet, config: Any, collectives: Collectives) -> Any:
+    """The :class:`~frx_plugin.two_stage.TwoStage` of ``config`` on every rank, made on rank 0 first.
+
+    Its estimator may train and cache itself on first use: rank 0 makes it, the others then load
+    it. A configuration error (no estimator, shapes that do not fit) is raised on every rank
+    alike, never on one alone (every rank must call this).
+    """
+    from frx_plugin.two_stage import TwoStage
+
+    made, problem = None, None
+    for turn in (True, False):
+        if (collectives.rank == 0) == turn and problem is None:
+            try:
+                made = TwoStage(probe, config)
+            except Exception as exc:  # noqa: BLE001 - raised below on every rank
+                problem = exc
+        if turn:
+            collectives.barrier()
+    if collectives.any(problem is not None):
+        raise problem or RuntimeError("frx: the two-stage path could not be set up on another process (see its error)")
+    return made
 
 
 # --------------------------------------------------------------------------- the pass

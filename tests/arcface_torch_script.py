@@ -3,6 +3,11 @@
 torch.distributed from RANK/WORLD_SIZE (gloo), the backbone wrapped in DistributedDataParallel, a
 DistributedSampler, an ArcFace margin head (no partial FC), SGD, and the callbacks called as
 ``callback(global_step, backbone)`` on every rank. Argument: the output folder.
+
+With ``FRX_TEST_BACKEND=refusecpu`` the default process group is a backend registered for CUDA
+devices only that refuses every collective on a CPU tensor, as NCCL does; training syncs its
+gradients through a gloo group of its own (``DistributedDataParallel(process_group=...)``), so
+only frx meets the refusing default group, and must not send it a CPU tensor.
 """
 
 import os
@@ -18,20 +23,50 @@ from tensorboardX import SummaryWriter  # noqa: E402
 from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
 
 from frx_insightface.arcface_torch import ArcFaceTorchCallback  # noqa: E402
-from frx_plugin.analysis import AnalysisConfig  # noqa: E402
+from frx_plugin.passes import AnalysisConfig  # noqa: E402
 from frx_plugin.models import ArcFaceHead, ResidualFaceNet  # noqa: E402
 from frx_plugin.synthetic import SyntheticFaceDataset, SyntheticFaceWorld, SyntheticProbeSet  # noqa: E402
+
+
+class RefuseCPU(dist.ProcessGroup):
+    """A process group for CUDA tensors only: every collective on a CPU tensor fails, as under NCCL."""
+
+    def getBackendName(self):
+        return "refusecpu"
+
+    def _refuse(self, *args, **kwargs):
+        raise RuntimeError("refusecpu: no CPU tensors in a collective of this backend (as NCCL)")
+
+    allreduce = allgather = broadcast = barrier = reduce_scatter = _allgather_base = allgather_into_tensor_coalesced = _refuse
+
+
+def init_refusing_default_group(rank: int, world: int):
+    dist.Backend.register_backend("refusecpu", lambda store, r, w, timeout: RefuseCPU(r, w), devices=["cuda"])
+    dist.init_process_group("refusecpu", rank=rank, world_size=world)
+    try:
+        dist.all_reduce(torch.ones(1))
+    except RuntimeError as exc:
+        assert "refusecpu" in str(exc), exc
+    else:
+        raise AssertionError("the refusing backend took a CPU tensor")
+    return dist.new_group(backend="gloo")  # the training's own group
+
 
 if __name__ == "__main__":
     out = Path(sys.argv[1])
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
+    refuse = os.environ.get("FRX_TEST_BACKEND") == "refusecpu"
+    group = None
     if world > 1:
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+        if refuse:
+            group = init_refusing_default_group(rank, world)
+        else:
+            dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
     backbone = ResidualFaceNet(embedding_dim=32, widths=(8, 16, 16, 32), input_size=32)
     if world > 1:
-        backbone = torch.nn.parallel.DistributedDataParallel(backbone)
+        backbone = torch.nn.parallel.DistributedDataParallel(backbone, process_group=group)
     head = ArcFaceHead(32, 30)
     train = SyntheticFaceDataset(SyntheticFaceWorld(30, 8, seed=0, size=32))
     sampler = DistributedSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=0) if world > 1 else None
@@ -54,9 +89,11 @@ if __name__ == "__main__":
     if writer is not None:
         writer.close()
     assert not frx.failures, frx.failures
+    if rank == 0:
+        (out / "collectives.txt").write_text(repr(frx._collectives))
     if world > 1:
         # an orderly teardown: both ranks done, the DDP reducer (which holds the process group) gone first;
         # tearing down with the reducer alive let a rank abort at exit ("terminate called without an active exception")
-        dist.barrier()
+        dist.barrier(group=group)
         del backbone, optimizer
         dist.destroy_process_group()

@@ -126,17 +126,24 @@ def test_on_error_raise_stops_the_run(tmp_path):
         _trainer(tmp_path, [callback], 3).fit(TinyFaceModule(nan_after_epoch=1), make_train_loader())
 
 
-def test_an_unwritable_history_folder_does_not_stop_training(tmp_path):
+def test_an_unwritable_history_folder_does_not_stop_training_and_the_loggers_still_get_every_pass(tmp_path):
+    import csv
+
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the history folder should be")
     callback = AttributeRecoveryCallback(make_probe(), out_dir=blocker, n_bootstrap=0)
-    with pytest.warns(UserWarning, match="epoch 0 failed"):
-        trainer = _trainer(tmp_path, [callback], 1)
+    with pytest.warns(UserWarning, match="history could not be written to .*not-a-folder"):
+        trainer = _trainer(tmp_path, [callback], 1, logger=CSVLogger(tmp_path, name="logs"))
         trainer.fit(TinyFaceModule(), make_train_loader())
     assert trainer.current_epoch == 1
-    # nothing computed is lost: the passes stay in the callback's state (and so in checkpoints)
+    # nothing computed is lost: the passes stay in the callback's state (and so in checkpoints) ...
     assert callback.history.epochs == [0, 1]
-    assert len(callback.failures) == 2
+    # ... they are not described as failed passes, since they were kept ...
+    assert callback.failures == []
+    # ... and the loggers got their scalars although the files could not be written
+    with open(trainer.logger.log_dir + "/metrics.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("frx/leakage/bright")]
+    assert [float(r["frx/epoch"]) for r in rows] == [0.0, 1.0]
 
 
 def test_counterfactuals_are_logged_exact_on_the_synthetic_world_and_latent_elsewhere(tmp_path):

@@ -2,137 +2,198 @@
 
 arcface_torch's ``train_v2.py`` calls its callbacks as ``callback(global_step, backbone)`` on every
 rank, with the backbone wrapped in ``DistributedDataParallel``. :class:`ArcFaceTorchCallback` has
-that signature: every ``every_n_steps`` steps it runs an frx pass on every rank (each rank embeds
-its own shard of the probe set, the statistics are reduced across ranks, the embeddings gathered
-for verification), the global-zero rank writes the history, and, given a ``SummaryWriter``, the
-scalars go to it under the Lightning adapter's names (``frx/leakage/<attribute>``, …)::
+that signature: every ``every_n_steps`` steps it runs the frx pass (:func:`frx_plugin.passes.run_pass`,
+the same pass as the Lightning callback's) on every rank, the global-zero rank writes the history,
+logs one line to arcface_torch's log (Python ``logging``), and, given a ``SummaryWriter``, sends the
+scalars to it under the Lightning adapter's names (``frx/leakage/<attribute>``, …)::
 
-    frx_callback = ArcFaceTorchCallback(probe, out_dir=cfg.output + "/frx", every_n_steps=2000, writer=summary_writer)
+    frx_callback = ArcFaceTorchCallback(probe, out_dir=os.path.join(cfg.output, "frx"), every_n_steps=2000,
+                                        writer=summary_writer)
+    if cfg.resume:
+        frx_callback.load_state_dict(dict_checkpoint["state_frx"])
     ...
-    for global_step, (img, labels) in enumerate(train_loader):
-        ...
-        callback_verification(global_step, backbone)
-        frx_callback(global_step, backbone)
+    for epoch in range(start_epoch, cfg.num_epoch):
+        for _, (img, local_labels) in enumerate(train_loader):
+            global_step += 1
+            ...
+            with torch.no_grad():
+                frx_callback(global_step, backbone, epoch=epoch)   # every rank; it keeps its own schedule
+    ...
+        checkpoint = {..., "state_frx": frx_callback.state_dict()}
 
-A pass that fails (NaN embeddings, an exception on any rank) is skipped on every rank with a
-warning, and training goes on, unless ``on_error="raise"``.
+The collectives travel on a device the process group supports (the current CUDA device under
+NCCL; see :class:`frx_plugin.collectives.TorchDistributed`). A pass that fails (NaN embeddings, an
+exception on any rank) is skipped on every rank, logged, and kept in the history's ``failures``;
+training goes on, unless ``on_error="raise"``.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
+import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.distributed as dist
-
-from frx_plugin.analysis import ON_ERROR, AnalysisConfig, embed_probe_set, probe_leakage, scalar_metrics
+from frx_plugin.collectives import Collectives, default_collectives
 from frx_plugin.history import HistoryRecorder
-from frx_plugin.plugins import get_plugin_manager
+from frx_plugin.model import model_device, unwrap
+from frx_plugin.passes import COUNTERFACTUAL_PATHS, ON_ERROR, AnalysisConfig, PassPlan, prepare_two_stage, run_pass, scalar_metrics
 from frx_plugin.probe import ProbeSet
-from frx_plugin.errors import AnalysisError
 from frx_plugin.report import Report
-from frx_plugin.verification import verification
+from frx_plugin.two_stage import TwoStageConfig
+
+log = logging.getLogger("frx")
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _any_rank(flag: bool, world: int) -> bool:
-    if world == 1:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0])
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
-
-
-def _gather(local: torch.Tensor, n: int, rank: int, world: int) -> torch.Tensor:
-    """All N embeddings in order on every rank from each rank's ``rank::world`` share (padding dropped)."""
-    if world == 1:
-        return local
-    per_rank = math.ceil(n / world)
-    padded = torch.zeros(per_rank, local.shape[1])
-    padded[: local.shape[0]] = local
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    full = torch.empty(n, local.shape[1])
-    for r in range(world):
-        full[r::world] = parts[r][: len(range(r, n, world))]
-    return full
+def _positive(name: str, value: Any, allow_none: bool = False) -> None:
+    if allow_none and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer{' or None (off)' if allow_none else ''}, got {value!r}")
 
 
 class ArcFaceTorchCallback:
     """An frx pass every ``every_n_steps`` steps of an arcface_torch loop (see the module).
 
-    The history's ``epoch`` field holds the pass number (``global_step // every_n_steps``) and
-    ``global_step`` the step; ``writer`` is any object with ``add_scalar(tag, value, step)``
-    (``torch.utils.tensorboard.SummaryWriter``, tensorboardX's).
+    Args:
+        probe: the probe set (images with identities and attributes) each pass embeds.
+        out_dir: where ``history.json`` and ``history.safetensors`` go; a history already there is continued.
+        every_n_steps: a pass when ``global_step % every_n_steps == 0``.
+        writer: any object with ``add_scalar(tag, value, step)`` (``SummaryWriter``, tensorboardX's), or ``None``.
+        config: the leakage and verification options (:class:`frx_plugin.passes.AnalysisConfig`).
+        on_error: "warn" (a failed pass is logged and skipped) or "raise".
+        counterfactuals: "auto", "exact", "latent" or "off" (identity significance and error attribution).
+        significance_samples: probe samples whose counterfactuals a pass makes.
+        max_error_pairs: errors of each kind a pass explains.
+        decode_every_n_steps: the paper's two stages every that many steps (a multiple of
+            ``every_n_steps``), or ``None`` (off: they train decoders).
+        two_stage: the two stages' options (:class:`frx_plugin.two_stage.TwoStageConfig`).
     """
 
     def __init__(self, probe: ProbeSet, out_dir: str | Path = "frx-history", every_n_steps: int = 2000, writer: Any = None,
-                 config: AnalysisConfig = AnalysisConfig(), on_error: str = "warn") -> None:
+                 config: AnalysisConfig = AnalysisConfig(), on_error: str = "warn", counterfactuals: str = "auto",
+                 significance_samples: int = 128, max_error_pairs: int = 16, decode_every_n_steps: int | None = None,
+                 two_stage: TwoStageConfig | None = None) -> None:
         if not isinstance(probe, ProbeSet):
             raise TypeError(f"probe must be a frx_plugin.probe.ProbeSet, got {type(probe).__name__}")
-        if not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool) or every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be a positive integer, got {every_n_steps!r}")
+        _positive("every_n_steps", every_n_steps)
+        _positive("decode_every_n_steps", decode_every_n_steps, allow_none=True)
+        if decode_every_n_steps is not None and decode_every_n_steps % every_n_steps:
+            raise ValueError(f"decode_every_n_steps ({decode_every_n_steps}) must be a multiple of every_n_steps ({every_n_steps})")
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        if counterfactuals not in COUNTERFACTUAL_PATHS:
+            raise ValueError(f"counterfactuals must be one of {COUNTERFACTUAL_PATHS}, got {counterfactuals!r}")
         if writer is not None and not callable(getattr(writer, "add_scalar", None)):
             raise TypeError(f"writer must have add_scalar(tag, value, step) (a SummaryWriter), got {type(writer).__name__}")
+        if two_stage is not None and not isinstance(two_stage, TwoStageConfig):
+            raise TypeError(f"two_stage must be a frx_plugin.two_stage.TwoStageConfig, got {type(two_stage).__name__}")
         self.probe, self.out_dir, self.every_n_steps = probe, Path(out_dir), every_n_steps
         self.writer, self.config, self.on_error = writer, config, on_error
+        self.plan = PassPlan.for_probe(probe, config=config, counterfactuals=counterfactuals,
+                                       significance_samples=significance_samples, max_error_pairs=max_error_pairs, on_error=on_error)
+        self.decode_every_n_steps = decode_every_n_steps
+        self.two_stage_config = two_stage or TwoStageConfig(seed=config.seed, n_bootstrap=config.n_bootstrap)
+        if decode_every_n_steps is not None:
+            from frx_plugin.plugins import require_decoder
+
+            require_decoder(self.two_stage_config.decoder)  # an unknown name is an error now, not at the first pass
         self.history = HistoryRecorder(self.out_dir, probe.schema)
-        self.failures: list[dict[str, Any]] = []
+        self.history.check_folder()  # another probe set's history in out_dir is refused now
+        self.two_stage: Any = None
+        self._two_stage_state: dict[str, Any] = {}
+        self._collectives: Collectives | None = None
         self.last_report: Report | None = None
 
-    def __call__(self, global_step: int, backbone: Any) -> None:
-        if global_step % self.every_n_steps == 0:
-            self.run(global_step, backbone)
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        """The passes that failed (``epoch``, ``global_step``, ``error``), as kept in the history."""
+        return self.history.failures
 
-    def run(self, global_step: int, backbone: Any) -> Report | None:
-        """One pass now (every rank must call it: it runs collectives)."""
-        rank, world = _world()
-        module = backbone.module if isinstance(backbone, torch.nn.parallel.DistributedDataParallel) else backbone
-        report = None
-        try:
-            indices = torch.arange(rank, len(self.probe), world)
-            problem: BaseException | None = None
-            try:
-                local = embed_probe_set(module, self.probe, indices, self.config.batch_size)
-                if local.numel() and not bool(torch.isfinite(local).all()):
-                    problem = AnalysisError("embeddings contain NaN or infinity — did the training diverge?")
-            except Exception as exc:  # noqa: BLE001 - every rank learns of it before the first collective
-                problem = exc
-            if _any_rank(problem is not None, world):
-                raise problem or RuntimeError("the analysis pass failed on another process; it is skipped on every process")
-            report = probe_leakage(local, self.probe, self.config, indices, distributed=world > 1)
-            embeddings = _gather(local, len(self.probe), rank, world)
-            report.verification = verification(embeddings, self.probe.identity, fmr=self.config.fmr)
-            report.epoch, report.global_step = global_step // self.every_n_steps, global_step
+    def __call__(self, global_step: int, backbone: Any, epoch: int | None = None) -> None:
+        if global_step % self.every_n_steps == 0:
+            self.run(global_step, backbone, epoch=epoch)
+
+    # -- checkpoints: one more key in arcface_torch's checkpoint dict ------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The history (and the decoders' warm start): put it in the checkpoint as ``"state_frx"``.
+
+        Plain containers and tensors only, so ``torch.load(..., weights_only=True)`` reads it.
+        """
+        state: dict[str, Any] = {"history": self.history.state_dict()}
+        if self.two_stage is not None:
+            state["two_stage"] = self.two_stage.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint's ``"state_frx"``: its passes stand, the ones after it are re-run."""
+        self.history.load_state_dict(state["history"])
+        self._two_stage_state = dict(state.get("two_stage", {}))
+        if self.two_stage is not None and self._two_stage_state:
+            self.two_stage.load_state_dict(self._two_stage_state)
+
+    # -- the pass ----------------------------------------------------------------------------------------
+    def _begin(self, module: Any) -> Collectives:
+        """Once, at the first pass (every rank): the collectives, the folder's history, the two-stage path."""
+        if self._collectives is None:
+            self._collectives = default_collectives(model_device(module))
+            for notice in list(self.plan.notices) + self.history.continue_existing():
+                if self._collectives.rank == 0:
+                    log.warning("frx: %s", notice)
+            if self.decode_every_n_steps is not None:
+                self.two_stage = prepare_two_stage(self.probe, self.two_stage_config, self._collectives)
+                if self._two_stage_state:
+                    self.two_stage.load_state_dict(self._two_stage_state)
+        return self._collectives
+
+    def run(self, global_step: int, backbone: Any, epoch: int | None = None) -> Report | None:
+        """One pass now (every rank must call it: it runs collectives). Returns its report, or ``None`` if it failed."""
+        module = unwrap(backbone)
+        collectives = self._begin(module)
+        decode = self.two_stage is not None and global_step % self.decode_every_n_steps == 0
+        context = {"epoch": epoch, "global_step": global_step, "out_dir": str(self.out_dir), "framework": "arcface_torch"}
+        result = run_pass(module, self.probe, self.plan, collectives, two_stage=self.two_stage if decode else None, context=context)
+        report = result.report
+        if report is None:
+            self.history.add_failure({"epoch": epoch, "global_step": global_step, "error": result.failure})
+            if collectives.rank == 0:
+                log.warning("frx: the analysis pass at step %d failed and is skipped; training goes on. %s", global_step, result.failure)
+        else:
+            report.epoch, report.global_step = epoch, global_step
             self.last_report = report
             self.history.add(report.to_record(), report.tensors)
-            if rank == 0:
-                self.history.write()
-                if self.writer is not None:
-                    for tag, value in scalar_metrics(report).items():
-                        self.writer.add_scalar(tag, value, global_step)
-                get_plugin_manager().hook.frx_analysis_completed(
-                    report=report,
-                    context={"epoch": report.epoch, "global_step": global_step, "out_dir": str(self.out_dir), "framework": "arcface_torch"},
-                )
-        except Exception as exc:
-            if self.on_error == "raise":
-                raise
-            self.failures.append({"global_step": global_step, "error": f"{type(exc).__name__}: {exc}"})
-            if rank == 0:
-                warnings.warn(f"frx: the analysis pass at step {global_step} failed and is skipped; training goes on. "
-                              f"{type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=2)
-            report = None
-        if world > 1:
-            dist.barrier()
+            if collectives.rank == 0:
+                self._publish(report, global_step)
+        if collectives.rank == 0:
+            self._write_history()
+        collectives.barrier()
         return report
+
+    def _publish(self, report: Report, global_step: int) -> None:
+        """Rank 0: the writer's scalars and one line in the training log."""
+        scalars = scalar_metrics(report)
+        if self.writer is not None:
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, global_step)
+        for message in report.warnings:
+            log.warning("frx (step %d): %s", global_step, message)
+        log.info("frx: step %d %s", global_step, summary_line(report))
+
+    def _write_history(self) -> None:
+        try:
+            self.history.write()
+        except OSError as exc:  # the writer and the log already have the pass
+            log.warning("frx: the history could not be written to %s (%s); the pass is kept in memory", self.out_dir, exc)
+
+
+def summary_line(report: Report, shown: int = 3) -> str:
+    """One line for a training log: TAR, the most and least leaked attributes, and the pass's seconds."""
+    parts = []
+    if report.verification is not None:
+        parts.append(f"TAR@FMR={report.verification.fmr:g} {report.verification.tar:.4f}")
+    ranked = sorted((a for a in report.leakage if a.leakage == a.leakage), key=lambda a: a.leakage, reverse=True)
+    if ranked:
+        parts.append("most leaked " + ", ".join(f"{a.name} {a.leakage:.3f}" for a in ranked[:shown]))
+        parts.append("least leaked " + ", ".join(f"{a.name} {a.leakage:.3f}" for a in ranked[::-1][:shown]))
+    if report.timing:
+        parts.append(f"{sum(report.timing.values()):.1f}s")
+    return "  ".join(parts)

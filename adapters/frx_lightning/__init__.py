@@ -1,5 +1,6 @@
 """frx for Lightning: a callback that logs attribute leakage of the embeddings while a model trains."""
 
-from frx_lightning.callback import AttributeRecoveryCallback, gather_embeddings, shard_indices
+from frx_lightning.callback import AttributeRecoveryCallback
+from frx_lightning.collectives import LightningCollectives
 
-__all__ = ["AttributeRecoveryCallback", "gather_embeddings", "shard_indices"]
+__all__ = ["AttributeRecoveryCallback", "LightningCollectives"]
