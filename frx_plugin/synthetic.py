@@ -47,7 +47,7 @@ from torch.utils.data import Dataset
 
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.probe import ProbeSet
-from frx_plugin.randomness import _box_muller, _hash, _uniform
+from frx_plugin.randomness import box_muller, hash_keys, uniform_from_bits
 
 __all__ = [
     "SYNTHETIC_SCHEMA",
@@ -168,7 +168,7 @@ SYNTHETIC_SCHEMA = AttributeSchema(
 )
 
 # --------------------------------------------------------------------------- #
-# Counter-based random numbers live in frx_plugin.randomness (_hash, _uniform, _box_muller)
+# Counter-based random numbers live in frx_plugin.randomness (hash_keys, uniform_from_bits, box_muller)
 # --------------------------------------------------------------------------- #
 
 
@@ -673,15 +673,15 @@ class SyntheticFaceWorld:
         index = self._indices(indices)
         identity = (index // self.images_per_identity + self.first_identity).view(-1, 1)
         image = (index % self.images_per_identity).view(-1, 1)
-        identity_u = _uniform(_hash(self.seed, _IDENTITY_STREAM, identity, torch.arange(_N_IDENTITY_SLOTS)))
-        image_u = _uniform(_hash(self.seed, _IMAGE_STREAM, identity, image, torch.arange(_N_IMAGE_SLOTS)))
+        identity_u = uniform_from_bits(hash_keys(self.seed, _IDENTITY_STREAM, identity, torch.arange(_N_IDENTITY_SLOTS)))
+        image_u = uniform_from_bits(hash_keys(self.seed, _IMAGE_STREAM, identity, image, torch.arange(_N_IMAGE_SLOTS)))
         params: dict[str, torch.Tensor] = {}
         for spec in _PARAMETERS:
             u = (identity_u if spec.group == "identity" else image_u)[:, spec.slot]
             if spec.kind == "continuous":
                 value = spec.low + (spec.high - spec.low) * u
                 if spec.jitter > 0:
-                    value = value + spec.jitter * _box_muller(image_u[:, spec.jitter_slot], image_u[:, spec.jitter_slot + 1])
+                    value = value + spec.jitter * box_muller(image_u[:, spec.jitter_slot], image_u[:, spec.jitter_slot + 1])
                 params[spec.name] = value.to(torch.float32)
             elif spec.kind == "binary":
                 params[spec.name] = (u < spec.probability).to(torch.int64)
@@ -777,9 +777,9 @@ class SyntheticFaceWorld:
         if size not in self._noise_banks:
             pixel = torch.arange(3 * size * size, dtype=torch.int64).view(1, -1)
             texture = torch.arange(_NOISE_BANK_SIZE, dtype=torch.int64).view(-1, 1)
-            u1 = _uniform(_hash(self.seed, _NOISE_STREAM, texture, 2 * pixel))
-            u2 = _uniform(_hash(self.seed, _NOISE_STREAM, texture, 2 * pixel + 1))
-            self._noise_banks[size] = _box_muller(u1, u2).to(torch.float32).view(-1, 3, size, size)
+            u1 = uniform_from_bits(hash_keys(self.seed, _NOISE_STREAM, texture, 2 * pixel))
+            u2 = uniform_from_bits(hash_keys(self.seed, _NOISE_STREAM, texture, 2 * pixel + 1))
+            self._noise_banks[size] = box_muller(u1, u2).to(torch.float32).view(-1, 3, size, size)
         return self._noise_banks[size]
 
 
