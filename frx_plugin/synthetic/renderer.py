@@ -7,9 +7,9 @@ per-image translation; yaw and pitch move and foreshorten the features inside
 the face outline. Each feature is painted only inside the band of rows and
 columns it can reach, and composited with ``lerp_`` in place.
 
-Only plain multiply-adds, comparisons and clamps touch a face's pixels, so a face renders the same
-bits wherever it sits in a batch or chunk. :func:`render_faces` is the entry point; the parameters
-it takes are those of :mod:`frx_plugin.synthetic.parameters`, in their units.
+:func:`render_faces` is the entry point; the parameters it takes are those of
+:mod:`frx_plugin.synthetic.parameters`, in their units. A face renders the same pixels in whatever
+batch or chunk it comes.
 """
 
 from __future__ import annotations
