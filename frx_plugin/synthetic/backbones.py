@@ -276,6 +276,7 @@ def _load_cached(path: Path, key: dict[str, Any]) -> nn.Module:
     from frx_plugin.models import load_backbone
 
     module, description = load_backbone(path)
+    # "zoo": the header entry of the cached files (the module's name before it moved; files keep it)
     stored = description.get("zoo", {}).get("key") if isinstance(description.get("zoo"), dict) else None
     if stored != key:
         raise ValueError(f"{path}: made for another recipe, world or format than {key}")
