@@ -21,7 +21,7 @@ def frx_register_backbones(register) -> None:
 @hookimpl
 def frx_register_backbone_specs(register) -> None:
     from frx_plugin.specs import load_torch_backbone, open_frx_backbone
-    from frx_plugin.zoo import BUILTIN_BACKBONES, open_synthetic_backbone
+    from frx_plugin.synthetic.backbones import BUILTIN_BACKBONES, open_synthetic_backbone
 
     register("frx", open_frx_backbone, "frx:PATH, a backbone.safetensors that frx demo saved (or its folder)")
     register("synthetic", open_synthetic_backbone, f"synthetic:NAME, trained on the synthetic world on first use and cached: {', '.join(BUILTIN_BACKBONES)}")
@@ -30,14 +30,14 @@ def frx_register_backbone_specs(register) -> None:
 
 @hookimpl
 def frx_register_probe_sets(register) -> None:
-    from frx_plugin.synthetic import SyntheticProbeSet
+    from frx_plugin.synthetic.world import SyntheticProbeSet
 
     register("synthetic", SyntheticProbeSet, "the built-in synthetic face world (rendered on demand)")
 
 
 @hookimpl
 def frx_register_generators(register) -> None:
-    from frx_plugin.synthetic import synthetic_generator
+    from frx_plugin.synthetic.world import synthetic_generator
 
     register("synthetic", synthetic_generator, "re-renders samples of the synthetic world with one attribute changed")
 
@@ -51,7 +51,7 @@ def frx_register_decoders(register) -> None:
 
 @hookimpl
 def frx_register_estimators(register) -> None:
-    from frx_plugin.estimators import synthetic_estimator
+    from frx_plugin.synthetic.estimator import synthetic_estimator
 
     register("synthetic", synthetic_estimator, "small CNN trained on renders of the synthetic world, cached on disk")
 

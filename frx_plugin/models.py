@@ -2,7 +2,7 @@
 
 :class:`ResidualFaceNet` (``resnet-small``) is the demo's backbone; :class:`MobileFaceNetLike`
 (``mobilefacenet-like``) is a second, differently built architecture for comparisons. The demo and
-:mod:`frx_plugin.zoo` train them on the synthetic world; frx itself analyses any module that maps
+:mod:`frx_plugin.synthetic.backbones` train them on the synthetic world; frx itself analyses any module that maps
 images to embeddings. :func:`save_backbone` / :func:`load_backbone` write and read either as
 safetensors.
 """

@@ -2,8 +2,9 @@
 
 splitmix64 on int64 tensors hashes a tuple of integer keys (seed, stream, counters…) to 64
 random bits, so a draw never depends on the order, batch, chunk, process or DDP rank in which
-it is made. The synthetic world (:mod:`frx_plugin.synthetic`) draws its faces this way, and the
-identity bootstrap of :mod:`frx_plugin.recovery` / :mod:`frx_plugin.metrics` its weights.
+it is made. The synthetic world (:mod:`frx_plugin.synthetic`) draws its faces this way
+(:func:`hash_keys`, :func:`uniform_from_bits`, :func:`box_muller`), and the identity bootstrap of
+:mod:`frx_plugin.recovery` / :mod:`frx_plugin.metrics` its weights.
 
 ``poisson_bootstrap_weights``: the streaming form of the bootstrap over identities. Instead of
 drawing K identities with replacement (a multinomial, which needs all identities at once), every
@@ -17,7 +18,7 @@ import math
 
 import torch
 
-__all__ = ["poisson_bootstrap_weights"]
+__all__ = ["box_muller", "hash_keys", "poisson_bootstrap_weights", "uniform_from_bits"]
 
 
 def _signed(value: int) -> int:
@@ -43,7 +44,7 @@ def _splitmix64(z: torch.Tensor) -> torch.Tensor:
     return z ^ _shift_right(z, 31)
 
 
-def _hash(*keys: torch.Tensor | int) -> torch.Tensor:
+def hash_keys(*keys: torch.Tensor | int) -> torch.Tensor:
     """Hash a sequence of int64 keys (broadcast together) to 64 random bits each."""
     z = torch.zeros((), dtype=torch.int64)
     for key in keys:
@@ -51,12 +52,12 @@ def _hash(*keys: torch.Tensor | int) -> torch.Tensor:
     return z
 
 
-def _uniform(bits: torch.Tensor) -> torch.Tensor:
+def uniform_from_bits(bits: torch.Tensor) -> torch.Tensor:
     """53 random bits to float64 uniforms strictly inside (0, 1)."""
     return (_shift_right(bits, 11).double() + 0.5) * (2.0**-53)
 
 
-def _box_muller(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
+def box_muller(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
     """Standard normals (float64) from two uniforms in (0, 1)."""
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
 
@@ -85,6 +86,6 @@ def poisson_bootstrap_weights(identity: torch.Tensor, seed: int, n_replicates: i
     identity = identity.to("cpu", torch.int64)
     unique, inverse = torch.unique(identity, return_inverse=True)  # hash each identity once
     replicate = torch.arange(first_replicate, first_replicate + n_replicates, dtype=torch.int64)[:, None]
-    u = _uniform(_hash(int(seed), _BOOTSTRAP_STREAM, replicate, unique[None, :]))  # (R, K)
+    u = uniform_from_bits(hash_keys(int(seed), _BOOTSTRAP_STREAM, replicate, unique[None, :]))  # (R, K)
     counts = torch.searchsorted(_POISSON_1_CDF, u.contiguous()).to(torch.float64)
     return counts[:, inverse] if unique.numel() else torch.zeros(n_replicates, 0, dtype=torch.float64)

@@ -204,7 +204,7 @@ def run_demo(options: dict[str, Any]) -> int:
     )
     two_stage = {}
     if opts["two_stage"]:
-        from frx_plugin.estimators import SYNTHETIC_ESTIMATOR_DEFAULTS, synthetic_estimator_path
+        from frx_plugin.synthetic.estimator import SYNTHETIC_ESTIMATOR_DEFAULTS, synthetic_estimator_path
 
         cached = synthetic_estimator_path(**dict(SYNTHETIC_ESTIMATOR_DEFAULTS, size=opts["size"]))
         if not cached.exists():

@@ -7,23 +7,23 @@ import warnings
 import pytest
 import torch
 
-import frx_plugin.estimators as est
-from frx_plugin.estimators import (
-    AttributeCNN,
-    AttributeEstimator,
-    EstimatorError,
+import frx_plugin.synthetic.estimator as est
+from frx_plugin.errors import EstimatorError
+from frx_plugin.estimators import find_estimator
+from frx_plugin.interfaces import AttributeEstimator
+from frx_plugin.probe import TensorProbeSet
+from frx_plugin.synthetic.estimator import (
     SYNTHETIC_ESTIMATOR_DEFAULTS,
+    AttributeCNN,
     attribute_accuracy,
-    cache_dir,
-    find_estimator,
     load_or_train_synthetic_estimator,
     load_synthetic_estimator,
     synthetic_estimator,
     synthetic_estimator_path,
     train_synthetic_estimator,
 )
-from frx_plugin.probe import TensorProbeSet
-from frx_plugin.synthetic import SYNTHETIC_SCHEMA, SyntheticFaceWorld, SyntheticProbeSet
+from frx_plugin.synthetic.parameters import SYNTHETIC_SCHEMA
+from frx_plugin.synthetic.world import SyntheticFaceWorld, SyntheticProbeSet
 
 # small enough to train in ~15 s on 2 cores, large enough to read the obvious attributes at 32x32
 SMALL = dict(size=32, n_identities=600, images_per_identity=4, epochs=15)
@@ -184,13 +184,6 @@ def test_bad_configurations_are_errors_naming_the_setting():
 
 
 # --------------------------------------------------------------------------- the cache
-
-
-def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("FRX_CACHE_DIR", str(tmp_path))
-    assert cache_dir() == tmp_path
-    monkeypatch.delenv("FRX_CACHE_DIR")
-    assert cache_dir().parts[-2:] == (".cache", "frx")
 
 
 def test_a_second_call_loads_the_cached_estimator(trained, in_cache, no_training):

@@ -8,7 +8,8 @@ from torch.utils.data import DataLoader
 
 from frx_plugin.attributes import SchemaError
 from frx_plugin.probe import ProbeSet
-from frx_plugin.synthetic import SYNTHETIC_SCHEMA, SyntheticFaceDataset, SyntheticFaceWorld, SyntheticProbeSet
+from frx_plugin.synthetic.parameters import SYNTHETIC_SCHEMA
+from frx_plugin.synthetic.world import SyntheticFaceDataset, SyntheticFaceWorld, SyntheticProbeSet
 
 SIZE = 64  # small renders keep the file fast; size 112 is covered by the benchmark
 

@@ -1,13 +1,4 @@
-"""The synthetic face world (DESIGN.md §3): a vectorised torch renderer of structured
-cartoon faces and a world that samples their parameters deterministically.
-
-Every face is drawn from a parameter vector: identity attributes are fixed per
-identity (continuous ones carry a small per-image jitter), nuisance attributes
-vary per image. All randomness comes from a counter-based hash (splitmix64 on
-int64 tensors), keyed on the absolute identity id and the image number within
-the identity, so a sample renders the same pixels in any batch, chunk, process
-or DDP rank, and changing one parameter re-renders the exact counterfactual
-(same noise pattern, same everything else).
+"""The torch renderer of the synthetic world: a batch of parameter vectors to images, vectorised over faces.
 
 Coordinates: the image spans [-1, 1] in x (left to right) and y (top to
 bottom). Features are placed in *head space* (u, v), which is image space
@@ -16,160 +7,19 @@ per-image translation; yaw and pitch move and foreshorten the features inside
 the face outline. Each feature is painted only inside the band of rows and
 columns it can reach, and composited with ``lerp_`` in place.
 
-Units of the continuous attributes (labels are these values, float32):
-
-====================  =======================================================
-``jaw_width``         chin-level face width / cheek-level face width (ratio)
-``eye_spacing``       eye centre to eye centre, fraction of the image width
-``eye_size``          width of one eye, fraction of the image width
-``nose_length``       bridge to tip, fraction of the image height
-``mouth_width``       corner to corner, fraction of the image width
-``skin_tone``         Fitzpatrick-like scale, 1 (lightest) .. 6 (darkest)
-``age``               years
-``yaw``/``pitch``/``roll``  degrees (yaw > 0: turned to the viewer's right;
-                      pitch > 0: looking up; roll > 0: top of the head tilted
-                      to the viewer's right, i.e. clockwise)
-``eye_openness``      eye height relative to a fully open eye (1)
-``illumination``      azimuth of the key light in degrees (< 0: from the
-                      viewer's left, > 0: from the right)
-``noise``             standard deviation of additive pixel noise ([0, 1] scale)
-====================  =======================================================
+:func:`render_faces` is the entry point; the parameters it takes are those of
+:mod:`frx_plugin.synthetic.parameters`, in their units. A face renders the same pixels in whatever
+batch or chunk it comes.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
-from torch.utils.data import Dataset
 
-from frx_plugin.attributes import Attribute, AttributeSchema
-from frx_plugin.probe import ProbeSet
-from frx_plugin.randomness import _box_muller, _hash, _uniform
-
-__all__ = [
-    "SYNTHETIC_SCHEMA",
-    "SyntheticFaceWorld",
-    "SyntheticFaceDataset",
-    "SyntheticProbeSet",
-]
-
-# --------------------------------------------------------------------------- #
-# Parameters: what is sampled, how, and in which units
-# --------------------------------------------------------------------------- #
-
-_IDENTITY_STREAM = 1
-_IMAGE_STREAM = 2
-_NOISE_STREAM = 3
-
-
-@dataclass(frozen=True)
-class _Parameter:
-    """How one parameter is sampled.
-
-    ``slot`` numbers the hash counter the parameter draws from within its stream
-    (identity stream for identity parameters, image stream for per-image ones);
-    slots are fixed so adding a parameter never reshuffles the others. Continuous
-    parameters are uniform on ``[low, high]``; identity ones add a per-image
-    normal jitter of standard deviation ``jitter`` drawn from image-stream slots
-    ``jitter_slot`` and ``jitter_slot + 1`` (Box-Muller).
-    """
-
-    name: str
-    kind: str  # binary | categorical | continuous
-    group: str  # identity | nuisance
-    slot: int
-    low: float = 0.0
-    high: float = 1.0
-    jitter: float = 0.0
-    jitter_slot: int = -1
-    classes: tuple[str, ...] | None = None
-    probability: float = 0.5  # of class 1, for binary parameters
-    description: str = ""
-    attribute: bool = True  # False: internal parameter, not labelled
-
-    @property
-    def population_std(self) -> float:
-        return math.sqrt((self.high - self.low) ** 2 / 12.0 + self.jitter**2)
-
-
-_PARAMETERS: tuple[_Parameter, ...] = (
-    # identity: fixed per identity (hashed on the absolute identity id)
-    _Parameter("face_shape", "categorical", "identity", 0, classes=("oval", "round", "square"),
-               description="outline of the face"),
-    _Parameter("jaw_width", "continuous", "identity", 1, 0.60, 1.00, 0.005, 0,
-               description="chin-level / cheek-level face width (ratio)"),
-    _Parameter("eye_spacing", "continuous", "identity", 2, 0.19, 0.29, 0.002, 2,
-               description="eye centre to eye centre, fraction of the image width"),
-    _Parameter("eye_size", "continuous", "identity", 3, 0.08, 0.15, 0.001, 4,
-               description="width of one eye, fraction of the image width"),
-    _Parameter("nose_length", "continuous", "identity", 4, 0.10, 0.20, 0.002, 6,
-               description="nose bridge to tip, fraction of the image height"),
-    _Parameter("mouth_width", "continuous", "identity", 5, 0.10, 0.24, 0.002, 8,
-               description="mouth corner to corner, fraction of the image width"),
-    _Parameter("skin_tone", "continuous", "identity", 6, 1.0, 6.0, 0.05, 10,
-               description="Fitzpatrick-like scale, 1 (lightest) to 6 (darkest)"),
-    _Parameter("iris_colour", "categorical", "identity", 7, classes=("brown", "blue", "green", "grey"),
-               description="colour of the irises"),
-    _Parameter("hair_colour", "categorical", "identity", 8,
-               classes=("black", "dark_brown", "light_brown", "blond", "red"),
-               description="natural hair colour (greys with age)"),
-    _Parameter("age", "continuous", "identity", 9, 18.0, 80.0, 2.0, 12,
-               description="age in years (wrinkles, greying hair)"),
-    _Parameter("hair_length", "continuous", "identity", 10, 0.0, 1.0, 0.0,
-               description="0: cropped, 1: shoulder length", attribute=False),
-    # nuisance: per image (hashed on identity id and image number)
-    _Parameter("yaw", "continuous", "nuisance", 20, -30.0, 30.0,
-               description="head yaw in degrees, > 0 turned to the viewer's right"),
-    _Parameter("pitch", "continuous", "nuisance", 21, -20.0, 20.0,
-               description="head pitch in degrees, > 0 looking up"),
-    _Parameter("roll", "continuous", "nuisance", 22, -15.0, 15.0,
-               description="head roll in degrees, > 0 clockwise in the image"),
-    _Parameter("smile", "binary", "nuisance", 23, probability=0.4, classes=("neutral", "smiling"),
-               description="open smile (teeth) or closed neutral mouth"),
-    _Parameter("eye_openness", "continuous", "nuisance", 24, 0.35, 1.00,
-               description="eye height relative to a fully open eye"),
-    _Parameter("illumination", "continuous", "nuisance", 25, -60.0, 60.0,
-               description="key-light azimuth in degrees, < 0 from the viewer's left"),
-    _Parameter("glasses", "binary", "nuisance", 26, probability=0.3, description="wears glasses"),
-    _Parameter("background", "categorical", "nuisance", 27, classes=("slate", "green", "beige", "lilac"),
-               description="background colour"),
-    _Parameter("noise", "continuous", "nuisance", 28, 0.0, 0.05,
-               description="standard deviation of additive pixel noise"),
-    _Parameter("translate_x", "continuous", "nuisance", 29, -0.05, 0.05,
-               description="horizontal shift, image half-widths", attribute=False),
-    _Parameter("translate_y", "continuous", "nuisance", 30, -0.05, 0.05,
-               description="vertical shift, image half-heights", attribute=False),
-    _Parameter("clothing", "categorical", "nuisance", 31, classes=("navy", "maroon", "olive", "grey", "teal", "white"),
-               description="shirt colour", attribute=False),
-    _Parameter("noise_texture", "categorical", "nuisance", 32, classes=tuple(str(i) for i in range(16)),
-               description="which texture of the world's noise bank", attribute=False),
-)
-_BY_NAME = {p.name: p for p in _PARAMETERS}
-_N_IDENTITY_SLOTS = 1 + max(p.slot for p in _PARAMETERS if p.group == "identity")
-_N_IMAGE_SLOTS = 1 + max(
-    max(p.slot for p in _PARAMETERS if p.group == "nuisance"),
-    max(p.jitter_slot + 1 for p in _PARAMETERS),
-)
-_NOISE_BANK_SIZE = len(_BY_NAME["noise_texture"].classes)
-
-SYNTHETIC_SCHEMA = AttributeSchema(
-    Attribute(
-        name=p.name,
-        kind=p.kind,
-        classes=p.classes,
-        group=p.group,
-        description=p.description,
-    )
-    for p in _PARAMETERS
-    if p.attribute
-)
-
-# --------------------------------------------------------------------------- #
-# Counter-based random numbers live in frx_plugin.randomness (_hash, _uniform, _box_muller)
-# --------------------------------------------------------------------------- #
+__all__ = ["pixel_coordinates", "render_faces"]
 
 
 def _sin_cos_degrees(degrees: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,7 +67,7 @@ def _table(rows: Sequence) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- #
-# Rendering
+# Layout
 # --------------------------------------------------------------------------- #
 
 
@@ -615,249 +465,25 @@ def _render_chunk(L: _Layout, boxes: torch.Tensor, names: list[str], image: torc
     image.clamp_(0, 1)
 
 
-# --------------------------------------------------------------------------- #
-# The world
-# --------------------------------------------------------------------------- #
+
+def pixel_coordinates(size: int) -> torch.Tensor:
+    """Image-space coordinates (size,) of the pixel centres along one axis, in [-1, 1]."""
+    return (torch.arange(size, dtype=torch.float32) + 0.5) * (2.0 / size) - 1.0
 
 
-class SyntheticFaceWorld:
-    """``n_identities`` × ``images_per_identity`` synthetic faces, deterministic in (seed, index).
+def render_faces(params: Mapping[str, torch.Tensor], out: torch.Tensor, coords: torch.Tensor, noise_bank: torch.Tensor,
+                 chunk_size: int, use_bands: bool = True) -> torch.Tensor:
+    """Render the faces of ``params`` into ``out`` (B, 3, S, S) in place, ``chunk_size`` faces at a time; returns ``out``.
 
-    Sample ``i`` shows identity ``first_identity + i // images_per_identity``
-    (its image number ``i % images_per_identity``). Identity parameters are
-    hashed on the absolute identity id and per-image ones on (identity id,
-    image number), so two worlds with the same seed agree on every identity
-    they share, and worlds with disjoint identity ranges show different people.
+    ``coords``: :func:`pixel_coordinates` of S; ``noise_bank``: (K, 3, S, S) standard-normal textures,
+    of which each face adds texture ``noise_texture`` scaled by its ``noise``. ``use_bands=False``
+    paints every feature over the whole image (the reference the bands must agree with).
     """
-
-    schema = SYNTHETIC_SCHEMA
-
-    def __init__(self, n_identities: int, images_per_identity: int, seed: int = 0, size: int = 112,
-                 first_identity: int = 0, chunk_size: int = 64) -> None:
-        for name, value, minimum in (("n_identities", n_identities, 1), ("images_per_identity", images_per_identity, 1),
-                                     ("size", size, 8), ("chunk_size", chunk_size, 1), ("first_identity", first_identity, 0)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ValueError(f"SyntheticFaceWorld: {name} must be an integer >= {minimum}, got {value!r}")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(f"SyntheticFaceWorld: seed must be an integer, got {seed!r}")
-        self.n_identities = n_identities
-        self.images_per_identity = images_per_identity
-        self.seed = seed
-        self.size = size
-        self.first_identity = first_identity
-        self.chunk_size = chunk_size
-        self._coords: dict[int, torch.Tensor] = {}
-        self._noise_banks: dict[int, torch.Tensor] = {}
-
-    def __len__(self) -> int:
-        return self.n_identities * self.images_per_identity
-
-    def __repr__(self) -> str:
-        return (f"SyntheticFaceWorld(n_identities={self.n_identities}, images_per_identity={self.images_per_identity}, "
-                f"seed={self.seed}, size={self.size}, first_identity={self.first_identity})")
-
-    # ---- indices and parameters -------------------------------------------------
-
-    def _indices(self, indices) -> torch.Tensor:
-        index = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(self)):
-            raise IndexError(f"sample indices must lie in [0, {len(self)}), got {int(index.min())}..{int(index.max())}")
-        return index
-
-    def identity(self, indices) -> torch.Tensor:
-        """Absolute identity ids (int64) of the samples."""
-        return self._indices(indices) // self.images_per_identity + self.first_identity
-
-    def parameters(self, indices) -> dict[str, torch.Tensor]:
-        """All render parameters of the samples: one tensor per parameter (schema attributes and internal ones)."""
-        index = self._indices(indices)
-        identity = (index // self.images_per_identity + self.first_identity).view(-1, 1)
-        image = (index % self.images_per_identity).view(-1, 1)
-        identity_u = _uniform(_hash(self.seed, _IDENTITY_STREAM, identity, torch.arange(_N_IDENTITY_SLOTS)))
-        image_u = _uniform(_hash(self.seed, _IMAGE_STREAM, identity, image, torch.arange(_N_IMAGE_SLOTS)))
-        params: dict[str, torch.Tensor] = {}
-        for spec in _PARAMETERS:
-            u = (identity_u if spec.group == "identity" else image_u)[:, spec.slot]
-            if spec.kind == "continuous":
-                value = spec.low + (spec.high - spec.low) * u
-                if spec.jitter > 0:
-                    value = value + spec.jitter * _box_muller(image_u[:, spec.jitter_slot], image_u[:, spec.jitter_slot + 1])
-                params[spec.name] = value.to(torch.float32)
-            elif spec.kind == "binary":
-                params[spec.name] = (u < spec.probability).to(torch.int64)
-            else:
-                params[spec.name] = (u * len(spec.classes)).to(torch.int64).clamp_(max=len(spec.classes) - 1)
-        return params
-
-    def labels(self, indices) -> dict[str, torch.Tensor]:
-        """Schema attribute → labels (int64 classes or float32 values in the documented units)."""
-        params = self.parameters(indices)
-        labels = {name: params[name] for name in SYNTHETIC_SCHEMA.names}
-        SYNTHETIC_SCHEMA.validate(labels, len(params["age"]), source="synthetic world")
-        return labels
-
-    @staticmethod
-    def std(attribute: str) -> float:
-        """Population standard deviation of a continuous attribute (identity spread and jitter together)."""
-        spec = SyntheticFaceWorld._spec(attribute)
-        if spec.kind != "continuous":
-            raise ValueError(f"attribute {attribute!r} is {spec.kind}; std is defined for continuous attributes")
-        return spec.population_std
-
-    @staticmethod
-    def _spec(attribute: str) -> _Parameter:
-        if attribute not in SYNTHETIC_SCHEMA:
-            raise KeyError(f"unknown attribute {attribute!r}; known: {list(SYNTHETIC_SCHEMA.names)}")
-        return _BY_NAME[attribute]
-
-    # ---- counterfactuals ---------------------------------------------------------
-
-    def edit(self, params: Mapping[str, torch.Tensor], attribute: str, value=None) -> dict[str, torch.Tensor]:
-        """A copy of ``params`` with one attribute changed, everything else identical.
-
-        Without ``value``: binary attributes flip, categorical ones move to the
-        next class (cyclically), continuous ones move by +1 population standard
-        deviation (:meth:`std`). With ``value`` (a number or a per-sample
-        tensor): the attribute is set to it (a class index for discrete kinds,
-        a value in the attribute's units for continuous ones).
-        """
-        spec = self._spec(attribute)
-        out = {name: tensor.clone() for name, tensor in params.items()}
-        if attribute not in out:
-            raise KeyError(f"params has no entry for attribute {attribute!r}")
-        current = out[attribute]
-        if value is not None:
-            new = torch.as_tensor(value, dtype=current.dtype).expand_as(current).clone()
-            if spec.kind != "continuous" and bool(((new < 0) | (new >= len(spec.classes or ("no", "yes")))).any()):
-                raise ValueError(f"attribute {attribute!r}: class index out of range 0..{len(spec.classes) - 1}")
-        elif spec.kind == "binary":
-            new = 1 - current
-        elif spec.kind == "categorical":
-            new = (current + 1) % len(spec.classes)
-        else:
-            new = current + spec.population_std
-        out[attribute] = new
-        return out
-
-    def counterfactual(self, indices, attribute: str, value=None, size: int | None = None) -> torch.Tensor:
-        """Render the samples with one attribute changed (see :meth:`edit`)."""
-        return self.render_parameters(self.edit(self.parameters(indices), attribute, value), size=size)
-
-    # ---- rendering ---------------------------------------------------------------
-
-    def render(self, indices, size: int | None = None) -> torch.Tensor:
-        """Images (B, 3, H, W) float32 in [0, 1] of the samples."""
-        return self.render_parameters(self.parameters(indices), size=size)
-
-    def render_parameters(self, params: Mapping[str, torch.Tensor], size: int | None = None,
-                          _use_bands: bool = True) -> torch.Tensor:
-        """Render faces from a parameter dict (as from :meth:`parameters` or :meth:`edit`)."""
-        size = self.size if size is None else int(size)
-        missing = [spec.name for spec in _PARAMETERS if spec.name not in params]
-        if missing:
-            raise KeyError(f"render_parameters: missing parameters {missing}")
-        n_faces = int(params["age"].shape[0])
-        out = torch.empty(n_faces, 3, size, size, dtype=torch.float32)
-        coords, bank = self._coordinates(size), self._noise_bank(size)
-        with torch.no_grad():
-            layout = _layout(params)
-            names, boxes = _image_boxes(layout, size)
-            for start in range(0, n_faces, self.chunk_size):
-                chunk = slice(start, min(start + self.chunk_size, n_faces))
-                _render_chunk(layout.take(chunk), boxes[chunk], names, out[chunk], coords, bank, use_bands=_use_bands)
-        return out
-
-    def _coordinates(self, size: int) -> torch.Tensor:
-        if size not in self._coords:
-            self._coords[size] = (torch.arange(size, dtype=torch.float32) + 0.5) * (2.0 / size) - 1.0
-        return self._coords[size]
-
-    def _noise_bank(self, size: int) -> torch.Tensor:
-        """Standard-normal textures (K, 3, S, S), made once per size from the seed."""
-        if size not in self._noise_banks:
-            pixel = torch.arange(3 * size * size, dtype=torch.int64).view(1, -1)
-            texture = torch.arange(_NOISE_BANK_SIZE, dtype=torch.int64).view(-1, 1)
-            u1 = _uniform(_hash(self.seed, _NOISE_STREAM, texture, 2 * pixel))
-            u2 = _uniform(_hash(self.seed, _NOISE_STREAM, texture, 2 * pixel + 1))
-            self._noise_banks[size] = _box_muller(u1, u2).to(torch.float32).view(-1, 3, size, size)
-        return self._noise_banks[size]
-
-
-# --------------------------------------------------------------------------- #
-# Training data and the probe set
-# --------------------------------------------------------------------------- #
-
-
-class SyntheticFaceDataset(Dataset):
-    """A world as a classification dataset: ``(image (3,H,W), identity label)``, labels 0-based in the world.
-
-    ``__getitems__`` renders a whole batch in one vectorised call; torch's
-    DataLoader uses it (with automatic batching) instead of one ``__getitem__``
-    per sample.
-    """
-
-    def __init__(self, world: SyntheticFaceWorld) -> None:
-        self.world = world
-
-    def __len__(self) -> int:
-        return len(self.world)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        index = int(index)
-        if index < 0:
-            index += len(self)
-        return self.world.render([index])[0], index // self.world.images_per_identity
-
-    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
-        index = torch.as_tensor(list(indices), dtype=torch.int64)
-        images = self.world.render(index)
-        labels = (index // self.world.images_per_identity).tolist()
-        return list(zip(images.unbind(0), labels))
-
-
-class SyntheticProbeSet(ProbeSet):
-    """The synthetic world as a probe set, labelled with :data:`SYNTHETIC_SCHEMA`, rendered on demand.
-
-    The default ``first_identity`` keeps its identities away from training worlds
-    that start at identity 0.
-    """
-
-    #: a probe spec gives options only (``synthetic,n_identities=200``), no argument
-    spec_argument = None
-
-    def __init__(self, n_identities: int = 100, images_per_identity: int = 10, seed: int = 0, size: int = 112,
-                 first_identity: int = 100_000) -> None:
-        self.world = SyntheticFaceWorld(n_identities, images_per_identity, seed=seed, size=size, first_identity=first_identity)
-        everything = torch.arange(len(self.world))
-        super().__init__(SYNTHETIC_SCHEMA, self.world.identity(everything), self.world.labels(everything),
-                         source="synthetic probe set")
-
-    def images(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.world.render(indices)
-
-    def counterfactual(self, indices: torch.Tensor, attribute: str, value=None) -> torch.Tensor:
-        """The samples re-rendered with one attribute changed (see :meth:`SyntheticFaceWorld.edit`)."""
-        return self.world.counterfactual(indices, attribute, value)
-
-
-class SyntheticGenerator:
-    """The synthetic world as a generator with attribute controls (``frx_register_generators``).
-
-    ``counterfactual(indices, attribute, values)`` re-renders the probe samples ``indices``
-    exactly, with ``attribute`` set to ``values`` and every other parameter unchanged.
-    """
-
-    def __init__(self, world: SyntheticFaceWorld) -> None:
-        self.world = world
-        self.attributes = tuple(SYNTHETIC_SCHEMA.names)
-
-    def counterfactual(self, indices: torch.Tensor, attribute: str, values: torch.Tensor) -> torch.Tensor:
-        return self.world.counterfactual(indices, attribute, values)
-
-    def render(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.world.render(indices)
-
-
-def synthetic_generator(probe: ProbeSet) -> SyntheticGenerator | None:
-    """The built-in generator factory: the world behind a :class:`SyntheticProbeSet`, else ``None``."""
-    return SyntheticGenerator(probe.world) if isinstance(probe, SyntheticProbeSet) else None
+    n_faces, size = out.shape[0], out.shape[-1]
+    with torch.no_grad():
+        layout = _layout(params)
+        names, boxes = _image_boxes(layout, size)
+        for start in range(0, n_faces, chunk_size):
+            chunk = slice(start, min(start + chunk_size, n_faces))
+            _render_chunk(layout.take(chunk), boxes[chunk], names, out[chunk], coords, noise_bank, use_bands=use_bands)
+    return out

@@ -4,9 +4,9 @@ Each name in :data:`BUILTIN_BACKBONES` is a recipe: an architecture of :mod:`frx
 with its constructor arguments, a training world (identities 0 .. ``identities`` - 1 of the
 synthetic world, rendered at ``size``) and an ArcFace training schedule. :func:`train_synthetic_backbone`
 trains one in plain torch (frx's core does not depend on Lightning), deterministically on the CPU;
-:func:`load_or_train_synthetic_backbone` keeps the result in ``cache_dir()/backbones`` under a
-file name holding the name and a digest of the full recipe, so a changed setting never reuses a
-stale file. Every backbone comes with the held-out probe set it should be judged on: identities
+:func:`load_or_train_synthetic_backbone` keeps the result in ``cache_dir()/backbones``
+(:mod:`frx_plugin.cache`) under a file name holding the name and a digest of the full recipe, so a
+changed setting never reuses a stale file. Every backbone comes with the held-out probe set it should be judged on: identities
 from 1 000 000 on, which no recipe trains on (:data:`PROBE_FIRST_IDENTITY`).
 
 Example::
@@ -30,6 +30,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from frx_plugin.cache import cache_dir
+from frx_plugin.synthetic.world import SyntheticFaceWorld, world_fingerprint
 
 __all__ = [
     "BUILTIN_BACKBONES",
@@ -175,7 +178,7 @@ def build_synthetic_backbone(name: str, **overrides: Any) -> nn.Module:
 
 
 def probe_facts(recipe: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of :class:`~frx_plugin.synthetic.SyntheticProbeSet` for held-out identities at the recipe's size."""
+    """Keyword arguments of :class:`~frx_plugin.synthetic.world.SyntheticProbeSet` for held-out identities at the recipe's size."""
     return {"n_identities": PROBE_IDENTITIES, "images_per_identity": PROBE_IMAGES_PER_IDENTITY, "seed": recipe["seed"],
             "size": recipe["size"], "first_identity": PROBE_FIRST_IDENTITY}
 
@@ -192,8 +195,6 @@ def _duration(seconds: float) -> str:
 
 
 def _train(name: str, recipe: dict[str, Any], say: Callable[[str], Any], destination: Path | None = None) -> nn.Module:
-    from frx_plugin.synthetic import SyntheticFaceWorld
-
     where = f"; cached at {destination}" if destination is not None else ""
     say(f"frx: training the synthetic backbone {name} ({recipe['identities']} identities × {recipe['images_per_identity']} images, "
         f"{recipe['size']}x{recipe['size']}, {recipe['epochs']} epochs), about {_duration(_expected_seconds(recipe))} on a 2-core CPU{where}")
@@ -255,20 +256,12 @@ def train_synthetic_backbone(name: str, say: Callable[[str], Any] = print, **ove
     return _train(name, resolve_recipe(name, **overrides), say)
 
 
-def _world_key() -> str:
-    from frx_plugin.estimators import world_fingerprint
-
-    return world_fingerprint()
-
-
 def _cache_key(name: str, recipe: dict[str, Any]) -> dict[str, Any]:
     return {"format": SYNTHETIC_BACKBONE_FORMAT, "name": name, "recipe": recipe,
-            "arguments": _arguments(name, recipe), "world": _world_key()}
+            "arguments": _arguments(name, recipe), "world": world_fingerprint()}
 
 
 def _path(name: str, key: dict[str, Any]) -> Path:
-    from frx_plugin.estimators import cache_dir
-
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
     return cache_dir() / "backbones" / f"{name}-{digest}.safetensors"
 
@@ -283,6 +276,7 @@ def _load_cached(path: Path, key: dict[str, Any]) -> nn.Module:
     from frx_plugin.models import load_backbone
 
     module, description = load_backbone(path)
+    # "zoo": the header entry of the cached files (the module's name before it moved; files keep it)
     stored = description.get("zoo", {}).get("key") if isinstance(description.get("zoo"), dict) else None
     if stored != key:
         raise ValueError(f"{path}: made for another recipe, world or format than {key}")
@@ -300,7 +294,7 @@ def load_or_train_synthetic_backbone(name: str, say: Callable[[str], Any] = prin
     loaded without training; a damaged or mismatching one is retrained with a warning naming it and
     replaced. If the cache folder is not writable the trained backbone is still returned, with a
     warning. ``facts``: ``name``, ``probe`` (keyword arguments of
-    :class:`~frx_plugin.synthetic.SyntheticProbeSet` for held-out identities it never saw, at its
+    :class:`~frx_plugin.synthetic.world.SyntheticProbeSet` for held-out identities it never saw, at its
     input size), ``recipe``, ``path`` and ``training_seconds`` (``None`` when loaded from the cache).
     """
     from frx_plugin.models import save_backbone

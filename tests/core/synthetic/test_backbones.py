@@ -1,4 +1,4 @@
-"""Built-in synthetic backbones (frx_plugin.zoo): real training on small worlds, the cache, the spec kind."""
+"""Built-in synthetic backbones (frx_plugin.synthetic.backbones): real training on small worlds, the cache, the spec kind."""
 
 import re
 
@@ -7,9 +7,7 @@ import torch
 
 from frx_plugin.analysis import embed_probe_set
 from frx_plugin.models import load_backbone, save_backbone
-from frx_plugin.synthetic import SyntheticProbeSet
-from frx_plugin.verification import verification
-from frx_plugin.zoo import (
+from frx_plugin.synthetic.backbones import (
     BUILTIN_BACKBONES,
     PROBE_FIRST_IDENTITY,
     build_synthetic_backbone,
@@ -19,6 +17,8 @@ from frx_plugin.zoo import (
     synthetic_backbone_path,
     train_synthetic_backbone,
 )
+from frx_plugin.synthetic.world import SyntheticProbeSet
+from frx_plugin.verification import verification
 
 #: about 100 SGD steps at 32x32: a few seconds per architecture, enough to beat the untrained net clearly
 SMALL = dict(identities=100, images_per_identity=8, size=32, epochs=4, batch_size=32)
