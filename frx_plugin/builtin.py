@@ -44,7 +44,7 @@ def frx_register_generators(register) -> None:
 
 @hookimpl
 def frx_register_decoders(register) -> None:
-    from frx_plugin.decoders import ConvFaceDecoder
+    from frx_plugin.two_stage.decoders import ConvFaceDecoder
 
     register("conv", ConvFaceDecoder, "convolutional decoder G(z, noise), 64x64 or 112x112 (any multiple of 16), pixel + identity loss")
 

@@ -1,7 +1,7 @@
 """Attribute estimators ``E: x → a``: stage 2 of the paper's two-stage recovery.
 
 An estimator reads attributes off face images. The two-stage path applies it to faces decoded
-from embeddings (:mod:`frx_plugin.decoders`); an estimator that cannot read an attribute from
+from embeddings (:mod:`frx_plugin.two_stage.decoders`); an estimator that cannot read an attribute from
 real faces cannot read it from decoded ones either, so every estimator reports its own held-out
 accuracy per attribute and the two-stage report carries it.
 

@@ -89,7 +89,7 @@ def frx_register_decoders(register: Callable[..., None]) -> None:
     --two-stage``). Call ``register(name, factory, description="")`` where ``factory(embedding_dim,
     output_shape, **options)`` returns a fresh, untrained decoder for embeddings of size
     ``embedding_dim`` whose images are ``output_shape`` = ``(C, H, W)``, or raises ``ValueError`` for a
-    shape it cannot make. The object follows :class:`frx_plugin.decoders.FaceDecoder`: ``output_shape``,
+    shape it cannot make. The object follows :class:`frx_plugin.interfaces.FaceDecoder`: ``output_shape``,
     ``fit(task)`` (train, or continue training from its own state, on the rows of one identity-disjoint
     fold's training part), ``decode(z, samples, seed)`` → ``(B, samples, C, H, W)`` in [0, 1], and
     ``state_dict``/``load_state_dict`` for the warm start. Returns nothing.

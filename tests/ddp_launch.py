@@ -15,9 +15,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_ranks(script: Path, *args: str, timeout: float = 180) -> None:
-    """Run ``script`` as ranks 0 and 1 and assert that both exit cleanly."""
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2", OMP_NUM_THREADS="1")
+def run_two_ranks(script: Path, *args: str, timeout: float = 180, env: dict | None = None) -> None:
+    """Run ``script`` as ranks 0 and 1 (in ``env``, default this process's) and assert that both exit cleanly."""
+    env = dict(env or os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2", OMP_NUM_THREADS="1")
     procs = [
         subprocess.Popen([sys.executable, str(script), *args], env=dict(env, RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for r in range(2)

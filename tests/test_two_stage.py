@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from frx_plugin.attributes import Attribute
-from frx_plugin.decoders import ConvFaceDecoder
+from frx_plugin.two_stage.decoders import ConvFaceDecoder
 from frx_plugin.errors import DecoderDiverged, DecoderError
 from frx_plugin.interfaces import DecoderTask
 from frx_plugin.two_stage import (

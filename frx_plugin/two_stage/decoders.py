@@ -161,13 +161,7 @@ class ConvFaceDecoder:
         if z.ndim != 2 or z.shape[1] != self.embedding_dim:
             raise DecoderError(f"{where}: the decoder takes embeddings (B, {self.embedding_dim}), got {tuple(z.shape)}")
 
-    # -- training ------------------------------------------------------------------------------
-    def fit(self, task: DecoderTask) -> DecoderFit:
-        """Train for ``task.steps`` steps from the current weights (the warm start of a later pass).
-
-        A NaN or infinite loss raises :class:`DecoderDiverged` and puts back the weights the fit
-        started from, so the next pass starts from a sane state.
-        """
+    def _check_task(self, task: DecoderTask) -> None:
         z, images = task.embeddings, task.images
         self._check_z(z, "decoder fit")
         if images.ndim != 4 or tuple(images.shape[1:]) != self.output_shape or images.shape[0] != z.shape[0]:
@@ -179,6 +173,30 @@ class ConvFaceDecoder:
             raise DecoderError(f"decoder fit: {z.shape[0]} training faces; at least 2 are needed")
         if not isinstance(task.steps, int) or task.steps < 1:
             raise DecoderError(f"decoder fit: steps must be a positive integer, got {task.steps!r}")
+
+    def _best_noise(self, zb: torch.Tensor, xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Best-of-k: of ``candidates`` noise draws per face, the one whose image is closest carries the gradient."""
+        batch, noise_dim = zb.shape[0], self.net.noise_dim
+        noise = torch.randn(batch, self.candidates, noise_dim, generator=generator).to(zb.device)
+        if self.candidates == 1:
+            return noise[:, 0]
+        with torch.no_grad():
+            self.net.eval()
+            tries = self.net(zb.repeat_interleave(self.candidates, 0), noise.view(-1, noise_dim))
+            self.net.train()
+            error = (tries.view(batch, self.candidates, -1) - xb.view(batch, 1, -1)).pow(2).mean(2)
+            best = error.argmin(1)
+        return noise[torch.arange(batch), best]
+
+    # -- training ------------------------------------------------------------------------------
+    def fit(self, task: DecoderTask) -> DecoderFit:
+        """Train for ``task.steps`` steps from the current weights (the warm start of a later pass).
+
+        A NaN or infinite loss raises :class:`DecoderDiverged` and puts back the weights the fit
+        started from, so the next pass starts from a sane state.
+        """
+        z, images = task.embeddings, task.images
+        self._check_task(task)
         device = self.device
         generator = torch.Generator().manual_seed(int(task.seed) * 1_000_003 + self.fits)
         self.fits += 1
@@ -188,7 +206,6 @@ class ConvFaceDecoder:
         params = [p for p in self.net.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=self.lr, betas=(0.5, 0.999))
         n, batch = z.shape[0], min(self.batch_size, z.shape[0])
-        noise_dim = self.net.noise_dim
         losses, pixel_losses, identity_losses = [], [], []
         self.net.train()
         try:
@@ -196,18 +213,7 @@ class ConvFaceDecoder:
                 rows = torch.randint(0, n, (batch,), generator=generator)
                 zb = z[rows].to(device, torch.float32)
                 xb = images[rows].to(device, torch.float32)
-                # best-of-k: the noise draw whose image is closest to the face carries the gradient
-                noise = torch.randn(batch, self.candidates, noise_dim, generator=generator).to(device)
-                if self.candidates > 1:
-                    with torch.no_grad():
-                        self.net.eval()
-                        tries = self.net(zb.repeat_interleave(self.candidates, 0), noise.view(-1, noise_dim))
-                        self.net.train()
-                        error = (tries.view(batch, self.candidates, -1) - xb.view(batch, 1, -1)).pow(2).mean(2)
-                        best = error.argmin(1)
-                    chosen = noise[torch.arange(batch), best]
-                else:
-                    chosen = noise[:, 0]
+                chosen = self._best_noise(zb, xb, generator)
                 decoded = self.net(zb, chosen)
                 pixel = F.mse_loss(decoded, xb)
                 loss = 10.0 * pixel
