@@ -13,40 +13,16 @@ import pytest
 from frx_insightface.arcface_torch import ArcFaceTorchCallback
 from tests.ddp_launch import run_two_ranks
 from tests.lightning_helpers import make_probe
+from tests.records import assert_same_measures
 from tests.tensorboard_helpers import summary_tags
 
 SCRIPT = Path(__file__).with_name("arcface_torch_script.py")
-
-
-IGNORED = {"timing", "pass_index", "run"}  # the seconds differ from run to run; the rest must not
 
 
 def _run_one_process(out: Path) -> None:
     env = dict(os.environ, WORLD_SIZE="1", RANK="0", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(SCRIPT), str(out)], env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
-
-
-def assert_same_measures(a: dict, b: dict, tol: float = 1e-6) -> None:
-    """Every measure of two history records agrees within ``tol`` (counts exactly)."""
-    assert set(a) - IGNORED == set(b) - IGNORED
-
-    def same(x, y, where):
-        if isinstance(x, dict):
-            assert set(x) == set(y), where
-            for k in x:
-                same(x[k], y[k], f"{where}.{k}")
-        elif isinstance(x, list):
-            assert len(x) == len(y), where
-            for i, (u, v) in enumerate(zip(x, y)):
-                same(u, v, f"{where}[{i}]")
-        elif isinstance(x, float) and isinstance(y, (int, float)):
-            assert y == pytest.approx(x, abs=tol), where
-        else:
-            assert x == y, where
-
-    for key in set(a) - IGNORED:
-        same(a[key], b[key], key)
 
 
 @pytest.fixture(scope="module")
