@@ -117,7 +117,7 @@ def probe_leakage(
     the statistics are summed across processes, so every process gets the result of the
     whole probe set (every process must call this: it runs collectives).
     """
-    from frx_plugin.streaming import analyze_stream
+    from frx_plugin.leakage.streaming import analyze_stream
 
     if indices is None:
         indices = torch.arange(len(probe))
@@ -320,7 +320,7 @@ def analyze_file(
     after each chunk when given. The importable twin of ``frx analyze``.
     """
     from frx_plugin.embedding_set import EmbeddingSet
-    from frx_plugin.streaming import analyze_stream
+    from frx_plugin.leakage.streaming import analyze_stream
 
     dataset = EmbeddingSet(path, attributes)
     passes = iter(("statistics", "held-out scores"))

@@ -1007,7 +1007,7 @@ def _use_logistic_heads(
     All their 0/1 columns are fitted at once; the binary cut is recomputed as the midpoint of
     the two training-class mean scores under the new head (from the statistics, as for ridge).
     """
-    from frx_plugin.logistic import fit_logistic_heads
+    from frx_plugin.leakage.logistic import fit_logistic_heads
 
     chosen = [t for t in targets if t.attribute.discrete and not heads.reason[t.attribute.name]]
     if not chosen:
@@ -1107,7 +1107,7 @@ def analyze_embeddings(
     if x.numel() <= _CONVERT_ONCE_ENTRIES:
         x = x.to(torch.float64)  # once, for both the statistics and the scoring
 
-    from frx_plugin.metrics import ProbeStatistics  # the metric builds on this module's functions
+    from frx_plugin.leakage.metrics import ProbeStatistics  # the metric builds on this module's functions
 
     y_all, targets = build_targets(labels, schema, n)
     masked_names = [t.attribute.name for t in targets if not bool(t.labelled.all())]

@@ -29,7 +29,7 @@ import torch
 from torchmetrics import Metric
 
 from frx_plugin.attributes import AttributeSchema
-from frx_plugin.metrics import DEFAULT_BINS, HeldOutLeakage, ProbeStatistics
+from frx_plugin.leakage.metrics import DEFAULT_BINS, HeldOutLeakage, ProbeStatistics
 from frx_plugin.recovery import (
     AnalysisError,
     _check_embeddings,

@@ -10,7 +10,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from frx_plugin.attributes import Attribute, AttributeSchema
-from frx_plugin.logistic import fit_logistic_heads
+from frx_plugin.leakage.logistic import fit_logistic_heads
 from frx_plugin.recovery import AnalysisError, _fold_statistics, analyze_embeddings, auroc_columns, identity_folds
 
 SCHEMA = AttributeSchema(

@@ -1,0 +1,1 @@
+"""Attribute leakage of face embeddings: held-out linear probes on identity-disjoint folds."""
