@@ -31,7 +31,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from frx_plugin.attributes import Attribute, AttributeSchema
-from frx_plugin.recovery import analyze_embeddings, auroc_columns, identity_folds
+from frx_plugin.leakage import analyze_embeddings, auroc_columns, identity_folds
 
 
 def planted(n: int, dim: int, k: int, seed: int = 0):

@@ -13,10 +13,11 @@ from typing import Any, Callable
 
 import torch
 
+from frx_plugin.errors import AnalysisError
 from frx_plugin.history import atomic_write_text
+from frx_plugin.leakage import analyze_embeddings
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet
-from frx_plugin.recovery import AnalysisError, analyze_embeddings
 from frx_plugin.report import Report
 from frx_plugin.verification import listed_pair_verification, verification
 
@@ -36,7 +37,7 @@ class AnalysisConfig:
     C: float = 1.0
 
     def __post_init__(self) -> None:
-        from frx_plugin.recovery import HEADS
+        from frx_plugin.leakage import HEADS
 
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {list(HEADS)}, got {self.head!r}")

@@ -49,7 +49,7 @@ import torch
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.errors import CounterfactualError
 from frx_plugin.interfaces import AttributeGenerator, Embedder
-from frx_plugin.recovery import MetricEstimate, _estimate
+from frx_plugin.leakage import MetricEstimate, bootstrap_estimate
 
 __all__ = [
     "AttributeGenerator",
@@ -186,7 +186,7 @@ def latent_model(
     binormal d′ = √2·Φ⁻¹(AUROC) for discrete kinds, the correlation √R² for continuous ones
     (κ = 0 when the held-out value shows no signal).
     """
-    from frx_plugin.recovery import auroc_columns, build_targets
+    from frx_plugin.leakage import auroc_columns, build_targets
 
     z = embeddings.to(torch.float64)
     _, targets = build_targets({a.name: labels[a.name][:0] for a in schema}, schema, 0)
@@ -348,7 +348,7 @@ def identity_significance(
         moved = 1.0 - (torch.nn.functional.normalize(z[keep].to(torch.float64), dim=1) * edited.to(torch.float64)).sum(1)
         w = weights[:, index[keep]]  # (R, m)
         value = (w @ moved) / w.sum(1).clamp_min(1e-300) / distance
-        out[attribute.name] = _estimate(value[0], value[1:] if n_bootstrap else None)
+        out[attribute.name] = bootstrap_estimate(value[0], value[1:] if n_bootstrap else None)
     return out
 
 

@@ -39,7 +39,8 @@ from frx_plugin.interfaces import AttributeEstimator, DecoderTask, FaceDecoder
 from frx_plugin.errors import EstimatorError
 from frx_plugin.estimators import require_estimator
 from frx_plugin.probe import ProbeSet
-from frx_plugin.recovery import AnalysisError, _estimate, identity_folds
+from frx_plugin.errors import AnalysisError
+from frx_plugin.leakage import bootstrap_estimate, identity_folds
 
 #: an attribute whose R_k on real faces is at most this is called unreadable by the estimator
 READABLE_MIN = 0.1
@@ -205,7 +206,7 @@ def direct_readings(
     (in the attribute's units). An attribute whose heads are undefined reads NaN.
     """
     from frx_plugin.leakage.metrics import ProbeStatistics
-    from frx_plugin.recovery import build_targets, fit_probe_heads, score_rows
+    from frx_plugin.leakage import build_targets, fit_probe_heads, score_rows
 
     x = embeddings.to(torch.float64)
     n, d = x.shape
@@ -456,7 +457,7 @@ class TwoStage:
             baseline = values[partner]
             point = recovery_significance(attribute, target, values, baseline)
             replicates = recovery_significance(attribute, target, values, baseline, weights) if weights is not None else None
-            estimate = _estimate(point, replicates)
+            estimate = bootstrap_estimate(point, replicates)
             return {"value": estimate.value, "low": estimate.low, "high": estimate.high}
 
         attributes: dict[str, dict[str, Any]] = {}

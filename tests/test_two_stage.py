@@ -227,7 +227,7 @@ def test_within_fold_pairs_pair_another_identity_of_the_same_fold():
 
 def test_direct_readings_recover_a_linear_attribute_and_not_a_random_one():
     from frx_plugin.attributes import AttributeSchema
-    from frx_plugin.recovery import identity_folds
+    from frx_plugin.leakage import identity_folds
 
     g = torch.Generator().manual_seed(6)
     identity = torch.arange(200).repeat_interleave(4)

@@ -1,6 +1,6 @@
 """Exact logistic heads for final reports: every L2-penalised logistic regression of a pass, fitted at once.
 
-The ridge heads of :mod:`frx_plugin.recovery` are the every-epoch engine; a study that wants the
+The ridge heads of :mod:`frx_plugin.leakage.ridge` are the every-epoch engine; a study that wants the
 logistic answer (the usual practice, ``sklearn.linear_model.LogisticRegression`` per attribute
 and fold) gets it here, for all training sets s (the F fold complements and all data) and all
 0/1 target columns t (binary attributes; categorical ones one-vs-rest) as one batched
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from frx_plugin.recovery import FoldStatistics
+from frx_plugin.leakage.statistics import FoldStatistics
 
 __all__ = ["LogisticHeads", "fit_logistic_heads"]
 
@@ -70,8 +70,8 @@ def fit_logistic_heads(
 
     ``x`` (N, D) rows grouped by fold (``folds`` non-decreasing, ids 0..F−1); ``y`` (N, T) 0/1
     targets (0 where unlabelled), ``labelled`` (N, T) bool; ``stats`` the per-fold statistics
-    of these rows and columns (:class:`~frx_plugin.recovery.FoldStatistics`, e.g. from
-    :class:`~frx_plugin.metrics.ProbeStatistics`): they give the preconditioner and the start.
+    of these rows and columns (:class:`~frx_plugin.leakage.statistics.FoldStatistics`, e.g. from
+    :class:`~frx_plugin.leakage.metrics.ProbeStatistics`): they give the preconditioner and the start.
     Training set s < F is every fold but s; with ``include_all``, set F is all rows. The data
     passes run in the rows' precision (float32 unless ``x`` is float64); parameters, sums and
     the solver in float64.
