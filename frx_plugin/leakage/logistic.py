@@ -76,167 +76,218 @@ def fit_logistic_heads(
     passes run in the rows' precision (float32 unless ``x`` is float64); parameters, sums and
     the solver in float64.
     """
-    f64 = torch.float64
     tol = DEFAULT_TOL if tol is None else float(tol)
-    n_folds = stats.count.shape[0]
-    n, d = x.shape
-    t = y.shape[1]
-    s_count = n_folds + 1 if include_all else n_folds
-    lam = 1.0 / float(C)
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
-    x = x.to(work)
-    folds = folds.long()
-    sizes = torch.bincount(folds, minlength=n_folds).tolist()
-    bounds = [0]
-    for size in sizes:
-        bounds.append(bounds[-1] + size)
-    yw = y.to(work)
-    mask = labelled.to(work)
+    problem = _LogisticProblem(x, y, labelled, folds, stats, 1.0 / float(C), include_all)
+    theta, iterations, converged, norm = _minimise(problem, problem.start(), tol, max_iter, history)
+    d = problem.dim
+    prior = (problem.n_pos / problem.n_lab.clamp_min(1.0)).clamp(1e-12, 1 - 1e-12)
+    return LogisticHeads(theta[:, :d].clone(), theta[:, d].clone(), prior, iterations, converged, norm)
 
-    def train(v: torch.Tensor) -> torch.Tensor:
+
+class _LogisticProblem:
+    """The S × T penalised logistic problems of one pass: data, training-set sums, preconditioner, objective.
+
+    Parameters ``theta`` (S, D + 1, T): the weights of problem (s, t) in ``theta[s, :D, t]``, its
+    intercept in ``theta[s, D, t]``.
+    """
+
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, labelled: torch.Tensor, folds: torch.Tensor, stats: FoldStatistics, lam: float, include_all: bool
+    ) -> None:
+        f64 = torch.float64
+        self.n_folds = stats.count.shape[0]
+        self.dim = x.shape[1]
+        self.columns = y.shape[1]
+        self.sets = self.n_folds + 1 if include_all else self.n_folds
+        self.lam = lam
+        self.work = torch.float64 if x.dtype == torch.float64 else torch.float32
+        self.x = x.to(self.work)
+        sizes = torch.bincount(folds.long(), minlength=self.n_folds).tolist()
+        self.bounds = [0]
+        for size in sizes:
+            self.bounds.append(self.bounds[-1] + size)
+        self.yw = y.to(self.work)
+        self.mask = labelled.to(self.work)
+        self.complete = bool(labelled.all())
+        self.others = [[s for s in range(self.sets) if s != f] for f in range(self.n_folds)]  # the sets that train on fold f
+        self.gram, self.sum_x, self.count, self.cross = (self._train(v) for v in (stats.gram, stats.sum_x, stats.count, stats.cross))
+        fold_m = torch.stack([labelled[a:e].sum(0) for a, e in zip(self.bounds[:-1], self.bounds[1:])]).to(f64)  # (F, T)
+        self.n_lab, self.n_pos = self._train(fold_m), self._train(stats.sum_y)  # (S, T)
+        self.factor = self._preconditioner_factor()
+
+    def _train(self, v: torch.Tensor) -> torch.Tensor:
         """Per-fold sums → training-set sums: fold complements (then all data)."""
         total = v.sum(0, keepdim=True)
-        return torch.cat([total - v, total])[:s_count]
+        return torch.cat([total - v, total])[: self.sets]
 
-    g_s, sx_s, n_s, cross_s = train(stats.gram), train(stats.sum_x), train(stats.count), train(stats.cross)
-    fold_m = torch.stack([labelled[a:e].sum(0) for a, e in zip(bounds[:-1], bounds[1:])]).to(f64)  # (F, T)
-    n_lab, n_pos = train(fold_m), train(stats.sum_y)  # (S, T)
+    def _preconditioner_factor(self) -> torch.Tensor:
+        """Cholesky factor (S, D+1, D+1) of Böhning's bound ¼·[XᵀX Σx; Σxᵀ n] + λI′ (intercept unpenalised)."""
+        d = self.dim
+        augmented = torch.zeros(self.sets, d + 1, d + 1, dtype=torch.float64)
+        augmented[:, :d, :d] = self.gram
+        augmented[:, :d, d] = self.sum_x
+        augmented[:, d, :d] = self.sum_x
+        augmented[:, d, d] = self.count
+        penalty = torch.ones(d + 1, dtype=torch.float64)
+        penalty[d] = 0.0
+        precondition = 0.25 * augmented + torch.diag(self.lam * penalty)
+        precondition[:, d, d] += 1e-9 * self.count.clamp_min(1.0)  # an empty set stays factorisable
+        return torch.linalg.cholesky(precondition)
 
-    # preconditioner: Böhning's bound ¼·[XᵀX Σx; Σxᵀ n] + λI′ (intercept unpenalised)
-    augmented = torch.zeros(s_count, d + 1, d + 1, dtype=f64)
-    augmented[:, :d, :d] = g_s
-    augmented[:, :d, d] = sx_s
-    augmented[:, d, :d] = sx_s
-    augmented[:, d, d] = n_s
-    penalty = torch.ones(d + 1, dtype=f64)
-    penalty[d] = 0.0
-    precondition = 0.25 * augmented + torch.diag(lam * penalty)
-    precondition[:, d, d] += 1e-9 * n_s.clamp_min(1.0)  # an empty set stays factorisable
-    factor = torch.linalg.cholesky(precondition)  # (S, D+1, D+1)
+    def apply_inverse(self, g: torch.Tensor) -> torch.Tensor:  # (S, D+1, T)
+        """H₀⁻¹·g through the preconditioner's Cholesky factor."""
+        return torch.cholesky_solve(g, self.factor)
 
-    def apply_inverse(g: torch.Tensor) -> torch.Tensor:  # (S, D+1, T)
-        return torch.cholesky_solve(g, factor)
+    def start(self) -> torch.Tensor:
+        """The logistic head that linear discriminant analysis implies, as the start ``theta``.
 
-    # start: the logistic head that linear discriminant analysis implies. With equal class
-    # covariances, w_logistic = Σ_w⁻¹(μ₁ − μ₀) = w_ls / (p(1−p)(1 − R²)), w_ls the least-squares
-    # head on the 0/1 target and R² its fit; b = logit p − wᵀ(μ₁ + μ₀)/2.
-    n_safe = n_s.clamp_min(1.0)
-    mean_x = sx_s / n_safe[:, None]
-    scatter = g_s - n_safe[:, None, None] * mean_x[:, :, None] * mean_x[:, None, :]
-    cross_c = cross_s - mean_x[:, :, None] * n_pos[:, None, :]
-    eye = torch.eye(d, dtype=f64)
-    ls_factor, _ = torch.linalg.cholesky_ex(scatter + (lam + 1e-9 * torch.diagonal(scatter, dim1=1, dim2=2).mean(1))[:, None, None] * eye)
-    w_ls = torch.cholesky_solve(cross_c, ls_factor)
-    p = ((n_pos + 0.5) / (n_lab + 1.0)).clamp(1e-6, 1 - 1e-6)
-    yy_c = (n_pos - n_pos**2 / n_lab.clamp_min(1.0)).clamp_min(1e-12)
-    r2 = ((cross_c * w_ls).sum(1) / yy_c).clamp(0.0, 0.99)
-    w0 = w_ls / (p * (1 - p) * (1 - r2))[:, None, :]
-    mean1 = cross_s / n_pos.clamp_min(1.0)[:, None, :]
-    mean0 = (sx_s[:, :, None] * (n_lab / n_safe[:, None])[:, None, :] - cross_s) / (n_lab - n_pos).clamp_min(1.0)[:, None, :]
-    theta = torch.zeros(s_count, d + 1, t, dtype=f64)
-    theta[:, :d] = w0
-    theta[:, d] = torch.log(p / (1 - p)) - 0.5 * (w0 * (mean1 + mean0)).sum(1)
+        With equal class covariances, w_logistic = Σ_w⁻¹(μ₁ − μ₀) = w_ls / (p(1−p)(1 − R²)), w_ls
+        the least-squares head on the 0/1 target and R² its fit; b = logit p − wᵀ(μ₁ + μ₀)/2.
+        """
+        f64 = torch.float64
+        d, lam, n_pos, n_lab = self.dim, self.lam, self.n_pos, self.n_lab
+        n_safe = self.count.clamp_min(1.0)
+        mean_x = self.sum_x / n_safe[:, None]
+        scatter = self.gram - n_safe[:, None, None] * mean_x[:, :, None] * mean_x[:, None, :]
+        cross_c = self.cross - mean_x[:, :, None] * n_pos[:, None, :]
+        eye = torch.eye(d, dtype=f64)
+        ls_factor, _ = torch.linalg.cholesky_ex(scatter + (lam + 1e-9 * torch.diagonal(scatter, dim1=1, dim2=2).mean(1))[:, None, None] * eye)
+        w_ls = torch.cholesky_solve(cross_c, ls_factor)
+        p = ((n_pos + 0.5) / (n_lab + 1.0)).clamp(1e-6, 1 - 1e-6)
+        yy_c = (n_pos - n_pos**2 / n_lab.clamp_min(1.0)).clamp_min(1e-12)
+        r2 = ((cross_c * w_ls).sum(1) / yy_c).clamp(0.0, 0.99)
+        w0 = w_ls / (p * (1 - p) * (1 - r2))[:, None, :]
+        mean1 = self.cross / n_pos.clamp_min(1.0)[:, None, :]
+        mean0 = (self.sum_x[:, :, None] * (n_lab / n_safe[:, None])[:, None, :] - self.cross) / (n_lab - n_pos).clamp_min(1.0)[:, None, :]
+        theta = torch.zeros(self.sets, d + 1, self.columns, dtype=f64)
+        theta[:, :d] = w0
+        theta[:, d] = torch.log(p / (1 - p)) - 0.5 * (w0 * (mean1 + mean0)).sum(1)
+        return theta
 
-    complete = bool(labelled.all())
-    others = [[s for s in range(s_count) if s != f] for f in range(n_folds)]  # the sets that train on fold f
-
-    def objective(theta: torch.Tensor, with_gradient: bool):
+    def objective(self, theta: torch.Tensor, with_gradient: bool):
+        """Summed penalised loss (S, T), its gradient (S, D+1, T) or None, and Σ σ(1 − σ) over the training rows."""
+        f64 = torch.float64
+        d, t, lam, x, work = self.dim, self.columns, self.lam, self.x, self.work
         loss = 0.5 * lam * (theta[:, :d] ** 2).sum(1)  # (S, T)
-        grad = torch.zeros(s_count, d + 1, t, dtype=f64) if with_gradient else None
-        curvature = torch.zeros(s_count, t, dtype=f64)  # Σ σ(1 − σ) over the training rows
+        grad = torch.zeros(self.sets, d + 1, t, dtype=f64) if with_gradient else None
+        curvature = torch.zeros(self.sets, t, dtype=f64)  # Σ σ(1 − σ) over the training rows
         if with_gradient:
             grad[:, :d] += lam * theta[:, :d]
-        for f, (a, e) in enumerate(zip(bounds[:-1], bounds[1:])):
+        for f, (a, e) in enumerate(zip(self.bounds[:-1], self.bounds[1:])):
             if a == e:
                 continue
-            sets = others[f]
+            sets = self.others[f]
             k = len(sets)
             w = theta[sets, :d].permute(1, 0, 2).reshape(d, k * t).to(work)  # (D, k·T)
             b = theta[sets, d].reshape(1, k * t).to(work)
             z = torch.addmm(b, x[a:e], w).view(e - a, k, t)
-            target = yw[a:e, None, :]
+            target = self.yw[a:e, None, :]
             rows_loss = torch.nn.functional.softplus(z) - target * z
-            if not complete:
-                rows_loss = rows_loss * mask[a:e, None, :]
+            if not self.complete:
+                rows_loss = rows_loss * self.mask[a:e, None, :]
             loss[sets] += rows_loss.sum(0).to(f64)
             if with_gradient:
                 sigma = torch.sigmoid(z)
                 weight = sigma * (1.0 - sigma)
                 residual = sigma - target
-                if not complete:
-                    residual = residual * mask[a:e, None, :]
-                    weight = weight * mask[a:e, None, :]
+                if not self.complete:
+                    residual = residual * self.mask[a:e, None, :]
+                    weight = weight * self.mask[a:e, None, :]
                 curvature[sets] += weight.sum(0).to(f64)
                 grad[sets, :d] += (x[a:e].T @ residual.view(e - a, k * t)).view(d, k, t).permute(1, 0, 2).to(f64)
                 grad[sets, d] += residual.sum(0).to(f64)
         return loss, grad, curvature
 
-    loss, grad, curvature = objective(theta, True)
+
+def _minimise(problem: _LogisticProblem, theta: torch.Tensor, tol: float, max_iter: int, history: int):
+    """L-BFGS from ``theta`` until every problem converges or ``max_iter``: (theta, iterations, converged, norm)."""
+    f64 = torch.float64
+    loss, grad, curvature = problem.objective(theta, True)
     # first step: H₀ = ¼·A overstates the curvature where the rows are already well separated;
     # scale H₀⁻¹ by ¼ / mean σ(1 − σ) at the start (L-BFGS's own sᵀy scaling takes over after)
-    gamma_start = (0.25 * n_lab / curvature.clamp_min(1e-12)).clamp(1.0, 1e3)
-    s_hist: list[torch.Tensor] = []
-    y_hist: list[torch.Tensor] = []
-    rho_hist: list[torch.Tensor] = []
-    scale = n_lab.clamp_min(1.0).sqrt()
-    converged = torch.zeros(s_count, t, dtype=torch.bool)
-    norm = torch.zeros(s_count, t, dtype=f64)
+    gamma_start = (0.25 * problem.n_lab / curvature.clamp_min(1e-12)).clamp(1.0, 1e3)
+    memory = _Memory(history)
+    scale = problem.n_lab.clamp_min(1.0).sqrt()
+    converged = torch.zeros(problem.sets, problem.columns, dtype=torch.bool)
+    norm = torch.zeros(problem.sets, problem.columns, dtype=f64)
     iterations = 0
     for iterations in range(1, max_iter + 1):
-        pg = apply_inverse(grad)
+        pg = problem.apply_inverse(grad)
         norm = (grad * pg).sum(1).clamp_min(0.0).sqrt() / scale
         converged = norm <= tol
         if bool(converged.all()):
             iterations -= 1
             break
-        # two-loop recursion, per problem (dot products over dim 1)
+        direction = -memory.step(grad, problem.apply_inverse, gamma_start)
+        direction = torch.where(converged[:, None, :], torch.zeros_like(direction), direction)
+        trial, new_loss, new_grad = _line_search(problem, theta, loss, grad, direction, converged)
+        memory.add(trial - theta, new_grad - grad)
+        theta, loss, grad = trial, new_loss, new_grad
+    return theta, iterations, converged, norm
+
+
+class _Memory:
+    """The last ``history`` curvature pairs (s, y, ρ = 1/sᵀy) of L-BFGS, per problem (dot products over dim 1)."""
+
+    def __init__(self, history: int) -> None:
+        self.history = history
+        self.s: list[torch.Tensor] = []
+        self.y: list[torch.Tensor] = []
+        self.rho: list[torch.Tensor] = []
+
+    def step(self, grad: torch.Tensor, apply_inverse, gamma_start: torch.Tensor) -> torch.Tensor:
+        """H⁻¹·grad by the two-loop recursion, with H₀⁻¹ the preconditioner scaled per problem."""
         q = grad.clone()
         alphas = []
-        for s_k, y_k, rho in zip(reversed(s_hist), reversed(y_hist), reversed(rho_hist)):
+        for s_k, y_k, rho in zip(reversed(self.s), reversed(self.y), reversed(self.rho)):
             a = rho * (s_k * q).sum(1)
             q -= a[:, None, :] * y_k
             alphas.append(a)
         r = apply_inverse(q)
-        if s_hist:  # scale H₀⁻¹ by the newest curvature pair, γ = sᵀy / yᵀH₀⁻¹y (≥ 1: H₀ bounds the Hessian)
-            y_last = y_hist[-1]
-            gamma = (s_hist[-1] * y_last).sum(1) / (y_last * apply_inverse(y_last)).sum(1).clamp_min(1e-300)
-            gamma = torch.where(rho_hist[-1] > 0, gamma, torch.ones_like(gamma)).clamp(1.0, 1e3)
+        if self.s:  # scale H₀⁻¹ by the newest curvature pair, γ = sᵀy / yᵀH₀⁻¹y (≥ 1: H₀ bounds the Hessian)
+            y_last = self.y[-1]
+            gamma = (self.s[-1] * y_last).sum(1) / (y_last * apply_inverse(y_last)).sum(1).clamp_min(1e-300)
+            gamma = torch.where(self.rho[-1] > 0, gamma, torch.ones_like(gamma)).clamp(1.0, 1e3)
         else:
             gamma = gamma_start
         r = r * gamma[:, None, :]
-        for (s_k, y_k, rho), a in zip(zip(s_hist, y_hist, rho_hist), reversed(alphas)):
+        for (s_k, y_k, rho), a in zip(zip(self.s, self.y, self.rho), reversed(alphas)):
             beta = rho * (y_k * r).sum(1)
             r += (a - beta)[:, None, :] * s_k
-        direction = -r
-        direction = torch.where(converged[:, None, :], torch.zeros_like(direction), direction)
-        slope = (grad * direction).sum(1)  # (S, T), negative
-        step = torch.ones(s_count, t, dtype=f64)
-        trial = theta + direction
-        new_loss, new_grad, _ = objective(trial, True)  # the full step is almost always taken
-        noise = _LOSS_NOISE[work] * loss.abs()  # rounding of the summed loss: below it, no verdict
-        ok = (new_loss <= loss + 1e-4 * slope + noise) | converged
-        for _ in range(40):
-            if bool(ok.all()):
-                break
-            step = torch.where(ok, step, 0.5 * step)
-            trial = theta + step[:, None, :] * direction
-            new_loss, _, _ = objective(trial, False)
-            ok = (new_loss <= loss + 1e-4 * step * slope + noise) | converged
-        else:
-            step = torch.where(ok, step, torch.zeros_like(step))  # no decrease found: stay
-            trial = theta + step[:, None, :] * direction
-        if not bool((step == 1.0).all()):
-            new_loss, new_grad, _ = objective(trial, True)
-        s_k = trial - theta
-        y_k = new_grad - grad
+        return r
+
+    def add(self, s_k: torch.Tensor, y_k: torch.Tensor) -> None:
+        """Keep the pair where sᵀy is clearly positive (else a zero pair), dropping the oldest beyond ``history``."""
         sy = (s_k * y_k).sum(1)
         good = sy > 1e-12 * (s_k * s_k).sum(1).clamp_min(1e-300)
         rho = torch.where(good, 1.0 / sy.clamp_min(1e-300), torch.zeros_like(sy))
-        s_hist.append(torch.where(good[:, None, :], s_k, torch.zeros_like(s_k)))
-        y_hist.append(torch.where(good[:, None, :], y_k, torch.zeros_like(y_k)))
-        rho_hist.append(rho)
-        if len(s_hist) > history:
-            s_hist.pop(0), y_hist.pop(0), rho_hist.pop(0)
-        theta, loss, grad = trial, new_loss, new_grad
-    prior = (n_pos / n_lab.clamp_min(1.0)).clamp(1e-12, 1 - 1e-12)
-    return LogisticHeads(theta[:, :d].clone(), theta[:, d].clone(), prior, iterations, converged, norm)
+        self.s.append(torch.where(good[:, None, :], s_k, torch.zeros_like(s_k)))
+        self.y.append(torch.where(good[:, None, :], y_k, torch.zeros_like(y_k)))
+        self.rho.append(rho)
+        if len(self.s) > self.history:
+            self.s.pop(0), self.y.pop(0), self.rho.pop(0)
+
+
+def _line_search(
+    problem: _LogisticProblem, theta: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor, direction: torch.Tensor, converged: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backtracking (Armijo) per problem from the full step: the new ``theta``, its loss and gradient."""
+    slope = (grad * direction).sum(1)  # (S, T), negative
+    step = torch.ones(problem.sets, problem.columns, dtype=torch.float64)
+    trial = theta + direction
+    new_loss, new_grad, _ = problem.objective(trial, True)  # the full step is almost always taken
+    noise = _LOSS_NOISE[problem.work] * loss.abs()  # rounding of the summed loss: below it, no verdict
+    ok = (new_loss <= loss + 1e-4 * slope + noise) | converged
+    for _ in range(40):
+        if bool(ok.all()):
+            break
+        step = torch.where(ok, step, 0.5 * step)
+        trial = theta + step[:, None, :] * direction
+        new_loss, _, _ = problem.objective(trial, False)
+        ok = (new_loss <= loss + 1e-4 * step * slope + noise) | converged
+    else:
+        step = torch.where(ok, step, torch.zeros_like(step))  # no decrease found: stay
+        trial = theta + step[:, None, :] * direction
+    if not bool((step == 1.0).all()):
+        new_loss, new_grad, _ = problem.objective(trial, True)
+    return trial, new_loss, new_grad
