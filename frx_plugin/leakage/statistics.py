@@ -31,8 +31,11 @@ __all__ = [
     "target_layout",
     "undefined_reason",
     "unseen_class_warnings",
+    "class_name",
     "check_embeddings",
     "check_identity",
+    "identity_index",
+    "work_dtype",
 ]
 
 
