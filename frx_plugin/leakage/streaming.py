@@ -17,8 +17,9 @@ they are identity-disjoint, a row's fold is its identity's fold, so chunks may c
 order, any size and from any rank (each rank streaming its own shard, with
 ``sync_on_compute=True``). Memory: the identity/fold vectors (K identities), the statistics
 (F·D² per group) and the pass-2 states ((B + 1) × columns × 2 × bins) — nothing grows with N.
-Results equal :func:`analyze_embeddings`'s to rounding, except AUROC, which is computed from
-score histograms (see :mod:`frx_plugin.leakage.metrics` for its error bound).
+Results equal :func:`~frx_plugin.leakage.estimate.analyze_embeddings`'s to rounding, except
+AUROC, which is computed from score histograms (see :mod:`frx_plugin.leakage.metrics` for its
+error bound).
 """
 
 from __future__ import annotations
