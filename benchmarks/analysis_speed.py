@@ -16,7 +16,7 @@ import time
 import torch
 
 from frx_plugin.attributes import Attribute, AttributeSchema
-from frx_plugin.recovery import analyze_embeddings
+from frx_plugin.leakage import analyze_embeddings
 
 
 def world(n: int, dim: int, per_identity: int = 10, seed: int = 0):

@@ -14,7 +14,7 @@ into one AUROC per attribute.
 - frx logistic heads: ``analyze_embeddings(head="logistic")`` (same objective as scikit-learn's
   C = 1, all heads at once by preconditioned L-BFGS). Compared with the *converged* logistic
   optimum: scikit-learn refitted with ``tol=1e-10``; both scored without the training prior's
-  log-odds (frx's convention, see ``frx_plugin.logistic``), so the AUROCs are of the same heads.
+  log-odds (frx's convention, see ``frx_plugin.leakage.logistic``), so the AUROCs are of the same heads.
 
 frx timings: best of ``--repeats`` after a warm-up on small data; scikit-learn: one run (after a
 warm-up fit). No bootstrap anywhere.
@@ -31,7 +31,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from frx_plugin.attributes import Attribute, AttributeSchema
-from frx_plugin.recovery import analyze_embeddings, auroc_columns, identity_folds
+from frx_plugin.leakage import analyze_embeddings, auroc_columns, identity_folds
 
 
 def planted(n: int, dim: int, k: int, seed: int = 0):

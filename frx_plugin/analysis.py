@@ -30,7 +30,8 @@ from frx_plugin.passes import (  # noqa: F401 - re-exported until the move ends
     scalar_metrics,
 )
 from frx_plugin.probe import ProbeSet
-from frx_plugin.recovery import AnalysisError, analyze_embeddings
+from frx_plugin.errors import AnalysisError
+from frx_plugin.leakage import analyze_embeddings
 from frx_plugin.report import Report
 from frx_plugin.verification import listed_pair_verification, verification
 
@@ -72,13 +73,13 @@ def analyze_file(
     """Leakage of every attribute of an embedding-set file, streamed in constant memory.
 
     Leakage is measured on the embeddings as stored (frx writes L2-normalised ones, DESIGN.md
-    §2) by :func:`frx_plugin.streaming.analyze_stream`; verification (cosines of all pairs) runs
+    §2) by :func:`frx_plugin.leakage.streaming.analyze_stream`; verification (cosines of all pairs) runs
     when the file has at most ``VERIFICATION_MAX_SAMPLES`` rows. With ``out_dir``, writes
     ``out_dir/analysis.json`` atomically. ``progress(done_rows, total_rows, stage)`` is called
     after each chunk when given. The importable twin of ``frx analyze``.
     """
     from frx_plugin.embedding_set import EmbeddingSet
-    from frx_plugin.streaming import analyze_stream
+    from frx_plugin.leakage.streaming import analyze_stream
 
     dataset = EmbeddingSet(path, attributes)
     passes = iter(("statistics", "held-out scores"))

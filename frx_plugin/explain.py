@@ -147,7 +147,7 @@ def explain(
     generator = None
     if embeddings_file is not None:
         from frx_plugin.embedding_set import read_embedding_set
-        from frx_plugin.recovery import analyze_embeddings
+        from frx_plugin.leakage import analyze_embeddings
         from frx_plugin.verification import verification
 
         if path == "exact":

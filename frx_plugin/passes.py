@@ -61,7 +61,7 @@ class AnalysisConfig:
     C: float = 1.0
 
     def __post_init__(self) -> None:
-        from frx_plugin.recovery import HEADS
+        from frx_plugin.leakage import HEADS
 
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {list(HEADS)}, got {self.head!r}")
@@ -160,7 +160,7 @@ def probe_leakage(embeddings: torch.Tensor, probe: ProbeSet, config: AnalysisCon
     ``collectives``, so every process gets the result of the whole probe set (every process must
     call this: it runs collectives).
     """
-    from frx_plugin.streaming import analyze_stream
+    from frx_plugin.leakage.streaming import analyze_stream
 
     if indices is None:
         indices = torch.arange(len(probe))

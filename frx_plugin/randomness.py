@@ -4,7 +4,7 @@ splitmix64 on int64 tensors hashes a tuple of integer keys (seed, stream, counte
 random bits, so a draw never depends on the order, batch, chunk, process or DDP rank in which
 it is made. The synthetic world (:mod:`frx_plugin.synthetic`) draws its faces this way
 (:func:`hash_keys`, :func:`uniform_from_bits`, :func:`box_muller`), and the identity bootstrap of
-:mod:`frx_plugin.recovery` / :mod:`frx_plugin.metrics` its weights.
+:mod:`frx_plugin.leakage` its weights.
 
 ``poisson_bootstrap_weights``: the streaming form of the bootstrap over identities. Instead of
 drawing K identities with replacement (a multinomial, which needs all identities at once), every

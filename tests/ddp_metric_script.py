@@ -10,8 +10,8 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from frx_plugin.metrics import ProbeStatistics  # noqa: E402
-from tests.test_metrics import SCHEMA, make_data  # noqa: E402
+from frx_plugin.leakage.metrics import ProbeStatistics  # noqa: E402
+from tests.core.test_metrics import SCHEMA, make_data  # noqa: E402
 
 if __name__ == "__main__":
     out = sys.argv[1]

@@ -12,8 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from frx_plugin.streaming import analyze_stream  # noqa: E402
-from tests.test_streaming import DDP_BOOTSTRAP, DDP_N, SCHEMA, _records, chunked, mixed_world  # noqa: E402
+from frx_plugin.leakage.streaming import analyze_stream  # noqa: E402
+from tests.core.test_streaming import DDP_BOOTSTRAP, DDP_N, SCHEMA, _records, chunked, mixed_world  # noqa: E402
 
 if __name__ == "__main__":
     out = sys.argv[1]

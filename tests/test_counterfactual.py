@@ -185,7 +185,7 @@ def test_missing_generator_pairs_and_thresholds_are_named():
 def test_latent_calibration_shrinks_by_the_held_out_separation(synthetic):
     from statistics import NormalDist
 
-    from frx_plugin.recovery import auroc_columns
+    from frx_plugin.leakage import auroc_columns
 
     probe, _, z = synthetic
     report = analyze_probe(z, probe, AnalysisConfig(n_bootstrap=0))

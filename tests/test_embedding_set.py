@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from frx_plugin.analysis import AnalysisConfig, analyze_file
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.embedding_set import EmbeddingSet, EmbeddingSetError, read_embedding_set, write_embedding_set
-from tests.test_recovery import bayes_binary, bayes_continuous, planted_world
+from tests.core.test_recovery import bayes_binary, bayes_continuous, planted_world
 
 SCHEMA = AttributeSchema(
     [
@@ -163,7 +163,7 @@ def test_frx_analyze_errors_name_the_file(tmp_path):
 
 
 def test_analyze_file_streams_in_chunks_and_matches_the_in_memory_analysis(tmp_path):
-    from frx_plugin.recovery import analyze_embeddings
+    from frx_plugin.leakage import analyze_embeddings
 
     z, identity, labels = small_set(n_identities=60, per_identity=5, seed=3)
     labels["glasses"][::11] = -1  # some missing labels: masked statistics on the streaming path
@@ -180,7 +180,7 @@ def test_analyze_file_streams_in_chunks_and_matches_the_in_memory_analysis(tmp_p
 
 
 def test_frx_analyze_with_logistic_heads(tmp_path):
-    from frx_plugin.recovery import analyze_embeddings
+    from frx_plugin.leakage import analyze_embeddings
 
     z, identity, labels = small_set(n_identities=40, per_identity=5, seed=4)
     labels["glasses"][::7] = -1

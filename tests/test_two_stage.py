@@ -155,7 +155,7 @@ def test_conv_decoder_makes_the_face_sizes():
 
 
 def _reference_r(kind: str, target, readings, baseline, weights):
-    """R from a plain loop (numpy), the definition of DESIGN.md §2."""
+    """R from a plain loop (numpy), the definition in docs/architecture.md."""
     num = den = total = 0.0
     for i in range(len(target)):
         if (kind != "continuous" and target[i] < 0) or (kind == "continuous" and np.isnan(target[i])):
@@ -227,7 +227,7 @@ def test_within_fold_pairs_pair_another_identity_of_the_same_fold():
 
 def test_direct_readings_recover_a_linear_attribute_and_not_a_random_one():
     from frx_plugin.attributes import AttributeSchema
-    from frx_plugin.recovery import identity_folds
+    from frx_plugin.leakage import identity_folds
 
     g = torch.Generator().manual_seed(6)
     identity = torch.arange(200).repeat_interleave(4)

@@ -68,7 +68,7 @@ def latent_model(
     binormal d′ = √2·Φ⁻¹(AUROC) for discrete kinds, the correlation √R² for continuous ones
     (κ = 0 when the held-out value shows no signal).
     """
-    from frx_plugin.recovery import auroc_columns, build_targets
+    from frx_plugin.leakage import auroc_columns, build_targets
 
     z = embeddings.to(torch.float64)
     _, targets = build_targets({a.name: labels[a.name][:0] for a in schema}, schema, 0)

@@ -10,7 +10,7 @@ from frx_plugin.attributes import AttributeSchema
 from frx_plugin.counterfactual.edits import edit_scale, edit_values
 from frx_plugin.errors import CounterfactualError
 from frx_plugin.interfaces import AttributeGenerator, Embedder
-from frx_plugin.recovery import MetricEstimate, _estimate
+from frx_plugin.leakage import MetricEstimate, bootstrap_estimate
 
 def exact_embedder(model: Any, generator: AttributeGenerator, batch_size: int = 256) -> Embedder:
     """``embed(rows, attribute, values)`` on the exact path: re-render with the generator, embed with the model."""
@@ -88,5 +88,5 @@ def identity_significance(
         moved = 1.0 - (torch.nn.functional.normalize(z[keep].to(torch.float64), dim=1) * edited.to(torch.float64)).sum(1)
         w = weights[:, index[keep]]  # (R, m)
         value = (w @ moved) / w.sum(1).clamp_min(1e-300) / distance
-        out[attribute.name] = _estimate(value[0], value[1:] if n_bootstrap else None)
+        out[attribute.name] = bootstrap_estimate(value[0], value[1:] if n_bootstrap else None)
     return out

@@ -133,8 +133,8 @@ def direct_readings(
     midpoint, categorical ones by the largest class score, continuous ones by the score itself
     (in the attribute's units). An attribute whose heads are undefined reads NaN.
     """
-    from frx_plugin.metrics import ProbeStatistics
-    from frx_plugin.recovery import build_targets, fit_probe_heads, score_rows
+    from frx_plugin.leakage.metrics import ProbeStatistics
+    from frx_plugin.leakage import build_targets, fit_probe_heads, score_rows
 
     x = embeddings.to(torch.float64)
     n, d = x.shape

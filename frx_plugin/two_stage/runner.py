@@ -15,7 +15,7 @@ from frx_plugin.estimators import require_estimator
 from frx_plugin.interfaces import AttributeEstimator, DecoderTask, FaceDecoder
 from frx_plugin.model import hook_embedder, model_device
 from frx_plugin.probe import ProbeSet
-from frx_plugin.recovery import _estimate, identity_folds
+from frx_plugin.leakage import bootstrap_estimate, identity_folds
 from frx_plugin.two_stage.measures import (
     READABLE_MIN,
     direct_readings,
@@ -289,7 +289,7 @@ class TwoStage:
             baseline = values[partner]
             point = recovery_significance(attribute, target, values, baseline)
             replicates = recovery_significance(attribute, target, values, baseline, weights) if weights is not None else None
-            estimate = _estimate(point, replicates)
+            estimate = bootstrap_estimate(point, replicates)
             return {"value": estimate.value, "low": estimate.low, "high": estimate.high}
 
         attributes: dict[str, dict[str, Any]] = {}

@@ -1,7 +1,10 @@
-"""torchmetrics metrics of frx: state that accumulates batch by batch and reduces across processes.
+"""torchmetrics metrics of the leakage analysis: state that accumulates batch by batch and reduces across processes.
+
+Thin :class:`torchmetrics.Metric` classes over :mod:`frx_plugin.leakage.statistics` (pass 1) and
+:mod:`frx_plugin.leakage.functional` (pass 2).
 
 ``ProbeStatistics`` holds the sufficient statistics from which every ridge head of
-:mod:`frx_plugin.recovery` is fitted (pass 1 of an analysis): per identity-disjoint fold, the
+:mod:`frx_plugin.leakage.ridge` is fitted (pass 1 of an analysis): per identity-disjoint fold, the
 count, Σx, XᵀX, Σy, XᵀY and Σy² of all rows, and, for each attribute that may have missing
 labels, the count, Σx and XᵀX of its *unlabelled* rows (labelled statistics are the
 difference; missing labels are usually rare, so this is the cheap side). All states are float64
@@ -9,7 +12,7 @@ sums with ``dist_reduce_fx="sum"``: under DDP each rank updates with its own sha
 ``compute()`` returns the statistics of the whole probe set.
 
 ``HeldOutLeakage`` is pass 2, the scoring pass in constant memory: constructed from the heads
-that :func:`frx_plugin.recovery.fit_probe_heads` fitted on pass 1, it scores every row with the
+that :func:`frx_plugin.leakage.ridge.fit_probe_heads` fitted on pass 1, it scores every row with the
 head of its fold's training set and accumulates, for replicate 0 (weight 1, the point
 estimate) and the Poisson bootstrap replicates 1..B over identities
 (:func:`frx_plugin.randomness.poisson_bootstrap_weights`), weighted histograms of the scores
@@ -20,8 +23,8 @@ the whole score range, half an even grid over each fold's own range, so folds wh
 scores of very different spread are all resolved). Pairs in different bins are ordered
 exactly; a pair in the same bin counts ½. The error against the exact (Mann–Whitney) AUROC is
 therefore at most ½·Σ_b h⁺_b h⁻_b / (n⁺n⁻), the weight of same-bin pairs
-(:func:`histogram_auroc_tie_bound`): ≈ ½·width·∫f⁺f⁻, a few 1e-3 with the default 1024 bins
-over mean ± 8 sd. In practice the error is ~10× smaller: within a bin the exact order is close
+(:func:`~frx_plugin.leakage.functional.histogram_auroc_tie_bound`): ≈ ½·width·∫f⁺f⁻, a few
+1e-3 with the default 1024 bins over mean ± 8 sd. In practice the error is ~10× smaller: within a bin the exact order is close
 to a coin toss, so the errors largely cancel (an O(width²) bias).
 """
 
@@ -34,26 +37,19 @@ import torch
 from torchmetrics import Metric
 
 from frx_plugin.attributes import AttributeSchema
+from frx_plugin.leakage.functional import MetricEstimate, bootstrap_estimate, histogram_auroc
+from frx_plugin.leakage.ridge import ProbeHeads
+from frx_plugin.leakage.statistics import FoldStatistics, build_targets, fold_statistics, score_rows, target_layout
 from frx_plugin.randomness import poisson_bootstrap_weights
-from frx_plugin.recovery import (
-    FoldStatistics,
-    MetricEstimate,
-    ProbeHeads,
-    _astuple,
-    _estimate,
-    _fold_statistics,
-    build_targets,
-    score_rows,
-)
 
-__all__ = ["ProbeStatistics", "HeldOutLeakage", "histogram_auroc", "histogram_auroc_tie_bound"]
+__all__ = ["ProbeStatistics", "HeldOutLeakage", "DEFAULT_BINS"]
 
 
 class ProbeStatistics(Metric):
     """Per-fold sufficient statistics of linear probes for every attribute of ``schema``.
 
     ``update(embeddings (B, D), folds (B,), labels {name: (B,)})``; ``compute()`` returns
-    ``(shared, masked)``: the :class:`~frx_plugin.recovery.FoldStatistics` of all rows and, per
+    ``(shared, masked)``: the :class:`~frx_plugin.leakage.statistics.FoldStatistics` of all rows and, per
     attribute named in ``masked_attributes``, those of its labelled rows only (restricted to
     that attribute's target columns).
     """
@@ -94,22 +90,21 @@ class ProbeStatistics(Metric):
         x = embeddings.detach().to(self.gram.device)
         folds = folds.to(x.device)
         y, targets = build_targets({k: v.to(x.device) for k, v in labels.items()}, self.schema, x.shape[0])
-        batch = _fold_statistics(x, y, folds, self.n_folds)
-        for name, value in zip(("count", "sum_x", "gram", "sum_y", "cross", "sum_yy"), _astuple(batch)):
+        batch = fold_statistics(x, y, folds, self.n_folds)
+        for name, value in zip(("count", "sum_x", "gram", "sum_y", "cross", "sum_yy"), batch.tensors()):
             getattr(self, name).add_(value)
         by_name = {t.attribute.name: t for t in targets}
         for i, name in enumerate(self.masked_attributes):
             gone = (~by_name[name].labelled).nonzero().squeeze(1)
             if gone.numel():
-                missing = _fold_statistics(x[gone], x.new_zeros(gone.numel(), 0), folds[gone], self.n_folds)
+                missing = fold_statistics(x[gone], x.new_zeros(gone.numel(), 0), folds[gone], self.n_folds)
                 self.missing_count[i] += missing.count
                 self.missing_sum_x[i] += missing.sum_x
                 self.missing_gram[i] += missing.gram
 
     def compute(self) -> tuple[FoldStatistics, dict[str, FoldStatistics]]:
         shared = FoldStatistics(self.count, self.sum_x, self.gram, self.sum_y, self.cross, self.sum_yy)
-        _, targets = build_targets({a.name: _empty_labels(a) for a in self.schema}, self.schema, 0)
-        cols = {t.attribute.name: t.cols for t in targets}
+        cols = {t.attribute.name: t.cols for t in target_layout(self.schema)}
         masked = {}
         for i, name in enumerate(self.masked_attributes):
             own = shared.columns(cols[name])
@@ -120,30 +115,10 @@ class ProbeStatistics(Metric):
         return shared, masked
 
 
-def _empty_labels(attribute) -> torch.Tensor:
-    return torch.zeros(0, dtype=torch.int64 if attribute.discrete else torch.float32)
-
-
 # --------------------------------------------------------------------------- pass 2: held-out leakage
 
 #: Histogram bins per score column and class.
 DEFAULT_BINS = 1024
-
-
-def histogram_auroc(negative: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """AUROC from weighted score histograms (..., K) of the two classes; same-bin pairs count ½.
-
-    NaN where a class has no weight.
-    """
-    below = torch.cumsum(negative, -1) - negative
-    numerator = (positive * (below + 0.5 * negative)).sum(-1)
-    denominator = positive.sum(-1) * negative.sum(-1)
-    return torch.where(denominator > 0, numerator / denominator.clamp_min(1e-300), torch.full_like(numerator, math.nan))
-
-
-def histogram_auroc_tie_bound(negative: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """Largest possible |binned − exact AUROC|: ½ the share of (positive, negative) pairs in one bin."""
-    return 0.5 * (positive * negative).sum(-1) / (positive.sum(-1) * negative.sum(-1)).clamp_min(1e-300)
 
 
 #: Share of the bin edges spread evenly over the whole score range of a column (the rest: per fold).
@@ -153,7 +128,7 @@ GLOBAL_EDGE_SHARE = 0.5
 def _bin_edges(low: torch.Tensor, high: torch.Tensor, n_bins: int) -> torch.Tensor:
     """(T, E) sorted bin edges per column: an even grid over the whole range, plus one per fold.
 
-    ``low`` / ``high`` (F, T) from :class:`~frx_plugin.recovery.ProbeHeads`. Each fold's
+    ``low`` / ``high`` (F, T) from :class:`~frx_plugin.leakage.ridge.ProbeHeads`. Each fold's
     held-out scores come from their own head and may sit far from the other folds' (a
     signal-free column: tiny spread, fold-specific intercepts), so besides the even grid over
     [min low, max high] (``GLOBAL_EDGE_SHARE`` of the edges) every fold gets an even grid
@@ -250,15 +225,15 @@ def _leakage_compute(metric: "HeldOutLeakage") -> dict[str, dict[str, MetricEsti
             totals = confusion.sum(2)
             recall = torch.where(totals > 0, hits / totals.clamp_min(1e-300), torch.full_like(hits, math.nan))
             values = {"auroc": area, "balanced_accuracy": torch.nanmean(recall, 1)}
-        out[name] = {key: _estimate(v[0], v[1:] if v.shape[0] > 1 else None) for key, v in values.items()}
+        out[name] = {key: bootstrap_estimate(v[0], v[1:] if v.shape[0] > 1 else None) for key, v in values.items()}
     return out
 
 
 class HeldOutLeakage(Metric):
     """Held-out leakage of every attribute, accumulated batch by batch (pass 2 of an analysis).
 
-    ``heads``: :class:`~frx_plugin.recovery.ProbeHeads` from
-    :func:`~frx_plugin.recovery.fit_probe_heads` (fitted on the whole probe set, the same on
+    ``heads``: :class:`~frx_plugin.leakage.ridge.ProbeHeads` from
+    :func:`~frx_plugin.leakage.ridge.fit_probe_heads` (fitted on the whole probe set, the same on
     every rank). ``update(embeddings (b, D), identity (b,), folds (b,), labels {name: (b,)})``
     scores each row with the head that did not see its fold and adds it, with weight 1
     (replicate 0) and its identity's Poisson weight in replicates 1..``n_replicates``, to

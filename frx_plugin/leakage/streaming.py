@@ -1,15 +1,15 @@
-"""Streaming direct recovery: :func:`analyze_stream`, the constant-memory twin of
-:func:`frx_plugin.recovery.analyze_embeddings`.
+"""Streaming leakage analysis: :func:`analyze_stream`, the constant-memory twin of
+:func:`frx_plugin.leakage.estimate.analyze_embeddings`.
 
 The probe set arrives as chunks ``(embeddings (b, D), identity (b,), labels {name: (b,)})``
 from a callable that can be iterated more than once (a re-iterable loader). Three passes:
 
 0. label scan — which attributes have missing labels (a tiny summed metric over the label
-   columns; :class:`~frx_plugin.metrics.ProbeStatistics` must know them before pass 1, and
+   columns; :class:`~frx_plugin.leakage.metrics.ProbeStatistics` must know them before pass 1, and
    under DDP every rank must agree). Skipped when ``masked_attributes`` is given.
-1. :class:`~frx_plugin.metrics.ProbeStatistics` — per-fold sufficient statistics; then
-   :func:`~frx_plugin.recovery.fit_probe_heads` fits the heads, thresholds and score ranges.
-2. :class:`~frx_plugin.metrics.HeldOutLeakage` — held-out scores into weighted histograms,
+1. :class:`~frx_plugin.leakage.metrics.ProbeStatistics` — per-fold sufficient statistics; then
+   :func:`~frx_plugin.leakage.ridge.fit_probe_heads` fits the heads, thresholds and score ranges.
+2. :class:`~frx_plugin.leakage.metrics.HeldOutLeakage` — held-out scores into weighted histograms,
    confusions and R² sums, for the point estimate and every Poisson bootstrap replicate.
 
 Folds come from ``identity_folds(identity, n_folds, seed)`` on the full identity vector; since
@@ -17,8 +17,9 @@ they are identity-disjoint, a row's fold is its identity's fold, so chunks may c
 order, any size and from any rank (each rank streaming its own shard, with
 ``sync_on_compute=True``). Memory: the identity/fold vectors (K identities), the statistics
 (F·D² per group) and the pass-2 states ((B + 1) × columns × 2 × bins) — nothing grows with N.
-Results equal :func:`analyze_embeddings`'s to rounding, except AUROC, which is computed from
-score histograms (see :mod:`frx_plugin.metrics` for its error bound).
+Results equal :func:`~frx_plugin.leakage.estimate.analyze_embeddings`'s to rounding, except
+AUROC, which is computed from score histograms (see :mod:`frx_plugin.leakage.metrics` for its
+error bound).
 """
 
 from __future__ import annotations
@@ -29,16 +30,11 @@ import torch
 from torchmetrics import Metric
 
 from frx_plugin.attributes import AttributeSchema
-from frx_plugin.metrics import DEFAULT_BINS, HeldOutLeakage, ProbeStatistics
-from frx_plugin.recovery import (
-    AnalysisError,
-    _check_embeddings,
-    _check_identity,
-    _leakage_entries,
-    _probe_tensors,
-    fit_probe_heads,
-    identity_folds,
-)
+from frx_plugin.errors import AnalysisError
+from frx_plugin.leakage.estimate import leakage_entries, probe_tensors
+from frx_plugin.leakage.metrics import DEFAULT_BINS, HeldOutLeakage, ProbeStatistics
+from frx_plugin.leakage.ridge import fit_probe_heads
+from frx_plugin.leakage.statistics import check_embeddings, check_identity, identity_folds
 from frx_plugin.report import Report
 
 __all__ = ["analyze_stream", "FoldLookup"]
@@ -50,7 +46,7 @@ class FoldLookup:
     """Fold of a row from its identity: ``identity_folds`` of the full identity vector, per identity."""
 
     def __init__(self, identity: torch.Tensor, n_folds: int, seed: int) -> None:
-        _check_identity(identity)
+        check_identity(identity)
         identity = identity.detach().cpu().long()
         folds = identity_folds(identity, n_folds, seed)
         self.identities, inverse = torch.unique(identity, return_inverse=True)
@@ -98,12 +94,12 @@ def _checked(chunk: Chunk, schema: AttributeSchema, index: int, dim: int | None 
     except (TypeError, ValueError):
         raise AnalysisError(f"chunk {index}: expected (embeddings, identity, labels), got {type(chunk).__name__}") from None
     try:
-        x = _check_embeddings(embeddings)
+        x = check_embeddings(embeddings)
     except AnalysisError as exc:
         raise AnalysisError(f"chunk {index}: {exc}") from None
     if dim is not None and x.shape[1] != dim and x.shape[0] > 0:
         raise AnalysisError(f"chunk {index}: embeddings have D = {x.shape[1]} columns, but the chunks before had D = {dim}")
-    _check_identity(identity, x.shape[0])
+    check_identity(identity, x.shape[0])
     schema.validate(labels, x.shape[0], source=f"chunk {index} labels")
     return x, identity.detach().cpu(), {name: labels[name].detach().cpu() for name in schema.names}
 
@@ -127,7 +123,7 @@ def analyze_stream(
     ``chunks()`` returns a fresh iterable of ``(embeddings (b, D), identity (b,), labels)``
     each time it is called (2 or 3 times). ``identity``: the identity of every row of the
     whole probe set (all ranks together; order does not matter), from which the folds are
-    drawn exactly as :func:`~frx_plugin.recovery.analyze_embeddings` draws them. Under DDP
+    drawn exactly as :func:`~frx_plugin.leakage.estimate.analyze_embeddings` draws them. Under DDP
     each rank passes its own shard's chunks and ``sync_on_compute=True``; every rank gets the
     report of the whole probe set. ``masked_attributes``: the attributes that may have missing
     labels (default: found by a scan of the label columns, pass 0); naming one without
@@ -137,7 +133,7 @@ def analyze_stream(
     (torchmetrics' own ``torch.distributed`` gather by default; an frx pass passes
     :func:`frx_plugin.collectives.metric_sync`).
     """
-    _check_identity(identity)
+    check_identity(identity)
     if not isinstance(n_bootstrap, int) or n_bootstrap < 0:
         raise AnalysisError(f"n_bootstrap must be a non-negative integer, got {n_bootstrap!r}")
     lookup = FoldLookup(identity, n_folds, seed)
@@ -181,12 +177,12 @@ def analyze_stream(
         leakage_metric.update(x, ident, lookup(ident), labels)
     estimates = leakage_metric.compute()
 
-    leakage, more = _leakage_entries(schema, heads, estimates)
+    leakage, more = leakage_entries(schema, heads, estimates)
     return Report(
         leakage=leakage,
         n_samples=n_rows,
         n_identities=int(lookup.identities.numel()),
         n_folds=n_folds,
-        tensors=_probe_tensors(heads),
+        tensors=probe_tensors(heads),
         warnings=warnings + more,
     )

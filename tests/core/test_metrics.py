@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from frx_plugin.attributes import Attribute, AttributeSchema
-from frx_plugin.metrics import ProbeStatistics
+from frx_plugin.leakage.metrics import ProbeStatistics
 from tests.ddp_launch import run_two_ranks
 
 SCHEMA = AttributeSchema(
@@ -80,7 +80,7 @@ def test_bad_arguments_are_named():
 
 
 def test_two_process_reduction_equals_one_process(tmp_path):
-    script = Path(__file__).with_name("ddp_metric_script.py")
+    script = Path(__file__).parents[1] / "ddp_metric_script.py"
     out = tmp_path / "reduced.safetensors"
     run_two_ranks(script, str(out))
     reduced = load_file(str(out))

@@ -10,8 +10,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from frx_plugin.attributes import Attribute, AttributeSchema
-from frx_plugin.logistic import fit_logistic_heads
-from frx_plugin.recovery import AnalysisError, _fold_statistics, analyze_embeddings, auroc_columns, identity_folds
+from frx_plugin.errors import AnalysisError
+from frx_plugin.leakage import analyze_embeddings, auroc_columns, fit_logistic_heads, fold_statistics, identity_folds
 
 SCHEMA = AttributeSchema(
     [
@@ -57,7 +57,7 @@ def test_every_head_is_the_converged_sklearn_optimum(dtype):
     y = torch.cat([(labels["smile"] == 1)[:, None], (labels["glasses"] == 1)[:, None], hair], 1).double()
     labelled = torch.ones_like(y, dtype=torch.bool)
     labelled[:, 1] = labels["glasses"] >= 0
-    stats = _fold_statistics(z, y, folds, 4)
+    stats = fold_statistics(z, y, folds, 4)
     C = 0.5
     heads = fit_logistic_heads(z, y, labelled, folds, stats, C=C, tol=1e-7)
     assert bool(heads.converged.all()) and heads.iterations < 40
@@ -130,7 +130,7 @@ def test_an_unconverged_head_is_reported():
     order = torch.argsort(folds, stable=True)
     z, folds = z[order], folds[order]
     y = (labels["smile"][order] == 1).double()[:, None]
-    heads = fit_logistic_heads(z, y, torch.ones_like(y, dtype=torch.bool), folds, _fold_statistics(z, y, folds, 3), max_iter=1, tol=1e-12)
+    heads = fit_logistic_heads(z, y, torch.ones_like(y, dtype=torch.bool), folds, fold_statistics(z, y, folds, 3), max_iter=1, tol=1e-12)
     assert heads.iterations == 1 and not bool(heads.converged.any()) and bool((heads.gradient > 1e-12).all())
 
 

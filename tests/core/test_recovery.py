@@ -1,4 +1,4 @@
-"""Direct recovery (frx_plugin.recovery) against independent references.
+"""Direct recovery (frx_plugin.leakage: functional, statistics, ridge, estimate) against independent references.
 
 References: scikit-learn metrics; a brute-force ridge/GCV on explicit hat matrices; Bayes
 values of planted Gaussian signals; the identity trap (identity-disjoint vs image-level folds).
@@ -15,17 +15,17 @@ from sklearn.metrics import balanced_accuracy_score, r2_score as sk_r2_score, ro
 
 from benchmarks.analysis_speed import world as mixed_world
 from frx_plugin.attributes import Attribute, AttributeSchema, SchemaError
-from frx_plugin.recovery import (
-    AnalysisError,
-    PENALTY_EXPONENTS,
-    _fit_heads,
-    _fold_statistics,
+from frx_plugin.errors import AnalysisError
+from frx_plugin.leakage import (
     analyze_embeddings,
     auroc,
     balanced_accuracy,
+    fit_ridge_heads,
+    fold_statistics,
     identity_folds,
     r2_score,
 )
+from frx_plugin.leakage.ridge import PENALTY_EXPONENTS
 
 
 def Phi(x: float) -> float:
@@ -142,8 +142,8 @@ def test_fit_heads_is_ridge_with_the_gcv_penalty():
     x = rng.normal(size=(n, d)) @ rng.normal(size=(d, d))
     y = np.stack([x @ rng.normal(size=d) + rng.normal(size=n) * s for s in (0.3, 3.0, 30.0)], 1)
     folds = torch.tensor(rng.integers(0, 3, n))
-    stats = _fold_statistics(torch.tensor(x), torch.tensor(y), folds, 3).training_sets()
-    heads = _fit_heads(stats)
+    stats = fold_statistics(torch.tensor(x), torch.tensor(y), folds, 3).training_sets()
+    heads = fit_ridge_heads(stats)
     for s in range(4):  # training sets of folds 0..2, then all data
         rows = np.arange(n) if s == 3 else np.flatnonzero(folds.numpy() != s)
         xs, ys = x[rows], y[rows]

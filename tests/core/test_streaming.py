@@ -1,4 +1,4 @@
-"""Streaming direct recovery (frx_plugin.streaming) against the in-memory pass, and its parts.
+"""Streaming direct recovery (frx_plugin.leakage.streaming) against the in-memory pass, and its parts.
 
 AUROC tolerance. The streaming AUROC counts a (positive, negative) pair whose scores share a
 histogram bin as ½, and orders every other pair exactly (bins are monotone in the score, the
@@ -21,12 +21,12 @@ import pytest
 import torch
 
 from frx_plugin.attributes import Attribute, AttributeSchema
-from frx_plugin.metrics import HeldOutLeakage, ProbeStatistics, histogram_auroc_tie_bound
+from frx_plugin.leakage import analyze_embeddings, fit_probe_heads, histogram_auroc_tie_bound
+from frx_plugin.leakage.metrics import HeldOutLeakage, ProbeStatistics
 from frx_plugin.randomness import poisson_bootstrap_weights
-from frx_plugin.recovery import analyze_embeddings, fit_probe_heads
-from frx_plugin.streaming import FoldLookup, analyze_stream
+from frx_plugin.leakage.streaming import FoldLookup, analyze_stream
 from tests.ddp_launch import run_two_ranks
-from tests.test_recovery import MU, Phi, bayes_binary, bayes_categorical, bayes_continuous, planted_world
+from tests.core.test_recovery import MU, Phi, bayes_binary, bayes_categorical, bayes_continuous, planted_world
 
 SCHEMA = AttributeSchema(
     [
@@ -189,7 +189,7 @@ def test_planted_signals_reach_bayes_through_the_stream():
 
 
 def test_two_process_stream_equals_one_process(tmp_path):
-    script = Path(__file__).with_name("ddp_streaming_script.py")
+    script = Path(__file__).parents[1] / "ddp_streaming_script.py"
     out = tmp_path / "report.json"
     run_two_ranks(script, str(out))
     reduced = json.loads(out.read_text())
@@ -208,7 +208,7 @@ DDP_BOOTSTRAP = 40
 
 @pytest.mark.parametrize("scan", [True, False])
 def test_chunks_of_different_width_or_with_nan_are_named(scan):
-    from frx_plugin.recovery import AnalysisError
+    from frx_plugin.errors import AnalysisError
 
     z, identity, labels = mixed_world(n=600)
     masked = None if scan else SCHEMA.names

@@ -1,0 +1,379 @@
+"""Ridge heads of the leakage analysis: closed-form, for every target column at once, from sufficient statistics.
+
+Each target column gets its own ridge head ``score = zᵀw + b`` fitted on centred training
+embeddings (the intercept ``b`` comes from the training means).
+
+Penalty (per training set and target column): chosen on held-out *identities* by an inner
+cross-validation over the other folds, computed from the per-fold sufficient statistics alone
+(see ``_inner_fold_penalty``). With fewer than 3 non-empty folds it falls back to generalised
+cross-validation over a log grid of 33 penalties λ = s·10^k, k ∈ [−6, 2], s = trace(S)/D the
+mean eigenvalue of the centred training scatter S = XᵀX − n x̄x̄ᵀ. With S = V diag(e) Vᵀ and
+c = Vᵀ Xᵀy (centred),
+
+    RSS(λ) = yᵀy − Σ_d c_d² (e_d + 2λ) / (e_d + λ)²,      df(λ) = 1 + Σ_d e_d / (e_d + λ)
+
+and GCV(λ) = n·RSS(λ) / (n − df(λ))². GCV approximates leave-one-*image*-out error, which on
+clustered identities rewards memorising identities; that is why the inner identity-disjoint
+choice comes first. Discrete columns are scored without the training prior in the intercept
+(pooled over folds that term is anti-correlated with the held-out labels). A binary column's
+threshold is the midpoint of the two training-class mean scores (the equal-prior LDA cut).
+
+:func:`fit_probe_heads` turns pass-1 statistics into :class:`ProbeHeads` (heads, thresholds,
+score ranges, per-attribute reasons) for both the in-memory and the streaming scoring pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+
+from frx_plugin.attributes import AttributeSchema
+from frx_plugin.leakage.statistics import FoldStatistics, Target, target_layout, undefined_reason, unseen_class_warnings
+
+__all__ = ["Heads", "fit_ridge_heads", "class_midpoints", "ProbeHeads", "fit_probe_heads", "PENALTY_EXPONENTS", "INNER_EXPONENTS"]
+
+#: GCV grid: λ = mean eigenvalue × 10^k for these exponents k.
+PENALTY_EXPONENTS = torch.linspace(-6.0, 2.0, 33, dtype=torch.float64)
+#: Inner-fold grid: λ = (mean eigenvalue per sample) × n_train × 10^k for these exponents k.
+INNER_EXPONENTS = torch.linspace(-5.0, 2.0, 15, dtype=torch.float64)
+
+
+# --------------------------------------------------------------------------- ridge heads
+
+
+@dataclass
+class Heads:
+    """Linear heads ``score = x @ weight[s] + bias[s]`` for S training sets and T columns."""
+
+    weight: torch.Tensor  # (S, D, T)
+    bias: torch.Tensor  # (S, T)
+    penalty: torch.Tensor  # (S, T) the λ chosen by GCV
+
+
+def _centred(stats: FoldStatistics):
+    """Counts, means, centred scatter XᵀX − n x̄x̄ᵀ, centred cross-moments and target sums of squares."""
+    n = stats.count.clamp_min(1.0)  # (S,)
+    mean_x = stats.sum_x / n[:, None]  # (S, D)
+    mean_y = stats.sum_y / n[:, None]  # (S, T)
+    # not symmetrised: eigh and Cholesky read one triangle only
+    scatter = stats.gram - (n[:, None] * mean_x)[:, :, None] * mean_x[:, None, :]
+    cross = stats.cross - n[:, None, None] * mean_x[:, :, None] * mean_y[:, None, :]  # (S, D, T)
+    yy = (stats.sum_yy - n[:, None] * mean_y**2).clamp_min(0.0)  # (S, T)
+    return n, mean_x, mean_y, scatter, cross, yy
+
+
+def _held_out_sse(stats: FoldStatistics, g: int, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Squared error of heads ``weight`` (D, L, T), ``bias`` (L, T) on fold ``g``, from its statistics.
+
+    In fold g's own centred terms (less cancellation than the raw sums):
+    SSE = S_yy − 2wᵀS_xy + wᵀS_xx w + n·(ȳ − x̄ᵀw − b)², S the centred scatter of fold g.
+    """
+    n = stats.count[g].clamp_min(1.0)
+    mean_x, mean_y = stats.sum_x[g] / n, stats.sum_y[g] / n
+    scatter = stats.gram[g] - n * torch.outer(mean_x, mean_x)
+    cross = stats.cross[g] - n * torch.outer(mean_x, mean_y)  # (D, T)
+    yy = stats.sum_yy[g] - n * mean_y**2  # (T,)
+    dim, n_steps, n_columns = weight.shape
+    flat = weight.reshape(dim, -1)
+    quad = ((scatter @ flat) * flat).sum(0).reshape(n_steps, n_columns)
+    linear = (cross[:, None, :] * weight).sum(0)  # (L, T)
+    offset = mean_y - (mean_x @ flat).reshape(n_steps, n_columns) - bias
+    return yy - 2 * linear + quad + stats.count[g] * offset**2
+
+
+def _inner_fold_penalty(fold_stats: FoldStatistics, exponents: torch.Tensor = INNER_EXPONENTS) -> torch.Tensor | None:
+    """Per training set and column, the ridge λ with the least error on held-out *identities*.
+
+    Nested inside the outer folds: the head that scores outer fold f gets a λ chosen without
+    any of fold f's data. Inner training sets are the cyclic neighbour pairs of the folds
+    that hold data, "all but folds a and b" for (a, b) = (0, 1), (1, 2), …, (F−1, 0): set (a, b)
+    is fitted once for every λ of the grid (one eigendecomposition) and its squared error on
+    fold b counts for outer fold a, its error on fold a for outer fold b (with 3 folds these
+    are all pairs; with more, each outer fold is tuned on its two neighbours). Errors come from
+    the held-out fold's sufficient statistics (:func:`_held_out_sse`). λ is relative to the
+    mean eigenvalue of the training scatter, λ = mean(e)·10^k; per outer set and column the k
+    with the least summed error is chosen and applied with the outer set's own mean
+    eigenvalue. The head on all data takes the k with the least error over every evaluation.
+    Unlike GCV, which approximates leave-one-image-out error, this never rewards memorising
+    identities. ``fold_stats``: per-fold statistics (F slices). Returns (F + 1, T), or
+    ``None`` when fewer than 3 folds hold data (then GCV decides).
+    """
+    n_folds = fold_stats.count.shape[0]
+    present = [f for f in range(n_folds) if float(fold_stats.count[f]) > 0]
+    if len(present) < 3:
+        return None
+    pairs = [(present[i], present[(i + 1) % len(present)]) for i in range(len(present))]
+    per_fold = fold_stats.tensors()
+    total = [t.sum(0) for t in per_fold]
+    train = FoldStatistics(*(torch.stack([tot - p[a] - p[b] for a, b in pairs]) for tot, p in zip(total, per_fold)))
+    _, mean_x, mean_y, scatter, cross, _ = _centred(train)
+    dim = scatter.shape[1]
+    eigval, eigvec = torch.linalg.eigh(scatter)
+    eigval = eigval.clamp_min(0.0)
+    steps = 10.0 ** exponents.to(torch.float64)  # (L,)
+    scale = (eigval.sum(1) / dim).clamp_min(torch.finfo(torch.float64).tiny)  # (P,)
+    lam = scale[:, None] * steps[None, :]  # (P, L)
+    proj = eigvec.transpose(1, 2) @ cross  # (P, D, T)
+    n_pairs, n_steps, n_columns = len(pairs), len(steps), proj.shape[2]
+    shrunk = proj[:, :, None, :] / (eigval[:, :, None, None] + lam[:, None, :, None])  # (P, D, L, T)
+    weight = (eigvec @ shrunk.reshape(n_pairs, dim, -1)).reshape(n_pairs, dim, n_steps, n_columns)  # (P, D, L, T)
+    bias = mean_y[:, None, :] - torch.einsum("pd,pdlt->plt", mean_x, weight)  # (P, L, T)
+    sse = torch.zeros(n_folds + 1, len(steps), fold_stats.sum_y.shape[1], dtype=torch.float64)
+    for i, (a, b) in enumerate(pairs):
+        for held, outer in ((b, a), (a, b)):
+            error = _held_out_sse(fold_stats, held, weight[i], bias[i])
+            sse[outer] += error
+            sse[n_folds] += error
+    best = sse.argmin(1)  # (F + 1, T)
+    for f in range(n_folds):
+        if f not in present:
+            best[f] = best[n_folds]
+    # mean eigenvalue of each outer training set's scatter: (trace XᵀX − n‖x̄‖²) / D
+    gram_trace = torch.diagonal(fold_stats.gram, dim1=1, dim2=2).sum(1)  # (F,)
+    traces = torch.cat([gram_trace.sum() - gram_trace, gram_trace.sum()[None]])
+    outer_n = torch.cat([fold_stats.count.sum() - fold_stats.count, fold_stats.count.sum()[None]]).clamp_min(1.0)
+    outer_sum = torch.cat([fold_stats.sum_x.sum(0) - fold_stats.sum_x, fold_stats.sum_x.sum(0)[None]])
+    outer_scale = ((traces - (outer_sum**2).sum(1) / outer_n) / dim).clamp_min(torch.finfo(torch.float64).tiny)
+    return outer_scale[:, None] * steps[best]
+
+
+#: Per training set, up to this many distinct penalties are solved by Cholesky factorisations
+#: (one each); more share one eigendecomposition.
+_MAX_CHOLESKY_PENALTIES = 6
+
+
+def _solve_ridge(scatter: torch.Tensor, cross: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """W (S, D, T) with (scatter[s] + penalty[s, t]·I) W[s, :, t] = cross[s, :, t]."""
+    weight = torch.empty_like(cross)
+    eye = torch.eye(scatter.shape[1], dtype=scatter.dtype)
+    for s in range(scatter.shape[0]):
+        values, which = torch.unique(penalty[s], return_inverse=True)
+        if values.numel() <= _MAX_CHOLESKY_PENALTIES:
+            factors = [torch.linalg.cholesky_ex(scatter[s] + float(lam) * eye) for lam in values]
+            if all(int(info) == 0 for _, info in factors):
+                for j, (factor, _) in enumerate(factors):
+                    cols = (which == j).nonzero().squeeze(1)
+                    weight[s][:, cols] = torch.cholesky_solve(cross[s][:, cols], factor)
+                continue
+        eigval, eigvec = torch.linalg.eigh(scatter[s])
+        eigval = eigval.clamp_min(0.0)
+        weight[s] = eigvec @ ((eigvec.T @ cross[s]) / (eigval[:, None] + penalty[s][None, :]))
+    return weight
+
+
+def fit_ridge_heads(stats: FoldStatistics, exponents: torch.Tensor = PENALTY_EXPONENTS, penalty: torch.Tensor | None = None) -> Heads:
+    """Ridge heads for every training set (slice) of ``stats`` and every column.
+
+    ``penalty`` (S, T) gives λ (see :func:`_inner_fold_penalty`); without it, λ is chosen
+    by GCV (see the module docstring). ``stats`` holds training-set statistics (e.g.
+    :meth:`FoldStatistics.training_sets`), not per-fold ones.
+    """
+    n, mean_x, mean_y, scatter, cross, yy = _centred(stats)
+    if penalty is not None:
+        weight = _solve_ridge(scatter, cross, penalty)
+        bias = mean_y - torch.einsum("sd,sdt->st", mean_x, weight)
+        return Heads(weight, bias, penalty)
+    eigval, eigvec = torch.linalg.eigh(scatter)
+    eigval = eigval.clamp_min(0.0)  # (S, D)
+    proj = eigvec.transpose(1, 2) @ cross  # (S, D, T)
+    d = eigval.shape[1]
+    scale = (eigval.sum(1) / d).clamp_min(torch.finfo(torch.float64).tiny)  # (S,)
+    grid = scale[:, None] * (10.0 ** exponents.to(torch.float64))[None, :]  # (S, L)
+    denom = eigval[:, None, :] + grid[:, :, None]  # (S, L, D)
+    shrink = (eigval[:, None, :] + 2 * grid[:, :, None]) / denom**2  # (S, L, D)
+    rss = (yy[:, None, :] - torch.einsum("sld,sdt->slt", shrink, proj**2)).clamp_min(0.0)  # (S, L, T)
+    dof = 1.0 + (eigval[:, None, :] / denom).sum(2)  # (S, L)
+    residual_dof = n[:, None] - dof
+    gcv = n[:, None, None] * rss / residual_dof[:, :, None].clamp_min(1e-12) ** 2
+    gcv = torch.where((residual_dof > 0.5)[:, :, None], gcv, torch.full_like(gcv, math.inf))
+    best = gcv.argmin(1)  # (S, T)
+    penalty = torch.gather(grid, 1, best)  # (S, T)
+
+    weight = eigvec @ (proj / (eigval[:, :, None] + penalty[:, None, :]))  # (S, D, T)
+    bias = mean_y - torch.einsum("sd,sdt->st", mean_x, weight)
+    return Heads(weight, bias, penalty)
+
+
+def class_midpoints(stats: FoldStatistics, heads: Heads) -> torch.Tensor:
+    """Per training set and 0/1 column: midpoint of the mean scores of its two training classes.
+
+    Class 1's mean embedding is XᵀY/n₁ (Y is the 0/1 indicator), class 0's (Σx − XᵀY)/n₀,
+    so the threshold comes from the sufficient statistics. (S, T); NaN where a class is empty.
+    """
+    n1 = stats.sum_y  # (S, T)
+    n0 = stats.count[:, None] - n1
+    mean1 = stats.cross / n1[:, None, :]  # (S, D, T)
+    mean0 = (stats.sum_x[:, :, None] - stats.cross) / n0[:, None, :]
+    score1 = (mean1 * heads.weight).sum(1) + heads.bias
+    score0 = (mean0 * heads.weight).sum(1) + heads.bias
+    return 0.5 * (score0 + score1)
+
+
+# --------------------------------------------------------------------------- probe heads (shared by both passes)
+
+#: Score range of each column: training mean score ± this many standard deviations (see ``ProbeHeads``).
+SCORE_RANGE_STDS = 8.0
+
+
+@dataclass
+class ProbeHeads:
+    """Everything the scoring pass needs, fitted from pass-1 statistics alone.
+
+    ``weight`` (F + 1, D, T), ``bias`` / ``penalty`` / ``threshold`` (F + 1, T): head s < F was
+    fitted without fold s (it scores fold s), head F on all data; ``threshold`` is the binary
+    midpoint cut. ``score_low`` / ``score_high`` (F, T): per fold, a range holding practically
+    every held-out score of the column in that fold (head f's mean score on fold f's labelled
+    rows ± ``SCORE_RANGE_STDS`` standard deviations, sd² = wᵀ·Cov·w with fold f's covariance),
+    for histograms. ``label_centre`` (T,):
+    the mean label of each column's labelled rows (continuous sums are centred on it).
+    Per attribute (by name): ``cols`` its target columns, ``reason`` why it is undefined (None if
+    defined), ``n_labelled``, ``present`` the classes with labelled samples (discrete kinds).
+    ``warnings``: fitting warnings (classes a fold's head never saw).
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    penalty: torch.Tensor
+    threshold: torch.Tensor
+    score_low: torch.Tensor
+    score_high: torch.Tensor
+    label_centre: torch.Tensor
+    cols: dict[str, torch.Tensor]
+    reason: dict[str, str | None]
+    n_labelled: dict[str, int]
+    present: dict[str, list[int]]
+    warnings: list[str]
+    n_rows: int
+
+    @property
+    def n_folds(self) -> int:
+        return self.weight.shape[0] - 1
+
+
+def _score_range(stats: FoldStatistics, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F, T) low and high of the held-out scores: head f on the rows of fold f (``stats`` per fold)."""
+    n = stats.count.clamp_min(1.0)  # (F,)
+    mean_x = stats.sum_x / n[:, None]
+    cov = stats.gram / n[:, None, None] - mean_x[:, :, None] * mean_x[:, None, :]
+    w, b = weight[:-1], bias[:-1]  # (F, D, T), (F, T)
+    mean = torch.einsum("fd,fdt->ft", mean_x, w) + b
+    sd = torch.einsum("fdt,fde,fet->ft", w, cov, w).clamp_min(0.0).sqrt()
+    low, high = mean - SCORE_RANGE_STDS * sd, mean + SCORE_RANGE_STDS * sd
+    bad = ~(torch.isfinite(low) & torch.isfinite(high) & (high > low))
+    centre = torch.nan_to_num(mean, nan=0.0, posinf=0.0, neginf=0.0)
+    return torch.where(bad, centre - 1.0, low), torch.where(bad, centre + 1.0, high)
+
+
+def fit_probe_heads(
+    shared: FoldStatistics,
+    masked: Mapping[str, FoldStatistics],
+    schema: AttributeSchema,
+    folds: Sequence[int] | None = None,
+    fit_discrete: bool = True,
+) -> ProbeHeads:
+    """Ridge heads of every attribute from ``ProbeStatistics.compute()`` = (``shared``, ``masked``).
+
+    ``fit_discrete=False`` leaves the heads of binary and categorical columns at zero (their
+    reasons, counts and warnings are still computed): for callers that fit those heads
+    another way (the logistic heads of :func:`~frx_plugin.leakage.estimate.analyze_embeddings`).
+
+    Attributes named in ``masked`` (those with missing labels) get heads from their labelled rows
+    only, one group each; the others share one group (one XᵀX). ``folds``: the fold ids that hold
+    data (default: those with a positive count). Undefined attributes (no labels, one class, a
+    constant value, a training part without two classes) are decided from the statistics alone
+    and get a ``reason``; their heads are computed but meaningless.
+    """
+    n_folds = shared.count.shape[0]
+    fold_has = [int(f) for f in folds] if folds is not None else [f for f in range(n_folds) if float(shared.count[f]) > 0]
+    targets = target_layout(schema)
+    out = _empty_probe_heads(targets, n_folds, shared.sum_x.shape[1], int(round(float(shared.count.sum()))))
+    for members, stats in _statistics_groups(targets, shared, masked):
+        train = stats.training_sets()
+        cols = torch.cat([t.cols for t in members])
+        _describe_group(out, members, stats, train, fold_has)
+        heads = _group_ridge_heads(members, stats, train, fit_discrete)
+        out.weight[:, :, cols], out.bias[:, cols], out.penalty[:, cols] = heads.weight, heads.bias, heads.penalty
+        out.threshold[:, cols] = class_midpoints(train, heads)
+        out.score_low[:, cols], out.score_high[:, cols] = _score_range(stats, heads.weight, heads.bias)
+        out.label_centre[cols] = stats.sum_y.sum(0) / stats.count.sum().clamp_min(1.0)
+    return out
+
+
+def _empty_probe_heads(targets: list[Target], n_folds: int, dim: int, n_rows: int) -> ProbeHeads:
+    """Zero heads, NaN thresholds and empty per-attribute entries, for ``fit_probe_heads`` to fill."""
+    n_columns = sum(t.cols.numel() for t in targets)
+    f64 = torch.float64
+    return ProbeHeads(
+        weight=torch.zeros(n_folds + 1, dim, n_columns, dtype=f64),
+        bias=torch.zeros(n_folds + 1, n_columns, dtype=f64),
+        penalty=torch.zeros(n_folds + 1, n_columns, dtype=f64),
+        threshold=torch.full((n_folds + 1, n_columns), math.nan, dtype=f64),
+        score_low=torch.zeros(n_folds, n_columns, dtype=f64),
+        score_high=torch.zeros(n_folds, n_columns, dtype=f64),
+        label_centre=torch.zeros(n_columns, dtype=f64),
+        cols={t.attribute.name: t.cols for t in targets},
+        reason={},
+        n_labelled={},
+        present={},
+        warnings=[],
+        n_rows=n_rows,
+    )
+
+
+def _statistics_groups(
+    targets: list[Target], shared: FoldStatistics, masked: Mapping[str, FoldStatistics]
+) -> list[tuple[list[Target], FoldStatistics]]:
+    """Attributes without missing labels share one group (one XᵀX); each attribute in ``masked`` is its own."""
+    complete = [t for t in targets if t.attribute.name not in masked]
+    groups: list[tuple[list[Target], FoldStatistics]] = []
+    if complete:
+        groups.append((complete, shared.columns(torch.cat([t.cols for t in complete]))))
+    for t in targets:
+        if t.attribute.name in masked:
+            groups.append(([t], masked[t.attribute.name]))
+    return groups
+
+
+def _describe_group(out: ProbeHeads, members: list[Target], stats: FoldStatistics, train: FoldStatistics, fold_has: list[int]) -> None:
+    """Per member attribute: why it is undefined, its labelled count, its classes present, unseen-class warnings."""
+    held_out_folds = [f for f in fold_has if float(stats.count[f]) > 0.5]
+    offset = 0
+    for t in members:
+        attribute, width = t.attribute, t.cols.numel()
+        local = torch.arange(offset, offset + width)
+        offset += width
+        name = attribute.name
+        per_fold = stats.columns(local)
+        out.reason[name] = undefined_reason(attribute, per_fold, train.columns(local), held_out_folds, out.n_rows)
+        out.n_labelled[name] = int(round(float(stats.count.sum())))
+        if attribute.discrete:
+            totals = per_fold.sum_y.sum(0)
+            counts = [out.n_labelled[name] - float(totals[0]), float(totals[0])] if attribute.kind == "binary" else totals.tolist()
+            out.present[name] = [c for c, k in enumerate(counts) if k > 0.5]
+        if out.reason[name] is None and attribute.kind == "categorical":
+            out.warnings += unseen_class_warnings(attribute, train.sum_y[:, local], held_out_folds)
+
+
+def _group_ridge_heads(members: list[Target], stats: FoldStatistics, train: FoldStatistics, fit_discrete: bool) -> Heads:
+    """Ridge heads of one group's columns on every training set (discrete ones zero unless ``fit_discrete``)."""
+    f64 = torch.float64
+    d = stats.sum_x.shape[1]
+    fit = torch.tensor([fit_discrete or not t.attribute.discrete for t in members for _ in range(t.cols.numel())])
+    if bool(fit.all()):
+        heads = fit_ridge_heads(train, penalty=_inner_fold_penalty(stats))
+    else:
+        heads = Heads(torch.zeros(train.gram.shape[0], d, fit.numel(), dtype=f64), *(torch.zeros(train.gram.shape[0], fit.numel(), dtype=f64) for _ in range(2)))
+        if bool(fit.any()):
+            some = fit.nonzero().squeeze(1)
+            partial = fit_ridge_heads(train.columns(some), penalty=_inner_fold_penalty(stats.columns(some)))
+            heads.weight[:, :, some], heads.bias[:, some], heads.penalty[:, some] = partial.weight, partial.bias, partial.penalty
+    # Discrete columns score without the training prior ȳ in the intercept: pooled over folds,
+    # that term is anti-correlated with each held-out fold's labels (a fold rich in positives
+    # leaves a training set poor in them), which drags a signal-free attribute below AUROC 0.5.
+    discrete = torch.tensor([t.attribute.discrete for t in members for _ in range(t.cols.numel())])
+    prior = train.sum_y / train.count.clamp_min(1.0)[:, None]
+    heads.bias = heads.bias - torch.where(discrete[None, :], prior, torch.zeros_like(prior))
+    return heads
