@@ -130,8 +130,7 @@ def analyze_stream(
     missing labels changes nothing but cost. Same report as ``analyze_embeddings`` (same
     folds, heads, reasons, warnings and Poisson replicates); AUROC from ``n_bins`` histogram
     bins per score column. ``dist_sync_fn``: how the metrics' states are gathered across ranks
-    (torchmetrics' own ``torch.distributed`` gather by default; an frx pass passes
-    :func:`frx_plugin.collectives.metric_sync`).
+    (default torchmetrics' own gather; a pass gives :func:`frx_plugin.collectives.metric_sync`).
     """
     check_identity(identity)
     if not isinstance(n_bootstrap, int) or n_bootstrap < 0:

@@ -135,3 +135,12 @@ def test_no_docstring_or_help_text_points_at_a_file_users_do_not_have():
     mentions = [str(p.relative_to(ROOT)) for p in list(PACKAGE.rglob("*.py")) + list((ROOT / "adapters").rglob("*.py"))
                 if "DESIGN.md" in p.read_text(encoding="utf-8")]
     assert mentions == []
+
+
+def test_every_subpackage_is_installed():
+    """A non-editable install copies only the packages pyproject.toml lists: each subpackage must be there."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert found - listed == set()
