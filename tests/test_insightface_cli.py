@@ -19,7 +19,7 @@ from frx_plugin.analysis import AnalysisConfig, analyze_probe
 from frx_plugin.cli import main
 from frx_plugin.synthetic import SyntheticProbeSet
 from frx_plugin.verification import equal_error_rate
-from tests.test_insightface_estimators import _ColourGenderAge
+from tests.adapters.test_insightface_estimators import _ColourGenderAge
 
 IDENTITIES = 80
 

@@ -5,12 +5,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.ddp_launch import HANG_LIMIT_S
+
 SCRIPT = Path(__file__).with_name("ddp_callback_script.py")
 
 
 def _run(out: Path, devices: int) -> list[dict]:
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), str(devices)], capture_output=True, text=True, timeout=300
+        [sys.executable, str(SCRIPT), str(out), str(devices)], capture_output=True, text=True, timeout=HANG_LIMIT_S
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "history.json").read_text())["records"]
@@ -71,7 +73,7 @@ def test_a_failure_on_one_process_skips_the_pass_on_every_process_without_hangin
     # first collective every process learns of it, so that pass is skipped everywhere, training finishes and
     # the earlier passes stay
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path / "run"), "2", "nan-on-rank-1"], capture_output=True, text=True, timeout=240
+        [sys.executable, str(SCRIPT), str(tmp_path / "run"), "2", "nan-on-rank-1"], capture_output=True, text=True, timeout=HANG_LIMIT_S
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = json.loads((tmp_path / "run" / "history.json").read_text())["records"]
@@ -81,7 +83,7 @@ def test_a_failure_on_one_process_skips_the_pass_on_every_process_without_hangin
 
 def test_a_two_stage_setup_error_stops_both_processes_without_a_hang(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path / "run"), "2", "estimator-32"], capture_output=True, text=True, timeout=240
+        [sys.executable, str(SCRIPT), str(tmp_path / "run"), "2", "estimator-32"], capture_output=True, text=True, timeout=HANG_LIMIT_S
     )
     assert proc.returncode != 0
     assert "estimator 'pixels' takes (3, 32, 32)" in proc.stderr
@@ -92,7 +94,7 @@ def _demo(out: Path, devices: int) -> list[dict]:
         [sys.executable, "-m", "frx_plugin", "demo", "--out", str(out), "--devices", str(devices), "--epochs", "1",
          "--identities", "40", "--images-per-identity", "4", "--probe-identities", "23", "--probe-images-per-identity", "3",
          "--n-bootstrap", "30"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=HANG_LIMIT_S,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "history.json").read_text())["records"]

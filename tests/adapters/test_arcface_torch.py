@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from frx_insightface.arcface_torch import ArcFaceTorchCallback
-from tests.ddp_launch import run_two_ranks
+from tests.ddp_launch import HANG_LIMIT_S, run_two_ranks
 from tests.lightning_helpers import make_probe
 from tests.records import assert_same_measures
 from tests.tensorboard_helpers import summary_tags
@@ -21,7 +21,7 @@ SCRIPT = Path(__file__).with_name("arcface_torch_script.py")
 
 def _run_one_process(out: Path) -> None:
     env = dict(os.environ, WORLD_SIZE="1", RANK="0", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(out)], env=env, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(out)], env=env, capture_output=True, text=True, timeout=HANG_LIMIT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -33,7 +33,7 @@ def one_process(tmp_path_factory):
 
 
 def test_two_ranks_equal_one_process_and_write_history_and_scalars(tmp_path, one_process):
-    run_two_ranks(SCRIPT, str(tmp_path / "two"), timeout=1800)
+    run_two_ranks(SCRIPT, str(tmp_path / "two"), timeout=HANG_LIMIT_S)
     one = one_process
     two = json.loads((tmp_path / "two" / "frx" / "history.json").read_text())["records"]
     # 240 training images: 15 steps in one process, 7 per rank in two; a pass every 5 steps
@@ -60,7 +60,7 @@ def test_a_default_group_that_refuses_cpu_tensors_as_nccl_does_gets_none_from_fr
     """Under a backend registered for CUDA only, whose every CPU collective fails (as NCCL's), the 2-process
     pass still runs — frx sends its tensors through a gloo group of its own — and equals one process."""
     env = dict(os.environ, FRX_TEST_BACKEND="refusecpu")
-    run_two_ranks(SCRIPT, str(tmp_path / "refuse"), timeout=1800, env=env)
+    run_two_ranks(SCRIPT, str(tmp_path / "refuse"), timeout=HANG_LIMIT_S, env=env)
     two = json.loads((tmp_path / "refuse" / "frx" / "history.json").read_text())["records"]
     assert [r["global_step"] for r in two] == [0, 5, 10]
     assert "frx's own gloo group" in (tmp_path / "refuse" / "collectives.txt").read_text()

@@ -7,6 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.ddp_launch import HANG_LIMIT_S
+
 from frx_plugin.analysis import AnalysisConfig, analyze_file
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.embedding_set import EmbeddingSet, EmbeddingSetError, read_embedding_set, write_embedding_set
@@ -115,7 +117,7 @@ def test_truncated_file_and_unknown_attribute(tmp_path):
 
 
 def _frx(*args):
-    return subprocess.run([sys.executable, "-m", "frx_plugin", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "frx_plugin", *args], capture_output=True, text=True, timeout=HANG_LIMIT_S)
 
 
 def test_frx_analyze_reaches_the_analytic_values(tmp_path):
