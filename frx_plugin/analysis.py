@@ -169,7 +169,7 @@ def generator_attributes(probe: ProbeSet, generator: Any) -> tuple[list[str], li
 
 def choose_counterfactual_path(probe: ProbeSet, path: str) -> tuple[str, Any]:
     """("exact", generator) or ("latent", None) for ``path`` in auto / exact / latent."""
-    from frx_plugin.counterfactual import find_generator, require_generator
+    from frx_plugin.plugins import find_generator, require_generator
 
     if path == "exact":
         return "exact", require_generator(probe)[1]

@@ -54,7 +54,6 @@ from frx_plugin.recovery import MetricEstimate, _estimate
 __all__ = [
     "AttributeGenerator",
     "CounterfactualError",
-    "find_generator",
     "edit_values",
     "away_values",
     "LatentModel",
@@ -72,34 +71,6 @@ __all__ = [
 #: combinations of heads so nearly dependent that holding them fixed would take an unbounded move.
 LATENT_RTOL = 1e-3
 
-
-
-def find_generator(probe: Any) -> tuple[str, AttributeGenerator] | None:
-    """The first registered generator that can render ``probe`` (name, generator), or ``None``."""
-    from frx_plugin.plugins import generators
-
-    for name, registration in generators().items():
-        generator = registration.factory(probe)
-        if generator is not None:
-            if not isinstance(generator, AttributeGenerator):
-                raise CounterfactualError(
-                    f"generator {name!r} returned {type(generator).__name__}, which lacks 'attributes' or 'counterfactual'"
-                )
-            return name, generator
-    return None
-
-
-def require_generator(probe: Any) -> tuple[str, AttributeGenerator]:
-    found = find_generator(probe)
-    if found is None:
-        from frx_plugin.plugins import generators
-
-        raise CounterfactualError(
-            f"no generator can render {getattr(probe, 'source', type(probe).__name__)}: exact counterfactuals need a plugin "
-            f"implementing the frx_register_generators hook for it (installed: {sorted(generators())}); "
-            "or use the latent path (counterfactuals='latent' in the Lightning callback, --path latent in frx explain)"
-        )
-    return found
 
 
 # --------------------------------------------------------------------------- edits

@@ -37,7 +37,7 @@ from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.errors import DecoderDiverged, DecoderError
 from frx_plugin.interfaces import AttributeEstimator, DecoderTask, FaceDecoder
 from frx_plugin.errors import EstimatorError
-from frx_plugin.estimators import require_estimator
+from frx_plugin.plugins import require_estimator
 from frx_plugin.probe import ProbeSet
 from frx_plugin.recovery import AnalysisError, _estimate, identity_folds
 

@@ -15,13 +15,13 @@ from frx_plugin.estimators import (
     SYNTHETIC_ESTIMATOR_DEFAULTS,
     attribute_accuracy,
     cache_dir,
-    find_estimator,
     load_or_train_synthetic_estimator,
     load_synthetic_estimator,
     synthetic_estimator,
     synthetic_estimator_path,
     train_synthetic_estimator,
 )
+from frx_plugin.plugins import find_estimator
 from frx_plugin.probe import TensorProbeSet
 from frx_plugin.synthetic import SYNTHETIC_SCHEMA, SyntheticFaceWorld, SyntheticProbeSet
 
