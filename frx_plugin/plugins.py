@@ -189,7 +189,7 @@ def _register(found: dict[str, Registration], kind: Kind, plugin: str,
               name: str, factory: Callable[..., Any], description: str = "") -> None:
     """The ``register`` callback one plugin's hook receives."""
     if not isinstance(name, str) or not name:
-        raise PluginError(f"plugin {plugin!r}: a {kind.noun} name must be a non-empty string, got {name!r}")
+        raise PluginError(f"plugin {plugin!r}: {kind.noun} names must be non-empty strings, got {name!r}")
     if not callable(factory):
         raise PluginError(f"plugin {plugin!r}: {kind.noun} {name!r}: the factory must be callable "
                           f"(a {kind.protocol}, see frx_plugin.interfaces), got {type(factory).__name__} {factory!r:.60}")

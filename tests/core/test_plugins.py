@@ -134,3 +134,159 @@ def test_lightning_adapter_is_an_installed_entry_point(fresh_plugins):
     pm = get_plugin_manager()
     assert pm.get_plugin("lightning") is not None
     assert "frx_lightning" not in frx_plugin.hookspecs.__dict__  # the core never imports the adapter
+
+
+# ------------------------------------------------------------------ one registry per kind, typed factories, cache
+
+
+def test_one_registry_per_kind(fresh_plugins):
+    pm = get_plugin_manager()
+    hooks = {name for name in dir(frx_plugin.hookspecs) if name.startswith("frx_register_")}
+    assert {"frx_register_backbones", "frx_register_probe_sets", "frx_register_generators", "frx_register_decoders",
+            "frx_register_estimators"} <= hooks
+    assert not hooks & {"frx_register_backbone_specs", "frx_register_estimator_specs"}
+    assert {kind.hook for kind in plugins.KINDS.values()} <= hooks
+    backbones = plugins.backbones()
+    # the spec kinds and the named architectures are one registry
+    assert {"frx", "synthetic", "torch", "insightface", "resnet-small", "mobilefacenet-like"} <= set(backbones)
+    assert backbones["frx"].needs_argument and backbones["frx"].argument == "argument"
+    assert backbones["resnet-small"].argument is None and not backbones["resnet-small"].needs_argument
+    assert backbones["insightface"].plugin == "insightface" and backbones["torch"].plugin == "frx.builtin"
+    # estimators: one registry whose entries are looked up for a probe set and opened from a spec
+    estimators = plugins.estimators()
+    assert {"synthetic", "insightface"} <= set(estimators)
+    assert estimators["insightface"].needs_argument and estimators["insightface"].argument == "path"
+    assert not estimators["synthetic"].needs_argument
+    assert pm.hook.frx_register_backbones.spec is not None
+
+
+def test_a_factory_that_is_not_callable_is_a_one_line_error_naming_the_plugin_and_the_name(fresh_plugins):
+    class Broken:
+        @frx_plugin.hookimpl
+        def frx_register_decoders(self, register):
+            register("pixels", "not a factory", "a string, not a decoder factory")
+
+    get_plugin_manager().register(Broken(), name="broken-decoders")
+    with pytest.raises(PluginError) as info:
+        plugins.decoders()
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("plugin 'broken-decoders': decoder 'pixels': the factory must be callable")
+    assert "DecoderFactory" in message and "got str" in message
+    get_plugin_manager().unregister(name="broken-decoders")
+    assert "conv" in plugins.decoders()
+
+    class Nameless:
+        @frx_plugin.hookimpl
+        def frx_register_estimators(self, register):
+            register("", lambda probe: None)
+
+    get_plugin_manager().register(Nameless(), name="nameless")
+    with pytest.raises(PluginError, match=r"^plugin 'nameless': estimator names must be non-empty strings, got ''$"):
+        plugins.estimators()
+
+
+def test_a_registry_is_built_once_per_plugin_manager_state(fresh_plugins):
+    calls = []
+
+    class Counting:
+        def __init__(self, name):
+            self.name = name
+
+        @frx_plugin.hookimpl
+        def frx_register_probe_sets(self, register):
+            calls.append(self.name)
+            register(self.name, lambda: _probe(), "counted")
+
+    pm = get_plugin_manager()
+    pm.register(Counting("first"), name="first")
+    assert "first" in plugins.probe_sets() and "first" in plugins.probe_sets()
+    plugins.create_probe_set("first")
+    assert calls == ["first"]  # built once, cached
+    plugins.backbones()
+    assert calls == ["first"]  # another kind's registry does not run this hook
+    pm.register(Counting("second"), name="second")  # registering invalidates
+    assert {"first", "second"} <= set(plugins.probe_sets())
+    assert calls == ["first", "second", "first"]  # the last registered is called first
+    plugins.probe_sets()
+    assert len(calls) == 3
+    pm.unregister(name="first")  # unregistering invalidates
+    assert "first" not in plugins.probe_sets() and "second" in plugins.probe_sets()
+    assert calls[3:] == ["second"]
+    pm.set_blocked("second")
+    assert "second" not in plugins.probe_sets()
+    plugins.reset_plugin_manager()  # a new manager, new registries
+    assert "second" not in plugins.probe_sets() and "synthetic" in plugins.probe_sets()
+    # the copy a caller gets is its own
+    mine = plugins.probe_sets()
+    mine.clear()
+    assert "synthetic" in plugins.probe_sets()
+
+
+def test_a_plugin_on_a_removed_hook_is_told_the_new_one(fresh_plugins):
+    class Old:
+        @frx_plugin.hookimpl
+        def frx_register_backbone_specs(self, register):
+            register("old", lambda argument: torch.nn.Identity())
+
+    get_plugin_manager().register(Old(), name="old-plugin")
+    with pytest.raises(PluginError, match=r"plugin 'old-plugin' implements frx_register_backbone_specs, which frx no longer "
+                                          r"calls: implement frx_register_backbones instead"):
+        plugins.backbones()
+    assert "synthetic" in plugins.probe_sets()  # the other registries are unaffected
+
+
+def test_estimators_that_need_an_argument_are_opened_only_by_name(fresh_plugins):
+    from frx_plugin.estimators import EstimatorError
+    from frx_plugin.plugins import find_estimator, require_estimator
+    from frx_plugin.specs import open_estimator
+
+    opened = []
+
+    class Reads:
+        attributes, accuracy = ("glasses",), {}
+
+        def __init__(self, path):
+            self.path, self.input_shape = path, (3, 8, 8)
+
+        def estimate(self, images):
+            return {"glasses": torch.zeros(images.shape[0], dtype=torch.long)}
+
+    def from_file(probe, path, scale=1):
+        opened.append((path, scale))
+        return Reads(path)
+
+    class FilePlugin:
+        @frx_plugin.hookimpl
+        def frx_register_estimators(self, register):
+            register("file", from_file, "file:PATH[,scale=N]")
+
+    get_plugin_manager().register(FilePlugin(), name="files")
+    probe = _probe()
+    assert find_estimator(probe) is None and opened == []  # not tried without a name: it needs a file
+    with pytest.raises(EstimatorError, match=r"no estimator can read the attributes of test probe"):
+        require_estimator(probe)
+    with pytest.raises(PluginError, match=r"estimator 'file' needs an argument \(path\): file:PATH"):
+        find_estimator(probe, "file")
+    estimator = open_estimator("file:w.onnx,scale=2", probe)
+    assert estimator.path == "w.onnx" and opened == [("w.onnx", 2)]
+    assert require_estimator(probe, "file", {"path": "v.onnx"})[1].path == "v.onnx"
+    with pytest.raises(ValueError, match=r"estimator 'file': file estimators need an argument: file:PATH"):
+        open_estimator("file", probe)
+    with pytest.raises(ValueError, match=r"estimator 'file:w.onnx,colour=1': got an unexpected keyword argument 'colour'"):
+        open_estimator("file:w.onnx,colour=1", probe)
+    with pytest.raises(PluginError, match=r"estimator 'nope': unknown kind 'nope'; the installed plugins offer: file \("):
+        open_estimator("nope", probe)
+
+
+def test_backbone_architectures_and_spec_kinds_open_alike(fresh_plugins):
+    from frx_plugin.specs import open_backbone
+
+    model, facts = open_backbone("resnet-small,embedding_dim=16,input_size=32")  # an untrained architecture
+    assert facts == {} and model(torch.rand(2, 3, 32, 32)).shape == (2, 16)
+    with pytest.raises(ValueError, match=r"backbone 'resnet-small:x': resnet-small takes no argument"):
+        open_backbone("resnet-small:x")
+    with pytest.raises(ValueError, match=r"backbone 'frx': frx backbones need an argument: frx:PATH"):
+        open_backbone("frx")
+    with pytest.raises(ValueError, match=r"backbone 'frx:x,flip=1': got an unexpected keyword argument 'flip'"):
+        open_backbone("frx:x,flip=1")
