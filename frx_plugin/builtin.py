@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from frx_plugin.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover
-    from frx_plugin.interfaces import BackboneFactory, DecoderFactory, EstimatorFactory, GeneratorFactory, ProbeSetFactory, Register
+    from frx_plugin.interfaces import (BackboneFactory, DecoderFactory, EstimatorFactory, GeneratorFactory,
+                                       ProbeSetFactory, Register)
 
 
 def _architecture(cls: type) -> BackboneFactory:

@@ -22,7 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-    from frx_plugin.interfaces import BackboneFactory, DecoderFactory, EstimatorFactory, GeneratorFactory, ProbeSetFactory, Register
+    from frx_plugin.interfaces import (BackboneFactory, DecoderFactory, EstimatorFactory, GeneratorFactory,
+                                       ProbeSetFactory, Register)
     from frx_plugin.report import Report
 
 PROJECT_NAME = "frx"
@@ -33,30 +34,32 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 @hookspec
 def frx_register_backbones(register: "Register[BackboneFactory]") -> None:
-    """Register backbones: kinds of the command line's ``--backbone KIND[:ARGUMENT][,KEY=VALUE...]``.
+    """Register backbones: the kinds of the command line's ``--backbone KIND[:ARGUMENT][,KEY=VALUE...]``.
 
-    Called when the backbone registry is built: at the first lookup, and at the first after a plugin
-    was registered or unregistered (the registry is cached in between). Call ``register(kind, factory, description="")`` for each, where ``factory`` follows
+    Called when frx builds the backbone registry: at its first backbone lookup, and at the first
+    after a plugin was registered or unregistered (cached in between). Call ``register(kind,
+    factory, description="")`` for each, where ``factory`` follows
     :class:`~frx_plugin.interfaces.BackboneFactory`: ``factory(ARGUMENT, **options)`` (a spec's
-    argument in the factory's first parameter, or the one its ``spec_argument`` attribute names)
-    returns a model that the ``frx_embed`` hook embeds, or ``(model, facts)`` with ``facts["probe"]``
-    the synthetic probe set's options the model was trained for. Built in: ``frx:PATH``,
-    ``synthetic:NAME``, ``torch:package.module:factory@weights.safetensors`` and the untrained
-    architectures ``resnet-small`` and ``mobilefacenet-like`` (options only). Errors name the file or
-    the argument. Returns nothing.
+    argument goes to the factory's first parameter, or to the one its ``spec_argument`` attribute
+    names) returns a model that the ``frx_embed`` hook embeds, or ``(model, facts)`` with
+    ``facts["probe"]`` the synthetic probe set's options the model was trained for. Built in:
+    ``frx:PATH``, ``synthetic:NAME``, ``torch:package.module:factory@weights.safetensors`` and the
+    untrained architectures ``resnet-small`` and ``mobilefacenet-like`` (options only). Errors name
+    the file or the argument. Returns nothing.
     """
 
 
 @hookspec
 def frx_register_probe_sets(register: "Register[ProbeSetFactory]") -> None:
-    """Register probe sets (labelled face data frx can analyse): kinds of ``--probe KIND[:ARGUMENT][,KEY=VALUE...]``.
+    """Register probe sets (labelled face data frx can analyse): the kinds of ``--probe KIND[:ARGUMENT][,KEY=VALUE...]``.
 
-    Called when the probe-set registry is built (the first lookup after the plugins changed; cached in between). Call ``register(name, factory,
-    description="")`` where ``factory`` follows :class:`~frx_plugin.interfaces.ProbeSetFactory`:
-    ``factory(**options)`` (a spec's argument in its first parameter, or the one its
-    ``spec_argument`` attribute names; ``spec_argument = None``: it takes none) returns a
-    :class:`frx_plugin.probe.ProbeSet`. A ``suffixes`` attribute lets a bare path with one of those
-    suffixes open it. Returns nothing.
+    Called when frx builds the probe-set registry: at its first probe-set lookup, and at the first
+    after a plugin was registered or unregistered (cached in between). Call ``register(name,
+    factory, description="")`` where ``factory`` follows
+    :class:`~frx_plugin.interfaces.ProbeSetFactory`: ``factory(**options)`` (a spec's argument goes
+    to its first parameter, or to the one its ``spec_argument`` attribute names; ``spec_argument =
+    None``: it takes none) returns a :class:`frx_plugin.probe.ProbeSet`. A ``suffixes`` attribute
+    lets a bare path with one of those suffixes open it. Returns nothing.
     """
 
 
@@ -64,28 +67,30 @@ def frx_register_probe_sets(register: "Register[ProbeSetFactory]") -> None:
 def frx_register_generators(register: "Register[GeneratorFactory]") -> None:
     """Register generators with attribute controls: exact counterfactuals, the same face with one attribute changed.
 
-    Called when the generator registry is built (the first lookup after the plugins changed; cached in between); frx looks a generator up for a probe
-    set for identity significance, pair explanations and ``frx explain``. Call ``register(name,
-    factory, description="")`` where ``factory`` follows :class:`~frx_plugin.interfaces.GeneratorFactory`:
+    Called when frx builds the generator registry: at its first generator lookup (identity
+    significance, pair explanations, ``frx explain``), and at the first after a plugin was
+    registered or unregistered (cached in between). Call ``register(name, factory,
+    description="")`` where ``factory`` follows :class:`~frx_plugin.interfaces.GeneratorFactory`:
     ``factory(probe)`` returns an object for that :class:`~frx_plugin.probe.ProbeSet`, or ``None``
     when it cannot render that probe set's samples. The object has ``attributes`` (the names it
     controls) and ``counterfactual(indices, attribute, values)`` → images ``(B, 3, H, W)`` of the
-    samples ``indices`` with ``attribute`` set to ``values`` (one per sample: a class index for binary
-    and categorical attributes, a value in the attribute's units for continuous ones) and everything
-    else unchanged (see :class:`frx_plugin.interfaces.AttributeGenerator`). Returns nothing.
+    samples ``indices`` with ``attribute`` set to ``values`` (one per sample: a class index for
+    binary and categorical attributes, a value in the attribute's units for continuous ones) and
+    everything else unchanged (see :class:`frx_plugin.interfaces.AttributeGenerator`). Returns nothing.
     """
 
 
 @hookspec
 def frx_register_decoders(register: "Register[DecoderFactory]") -> None:
-    """Register decoders ``G: z → x̂``, stage 1 of the two-stage recovery (decode faces from embeddings, then read them).
+    """Register decoders ``G: z → x̂``: stage 1 of the two-stage recovery (decode faces, then read their attributes).
 
-    Called when the decoder registry is built (the first lookup after the plugins changed; cached in between); frx builds a decoder by name for the
-    Lightning callback's ``decoder=`` and ``frx demo --two-stage``. Call ``register(name, factory,
+    Called when frx builds the decoder registry: at its first decoder lookup (the Lightning
+    callback's ``decoder=``, ``frx demo --two-stage``), and at the first after a plugin was
+    registered or unregistered (cached in between). Call ``register(name, factory,
     description="")`` where ``factory`` follows :class:`~frx_plugin.interfaces.DecoderFactory`:
     ``factory(embedding_dim, output_shape, **options)`` returns a fresh, untrained decoder for
-    embeddings of size ``embedding_dim`` whose images are ``output_shape`` = ``(C, H, W)``, or raises
-    ``ValueError`` for a shape it cannot make. The object follows
+    embeddings of size ``embedding_dim`` whose images are ``output_shape`` = ``(C, H, W)``, or
+    raises ``ValueError`` for a shape it cannot make. The object follows
     :class:`frx_plugin.interfaces.FaceDecoder`: ``output_shape``, ``fit(task)`` (train, or continue
     training from its own state, on the rows of one identity-disjoint fold's training part),
     ``decode(z, samples, seed)`` → ``(B, samples, C, H, W)`` in [0, 1], and
@@ -97,13 +102,15 @@ def frx_register_decoders(register: "Register[DecoderFactory]") -> None:
 def frx_register_estimators(register: "Register[EstimatorFactory]") -> None:
     """Register attribute estimators ``E: x → a``: stage 2 of the two-stage recovery, and ``--estimator KIND[:ARGUMENT]``.
 
-    Called when the estimator registry is built (the first lookup after the plugins changed; cached in between). Call ``register(name, factory,
-    description="")`` where ``factory`` follows :class:`~frx_plugin.interfaces.EstimatorFactory`:
-    ``factory(probe, **options)`` (a spec's argument in its second parameter, or the one its
-    ``spec_argument`` attribute names) returns an estimator for that
-    :class:`~frx_plugin.probe.ProbeSet`, or ``None`` when it cannot read its attributes. A factory
-    whose argument parameter has no default (a model file) is used only where a spec or a name asks
-    for it; the others are tried in turn for a probe set. The object follows
+    Called when frx builds the estimator registry: at its first estimator lookup, and at the first
+    after a plugin was registered or unregistered (cached in between). Call ``register(name,
+    factory, description="")`` where ``factory`` follows
+    :class:`~frx_plugin.interfaces.EstimatorFactory`: ``factory(probe, **options)`` (a spec's
+    argument goes to its second parameter, or to the one its ``spec_argument`` attribute names)
+    returns an estimator for that :class:`~frx_plugin.probe.ProbeSet`, or ``None`` when it cannot
+    read its attributes. A factory whose argument parameter has no default (a model file) is called
+    only with that argument (``--estimator insightface:FILE.onnx``); the others are also tried in
+    turn for a probe set (the two-stage path's default). The object follows
     :class:`frx_plugin.interfaces.AttributeEstimator`: ``attributes`` (the probe attributes it
     outputs), ``input_shape`` ``(C, H, W)``, ``accuracy`` (its own held-out accuracy per attribute,
     possibly empty) and ``estimate(images)`` → ``{attribute: (B,) predictions}`` (class indices for
