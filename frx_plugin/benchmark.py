@@ -287,14 +287,14 @@ def run_benchmark(
     world), else the synthetic probe set (:func:`frx_plugin.specs.probe_for`). ``estimators``: estimator specs that read attributes off the probe images.
     Every spec's kind is checked before anything runs (an unknown kind lists the installed ones).
     """
-    from frx_plugin.plugins import PluginError, backbone_specs
+    from frx_plugin.plugins import PluginError, backbones as backbone_kinds
     from frx_plugin.specs import open_backbone, parse_spec, probe_for
 
     if not backbones and not embedding_files:
         raise ValueError("nothing to compare: pass at least one --backbone SPEC (or --embeddings FILE)")
     out = Path(out_dir)
     check_output_folder(out, overwrite)
-    kinds = backbone_specs()
+    kinds = backbone_kinds()
     for text in backbones:
         spec = parse_spec(text, "backbone")
         if spec.kind not in kinds:

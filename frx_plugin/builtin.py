@@ -1,56 +1,71 @@
-"""frx's built-in parts, registered through the same hooks as any third-party plugin."""
+"""frx's built-in parts, registered through the same hooks as any third-party plugin.
+
+The modules of the factories import no registry (neither :mod:`frx_plugin.plugins` nor
+:mod:`frx_plugin.specs`), so loading the built-ins never imports the plugin manager again.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from frx_plugin.hookspecs import hookimpl
 
+if TYPE_CHECKING:  # pragma: no cover
+    from frx_plugin.interfaces import (BackboneFactory, DecoderFactory, EstimatorFactory, GeneratorFactory,
+                                       ProbeSetFactory, Register)
+
+
+def _architecture(cls: type) -> BackboneFactory:
+    """A factory of untrained ``cls`` models that takes options only (``resnet-small,embedding_dim=64``)."""
+
+    def build(**options: Any) -> torch.nn.Module:
+        return cls(**options)
+
+    build.__doc__ = f"An untrained {cls.__name__}(**options)."
+    return build
+
 
 @hookimpl
-def frx_register_backbones(register) -> None:
+def frx_register_backbones(register: Register[BackboneFactory]) -> None:
     from frx_plugin import models
-
-    register("resnet-small", models.ResidualFaceNet, "narrow residual CNN, 64x64 or larger input (the demo backbone)")
-    register("mobilefacenet-like", models.MobileFaceNetLike, "small MobileFaceNet-style CNN (inverted residuals, global depthwise conv), input a multiple of 16")
-
-
-@hookimpl
-def frx_register_backbone_specs(register) -> None:
-    from frx_plugin.specs import load_torch_backbone, open_frx_backbone
+    from frx_plugin.openers import load_torch_backbone, open_frx_backbone
     from frx_plugin.synthetic.backbones import BUILTIN_BACKBONES, open_synthetic_backbone
 
     register("frx", open_frx_backbone, "frx:PATH, a backbone.safetensors that frx demo saved (or its folder)")
     register("synthetic", open_synthetic_backbone, f"synthetic:NAME, trained on the synthetic world on first use and cached: {', '.join(BUILTIN_BACKBONES)}")
     register("torch", load_torch_backbone, "torch:package.module:factory@weights.safetensors[,KEY=VALUE...] (options go to the factory)")
+    register("resnet-small", _architecture(models.ResidualFaceNet),
+             "untrained narrow residual CNN, 64x64 or larger input (the demo backbone; options go to ResidualFaceNet)")
+    register("mobilefacenet-like", _architecture(models.MobileFaceNetLike),
+             "untrained small MobileFaceNet-style CNN (inverted residuals, global depthwise conv), input a multiple of 16")
 
 
 @hookimpl
-def frx_register_probe_sets(register) -> None:
+def frx_register_probe_sets(register: Register[ProbeSetFactory]) -> None:
     from frx_plugin.synthetic.world import SyntheticProbeSet
 
     register("synthetic", SyntheticProbeSet, "the built-in synthetic face world (rendered on demand)")
 
 
 @hookimpl
-def frx_register_generators(register) -> None:
+def frx_register_generators(register: Register[GeneratorFactory]) -> None:
     from frx_plugin.synthetic.world import synthetic_generator
 
     register("synthetic", synthetic_generator, "re-renders samples of the synthetic world with one attribute changed")
 
 
 @hookimpl
-def frx_register_decoders(register) -> None:
+def frx_register_decoders(register: Register[DecoderFactory]) -> None:
     from frx_plugin.two_stage.decoders import ConvFaceDecoder
 
     register("conv", ConvFaceDecoder, "convolutional decoder G(z, noise), 64x64 or 112x112 (any multiple of 16), pixel + identity loss")
 
 
 @hookimpl
-def frx_register_estimators(register) -> None:
+def frx_register_estimators(register: Register[EstimatorFactory]) -> None:
     from frx_plugin.synthetic.estimator import synthetic_estimator
 
     register("synthetic", synthetic_estimator, "small CNN trained on renders of the synthetic world, cached on disk")

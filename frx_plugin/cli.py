@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from frx_plugin import __version__
-from frx_plugin.plugins import backbone_specs, backbones, estimator_specs, estimators, failed_plugins, get_plugin_manager, probe_sets
+from frx_plugin.plugins import backbones, estimators, failed_plugins, get_plugin_manager, probe_sets
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -162,9 +162,8 @@ def _plugins(args: argparse.Namespace) -> int:
         print(f"  {name:<20} {getattr(plugin, '__name__', type(plugin).__name__)}")
     for name, reason in failed_plugins().items():
         print(f"  {name:<20} NOT LOADED: {reason}")
-    kinds = (("backbone specs (--backbone KIND:ARGUMENT)", backbone_specs()), ("probe sets (--probe NAME[:ARGUMENT])", probe_sets()),
-             ("estimator specs (--estimator KIND:ARGUMENT)", estimator_specs()), ("estimators (--estimator NAME)", estimators()),
-             ("backbone architectures", backbones()))
+    kinds = (("backbones (--backbone KIND[:ARGUMENT])", backbones()), ("probe sets (--probe NAME[:ARGUMENT])", probe_sets()),
+             ("estimators (--estimator KIND[:ARGUMENT])", estimators()))
     for title, registry in kinds:
         print(f"{title}:")
         for reg in registry.values():

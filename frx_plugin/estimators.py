@@ -19,43 +19,7 @@ import torch
 
 from frx_plugin.attributes import AttributeSchema
 from frx_plugin.errors import EstimatorError
-from frx_plugin.interfaces import AttributeEstimator
 from frx_plugin.probe import RelabelledProbeSet
-
-
-def find_estimator(probe: Any, name: str | None = None) -> tuple[str, AttributeEstimator] | None:
-    """The first registered estimator that can read ``probe`` (or the one called ``name``), or ``None``."""
-    from frx_plugin.plugins import PluginError, estimators
-
-    registry = estimators()
-    if name is not None and name not in registry:
-        raise PluginError(f"unknown estimator {name!r}; the installed plugins offer: {sorted(registry)}")
-    for key, registration in registry.items():
-        if name is not None and key != name:
-            continue
-        estimator = registration.factory(probe)
-        if estimator is None:
-            continue
-        if not isinstance(estimator, AttributeEstimator):
-            raise EstimatorError(
-                f"estimator {key!r} returned {type(estimator).__name__}, which lacks 'attributes', 'input_shape', "
-                "'accuracy' or 'estimate'"
-            )
-        return key, estimator
-    return None
-
-
-def require_estimator(probe: Any, name: str | None = None) -> tuple[str, AttributeEstimator]:
-    found = find_estimator(probe, name)
-    if found is None:
-        from frx_plugin.plugins import estimators
-
-        which = f"estimator {name!r}" if name else "no estimator"
-        raise EstimatorError(
-            f"{which} can read the attributes of {getattr(probe, 'source', type(probe).__name__)}: the two-stage path "
-            f"needs a plugin implementing the frx_register_estimators hook for it (installed: {sorted(estimators())})"
-        )
-    return found
 
 
 class CombinedEstimator:

@@ -1,4 +1,5 @@
-"""The Protocols the parts of frx follow: what a plugin's generator, estimator and decoder offer.
+"""The Protocols the parts of frx follow: what a plugin's generator, estimator and decoder offer,
+and the factories that the ``frx_register_*`` hooks' ``register`` callbacks take.
 
 A leaf module: it imports nothing of frx but its data types, so any module may type against it.
 """
@@ -6,9 +7,14 @@ A leaf module: it imports nothing of frx but its data types, so any module may t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
 
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from frx_plugin.probe import ProbeSet
 
 #: How a changed embedding is made: ``embed(rows, attribute, values)`` → (m, D) L2-normalised.
 Embedder = Callable[[torch.Tensor, str, torch.Tensor], torch.Tensor]
@@ -105,3 +111,80 @@ class FaceDecoder(Protocol):
     def state_dict(self) -> dict[str, torch.Tensor]: ...
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> Any: ...
+
+
+# ------------------------------------------------------------------------------------- factories
+# What each ``frx_register_*`` hook's ``register(name, factory, description="")`` takes as ``factory``.
+# A spec ``KIND:ARGUMENT[,KEY=VALUE...]`` (the command line's ``--backbone``, ``--probe``, ``--estimator``)
+# calls the factory registered as KIND with the options as keywords and ARGUMENT in the parameter that
+# the factory's ``spec_argument`` attribute names, else its first positional parameter (after
+# ``probe`` for estimators); a factory without one takes no argument, and one whose parameter has no
+# default needs one.
+
+
+@runtime_checkable
+class BackboneFactory(Protocol):
+    """``frx_register_backbones``: ``factory(ARGUMENT?, **options)`` → a model, or ``(model, facts)``.
+
+    The model is what the ``frx_embed`` hook embeds (a ``torch.nn.Module`` mapping images
+    ``(B, 3, H, W)`` to embeddings ``(B, D)``, for the built-in fallback). ``facts`` may name the
+    synthetic probe set the model was trained for (``{"probe": {...}}``). A spec kind that opens files
+    (``frx:PATH``) takes the path as its first parameter; an architecture (``resnet-small``) takes
+    options only and returns an untrained model.
+    """
+
+    def __call__(self, *args: Any, **options: Any) -> "nn.Module | tuple[Any, Mapping[str, Any]]": ...
+
+
+@runtime_checkable
+class ProbeSetFactory(Protocol):
+    """``frx_register_probe_sets``: ``factory(ARGUMENT?, **options)`` → a :class:`~frx_plugin.probe.ProbeSet`.
+
+    A ``suffixes`` attribute (``(".bin",)``) lets a bare path with that suffix open it.
+    """
+
+    def __call__(self, *args: Any, **options: Any) -> "ProbeSet": ...
+
+
+@runtime_checkable
+class GeneratorFactory(Protocol):
+    """``frx_register_generators``: ``factory(probe)`` → an :class:`AttributeGenerator` for it, or ``None``."""
+
+    def __call__(self, probe: "ProbeSet") -> AttributeGenerator | None: ...
+
+
+@runtime_checkable
+class DecoderFactory(Protocol):
+    """``frx_register_decoders``: ``factory(embedding_dim, output_shape, **options)`` → a fresh :class:`FaceDecoder`.
+
+    ``output_shape`` is ``(C, H, W)``; a shape it cannot make is a ``ValueError``.
+    """
+
+    def __call__(self, embedding_dim: int, output_shape: tuple[int, int, int], **options: Any) -> FaceDecoder: ...
+
+
+@runtime_checkable
+class EstimatorFactory(Protocol):
+    """``frx_register_estimators``: ``factory(probe, ARGUMENT?, **options)`` → an :class:`AttributeEstimator`, or ``None``.
+
+    ``None``: it cannot read that probe set's images. A factory that needs an argument (a model
+    file) is used only where a spec names it (``--estimator insightface:FILE.onnx``); the others are
+    also tried, in turn, for a probe set (the two-stage path's default estimator). An estimator with
+    a ``schema`` (the :class:`~frx_plugin.attributes.AttributeSchema` of what it reads) can label a
+    probe set that lacks those attributes.
+    """
+
+    def __call__(self, probe: "ProbeSet", *args: Any, **options: Any) -> AttributeEstimator | None: ...
+
+
+F = TypeVar("F", contravariant=True)
+
+
+class Register(Protocol[F]):
+    """The ``register`` callback a ``frx_register_*`` hook receives: ``register(name, factory, description="")``.
+
+    A name registered twice, an empty name or a factory that is not callable is a
+    :class:`~frx_plugin.errors.PluginError` naming the plugin and the name.
+    """
+
+    def __call__(self, name: str, factory: F, description: str = "") -> None: ...

@@ -7,37 +7,37 @@ where they parse as such, otherwise kept as text. Examples::
     insightface:models/w600k_r50.onnx,flip=true     a backbone (the InsightFace adapter)
     frx:frx-demo/backbone.safetensors               the backbone frx demo trained
     torch:mypkg.nets:resnet50@weights.safetensors   a torch module from its factory and safetensors weights
+    resnet-small,embedding_dim=64                   an untrained built-in architecture
     synthetic,n_identities=200                      the built-in probe set with 200 identities
     insightface-bin:lfw.bin                         a probe set (the InsightFace adapter's reader)
     insightface:genderage.onnx                      an estimator (sex, age)
+    synthetic                                       an estimator registered for the probe set, by name
 
-Where the kinds come from:
+The kinds are the names in the registries of :mod:`frx_plugin.plugins`, one per kind of part:
+backbones (``frx_register_backbones``), probe sets (``frx_register_probe_sets``) and estimators
+(``frx_register_estimators``). The options go to the registered factory as keywords, and the
+argument to the factory parameter its registration names (:attr:`~frx_plugin.plugins.Registration.argument`:
+the factory's ``spec_argument`` attribute, else its first positional parameter, after ``probe`` for
+estimators); a kind without such a parameter takes no argument, one whose parameter has no default
+needs one. A backbone factory returns a model for the ``frx_embed`` hook, or ``(model, facts)``
+where ``facts`` may name the probe set the model was trained for (``{"probe": {...}}``). A bare path
+to a file is read by the probe set whose factory lists the file's suffix in its ``suffixes``
+attribute (``lfw.bin`` → ``insightface-bin``).
 
-- backbones: hook ``frx_register_backbone_specs``: ``register(kind, open, description)`` with
-  ``open(argument, **options)`` → a model for the ``frx_embed`` hook, or ``(model, facts)`` where
-  ``facts`` may name the probe set the model was trained for (``{"probe": {...}}``);
-- probe sets: the probe-set registry (``frx_register_probe_sets``); the argument is the factory's
-  first parameter (or the one its ``spec_argument`` attribute names; ``None``: it takes none). A bare path to a file is read by the probe set whose factory lists the file's
-  suffix in its ``suffixes`` attribute (``lfw.bin`` → ``insightface-bin``);
-- estimators: hook ``frx_register_estimator_specs``: ``register(kind, open, description)`` with
-  ``open(argument, probe, **options)`` → an :class:`~frx_plugin.estimators.AttributeEstimator`;
-  a spec without a colon names a registered estimator (``frx_register_estimators``).
-
-An unknown kind is a :class:`~frx_plugin.plugins.PluginError` that lists the installed ones.
+An unknown kind is a :class:`~frx_plugin.errors.PluginError` that lists the installed ones.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from frx_plugin.plugins import PluginError, backbone_specs, estimator_specs, probe_sets
+from frx_plugin.plugins import PluginError, Registration, backbones, estimators, probe_sets, require_estimator
 
-__all__ = ["Spec", "parse_spec", "open_backbone", "open_probe", "open_estimator", "probe_for", "load_torch_backbone"]
+__all__ = ["Spec", "parse_spec", "open_backbone", "open_probe", "open_estimator", "probe_for"]
 
 _OPTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
@@ -99,28 +99,39 @@ def _unknown(what: str, spec: Spec, registry: dict) -> PluginError:
     return PluginError(f"{what} {spec.text!r}: unknown kind {spec.kind!r}; the installed plugins offer: {offered}")
 
 
+def _registration(what: str, spec: Spec, registry: dict[str, Registration]) -> Registration:
+    if spec.kind not in registry:
+        raise _unknown(what, spec, registry)
+    return registry[spec.kind]
+
+
+def _options(what: str, spec: Spec, registration: Registration, *leading: Any) -> dict[str, Any]:
+    """The spec's options with its argument under the parameter the registration names, checked against the factory."""
+    options = dict(spec.options)
+    if spec.argument is not None:
+        if registration.argument is None:
+            raise ValueError(f"{what} {spec.text!r}: {spec.kind} takes no argument")
+        options[registration.argument] = spec.argument
+    elif registration.needs_argument:
+        raise ValueError(f"{what} {spec.text!r}: {spec.kind} {what}s need an argument: {registration.description}")
+    try:
+        signature = inspect.signature(registration.factory)
+    except (TypeError, ValueError):  # a callable without a signature: let the call tell
+        return options
+    try:
+        signature.bind(*leading, **options)
+    except TypeError as exc:  # a wrong option name: say which ones there are
+        raise ValueError(f"{what} {spec.text!r}: {exc}; {spec.kind} takes {signature}") from None
+    return options
+
+
 def open_backbone(text: str) -> tuple[Any, dict[str, Any]]:
     """The model named by a backbone spec, and the facts its opener gave (possibly empty)."""
     spec = parse_spec(text, "backbone")
-    registry = backbone_specs()
-    if spec.kind not in registry:
-        raise _unknown("backbone", spec, registry)
-    if spec.argument is None:
-        raise ValueError(f"backbone {spec.text!r}: {spec.kind} backbones need an argument: {registry[spec.kind].description}")
-    opened = registry[spec.kind].factory(spec.argument, **spec.options)
+    registration = _registration("backbone", spec, backbones())
+    opened = registration.factory(**_options("backbone", spec, registration))
     model, facts = opened if isinstance(opened, tuple) else (opened, {})
     return model, dict(facts)
-
-
-def _first_parameter(factory: Any) -> str | None:
-    try:
-        parameters = list(inspect.signature(factory).parameters.values())
-    except (TypeError, ValueError):
-        return None
-    for parameter in parameters:
-        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD) and parameter.name != "self":
-            return parameter.name
-    return None
 
 
 def open_probe(text: str) -> Any:
@@ -135,32 +146,24 @@ def open_probe(text: str) -> Any:
         if readers:
             raise FileNotFoundError(f"probe set {text!r}: no such file")
         raise _unknown("probe set", spec, registry)
-    factory = registry[spec.kind].factory
-    options = dict(spec.options)
-    if spec.argument is not None:
-        first = getattr(factory, "spec_argument", _first_parameter(factory))
-        if first is None:
-            raise ValueError(f"probe set {spec.text!r}: {spec.kind} takes no argument")
-        options[first] = spec.argument
+    registration = registry[spec.kind]
+    options = _options("probe set", spec, registration)
     try:
-        return factory(**options)
+        return registration.factory(**options)
     except TypeError as exc:  # a wrong option name: say which ones there are
-        raise ValueError(f"probe set {spec.text!r}: {exc}; {spec.kind} takes {inspect.signature(factory)}") from None
+        raise ValueError(f"probe set {spec.text!r}: {exc}; {spec.kind} takes {inspect.signature(registration.factory)}") from None
 
 
 def open_estimator(text: str, probe: Any) -> Any:
-    """The attribute estimator named by an estimator spec, for ``probe``'s images."""
-    from frx_plugin.estimators import require_estimator
+    """The attribute estimator named by an estimator spec, for ``probe``'s images.
 
+    ``KIND`` alone names a registered estimator (``synthetic``); ``KIND:ARGUMENT`` opens one from a
+    file (``insightface:genderage.onnx``). An estimator that cannot read ``probe`` is an
+    :class:`~frx_plugin.errors.EstimatorError`.
+    """
     spec = parse_spec(text, "estimator")
-    registry = estimator_specs()
-    if spec.argument is None and not spec.options and spec.kind not in registry:
-        return require_estimator(probe, spec.kind)[1]  # a registered estimator by name
-    if spec.kind not in registry:
-        raise _unknown("estimator", spec, registry)
-    if spec.argument is None:
-        raise ValueError(f"estimator {spec.text!r}: {spec.kind} estimators need an argument: {registry[spec.kind].description}")
-    return registry[spec.kind].factory(spec.argument, probe, **spec.options)
+    registration = _registration("estimator", spec, estimators())
+    return require_estimator(probe, spec.kind, _options("estimator", spec, registration, probe))[1]
 
 
 def probe_for(facts: dict[str, Any] | None = None, probe: Any = None, pairs: str | None = None,
@@ -192,62 +195,3 @@ def probe_for(facts: dict[str, Any] | None = None, probe: Any = None, pairs: str
     if len(probe_set.schema) == 0:
         raise ValueError(f"{probe_set.source} labels no attributes; pass --estimator SPEC to read them off its images")
     return probe_set
-
-
-# ----------------------------------------------------------------------------------- built-in kinds
-
-
-def open_frx_backbone(argument: str) -> tuple[Any, dict[str, Any]]:
-    """``frx:PATH``: a backbone saved by frx (``frx demo``'s ``backbone.safetensors``, or the folder holding it)."""
-    from frx_plugin.models import BACKBONE_FILE, load_backbone
-
-    path = Path(argument).expanduser()
-    if path.is_dir():
-        path = path / BACKBONE_FILE
-    model, description = load_backbone(path)
-    return model, {"probe": description.get("probe"), "path": str(path)}
-
-
-def load_torch_backbone(argument: str, **options: Any) -> Any:
-    """``torch:package.module:factory@weights.safetensors``: ``factory(**options)`` with the weights loaded strictly.
-
-    The weights are read with safetensors (no pickle). A missing module, factory or file, and
-    weights that do not fit the module (missing, unexpected or mis-shaped tensors) are errors that
-    name them.
-    """
-    import torch
-    from safetensors.torch import load_file
-
-    target, at, weights = argument.rpartition("@") if "@" in argument else (argument, "", "")
-    module_name, colon, factory_name = target.partition(":")
-    if not colon or not module_name or not factory_name or not weights:
-        raise ValueError(f"torch backbone {argument!r}: expected package.module:factory@weights.safetensors")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"torch backbone {argument!r}: cannot import {module_name!r}: {exc}") from None
-    factory = getattr(module, factory_name, None)
-    if not callable(factory):
-        raise ValueError(f"torch backbone {argument!r}: {module_name} has no callable {factory_name!r}")
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"torch backbone {argument!r}: no weights file {path}")
-    if path.suffix != ".safetensors":
-        raise ValueError(f"torch backbone {argument!r}: weights must be a .safetensors file (frx never unpickles weights), got {path.name}")
-    model = factory(**options)
-    if not isinstance(model, torch.nn.Module):
-        raise ValueError(f"torch backbone {argument!r}: {factory_name}() returned {type(model).__name__}, not a torch.nn.Module")
-    try:
-        state = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for a damaged header
-        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
-    if missing or unexpected or wrong:
-        parts = [f"{label} {names[:5]}{' …' if len(names) > 5 else ''}"
-                 for label, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", wrong)) if names]
-        raise ValueError(f"{path}: the weights do not fit {module_name}:{factory_name}: " + "; ".join(parts))
-    model.load_state_dict(state)
-    return model.eval()

@@ -23,17 +23,22 @@ def frx_embed(model, images):
 
 
 @hookimpl
-def frx_register_backbone_specs(register) -> None:
+def frx_register_backbones(register) -> None:
     from frx_insightface.specs import open_backbone_spec
 
     register("insightface", open_backbone_spec,
              "insightface:FILE.onnx, or a model pack (a name under ~/.insightface/models, or its folder)[,flip=true][,root=DIR]")
 
 
-@hookimpl
-def frx_register_estimator_specs(register) -> None:
+def open_estimator(probe, path: str, **options):
+    """``insightface:PATH[,KEY=VALUE...]`` as an estimator factory (the probe first; the path is the spec's argument)."""
     from frx_insightface.specs import open_estimator_spec
 
-    register("insightface", open_estimator_spec,
+    return open_estimator_spec(path, probe, **options)
+
+
+@hookimpl
+def frx_register_estimators(register) -> None:
+    register("insightface", open_estimator,
              "insightface:FILE.onnx (genderage: sex, age; 3D 68 landmarks: pitch, yaw, roll), or a model pack (both)"
              "[,sex=NAME,age=NAME,...][,root=DIR]")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from frx_plugin.counterfactual.explanations import error_attribution, explain_errors, pair_errors, spread
-from frx_plugin.counterfactual.generators import find_generator, require_generator
+from frx_plugin.plugins import find_generator, require_generator
 from frx_plugin.counterfactual.latent import latent_embedder, latent_model
 from frx_plugin.counterfactual.significance import exact_embedder, identity_significance
 from frx_plugin.errors import AnalysisError

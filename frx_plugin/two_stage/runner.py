@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from frx_plugin.attributes import Attribute
 from frx_plugin.errors import DecoderDiverged, DecoderError, EstimatorError
-from frx_plugin.estimators import require_estimator
+from frx_plugin.plugins import require_estimator
 from frx_plugin.interfaces import AttributeEstimator, DecoderTask, FaceDecoder
 from frx_plugin.model import hook_embedder, model_device
 from frx_plugin.probe import ProbeSet

@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from frx_lightning import AttributeRecoveryCallback
 from frx_plugin.analysis import embed_probe_set
 from frx_plugin.two_stage.decoders import ConvFaceDecoder
-from frx_plugin.estimators import EstimatorError
+from frx_plugin.errors import EstimatorError
 from frx_plugin.hookspecs import hookimpl
 from frx_plugin.history import read_history
 from frx_plugin.plugins import get_plugin_manager

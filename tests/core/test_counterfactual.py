@@ -14,14 +14,13 @@ from frx_plugin.counterfactual import (
     error_attribution,
     exact_embedder,
     explain_errors,
-    find_generator,
     identity_significance,
     latent_embedder,
     latent_model,
     pair_errors,
-    require_generator,
 )
 from frx_plugin.models import ResidualFaceNet
+from frx_plugin.plugins import find_generator, require_generator
 from frx_plugin.probe import TensorProbeSet
 from frx_plugin.randomness import poisson_bootstrap_weights
 from frx_plugin.synthetic import SyntheticProbeSet

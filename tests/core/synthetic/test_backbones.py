@@ -122,7 +122,7 @@ def test_training_is_deterministic_and_leaves_the_global_generator_alone():
 
 
 def test_the_synthetic_spec_kind_names_the_backbones_and_rejects_bad_settings(cache, fresh_plugins):
-    from frx_plugin.plugins import backbone_specs, backbones
+    from frx_plugin.plugins import backbones
     from frx_plugin.specs import open_backbone
 
     with pytest.raises(ValueError, match="unknown synthetic backbone 'nope'; known: resnet-small, mobilefacenet-like"):
@@ -133,7 +133,7 @@ def test_the_synthetic_spec_kind_names_the_backbones_and_rejects_bad_settings(ca
         open_synthetic_backbone("resnet-small", epochs=2.5)
     with pytest.raises(ValueError, match="input_size must be a positive multiple of 16"):
         open_synthetic_backbone("mobilefacenet-like", size=40)
-    assert "mobilefacenet-like" in backbone_specs()["synthetic"].description
+    assert "mobilefacenet-like" in backbones()["synthetic"].description
     assert "mobilefacenet-like" in backbones()
     spec = "synthetic:resnet-small," + ",".join(f"{k}={v}" for k, v in TINY.items())
     model, facts = open_backbone(spec)

@@ -9,8 +9,8 @@ import torch
 
 import frx_plugin.synthetic.estimator as est
 from frx_plugin.errors import EstimatorError
-from frx_plugin.estimators import find_estimator
 from frx_plugin.interfaces import AttributeEstimator
+from frx_plugin.plugins import find_estimator
 from frx_plugin.probe import TensorProbeSet
 from frx_plugin.synthetic.estimator import (
     SYNTHETIC_ESTIMATOR_DEFAULTS,

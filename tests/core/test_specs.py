@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 from frx_plugin.attributes import Attribute, AttributeSchema
-from frx_plugin.estimators import CombinedEstimator, EstimatorError, label_probe_set
+from frx_plugin.errors import EstimatorError
+from frx_plugin.estimators import CombinedEstimator, label_probe_set
 from frx_plugin.models import ResidualFaceNet, save_backbone
 from frx_plugin.plugins import PluginError
 from frx_plugin.probe import select_attributes
