@@ -261,8 +261,8 @@ def run_demo(options: dict[str, Any]) -> int:
     elif opts["two_stage"]:
         print("\nfrx demo: no two-stage pass succeeded; see the warnings above", file=sys.stderr)
     try:  # the page is a convenience: a failure to draw it never fails the demo
-        from frx_plugin.cli import command_line
-        from frx_plugin.html_report import write_report
+        from frx_plugin.commands.cli import command_line
+        from frx_plugin.commands.report import write_report
 
         command = command_line() if sys.argv[1:2] == ["demo"] else None
         written.append(write_report(out, command=command))

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from frx_plugin.analysis import AnalysisConfig, analyze_probe, embed_probe_set
-from frx_plugin.benchmark import _threshold, _weighted_eer, verification_with_intervals
-from frx_plugin.cli import main
+from frx_plugin.commands.benchmark import _threshold, _weighted_eer, verification_with_intervals
+from frx_plugin.commands.cli import main
 from frx_plugin.embedding_set import write_embedding_set
 from frx_plugin.models import ResidualFaceNet, save_backbone
 from frx_plugin.synthetic import SyntheticProbeSet
@@ -83,7 +83,7 @@ def test_benchmark_command_compares_backbones_and_keeps_going(tmp_path, capsys, 
     write_embedding_set(tmp_path / "pre.safetensors", z_first, probe.identity, probe.labels, probe.schema)
     out = tmp_path / "bench"
     specs = [f"frx:{tmp_path / 'a'}", f"torch:frx_plugin.models:ResidualFaceNet@{tmp_path / 'b.safetensors'},embedding_dim=24,input_size=32",
-             f"torch:tests.test_benchmark:broken@{tmp_path / 'broken.safetensors'}"]
+             f"torch:tests.commands.test_benchmark:broken@{tmp_path / 'broken.safetensors'}"]
     args = ["benchmark", *[a for s in specs for a in ("--backbone", s)], "--embeddings", str(tmp_path / "pre.safetensors"),
             "--bootstrap", "20", "--no-report", "--out", str(out)]
     code = main(args)

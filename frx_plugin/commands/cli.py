@@ -84,7 +84,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from frx_plugin.explain import FIGURE_FILE, explain
+    from frx_plugin.commands.explain import FIGURE_FILE, explain
 
     model = probe = None
     if args.backbone is not None:
@@ -130,7 +130,7 @@ def command_line() -> str:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from frx_plugin.benchmark import run_benchmark
+    from frx_plugin.commands.benchmark import run_benchmark
 
     document = run_benchmark(
         args.backbone or (), args.probe, pairs=args.pairs, embedding_files=args.embeddings or (), estimators=args.estimator or (),
@@ -140,7 +140,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     print((Path(args.out) / "benchmark.md").read_text(encoding="utf-8"))
     files = list(document["files"])
     if not args.no_report:
-        from frx_plugin.html_report import write_report
+        from frx_plugin.commands.report import write_report
 
         files.append(str(write_report(args.out, command=command_line())))
     print("wrote " + ", ".join(files))
@@ -148,7 +148,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from frx_plugin.html_report import write_report
+    from frx_plugin.commands.report import write_report
 
     path = write_report(args.folder, out=args.out)  # the command that made the results is the one the files record
     print(f"wrote {path}")
