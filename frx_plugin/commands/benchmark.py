@@ -125,14 +125,14 @@ def verification_with_intervals(
     """
     from frx_plugin.randomness import poisson_bootstrap_weights
 
-    from frx_plugin.verification import _blocks, _genuine_pairs, _prepare
+    from frx_plugin.verification import score_blocks, genuine_pairs, prepare_embeddings
 
-    z, identity = _prepare(embeddings, identity)
+    z, identity = prepare_embeddings(embeddings, identity)
     if pairs is None:
         _all_pairs_fit(identity.numel())
         # the scores exactly as verification() computes them (same blocks, same rounding), so the point estimates agree
         genuine_parts, impostor_parts, first_parts, second_parts = [], [], [], []
-        for g, i, (a, b) in _blocks(z, identity, bound=-2.0):  # every cosine is ≥ −1: all pairs, with their indices
+        for g, i, (a, b) in score_blocks(z, identity, bound=-2.0):  # every cosine is ≥ −1: all pairs, with their indices
             genuine_parts.append(g)
             impostor_parts.append(i)
             first_parts.append(a)
@@ -140,7 +140,7 @@ def verification_with_intervals(
         genuine_scores = torch.cat(genuine_parts)
         impostor_scores = torch.cat(impostor_parts)
         ids, index = torch.unique(identity, return_inverse=True)
-        genuine_unit = index[_genuine_pairs(identity)[0]]
+        genuine_unit = index[genuine_pairs(identity)[0]]
         impostor_a, impostor_b = index[torch.cat(first_parts)], index[torch.cat(second_parts)]
         units = ids
     else:
