@@ -105,3 +105,18 @@ class FaceDecoder(Protocol):
     def state_dict(self) -> dict[str, torch.Tensor]: ...
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> Any: ...
+
+
+import argparse  # noqa: E402 - for CommandFactory only, kept beside it
+
+
+@runtime_checkable
+class CommandFactory(Protocol):
+    """Sets up a plugin's ``frx`` subcommand (what ``frx_register_commands`` offers).
+
+    ``factory(parser)``: add the subcommand's arguments to ``parser`` (its own
+    ``argparse.ArgumentParser``) and return ``run(args)``, which runs the subcommand on the parsed
+    ``argparse.Namespace`` and returns the process exit code.
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]: ...

@@ -83,10 +83,10 @@ def _trained_backbone(demo_dir: Path, say: Callable[[str], None]):
     """The demo backbone at ``demo_dir`` (module in eval mode, description), trained with ``frx demo`` when missing."""
     path = demo_dir / BACKBONE_FILE
     if not path.is_file():
-        from frx_plugin.plugins import get_plugin_manager
+        from frx_plugin.commands.registry import run_plugin_command
 
         say(f"frx explain: no trained backbone at {path}; training one with frx demo (about 2 minutes)")
-        code = get_plugin_manager().hook.frx_run_demo(options={"out": str(demo_dir)})
+        code = run_plugin_command("demo", ["--out", str(demo_dir)])  # the command a training adapter registers
         if code is None:
             raise FileNotFoundError(
                 f"no trained backbone at {path}, and no training adapter to make one: "
