@@ -129,8 +129,9 @@ def write_history_folder(folder: Path, epochs: int = 3) -> Path:
 
 
 def write_analysis_file(folder: Path) -> Path:
-    """``analysis.json`` through :func:`frx_plugin.analysis.analyze_file` on an embedding-set file (kept in ``folder``)."""
-    from frx_plugin.analysis import AnalysisConfig, analyze_file
+    """``analysis.json`` through :func:`frx_plugin.commands.analyze.analyze` on an embedding-set file (kept in ``folder``)."""
+    from frx_plugin.analysis import AnalysisConfig
+    from frx_plugin.commands.analyze import analyze as analyze_file
     from frx_plugin.embedding_set import write_embedding_set
 
     z, identity, labels, schema = synthetic_embeddings(seed=7, strength=1.2)
