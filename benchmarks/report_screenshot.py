@@ -2,7 +2,7 @@
 
     python benchmarks/report_screenshot.py [--folder DIR] [--out report.png]
 
-Runs :func:`frx_plugin.html_report.write_report` on ``--folder`` (a folder of frx outputs; default:
+Runs :func:`frx_plugin.commands.report.write_report` on ``--folder`` (a folder of frx outputs; default:
 a small demo folder built here in a few seconds from synthetic embeddings — a training history,
 an analysis, explanations and a benchmark), then Debian's ``chromium`` twice, with no network:
 ``--screenshot`` (1280×4000) and ``--dump-dom``. The page's inline script sets
@@ -67,7 +67,8 @@ def analysis_pass(epoch: int, strength: float, counterfactuals: bool = True):
     """One real analysis pass (leakage, verification, latent significance and error attribution) on synthetic embeddings."""
     import torch
 
-    from frx_plugin.analysis import AnalysisConfig, analyze_probe, counterfactual_measures
+    from frx_plugin.counterfactual.measures import counterfactual_measures
+    from frx_plugin.passes import AnalysisConfig, analyze_probe
     from frx_plugin.counterfactual import latent_embedder, latent_model
     from frx_plugin.probe import ProbeSet
 
@@ -129,8 +130,9 @@ def write_history_folder(folder: Path, epochs: int = 3) -> Path:
 
 
 def write_analysis_file(folder: Path) -> Path:
-    """``analysis.json`` through :func:`frx_plugin.analysis.analyze_file` on an embedding-set file (kept in ``folder``)."""
-    from frx_plugin.analysis import AnalysisConfig, analyze_file
+    """``analysis.json`` through :func:`frx_plugin.commands.analyze.analyze` on an embedding-set file (kept in ``folder``)."""
+    from frx_plugin.passes import AnalysisConfig
+    from frx_plugin.commands.analyze import analyze as analyze_file
     from frx_plugin.embedding_set import write_embedding_set
 
     z, identity, labels, schema = synthetic_embeddings(seed=7, strength=1.2)
@@ -140,7 +142,7 @@ def write_analysis_file(folder: Path) -> Path:
 
 
 def write_explanations_file(folder: Path) -> Path:
-    """``explanations.json`` through :func:`frx_plugin.explain.explain` on an embedding-set file, then a ``counterfactuals.png``.
+    """``explanations.json`` through :func:`frx_plugin.commands.explain.explain` on an embedding-set file, then a ``counterfactuals.png``.
 
     (An embedding file takes the latent path, which draws no faces; the figure is drawn with
     :func:`frx_plugin.figures.plot_counterfactuals` from faces of the synthetic world, changed along each
@@ -150,7 +152,7 @@ def write_explanations_file(folder: Path) -> Path:
     import torch
 
     from frx_plugin.embedding_set import write_embedding_set
-    from frx_plugin.explain import explain
+    from frx_plugin.commands.explain import explain
     from frx_plugin.figures import plot_counterfactuals
 
     z, identity, labels, schema = synthetic_embeddings(seed=11, strength=0.8)
@@ -256,7 +258,7 @@ def main() -> int:
     parser.add_argument("--out", default="report-screenshot.png", help="the screenshot to write (PNG)")
     parser.add_argument("--chromium", default="chromium", help="the chromium executable")
     args = parser.parse_args()
-    from frx_plugin.html_report import write_report
+    from frx_plugin.commands.report import write_report
 
     with tempfile.TemporaryDirectory(prefix="frx-report-demo-") as scratch:
         folder = Path(args.folder) if args.folder else build_demo_folder(Path(scratch) / "demo")

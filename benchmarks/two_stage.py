@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from frx_plugin.analysis import AnalysisConfig, embed_probe_set, probe_leakage
+from frx_plugin.model import embed_probe_set
+from frx_plugin.passes import AnalysisConfig, probe_leakage
 from frx_plugin.figures import plot_decoded, plot_recovery
 from frx_plugin.models import BACKBONE_FILE, load_backbone
 from frx_plugin.report import json_safe

@@ -22,8 +22,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-    from frx_plugin.interfaces import (BackboneFactory, DecoderFactory, EstimatorFactory, GeneratorFactory,
-                                       ProbeSetFactory, Register)
+    from frx_plugin.interfaces import (
+        BackboneFactory, CommandFactory, DecoderFactory, EstimatorFactory, GeneratorFactory, ProbeSetFactory, Register,
+    )
     from frx_plugin.report import Report
 
 PROJECT_NAME = "frx"
@@ -143,14 +144,17 @@ def frx_analysis_completed(report: "Report", context: dict[str, Any]) -> None:
     """
 
 
-@hookspec(firstresult=True)
-def frx_run_demo(options: dict[str, Any]) -> "int | None":
-    """Run ``frx demo``: train a backbone on the synthetic world with frx attached.
+@hookspec
+def frx_register_commands(register: "Register[CommandFactory]") -> None:
+    """Register subcommands of the ``frx`` command line (``frx NAME ...``), as ``frx demo`` is.
 
-    Called by the ``frx demo`` command with its parsed options (``epochs``,
-    ``identities``, ``images_per_identity``, ``seed``, ``out``, ``devices``,
-    ...). A training adapter that can run the demo returns the process exit
-    code; adapters that cannot return ``None``.
+    Called whenever frx builds its command line. Call ``register(name, factory, description="")``
+    where ``factory(parser)`` adds the subcommand's arguments to its ``argparse.ArgumentParser`` and
+    returns ``run(args)``, which runs the subcommand on the parsed ``argparse.Namespace`` and returns
+    the process exit code (:class:`frx_plugin.interfaces.CommandFactory`); ``description`` is its
+    one-line help. A ``ValueError``, ``FileNotFoundError``, ``KeyError`` or ``RuntimeError`` that
+    ``run`` raises is printed as ``frx NAME: error: ...`` with exit code 2. A name of frx's own
+    commands, or one registered twice, is a ``PluginError``. Returns nothing.
     """
 
 

@@ -6,6 +6,7 @@ A leaf module: it imports nothing of frx but its data types, so any module may t
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
 
@@ -188,3 +189,15 @@ class Register(Protocol[F]):
     """
 
     def __call__(self, name: str, factory: F, description: str = "") -> None: ...
+
+
+@runtime_checkable
+class CommandFactory(Protocol):
+    """Sets up a plugin's ``frx`` subcommand (what ``frx_register_commands`` offers).
+
+    ``factory(parser)``: add the subcommand's arguments to ``parser`` (its own
+    ``argparse.ArgumentParser``) and return ``run(args)``, which runs the subcommand on the parsed
+    ``argparse.Namespace`` and returns the process exit code.
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]: ...

@@ -44,7 +44,7 @@ COUNTERFACTUAL_PATHS = ("auto", "exact", "latent", "off")
 TIMING_KEYS = ("embed_s", "after_embed_s", "counterfactual_s", "two_stage_s")
 
 __all__ = [
-    "AnalysisConfig", "COUNTERFACTUAL_PATHS", "ON_ERROR", "PassPlan", "PassResult", "prepare_two_stage", "run_pass", "scalar_metrics",
+    "AnalysisConfig", "COUNTERFACTUAL_PATHS", "ON_ERROR", "PassPlan", "PassResult", "analyze_probe", "prepare_two_stage", "run_pass", "scalar_metrics",
 ]
 
 
@@ -186,6 +186,17 @@ def probe_verification(embeddings: torch.Tensor, probe: ProbeSet, fmr: float):
     if listed is not None:
         return listed_pair_verification(embeddings, probe.identity, listed, fmr=fmr)
     return verification(embeddings, probe.identity, fmr=fmr)
+
+
+def analyze_probe(embeddings: torch.Tensor, probe: ProbeSet, config: AnalysisConfig = AnalysisConfig()) -> Report:
+    """Leakage of every attribute of ``probe`` and verification, from the embeddings of all its samples (one process).
+
+    A probe set that lists its pairs (``probe.pairs``, as a verification file does) is verified on
+    those pairs only; otherwise on all pairs.
+    """
+    report = probe_leakage(embeddings, probe, config)
+    report.verification = probe_verification(embeddings, probe, config.fmr)
+    return report
 
 
 def _embed_shard(model: Any, probe: ProbeSet, indices: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, BaseException | None]:

@@ -29,13 +29,14 @@ import torch
 from frx_plugin.errors import AnalysisError
 from frx_plugin.report import Verification
 
-__all__ = ["verification", "listed_pair_verification", "pair_scores", "equal_error_rate", "decision_errors", "DecisionErrors"]
+__all__ = ["verification", "listed_pair_verification", "pair_scores", "equal_error_rate", "decision_errors", "DecisionErrors",
+           "prepare_embeddings", "genuine_pairs", "score_blocks"]
 
 #: Score-matrix entries per block.
 _BLOCK_ENTRIES = 4_000_000
 
 
-def _prepare(embeddings: torch.Tensor, identity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def prepare_embeddings(embeddings: torch.Tensor, identity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(embeddings, torch.Tensor) or embeddings.ndim != 2 or not embeddings.dtype.is_floating_point:
         shape = tuple(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
         raise AnalysisError(f"embeddings must be a 2-D floating-point tensor (N, D), got {shape}")
@@ -52,7 +53,7 @@ def _prepare(embeddings: torch.Tensor, identity: torch.Tensor) -> tuple[torch.Te
     return z, identity.detach().cpu()
 
 
-def _genuine_pairs(identity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def genuine_pairs(identity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Every genuine pair (a, b), a < b, sorted by a: same identity."""
     order = torch.argsort(identity, stable=True)
     sorted_identity = identity[order]
@@ -75,7 +76,7 @@ def _genuine_pairs(identity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return a[by_row], b[by_row]
 
 
-def _blocks(z: torch.Tensor, identity: torch.Tensor, bound: float = -math.inf):
+def score_blocks(z: torch.Tensor, identity: torch.Tensor, bound: float = -math.inf):
     """Per block of rows i: (genuine scores, impostor scores ≥ ``bound``) of the pairs i < j.
 
     The block's scores are rows start..stop−1 against columns start..N−1 (the upper
@@ -84,7 +85,7 @@ def _blocks(z: torch.Tensor, identity: torch.Tensor, bound: float = -math.inf):
     """
     n = z.shape[0]
     rows = max(1, _BLOCK_ENTRIES // max(n, 1))
-    first, second = _genuine_pairs(identity)
+    first, second = genuine_pairs(identity)
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         scores = z[start:stop] @ z[start:].T
@@ -106,9 +107,9 @@ def _blocks(z: torch.Tensor, identity: torch.Tensor, bound: float = -math.inf):
 
 def pair_scores(embeddings: torch.Tensor, identity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """All genuine and all impostor cosine scores, i < j. Holds every score: small N only."""
-    z, identity = _prepare(embeddings, identity)
+    z, identity = prepare_embeddings(embeddings, identity)
     genuine, impostor = [], []
-    for g, i, _ in _blocks(z, identity):
+    for g, i, _ in score_blocks(z, identity):
         genuine.append(g)
         impostor.append(i)
     cat = lambda parts: torch.cat(parts) if parts else torch.empty(0, dtype=z.dtype)  # noqa: E731
@@ -149,7 +150,7 @@ def verification(embeddings: torch.Tensor, identity: torch.Tensor, fmr: float = 
     """
     if not (isinstance(fmr, (int, float)) and 0.0 < float(fmr) < 1.0):
         raise AnalysisError(f"fmr must be a number in (0, 1), got {fmr!r}")
-    z, identity = _prepare(embeddings, identity)
+    z, identity = prepare_embeddings(embeddings, identity)
     n = z.shape[0]
     _, counts = torch.unique(identity, return_counts=True)
     n_genuine = int((counts * (counts - 1) // 2).sum())
@@ -165,13 +166,13 @@ def verification(embeddings: torch.Tensor, identity: torch.Tensor, fmr: float = 
     keep = k + 1  # the k + 1 highest impostor scores decide τ
     bound = _lower_bound(z, identity, keep, n_impostor)
     genuine_parts, kept = [], []
-    for genuine, impostor, _ in _blocks(z, identity, bound):
+    for genuine, impostor, _ in score_blocks(z, identity, bound):
         genuine_parts.append(genuine)
         kept.append(impostor)
     candidates = torch.cat(kept)
     if candidates.numel() < keep:  # the bound was too high: keep a running top k + 1 instead
         top = torch.empty(0, dtype=z.dtype)
-        for _, impostor, _ in _blocks(z, identity):
+        for _, impostor, _ in score_blocks(z, identity):
             merged = torch.cat([top, impostor])
             top = torch.topk(merged, keep).values if merged.numel() > keep else merged
         candidates = top
@@ -191,7 +192,7 @@ def listed_pair_verification(embeddings: torch.Tensor, identity: torch.Tensor, p
     """
     if not (isinstance(fmr, (int, float)) and 0.0 < float(fmr) < 1.0):
         raise AnalysisError(f"fmr must be a number in (0, 1), got {fmr!r}")
-    z, identity = _prepare(embeddings, identity)
+    z, identity = prepare_embeddings(embeddings, identity)
     pairs = torch.as_tensor(pairs, dtype=torch.int64)
     if pairs.ndim != 2 or pairs.shape[1] != 2 or bool(((pairs < 0) | (pairs >= z.shape[0])).any()):
         raise AnalysisError(f"pairs must be (M, 2) indices of the {z.shape[0]} samples, got shape {tuple(pairs.shape)}")
@@ -244,11 +245,11 @@ def decision_errors(
             f"{result.impostor_pairs} impostor pairs are too few to set a threshold at FMR {fmr:g}: "
             f"at least {minimum:,} are needed (more identities or images, or a larger fmr)"
         )
-    z, identity = _prepare(embeddings, identity)
+    z, identity = prepare_embeddings(embeddings, identity)
     tau = result.threshold
-    first, second = _genuine_pairs(identity)
+    first, second = genuine_pairs(identity)
     genuine_scores, match_pairs, match_scores = [], [], []
-    for genuine, impostor, pairs in _blocks(z, identity, math.nextafter(tau, math.inf)):
+    for genuine, impostor, pairs in score_blocks(z, identity, math.nextafter(tau, math.inf)):
         genuine_scores.append(genuine)
         match_pairs.append(torch.stack(pairs, 1))
         match_scores.append(impostor)

@@ -80,8 +80,8 @@ class FaceRecognitionModule(LightningModule):
 class _ProgressPrinter:
     """A sink of ``frx_analysis_completed`` that prints one line per pass (global-zero rank only)."""
 
-    def __init__(self, stream=sys.stdout) -> None:
-        self.stream = stream
+    def __init__(self, stream=None) -> None:
+        self.stream = sys.stdout if stream is None else stream  # the stdout of the time it is made (a test's capture too)
         self.started = time.perf_counter()
 
     @hookimpl
@@ -261,8 +261,8 @@ def run_demo(options: dict[str, Any]) -> int:
     elif opts["two_stage"]:
         print("\nfrx demo: no two-stage pass succeeded; see the warnings above", file=sys.stderr)
     try:  # the page is a convenience: a failure to draw it never fails the demo
-        from frx_plugin.cli import command_line
-        from frx_plugin.html_report import write_report
+        from frx_plugin.commands.common import command_line
+        from frx_plugin.commands.report import write_report
 
         command = command_line() if sys.argv[1:2] == ["demo"] else None
         written.append(write_report(out, command=command))

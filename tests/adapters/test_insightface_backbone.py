@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from frx_insightface.backbone import export_onnx, load_insightface_backbone
 from frx_insightface.readers import DataFormatError
-from frx_plugin.analysis import embed_probe_set
+from frx_plugin.model import embed_probe_set
 from frx_plugin.models import ResidualFaceNet
 from frx_plugin.synthetic import SyntheticProbeSet
 

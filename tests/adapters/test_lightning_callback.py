@@ -7,7 +7,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from frx_lightning import AttributeRecoveryCallback
-from frx_plugin.analysis import AnalysisConfig, analyze_probe, embed_probe_set
+from frx_plugin.model import embed_probe_set
+from frx_plugin.passes import AnalysisConfig, analyze_probe
 from frx_plugin.history import read_history
 from tests.lightning_helpers import TinyFaceModule, make_probe, make_train_loader
 
@@ -149,7 +150,7 @@ def test_an_unwritable_history_folder_does_not_stop_training_and_the_loggers_sti
 def test_counterfactuals_are_logged_exact_on_the_synthetic_world_and_latent_elsewhere(tmp_path):
     import torch
 
-    from frx_plugin.analysis import counterfactual_rows
+    from frx_plugin.counterfactual.measures import counterfactual_rows
     from frx_plugin.counterfactual import CounterfactualError
     from frx_plugin.synthetic import SyntheticProbeSet
 

@@ -11,7 +11,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from frx_lightning import AttributeRecoveryCallback
-from frx_plugin.analysis import embed_probe_set
+from frx_plugin.model import embed_probe_set
 from frx_plugin.two_stage.decoders import ConvFaceDecoder
 from frx_plugin.errors import EstimatorError
 from frx_plugin.hookspecs import hookimpl

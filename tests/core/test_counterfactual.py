@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from frx_plugin.analysis import AnalysisConfig, analyze_probe, embed_probe_set
+from frx_plugin.model import embed_probe_set
+from frx_plugin.passes import AnalysisConfig, analyze_probe
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.counterfactual import (
     CounterfactualError,

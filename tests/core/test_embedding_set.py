@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from frx_plugin.passes import AnalysisConfig
+from frx_plugin.commands.analyze import analyze as analyze_file
 from tests.ddp_launch import HANG_LIMIT_S
-
-from frx_plugin.analysis import AnalysisConfig, analyze_file
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.embedding_set import EmbeddingSet, EmbeddingSetError, read_embedding_set, write_embedding_set
 from tests.core.test_recovery import bayes_binary, bayes_continuous, planted_world

@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from frx_plugin.analysis import embed_probe_set
+from frx_plugin.model import embed_probe_set
 from frx_plugin.models import load_backbone, save_backbone
 from frx_plugin.synthetic.backbones import (
     BUILTIN_BACKBONES,

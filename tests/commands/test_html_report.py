@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import shutil
-import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -20,7 +19,7 @@ from benchmarks.report_screenshot import (
     write_explanations_file,
     write_history_folder,
 )
-from frx_plugin.html_report import KNOWN_FILES, write_report
+from frx_plugin.commands.report import KNOWN_FILES, write_report
 
 SECTIONS = {"history.json": "Training history", "analysis.json": "Analysis", "explanations.json": "Explanations", "benchmark.json": "Benchmark"}
 
@@ -341,14 +340,13 @@ def test_a_damaged_json_file_is_named(outputs, tmp_path, name):
     assert not (folder / "report.html").exists()
 
 
-def test_the_cli_writes_the_report(outputs, tmp_path):
-    """``frx report DIR --out PAGE`` (wired in frx_plugin/cli.py) writes the same page."""
+def test_the_cli_writes_the_report(outputs, tmp_path, capsys):
+    """``frx report DIR --out PAGE`` (wired in frx_plugin/commands/cli.py) writes the same page."""
+    from frx_plugin.commands.cli import main
+
     page = tmp_path / "cli.html"
-    proc = subprocess.run([sys.executable, "-m", "frx_plugin", "report", str(outputs["analysis"]), "--out", str(page)],
-                          capture_output=True, text=True, timeout=120)
-    if proc.returncode == 2 and "invalid choice" in proc.stderr:
-        pytest.skip("this checkout's CLI has no `frx report` yet")
-    assert proc.returncode == 0, proc.stderr
+    code = main(["report", str(outputs["analysis"]), "--out", str(page)])
+    assert code == 0, capsys.readouterr().err
     assert page.is_file() and "Analysis" in Page(page.read_text()).headings["h2"]
 
 
@@ -373,7 +371,7 @@ def test_the_browser_check_fails_when_a_figure_does_not_load(tmp_path):
     Image.new("RGB", (4, 3), "red").save(buffer, format="PNG")
     good = base64.b64encode(buffer.getvalue()).decode()
     broken = base64.b64encode(b"\x89PNG\r\n\x1a\n not really a png").decode()
-    from frx_plugin.html_report import SCRIPT
+    from frx_plugin.commands.report import SCRIPT
 
     page = tmp_path / "broken.html"
     page.write_text(f'<!DOCTYPE html><html><body><img src="data:image/png;base64,{good}" alt="a">'

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from frx_plugin.analysis import embed_probe_set
+from frx_plugin.model import embed_probe_set
+from frx_plugin.commands.cli import main
 from frx_plugin.embedding_set import write_embedding_set
 from frx_plugin.models import ResidualFaceNet, load_backbone, save_backbone
 from frx_plugin.synthetic import SyntheticProbeSet
@@ -19,8 +19,16 @@ from frx_plugin.verification import verification
 PROBE = {"n_identities": 30, "images_per_identity": 4, "seed": 0, "size": 64, "first_identity": 1_000_000}
 
 
-def _frx(*args):
-    return subprocess.run([sys.executable, "-m", "frx_plugin", *args], capture_output=True, text=True, timeout=300)
+@pytest.fixture
+def frx(capsys):
+    """``frx ARGS...`` in this process: its exit code and what it printed, as a finished process has them."""
+
+    def run(*args):
+        code = main(list(args))
+        printed = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=printed.out, stderr=printed.err)
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +39,8 @@ def demo_dir(tmp_path_factory):
     return folder
 
 
-def test_explain_writes_both_files_and_every_entry_checks_out(demo_dir, tmp_path):
-    proc = _frx("explain", "--demo-dir", str(demo_dir), "--out", str(tmp_path), "--fmr", "0.01", "--max-pairs", "5")
+def test_explain_writes_both_files_and_every_entry_checks_out(demo_dir, tmp_path, frx):
+    proc = frx("explain", "--demo-dir", str(demo_dir), "--out", str(tmp_path), "--fmr", "0.01", "--max-pairs", "5")
     assert proc.returncode == 0, proc.stderr
     assert "exact counterfactuals" in proc.stdout and "counterfactuals.png" in proc.stdout
     document = json.loads((tmp_path / "explanations.json").read_text())
@@ -80,11 +88,11 @@ def test_explain_writes_both_files_and_every_entry_checks_out(demo_dir, tmp_path
     assert image.shape[0] > 200 and image.shape[1] > 400
 
 
-def test_explain_an_embedding_file_takes_the_latent_path(demo_dir, tmp_path):
+def test_explain_an_embedding_file_takes_the_latent_path(demo_dir, tmp_path, frx):
     model, _ = load_backbone(demo_dir / "backbone.safetensors")
     probe = SyntheticProbeSet(**PROBE)
     path = write_embedding_set(tmp_path / "set.safetensors", embed_probe_set(model, probe), probe.identity, probe.labels, probe.schema)
-    proc = _frx("explain", "--embeddings", str(path), "--out", str(tmp_path / "o"), "--fmr", "0.01", "--max-pairs", "3")
+    proc = frx("explain", "--embeddings", str(path), "--out", str(tmp_path / "o"), "--fmr", "0.01", "--max-pairs", "3")
     assert proc.returncode == 0, proc.stderr
     document = json.loads((tmp_path / "o" / "explanations.json").read_text())
     assert document["path"] == "latent" and document["pairs"]
@@ -94,32 +102,29 @@ def test_explain_an_embedding_file_takes_the_latent_path(demo_dir, tmp_path):
         assert all(d is None or math.isfinite(d) for d in entry["delta"].values())
 
 
-def test_explain_errors_are_named(demo_dir, tmp_path):
-    bad = _frx("explain", "--demo-dir", str(demo_dir), "--out", str(tmp_path), "--fmr", "0")
+def test_explain_errors_are_named(demo_dir, tmp_path, frx):
+    bad = frx("explain", "--demo-dir", str(demo_dir), "--out", str(tmp_path), "--fmr", "0")
     assert bad.returncode == 2 and "fmr must be a number in (0, 1)" in bad.stderr
-    few = _frx("explain", "--demo-dir", str(demo_dir), "--out", str(tmp_path), "--fmr", "1e-6")
+    few = frx("explain", "--demo-dir", str(demo_dir), "--out", str(tmp_path), "--fmr", "1e-6")
     assert few.returncode == 2 and "at least 1,000,000 are needed" in few.stderr
     model, _ = load_backbone(demo_dir / "backbone.safetensors")
     probe = SyntheticProbeSet(**PROBE)
     path = write_embedding_set(tmp_path / "set.safetensors", embed_probe_set(model, probe), probe.identity, probe.labels, probe.schema)
-    exact = _frx("explain", "--embeddings", str(path), "--out", str(tmp_path), "--path", "exact")
+    exact = frx("explain", "--embeddings", str(path), "--out", str(tmp_path), "--path", "exact")
     assert exact.returncode == 2 and "frx_register_generators" in exact.stderr
     assert "Traceback" not in bad.stderr + few.stderr + exact.stderr
 
 
-def test_explain_without_a_backbone_or_a_training_adapter_says_what_to_do(tmp_path):
-    import os
-
-    env = dict(os.environ, FRX_DISABLE_PLUGIN_AUTOLOAD="1")  # no Lightning adapter: nothing can train the demo
-    proc = subprocess.run([sys.executable, "-m", "frx_plugin", "explain", "--demo-dir", str(tmp_path / "none"), "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, env=env)
+def test_explain_without_a_backbone_or_a_training_adapter_says_what_to_do(tmp_path, frx, fresh_plugins, monkeypatch):
+    monkeypatch.setenv("FRX_DISABLE_PLUGIN_AUTOLOAD", "1")  # no Lightning adapter: nothing can train the demo
+    proc = frx("explain", "--demo-dir", str(tmp_path / "none"), "--out", str(tmp_path))
     assert proc.returncode == 2
     assert "no trained backbone at" in proc.stderr and "backbone.safetensors" in proc.stderr and "[lightning]" in proc.stderr
 
 
 def test_explain_from_python_with_a_model_and_a_probe_set_of_your_own(demo_dir, tmp_path):
     from frx_plugin.counterfactual import CounterfactualError
-    from frx_plugin.explain import explain
+    from frx_plugin.commands.explain import explain
     from frx_plugin.probe import TensorProbeSet
 
     model, _ = load_backbone(demo_dir / "backbone.safetensors")

@@ -1,60 +1,29 @@
-"""The ``frx`` command."""
+"""The ``frx`` command: argument parsing and :func:`main`; each command's work is in its module of :mod:`frx_plugin.commands`.
+
+Plugins add subcommands through the ``frx_register_commands`` hook (:mod:`frx_plugin.commands.registry`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from frx_plugin import __version__
+from frx_plugin.commands.common import command_line, open_model_and_probe, progress_bar
+from frx_plugin.commands.registry import OPTIONAL_COMMANDS, missing_command_message, plugin_commands
 from frx_plugin.plugins import backbones, estimators, failed_plugins, get_plugin_manager, probe_sets
 
-
-def _demo(args: argparse.Namespace) -> int:
-    pm = get_plugin_manager()
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
-    code = pm.hook.frx_run_demo(options=options)
-    if code is None:
-        failed = failed_plugins()
-        why = "".join(f"\n  plugin {name!r} failed to load: {reason}" for name, reason in failed.items())
-        print(
-            "frx demo needs a training adapter and none is installed; install the Lightning adapter with\n"
-            "  pip install 'frx[lightning]'" + why,
-            file=sys.stderr,
-        )
-        return 2
-    return int(code)
-
-
-def _progress_bar():
-    """A one-line progress bar on stderr when it is a terminal; None otherwise."""
-    if not sys.stderr.isatty():
-        return None
-
-    def show(done: int, total: int, stage: str) -> None:
-        filled = int(30 * done / max(total, 1))
-        end = "\n" if done >= total else ""
-        print(f"\r{stage:<16} [{'#' * filled}{'.' * (30 - filled)}] {done:,}/{total:,}", end=end, file=sys.stderr, flush=True)
-
-    return show
-
-
-def open_model_and_probe(backbone: str, probe: str | None = None, pairs: str | None = None,
-                         estimators: Sequence[str] = (), progress=None):
-    """The model of a backbone spec and the probe set to analyse it on (:func:`frx_plugin.specs.probe_for`)."""
-    from frx_plugin.specs import open_backbone, probe_for
-
-    given = probe is not None or pairs is not None  # then opened first: its errors come before a long model load
-    probe_set = probe_for(None, probe, pairs, estimators, progress) if given else None
-    model, facts = open_backbone(backbone)
-    return model, probe_set if given else probe_for(facts, estimators=estimators, progress=progress)
+#: frx's own subcommands (a plugin cannot register these names).
+CORE_COMMANDS = ("analyze", "explain", "benchmark", "report", "plugins")
 
 
 def _analyze(args: argparse.Namespace) -> int:
     import csv
 
-    from frx_plugin.analysis import CSV_COLUMNS, AnalysisConfig, analyze_file, analyze_model, format_leakage_table, leakage_rows
+    from frx_plugin.passes import AnalysisConfig
+    from frx_plugin.commands.analyze import CSV_COLUMNS, analyze, format_leakage_table, leakage_rows
 
     attributes = [a.strip() for a in args.attributes.split(",") if a.strip()] if args.attributes else None
     config = AnalysisConfig(n_folds=args.folds, n_bootstrap=args.bootstrap, seed=args.seed, fmr=args.fmr, head=args.head, C=args.C)
@@ -63,12 +32,12 @@ def _analyze(args: argparse.Namespace) -> int:
     if args.embeddings is not None:
         if args.probe or args.pairs or args.estimator:
             raise ValueError("--probe, --pairs and --estimator go with --backbone; an embedding file is analysed as it is")
-        report = analyze_file(args.embeddings, attributes=attributes, config=config, out_dir=args.out, progress=_progress_bar(),
-                              with_verification=not args.no_verification)
+        report = analyze(args.embeddings, attributes=attributes, config=config, out_dir=args.out, progress=progress_bar(),
+                         with_verification=not args.no_verification)
     else:
-        model, probe = open_model_and_probe(args.backbone, args.probe, args.pairs, args.estimator or (), _progress_bar())
-        report = analyze_model(model, probe, attributes=attributes, config=config, out_dir=args.out, model_name=args.backbone,
-                               with_verification=not args.no_verification, progress=_progress_bar())
+        model, probe = open_model_and_probe(args.backbone, args.probe, args.pairs, args.estimator or (), progress_bar())
+        report = analyze(model, probe, attributes=attributes, config=config, out_dir=args.out, model_name=args.backbone,
+                         with_verification=not args.no_verification, progress=progress_bar())
     for message in report.warnings:
         print(f"frx analyze: warning: {message}", file=sys.stderr)
     if args.format == "json":
@@ -84,13 +53,13 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from frx_plugin.explain import FIGURE_FILE, explain
+    from frx_plugin.commands.explain import FIGURE_FILE, explain
 
     model = probe = None
     if args.backbone is not None:
         if args.embeddings is not None:
             raise ValueError("pass --embeddings FILE or --backbone SPEC, not both")
-        model, probe = open_model_and_probe(args.backbone, args.probe, args.pairs, args.estimator or (), _progress_bar())
+        model, probe = open_model_and_probe(args.backbone, args.probe, args.pairs, args.estimator or (), progress_bar())
     elif args.probe or args.pairs or args.estimator:
         raise ValueError("--probe, --pairs and --estimator go with --backbone SPEC")
     document = explain(
@@ -122,25 +91,18 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def command_line() -> str:
-    """This process's ``frx`` command as typed (``frx`` plus the arguments, shell-quoted), for provenance."""
-    import shlex
-
-    return "frx " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "frx"
-
-
 def _benchmark(args: argparse.Namespace) -> int:
-    from frx_plugin.benchmark import run_benchmark
+    from frx_plugin.commands.benchmark import run_benchmark
 
     document = run_benchmark(
         args.backbone or (), args.probe, pairs=args.pairs, embedding_files=args.embeddings or (), estimators=args.estimator or (),
         out_dir=args.out, overwrite=args.overwrite, n_bootstrap=args.bootstrap, seed=args.seed, command=command_line(),
-        progress=_progress_bar(),
+        progress=progress_bar(),
     )
     print((Path(args.out) / "benchmark.md").read_text(encoding="utf-8"))
     files = list(document["files"])
     if not args.no_report:
-        from frx_plugin.html_report import write_report
+        from frx_plugin.commands.report import write_report
 
         files.append(str(write_report(args.out, command=command_line())))
     print("wrote " + ", ".join(files))
@@ -148,7 +110,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from frx_plugin.html_report import write_report
+    from frx_plugin.commands.report import write_report
 
     path = write_report(args.folder, out=args.out)  # the command that made the results is the one the files record
     print(f"wrote {path}")
@@ -184,32 +146,10 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                         help="with --backbone: read attributes off the probe images, e.g. insightface:genderage.onnx (repeatable)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="frx", description="What do your face embeddings know? Attribute recovery for face recognition.")
-    parser.add_argument("--version", action="version", version=f"frx {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    demo = sub.add_parser("demo", help="train a small backbone on the synthetic face world with frx attached")
-    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default 12)")
-    demo.add_argument("--identities", type=int, default=None, help="training identities (default 500)")
-    demo.add_argument("--images-per-identity", type=int, default=None, help="training images per identity (default 20)")
-    demo.add_argument("--probe-identities", type=int, default=None, help="held-out probe identities (default 400)")
-    demo.add_argument("--probe-images-per-identity", type=int, default=None, help="probe images per identity (default 4)")
-    demo.add_argument("--size", type=int, default=None, help="image side in pixels, divisible by 32 (default 64)")
-    demo.add_argument("--seed", type=int, default=None, help="seed of the world and the training (default 0)")
-    demo.add_argument("--out", default=None, help="output folder (default ./frx-demo)")
-    demo.add_argument("--devices", type=int, default=None, help="CPU processes; more than 1 trains with DDP (default 1)")
-    demo.add_argument("--every-n-epochs", type=int, default=None, help="analysis pass every N epochs (default 1)")
-    demo.add_argument("--n-bootstrap", type=int, default=None, help="bootstrap replicates for the intervals (default 200)")
-    demo.add_argument("--two-stage", action="store_true", default=None,
-                      help="also run the paper's two stages (decode embeddings into faces, read their attributes; "
-                           "writes decoded.png and recovery.png) every --decode-every-n-epochs epochs")
-    demo.add_argument("--decode-every-n-epochs", type=int, default=None, help="two-stage pass every N epochs (default 6)")
-    demo.add_argument("--decoder-steps", type=int, default=None, help="training steps of each decoder per two-stage pass (default 200)")
-    demo.set_defaults(func=_demo)
-
+def _add_analyze(sub) -> None:
     analyze = sub.add_parser("analyze", help="leakage of every attribute in an embedding-set file, or of a model on a probe set")
-    analyze.add_argument("--embeddings", default=None, help="embedding-set file (see DESIGN.md: embeddings, identity, attr.<name>)")
+    analyze.add_argument("--embeddings", default=None, help="embedding-set file: a .safetensors file with tensors embeddings (float32 N×D), identity (int64 N) and attr.<name> per "
+                              "attribute, and the header entry frx.attributes (a JSON list of {name, kind, classes?, group?})")
     _model_options(analyze)
     analyze.add_argument("--out", required=True, help="output folder for analysis.json")
     analyze.add_argument("--folds", type=int, default=5, help="identity-disjoint folds (default 5)")
@@ -226,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--format", choices=("table", "json", "csv"), default="table", help="what to print (default table)")
     analyze.set_defaults(func=_analyze)
 
+
+def _add_explain(sub) -> None:
     explain = sub.add_parser("explain", help="explain a model's recognition errors with counterfactuals")
     explain.add_argument("--demo-dir", default="frx-demo", help="folder with frx demo's backbone.safetensors; trained there when missing (default ./frx-demo)")
     explain.add_argument("--embeddings", default=None, help="explain an embedding-set file instead (latent path, no figure)")
@@ -239,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="latent path: the expected move under the embeddings' covariance, or the least Euclidean move (default conditional)")
     explain.set_defaults(func=_explain)
 
+
+def _add_benchmark(sub) -> None:
     benchmark = sub.add_parser("benchmark", help="compare backbones on one probe set: verification, leakage, significance, errors, cost")
     benchmark.add_argument("--backbone", action="append", default=None, metavar="SPEC",
                            help="a backbone to compare (repeatable): synthetic:resnet-small, synthetic:mobilefacenet-like, "
@@ -256,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--no-report", action="store_true", help="skip report.html")
     benchmark.set_defaults(func=_benchmark)
 
+
+def _add_report_and_plugins(sub) -> None:
     report = sub.add_parser("report", help="one self-contained report.html for a demo run, history, analysis, explanation or benchmark")
     report.add_argument("folder", help="a folder frx wrote (frx demo, a callback's out_dir, frx analyze, frx explain, frx benchmark)")
     report.add_argument("--out", default=None, help="the page to write (default FOLDER/report.html)")
@@ -263,11 +209,56 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins = sub.add_parser("plugins", help="list the loaded plugins, backbones and probe sets")
     plugins.set_defaults(func=_plugins)
+
+
+def _plugin_runner(run: Callable[[argparse.Namespace], Any]) -> Callable[[argparse.Namespace], int]:
+    """A plugin command's ``run``, given its own arguments only (not the dispatch fields ``command`` and ``func``)."""
+
+    def call(args: argparse.Namespace) -> int:
+        return int(run(argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in ("command", "func")})))
+
+    return call
+
+
+def _missing_command(name: str) -> Callable[[argparse.Namespace], int]:
+    """The run of an optional command whose extra is not installed: one line saying what to install, exit code 2."""
+
+    def call(args: argparse.Namespace) -> int:
+        print(f"frx {name}: error: {missing_command_message(name)}", file=sys.stderr)
+        return 2
+
+    return call
+
+
+def _add_plugin_commands(sub) -> None:
+    """The plugins' subcommands (hook ``frx_register_commands``), and a stub for each optional one not installed."""
+    commands = plugin_commands(reserved=CORE_COMMANDS)
+    for name, (help_text, extra, _) in OPTIONAL_COMMANDS.items():
+        if name not in commands:  # takes any arguments: they are answered by what to install
+            stub = sub.add_parser(name, help=f"{help_text} (pip install 'frx[{extra}]')", add_help=False)
+            stub.set_defaults(func=_missing_command(name), any_arguments=True)
+    for command in commands.values():
+        parser = sub.add_parser(command.name, help=command.description, description=command.description)
+        parser.set_defaults(func=_plugin_runner(command.factory(parser)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="frx", description="What do your face embeddings know? Attribute recovery for face recognition.")
+    parser.add_argument("--version", action="version", version=f"frx {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_plugin_commands(sub)
+    _add_analyze(sub)
+    _add_explain(sub)
+    _add_benchmark(sub)
+    _add_report_and_plugins(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "any_arguments", False):
+        parser.error("unrecognized arguments: " + " ".join(unknown))  # as parse_args says it
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as exc:  # SchemaError, AnalysisError, EmbeddingSetError are ValueErrors

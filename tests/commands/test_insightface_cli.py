@@ -15,8 +15,8 @@ from PIL import Image
 
 from frx_insightface.backbone import export_onnx
 from frx_insightface.packs import face_analysis, pack_folder
-from frx_plugin.analysis import AnalysisConfig, analyze_probe
-from frx_plugin.cli import main
+from frx_plugin.passes import AnalysisConfig, analyze_probe
+from frx_plugin.commands.cli import main
 from frx_plugin.synthetic import SyntheticProbeSet
 from frx_plugin.verification import equal_error_rate
 from tests.adapters.test_insightface_estimators import _ColourGenderAge

@@ -1,22 +1,33 @@
+"""``frx demo``, the command the Lightning adapter registers (hook ``frx_register_commands``)."""
+
 import json
-import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
+from frx_plugin.commands.cli import main
 from frx_plugin.synthetic import SYNTHETIC_SCHEMA
 
 
-def _frx(*args, env=None, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", "frx_plugin", *args], capture_output=True, text=True, timeout=timeout, env=env
-    )
+@pytest.fixture
+def frx(capsys, monkeypatch):
+    """``frx ARGS...`` in this process, with ``sys.argv`` as the console script has it (the page records the command)."""
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["frx", *args])
+        code = main(list(args))
+        printed = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=printed.out, stderr=printed.err)
+
+    return run
 
 
-def test_demo_trains_a_backbone_that_learns_and_writes_its_history(tmp_path):
+@pytest.mark.slow
+def test_demo_trains_a_backbone_that_learns_and_writes_its_history(tmp_path, frx):
     out = tmp_path / "demo"
-    proc = _frx(
+    proc = frx(
         "demo", "--out", str(out), "--identities", "300", "--images-per-identity", "20", "--epochs", "4",
         "--probe-identities", "150", "--probe-images-per-identity", "4", "--n-bootstrap", "50",
     )
@@ -41,13 +52,14 @@ def test_demo_trains_a_backbone_that_learns_and_writes_its_history(tmp_path):
     assert {a["name"] for a in records[-1]["attributes"]} == set(SYNTHETIC_SCHEMA.names)
 
 
-def test_demo_two_stage_writes_decoded_faces_and_recovery(tmp_path):
+@pytest.mark.slow
+def test_demo_two_stage_writes_decoded_faces_and_recovery(tmp_path, frx, monkeypatch):
     out = tmp_path / "demo"
-    env = dict(os.environ, FRX_CACHE_DIR=str(tmp_path / "cache"))  # the estimator is trained here, then cached
-    proc = _frx(
+    monkeypatch.setenv("FRX_CACHE_DIR", str(tmp_path / "cache"))  # the estimator is trained here, then cached
+    proc = frx(
         "demo", "--out", str(out), "--identities", "100", "--images-per-identity", "8", "--epochs", "2", "--size", "32",
         "--probe-identities", "40", "--probe-images-per-identity", "4", "--n-bootstrap", "20",
-        "--two-stage", "--decode-every-n-epochs", "2", "--decoder-steps", "20", env=env,
+        "--two-stage", "--decode-every-n-epochs", "2", "--decoder-steps", "20",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "training the synthetic attribute estimator once" in proc.stdout
@@ -64,11 +76,12 @@ def test_demo_two_stage_writes_decoded_faces_and_recovery(tmp_path):
         assert f"{entry['direct']['value']:6.3f}".strip() in row
 
 
-def test_demo_without_a_training_adapter_says_what_to_install(tmp_path):
-    env = dict(os.environ, FRX_DISABLE_PLUGIN_AUTOLOAD="1")
-    proc = _frx("demo", "--out", str(tmp_path), env=env, timeout=120)
+def test_demo_without_a_training_adapter_says_what_to_install(tmp_path, frx, fresh_plugins, monkeypatch):
+    monkeypatch.setenv("FRX_DISABLE_PLUGIN_AUTOLOAD", "1")
+    proc = frx("demo", "--out", str(tmp_path))
     assert proc.returncode == 2
     assert "pip install 'frx[lightning]'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # one line, no usage text
     assert not (tmp_path / "history.json").exists()
 
 
@@ -81,14 +94,15 @@ def test_demo_without_a_training_adapter_says_what_to_install(tmp_path):
         ("--decode-every-n-epochs", "0", "--decode-every-n-epochs must be at least 1"),
     ],
 )
-def test_demo_rejects_bad_options_with_their_name(tmp_path, flag, value, message):
-    proc = _frx("demo", "--out", str(tmp_path), flag, value, timeout=120)
+def test_demo_rejects_bad_options_with_their_name(tmp_path, flag, value, message, frx):
+    proc = frx("demo", "--out", str(tmp_path), flag, value)
     assert proc.returncode == 2
     assert message in proc.stderr
 
 
 def test_plugins_lists_the_builtin_parts_and_the_lightning_adapter():
-    proc = _frx("plugins", timeout=120)
+    """A fresh ``python -m frx_plugin`` process: it loads the entry points itself (the point of a subprocess here)."""
+    proc = subprocess.run([sys.executable, "-m", "frx_plugin", "plugins"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "frx.builtin" in proc.stdout and "lightning" in proc.stdout
     assert "resnet-small" in proc.stdout and "synthetic" in proc.stdout

@@ -1,4 +1,4 @@
-"""``frx explain``: what caused each recognition error of a model on a probe set (DESIGN.md §2).
+"""``frx explain``: what caused each recognition error of a model on a probe set, found with counterfactuals.
 
 The default is the built-in pair: the synthetic world's held-out probe set and the backbone that
 ``frx demo`` trained on it (``<demo_dir>/backbone.safetensors``; trained first when missing). A
@@ -30,19 +30,15 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from frx_plugin.analysis import (
-    AnalysisConfig,
-    analyze_probe,
-    choose_counterfactual_path,
-    counterfactual_embedder,
-    embed_probe_set,
-    probe_decision_errors,
-)
+from frx_plugin.counterfactual.measures import choose_counterfactual_path, counterfactual_embedder, probe_decision_errors
+from frx_plugin.model import embed_probe_set
+from frx_plugin.passes import AnalysisConfig, analyze_probe
 from frx_plugin.counterfactual import (
     CounterfactualError,
     PairExplanation,
@@ -83,10 +79,10 @@ def _trained_backbone(demo_dir: Path, say: Callable[[str], None]):
     """The demo backbone at ``demo_dir`` (module in eval mode, description), trained with ``frx demo`` when missing."""
     path = demo_dir / BACKBONE_FILE
     if not path.is_file():
-        from frx_plugin.plugins import get_plugin_manager
+        from frx_plugin.commands.registry import run_plugin_command
 
         say(f"frx explain: no trained backbone at {path}; training one with frx demo (about 2 minutes)")
-        code = get_plugin_manager().hook.frx_run_demo(options={"out": str(demo_dir)})
+        code = run_plugin_command("demo", ["--out", str(demo_dir)])  # the command a training adapter registers
         if code is None:
             raise FileNotFoundError(
                 f"no trained backbone at {path}, and no training adapter to make one: "
@@ -144,79 +140,114 @@ def explain(
         raise ValueError("pass both a model and a probe set, or neither (then the demo backbone and its probe set)")
     out = Path(out_dir)
     config = AnalysisConfig(n_bootstrap=0, fmr=float(fmr))
-    generator = None
     if embeddings_file is not None:
-        from frx_plugin.embedding_set import read_embedding_set
-        from frx_plugin.leakage import analyze_embeddings
-        from frx_plugin.verification import verification
-
-        if path == "exact":
-            raise CounterfactualError(
-                f"{embeddings_file}: an embedding file holds no faces, and exact counterfactuals need a generator "
-                "(hook frx_register_generators) that renders a probe set; use the latent path (--path latent or auto)"
-            )
-        z, identity, labels, schema = read_embedding_set(embeddings_file)
-        z = torch.nn.functional.normalize(z.to(torch.float32), dim=1)
-        report = analyze_embeddings(z, identity, labels, schema, n_bootstrap=0)
-        report.verification = verification(z, identity, fmr=config.fmr)
-        chosen, source = "latent", str(embeddings_file)
+        subject = _embedding_file_subject(embeddings_file, path, config)
     else:
-        if model is None:
-            from frx_plugin.synthetic import SyntheticProbeSet
-
-            backbone = Path(demo_dir) / BACKBONE_FILE
-            model, description = _trained_backbone(Path(demo_dir), say)
-            if not description.get("probe"):
-                raise ValueError(f"{backbone}: the backbone names no probe set to explain")
-            probe = SyntheticProbeSet(**description["probe"])
-            source = f"{probe.source} embedded by {backbone}"
-        else:
-            source = f"{getattr(probe, 'source', type(probe).__name__)} embedded by {model_name or type(model).__name__}"
-        z = embed_probe_set(model, probe)
-        identity, labels, schema = probe.identity, probe.labels, probe.schema
-        report = analyze_probe(z, probe, config)
-        chosen, generator = choose_counterfactual_path(probe, path)
-        if chosen == "latent" and path == "auto":
-            say(f"frx explain: no generator can render {source}; using the latent path (no counterfactual faces)")
-    embed, attributes, unchanged = counterfactual_embedder(model, z, labels, schema, report, chosen, generator, probe, latent_mode)
+        subject = _model_subject(model, probe, demo_dir, path, config, say, model_name)
+    model, probe = subject.model, subject.probe
+    embed, attributes, unchanged = counterfactual_embedder(model, subject.z, subject.labels, subject.schema, subject.report,
+                                                           subject.chosen, subject.generator, probe, latent_mode)
     if unchanged:
         say(f"frx explain: the generator cannot change {unchanged}; they are left out")
     if probe is not None:
-        errors = probe_decision_errors(z, probe, report, config.fmr)
+        errors = probe_decision_errors(subject.z, probe, subject.report, config.fmr)
     else:
-        errors = decision_errors(z, identity, config.fmr, known=report.verification)
-    explanations = explain_errors(errors, z, schema, labels, embed, max_pairs=max_pairs, attributes=attributes)
-    document = {
-        "format": EXPLANATIONS_FORMAT,
-        "source": source,
-        "path": chosen,
-        "latent_mode": latent_mode if chosen == "latent" else None,
-        "fmr": float(fmr),
-        "tau": float(errors.tau),
-        "verification": report.verification.to_record(),
-        "counts": {
-            "false_non_match": int(errors.false_non_match.shape[0]),
-            "false_match": int(errors.false_match.shape[0]),
-            "explained": len(explanations),
-        },
-        "attribution": error_attribution(explanations, attributes if attributes is not None else list(schema.names)),
-        "pairs": [
-            {**e.to_record(), "identities": [int(identity[e.first]), int(identity[e.second])]} for e in explanations
-        ],
-    }
-    estimated = getattr(probe, "estimated", None) if probe is not None else None
-    if estimated:
-        document["estimated"] = dict(estimated)  # attribute -> the estimator that read it off the images
-    document = json_safe(document)
+        errors = decision_errors(subject.z, subject.identity, config.fmr, known=subject.report.verification)
+    explanations = explain_errors(errors, subject.z, subject.schema, subject.labels, embed, max_pairs=max_pairs, attributes=attributes)
+    document = _document(subject, errors, explanations, attributes, fmr, latent_mode)
     atomic_write_text(out / EXPLANATIONS_FILE, json.dumps(document, indent=1, allow_nan=False))
     files = [str(out / EXPLANATIONS_FILE)]
-    if chosen == "exact" and explanations and figure_pairs > 0:
-        files.append(str(_figure(probe, generator, explanations, labels, schema, figure_pairs, out / FIGURE_FILE)))
+    if subject.chosen == "exact" and explanations and figure_pairs > 0:
+        files.append(str(_figure(probe, subject.generator, explanations, subject.labels, subject.schema, figure_pairs, out / FIGURE_FILE)))
     elif (out / FIGURE_FILE).is_file():
         (out / FIGURE_FILE).unlink()  # an earlier run's figure would contradict this run's explanations
         say(f"frx explain: removed {out / FIGURE_FILE} from an earlier run; this run makes no figure")
     document["files"] = files
     return document
+
+
+@dataclass
+class _Subject:
+    """What is explained: its embeddings with their labels, the analysis of them, and the counterfactual path chosen."""
+
+    z: torch.Tensor
+    identity: torch.Tensor
+    labels: Any
+    schema: Any
+    report: Any
+    chosen: str
+    source: str
+    model: Any = None
+    probe: Any = None
+    generator: Any = None
+
+
+def _embedding_file_subject(embeddings_file: str | Path, path: str, config: AnalysisConfig) -> _Subject:
+    """An embedding-set file: always the latent path (no faces to re-render)."""
+    from frx_plugin.embedding_set import read_embedding_set
+    from frx_plugin.leakage import analyze_embeddings
+    from frx_plugin.verification import verification
+
+    if path == "exact":
+        raise CounterfactualError(
+            f"{embeddings_file}: an embedding file holds no faces, and exact counterfactuals need a generator "
+            "(hook frx_register_generators) that renders a probe set; use the latent path (--path latent or auto)"
+        )
+    z, identity, labels, schema = read_embedding_set(embeddings_file)
+    z = torch.nn.functional.normalize(z.to(torch.float32), dim=1)
+    report = analyze_embeddings(z, identity, labels, schema, n_bootstrap=0)
+    report.verification = verification(z, identity, fmr=config.fmr)
+    return _Subject(z, identity, labels, schema, report, "latent", str(embeddings_file))
+
+
+def _model_subject(model: Any, probe: Any, demo_dir: str | Path, path: str, config: AnalysisConfig,
+                   say: Callable[[str], None], model_name: str | None) -> _Subject:
+    """A model on a probe set, or (both None) the demo backbone in ``demo_dir`` on the synthetic probe set it names."""
+    if model is None:
+        from frx_plugin.synthetic import SyntheticProbeSet
+
+        backbone = Path(demo_dir) / BACKBONE_FILE
+        model, description = _trained_backbone(Path(demo_dir), say)
+        if not description.get("probe"):
+            raise ValueError(f"{backbone}: the backbone names no probe set to explain")
+        probe = SyntheticProbeSet(**description["probe"])
+        source = f"{probe.source} embedded by {backbone}"
+    else:
+        source = f"{getattr(probe, 'source', type(probe).__name__)} embedded by {model_name or type(model).__name__}"
+    z = embed_probe_set(model, probe)
+    report = analyze_probe(z, probe, config)
+    chosen, generator = choose_counterfactual_path(probe, path)
+    if chosen == "latent" and path == "auto":
+        say(f"frx explain: no generator can render {source}; using the latent path (no counterfactual faces)")
+    return _Subject(z, probe.identity, probe.labels, probe.schema, report, chosen, source, model, probe, generator)
+
+
+def _document(subject: _Subject, errors: Any, explanations: list[PairExplanation], attributes: list[str] | None,
+              fmr: float, latent_mode: str) -> dict[str, Any]:
+    """The ``explanations.json`` document (module docstring), made JSON-safe (NaN as null)."""
+    identity = subject.identity
+    document = {
+        "format": EXPLANATIONS_FORMAT,
+        "source": subject.source,
+        "path": subject.chosen,
+        "latent_mode": latent_mode if subject.chosen == "latent" else None,
+        "fmr": float(fmr),
+        "tau": float(errors.tau),
+        "verification": subject.report.verification.to_record(),
+        "counts": {
+            "false_non_match": int(errors.false_non_match.shape[0]),
+            "false_match": int(errors.false_match.shape[0]),
+            "explained": len(explanations),
+        },
+        "attribution": error_attribution(explanations, attributes if attributes is not None else list(subject.schema.names)),
+        "pairs": [
+            {**e.to_record(), "identities": [int(identity[e.first]), int(identity[e.second])]} for e in explanations
+        ],
+    }
+    estimated = getattr(subject.probe, "estimated", None) if subject.probe is not None else None
+    if estimated:
+        document["estimated"] = dict(estimated)  # attribute -> the estimator that read it off the images
+    return json_safe(document)
 
 
 def _figure_pairs(explanations: list[PairExplanation], count: int) -> list[PairExplanation]:

@@ -1,83 +1,102 @@
-"""One analysis pass: embed a probe set with a model, recover attributes, measure verification.
+"""``frx analyze``: the leakage of every attribute of an embedding-set file, or of a model on a probe set.
 
-Framework-free; the adapters decide when a pass runs and where its numbers go.
+One entry point, :func:`analyze`, which the command calls. An embedding-set file is a
+``.safetensors`` file with tensors ``embeddings`` (float32, N×D), ``identity`` (int64, N) and one
+``attr.<name>`` per attribute (int64 with -1 for missing, or float32 with NaN for missing), and
+header metadata ``frx.attributes`` (a JSON list of ``{"name", "kind", "classes"?, "group"?}``); see
+:mod:`frx_plugin.embedding_set`.
+
+With ``out_dir`` it writes ``analysis.json`` (layout ``frx.analysis/1``): ``format``, ``source``,
+``options`` (the :class:`~frx_plugin.passes.AnalysisConfig`), the pass's report record, and
+``estimated`` where estimators read attributes off the probe images.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from frx_plugin.model import embed_probe_set
+from frx_plugin.passes import AnalysisConfig, analyze_probe, probe_leakage
 from frx_plugin.history import atomic_write_text
-from frx_plugin.counterfactual.measures import (  # noqa: F401 - re-exported until the move ends
-    choose_counterfactual_path,
-    counterfactual_embedder,
-    counterfactual_measures,
-    counterfactual_rows,
-    generator_attributes,
-    probe_decision_errors,
-)
-from frx_plugin.model import embed_probe_set, hook_embedder, model_device  # noqa: F401 - re-exported until the move ends
-from frx_plugin.passes import (  # noqa: F401 - re-exported until the move ends
-    COUNTERFACTUAL_PATHS,
-    ON_ERROR,
-    AnalysisConfig,
-    probe_leakage,
-    scalar_metrics,
-)
 from frx_plugin.probe import ProbeSet
 from frx_plugin.errors import AnalysisError
 from frx_plugin.leakage import analyze_embeddings
 from frx_plugin.report import Report
-from frx_plugin.verification import listed_pair_verification, verification
+from frx_plugin.verification import verification
 
-def analyze_probe(embeddings: torch.Tensor, probe: ProbeSet, config: AnalysisConfig = AnalysisConfig()) -> Report:
-    """Leakage of every attribute of ``probe`` and verification on its pairs, from the embeddings of all its samples.
-
-    A probe set that lists its pairs (``probe.pairs``, as a verification file does) is verified on
-    those pairs only; otherwise on all pairs.
-    """
-    report = probe_leakage(embeddings, probe, config)
-    listed = getattr(probe, "pairs", None)
-    if listed is not None:
-        report.verification = listed_pair_verification(embeddings, probe.identity, listed, fmr=config.fmr)
-    else:
-        report.verification = verification(embeddings, probe.identity, fmr=config.fmr)
-    return report
-
+__all__ = ["analyze", "ANALYSIS_FORMAT", "CSV_COLUMNS", "leakage_rows", "format_leakage_table"]
 
 ANALYSIS_FORMAT = "frx.analysis/1"
 CSV_COLUMNS = ("name", "kind", "group", "metric", "value", "low", "high", "leakage", "leakage_low", "leakage_high", "balanced_accuracy", "n", "reason")
 
 
-#: Above this many samples ``analyze_file`` skips verification, which needs every pair in memory.
+#: Above this many samples an embedding-set file is analysed without verification, which needs every pair in memory.
 VERIFICATION_MAX_SAMPLES = 100_000
-#: ``analyze_file`` with logistic heads holds the embeddings in memory; above this many entries (N·D) it refuses.
+#: An embedding-set file analysed with logistic heads is held in memory; above this many entries (N·D) it is refused.
 LOGISTIC_MAX_ENTRIES = 2**28
 
 
-def analyze_file(
-    path: str | Path,
+def analyze(
+    source: Any,
+    probe: ProbeSet | None = None,
     *,
     attributes: list[str] | None = None,
     config: AnalysisConfig = AnalysisConfig(),
     out_dir: str | Path | None = None,
-    chunk_size: int = 16384,
-    progress: Any = None,
+    model_name: str | None = None,
     with_verification: bool = True,
+    progress: Any = None,
+    chunk_size: int = 16384,
 ) -> Report:
-    """Leakage of every attribute of an embedding-set file, streamed in constant memory.
+    """Leakage of every attribute (and verification on the pairs) of ``source``; the importable twin of ``frx analyze``.
 
-    Leakage is measured on the embeddings as stored (frx writes L2-normalised ones, DESIGN.md
-    §2) by :func:`frx_plugin.leakage.streaming.analyze_stream`; verification (cosines of all pairs) runs
-    when the file has at most ``VERIFICATION_MAX_SAMPLES`` rows. With ``out_dir``, writes
-    ``out_dir/analysis.json`` atomically. ``progress(done_rows, total_rows, stage)`` is called
-    after each chunk when given. The importable twin of ``frx analyze``.
+    ``source``: an embedding-set file (a path; ``probe`` must be None) or a model that the
+    ``frx_embed`` hook embeds, with ``probe`` the probe set to embed. ``attributes``: the ones to
+    include (default all). With ``out_dir``, writes ``out_dir/analysis.json`` atomically.
+    ``with_verification``: also TAR at ``config.fmr``. ``progress(done, total, stage)`` after each
+    chunk read or batch embedded when given. ``model_name``: how ``source`` names a model (default
+    its type). ``chunk_size``: rows of a file read at once.
+
+    A file is streamed in constant memory (logistic heads hold it in memory, up to
+    ``LOGISTIC_MAX_ENTRIES`` entries); leakage is measured on the embeddings as stored (frx writes
+    L2-normalised ones), and verification (cosines of all pairs) runs when the file has at most
+    ``VERIFICATION_MAX_SAMPLES`` rows. A probe set that lists its pairs (a verification file) is
+    verified on those.
     """
+    if isinstance(source, (str, os.PathLike)):
+        if probe is not None:
+            raise ValueError("an embedding-set file is analysed as it is: pass no probe set with it")
+        return _analyze_file(source, attributes=attributes, config=config, out_dir=out_dir, chunk_size=chunk_size,
+                             progress=progress, with_verification=with_verification)
+    if probe is None:
+        raise ValueError("a model is analysed on a probe set: pass analyze(model, probe, ...)")
+    return _analyze_model(source, probe, attributes=attributes, config=config, out_dir=out_dir, model_name=model_name,
+                          with_verification=with_verification, progress=progress)
+
+
+def _write_analysis(out_dir: str | Path, source: str, config: AnalysisConfig, report: Report, estimated: Any = None) -> None:
+    document = {"format": ANALYSIS_FORMAT, "source": source, "options": config.to_json(), **report.to_record()}
+    if estimated:
+        document["estimated"] = dict(estimated)
+    atomic_write_text(Path(out_dir) / "analysis.json", json.dumps(document, indent=1, allow_nan=False))
+
+
+def _analyze_file(
+    path: str | Path,
+    *,
+    attributes: list[str] | None,
+    config: AnalysisConfig,
+    out_dir: str | Path | None,
+    chunk_size: int,
+    progress: Any,
+    with_verification: bool,
+) -> Report:
     from frx_plugin.embedding_set import EmbeddingSet
     from frx_plugin.leakage.streaming import analyze_stream
 
@@ -126,29 +145,21 @@ def analyze_file(
     elif with_verification:
         report.warnings.append(f"verification skipped: {dataset.n:,} samples is more than {VERIFICATION_MAX_SAMPLES:,} (it compares every pair)")
     if out_dir is not None:
-        document = {"format": ANALYSIS_FORMAT, "source": str(path), "options": config.to_json(), **report.to_record()}
-        atomic_write_text(Path(out_dir) / "analysis.json", json.dumps(document, indent=1, allow_nan=False))
+        _write_analysis(out_dir, str(path), config, report)
     return report
 
 
-def analyze_model(
+def _analyze_model(
     model: Any,
     probe: ProbeSet,
     *,
-    attributes: list[str] | None = None,
-    config: AnalysisConfig = AnalysisConfig(),
-    out_dir: str | Path | None = None,
-    model_name: str | None = None,
-    with_verification: bool = True,
-    progress: Any = None,
+    attributes: list[str] | None,
+    config: AnalysisConfig,
+    out_dir: str | Path | None,
+    model_name: str | None,
+    with_verification: bool,
+    progress: Any,
 ) -> Report:
-    """Embed ``probe`` with ``model`` (through ``frx_embed``) and analyse it: leakage, and verification on its pairs.
-
-    The importable twin of ``frx analyze --backbone``. A probe set that lists its pairs (a
-    verification file) is verified on those. With ``out_dir``, writes ``out_dir/analysis.json``
-    (the layout of :func:`analyze_file`'s, with ``source`` naming the probe set and the model).
-    ``progress(done, total, stage)`` after each embedded batch.
-    """
     from frx_plugin.probe import select_attributes
 
     if attributes is not None:
@@ -160,11 +171,7 @@ def analyze_model(
         report = probe_leakage(z, probe, config)
     if out_dir is not None:
         source = f"{probe.source} embedded by {model_name or type(model).__name__}"
-        document = {"format": ANALYSIS_FORMAT, "source": source, "options": config.to_json(), **report.to_record()}
-        estimated = getattr(probe, "estimated", None)
-        if estimated:
-            document["estimated"] = dict(estimated)
-        atomic_write_text(Path(out_dir) / "analysis.json", json.dumps(document, indent=1, allow_nan=False))
+        _write_analysis(out_dir, source, config, report, getattr(probe, "estimated", None))
     return report
 
 

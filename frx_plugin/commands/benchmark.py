@@ -2,7 +2,7 @@
 
 For every backbone (a spec, :mod:`frx_plugin.specs`) or embedding file, on the same probe set:
 verification (TAR at FMR 1e-3 and 1e-4, EER, each with a 95% interval from the identity
-bootstrap), leakage, identity significance and error attribution per attribute (DESIGN.md §2), and
+bootstrap), leakage, identity significance and error attribution per attribute (:mod:`frx_plugin.counterfactual`), and
 the cost of embedding (seconds per image, parameters, embedding size D). Writes, atomically:
 
 - ``benchmark.json`` (layout ``frx.benchmark/1``)::
@@ -31,26 +31,21 @@ estimates are the unweighted ones, equal to :func:`~frx_plugin.verification.veri
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
-from frx_plugin.analysis import (
-    AnalysisConfig,
-    analyze_probe,
-    choose_counterfactual_path,
-    counterfactual_embedder,
-    counterfactual_measures,
-    hook_embedder,
-)
+from frx_plugin.counterfactual.measures import choose_counterfactual_path, counterfactual_embedder, counterfactual_measures
+from frx_plugin.model import hook_embedder
+from frx_plugin.passes import AnalysisConfig, analyze_probe
+from frx_plugin.commands.benchmark_tables import benchmark_csv, benchmark_markdown
 from frx_plugin.history import atomic_write_text
 from frx_plugin.errors import AnalysisError
 from frx_plugin.report import json_safe
@@ -73,7 +68,7 @@ def _all_pairs_fit(n: int) -> None:
         )
 
 
-def _threshold(impostor_sorted: torch.Tensor, weights_sorted: torch.Tensor, fmr: float) -> float:
+def weighted_threshold(impostor_sorted: torch.Tensor, weights_sorted: torch.Tensor, fmr: float) -> float:
     """τ: the highest impostor score with at most a share ``fmr`` of the (weighted) impostor pairs strictly above it."""
     cumulative = torch.cumsum(weights_sorted, 0)
     total = float(cumulative[-1])
@@ -82,7 +77,7 @@ def _threshold(impostor_sorted: torch.Tensor, weights_sorted: torch.Tensor, fmr:
     return float(impostor_sorted[min(j, impostor_sorted.numel() - 1)])
 
 
-def _weighted_eer(scores: torch.Tensor, genuine: torch.Tensor, weights: torch.Tensor, order: torch.Tensor | None = None) -> float:
+def weighted_eer(scores: torch.Tensor, genuine: torch.Tensor, weights: torch.Tensor, order: torch.Tensor | None = None) -> float:
     """½(FMR + FNMR) where they are closest, over thresholds at every score (as :func:`equal_error_rate`).
 
     ``order``: ``argsort(scores)`` when already known (the bootstrap reuses it).
@@ -108,6 +103,84 @@ def _interval(values: list[float]) -> tuple[float, float]:
     return float(torch.quantile(finite, 0.025)), float(torch.quantile(finite, 0.975))
 
 
+@dataclass
+class _PairScores:
+    """The genuine and impostor scores of a probe set, and the bootstrap unit(s) each pair belongs to.
+
+    A genuine pair weighs ``weights[genuine_unit]``; an impostor pair ``weights[impostor_a] *
+    weights[impostor_b]`` (all pairs: its two identities) or ``weights[impostor_a]`` (listed pairs,
+    ``impostor_b`` None: the pair itself). ``units``: what the bootstrap draws multiplicities for.
+    """
+
+    genuine_scores: torch.Tensor
+    impostor_scores: torch.Tensor
+    genuine_unit: torch.Tensor
+    impostor_a: torch.Tensor
+    impostor_b: torch.Tensor | None
+    units: torch.Tensor
+
+
+def _all_pair_scores(z: torch.Tensor, identity: torch.Tensor) -> _PairScores:
+    """Every pair i < j, its identities the units (the scores exactly as verification() computes them)."""
+    from frx_plugin.verification import genuine_pairs, score_blocks
+
+    _all_pairs_fit(identity.numel())
+    # the scores exactly as verification() computes them (same blocks, same rounding), so the point estimates agree
+    genuine_parts, impostor_parts, first_parts, second_parts = [], [], [], []
+    for g, i, (a, b) in score_blocks(z, identity, bound=-2.0):  # every cosine is ≥ −1: all pairs, with their indices
+        genuine_parts.append(g)
+        impostor_parts.append(i)
+        first_parts.append(a)
+        second_parts.append(b)
+    ids, index = torch.unique(identity, return_inverse=True)
+    return _PairScores(torch.cat(genuine_parts), torch.cat(impostor_parts), index[genuine_pairs(identity)[0]],
+                       index[torch.cat(first_parts)], index[torch.cat(second_parts)], ids)
+
+
+def _listed_pair_scores(z: torch.Tensor, identity: torch.Tensor, pairs: Any) -> _PairScores:
+    """The listed pairs (M, 2), each its own unit."""
+    pairs = torch.as_tensor(pairs, dtype=torch.int64)
+    scores = (z[pairs[:, 0]] * z[pairs[:, 1]]).sum(1)  # as listed_pair_verification computes them
+    same = identity[pairs[:, 0]] == identity[pairs[:, 1]]
+    unit = torch.arange(pairs.shape[0])
+    return _PairScores(scores[same], scores[~same], unit[same], unit[~same], None, unit)
+
+
+class _WeightedMeasure:
+    """TAR at each FMR and the EER of the pairs under a weighting of the units (None: every pair once)."""
+
+    def __init__(self, pairs: _PairScores, fmrs: Sequence[float]) -> None:
+        self.pairs, self.fmrs = pairs, [float(f) for f in fmrs]
+        self.n_genuine, self.n_impostor = pairs.genuine_scores.numel(), pairs.impostor_scores.numel()
+        self.impostor_order = torch.argsort(pairs.impostor_scores, descending=True, stable=True)
+        self.impostor_sorted = pairs.impostor_scores[self.impostor_order]
+        self.scores = torch.cat([pairs.genuine_scores, pairs.impostor_scores])
+        self.genuine = torch.cat([torch.ones(self.n_genuine, dtype=torch.bool), torch.zeros(self.n_impostor, dtype=torch.bool)])
+        self.ascending = torch.argsort(self.scores)
+
+    def __call__(self, weights: torch.Tensor | None) -> tuple[dict[float, float], float]:
+        pairs = self.pairs
+        if weights is None:
+            w_gen = torch.ones(self.n_genuine, dtype=torch.float64)
+            w_imp = torch.ones(self.n_impostor, dtype=torch.float64)
+        else:
+            # a genuine pair weighs its identity's multiplicity; an impostor pair the product of its two (listed: its own)
+            w_gen = weights[pairs.genuine_unit]
+            w_imp = weights[pairs.impostor_a] * (weights[pairs.impostor_b] if pairs.impostor_b is not None else 1.0)
+        w_all = torch.cat([w_gen, w_imp])
+        w_imp = w_imp[self.impostor_order]
+        tars: dict[float, float] = {}
+        for fmr in self.fmrs:
+            if float(w_imp.sum()) * fmr < 1.0 or float(w_gen.sum()) == 0.0:
+                tars[fmr] = math.nan
+                continue
+            tau = weighted_threshold(self.impostor_sorted, w_imp, fmr)
+            tars[fmr] = float((w_gen * (pairs.genuine_scores > tau)).sum() / w_gen.sum())
+        usable = float(w_gen.sum()) > 0 and float(w_imp.sum()) > 0
+        eer = weighted_eer(self.scores, self.genuine, w_all, self.ascending) if usable else math.nan
+        return tars, eer
+
+
 @torch.no_grad()
 def verification_with_intervals(
     embeddings: torch.Tensor,
@@ -124,66 +197,19 @@ def verification_with_intervals(
     NaN with the reason in ``"notes"``.
     """
     from frx_plugin.randomness import poisson_bootstrap_weights
+    from frx_plugin.verification import prepare_embeddings
 
-    from frx_plugin.verification import _blocks, _genuine_pairs, _prepare
-
-    z, identity = _prepare(embeddings, identity)
-    if pairs is None:
-        _all_pairs_fit(identity.numel())
-        # the scores exactly as verification() computes them (same blocks, same rounding), so the point estimates agree
-        genuine_parts, impostor_parts, first_parts, second_parts = [], [], [], []
-        for g, i, (a, b) in _blocks(z, identity, bound=-2.0):  # every cosine is ≥ −1: all pairs, with their indices
-            genuine_parts.append(g)
-            impostor_parts.append(i)
-            first_parts.append(a)
-            second_parts.append(b)
-        genuine_scores = torch.cat(genuine_parts)
-        impostor_scores = torch.cat(impostor_parts)
-        ids, index = torch.unique(identity, return_inverse=True)
-        genuine_unit = index[_genuine_pairs(identity)[0]]
-        impostor_a, impostor_b = index[torch.cat(first_parts)], index[torch.cat(second_parts)]
-        units = ids
-    else:
-        pairs = torch.as_tensor(pairs, dtype=torch.int64)
-        scores = (z[pairs[:, 0]] * z[pairs[:, 1]]).sum(1)  # as listed_pair_verification computes them
-        same = identity[pairs[:, 0]] == identity[pairs[:, 1]]
-        genuine_scores, impostor_scores = scores[same], scores[~same]
-        unit = torch.arange(pairs.shape[0])
-        genuine_unit, impostor_a, impostor_b = unit[same], unit[~same], None
-        units = unit
-    n_genuine, n_impostor = genuine_scores.numel(), impostor_scores.numel()
+    z, identity = prepare_embeddings(embeddings, identity)
+    scored = _all_pair_scores(z, identity) if pairs is None else _listed_pair_scores(z, identity, pairs)
+    n_genuine, n_impostor = scored.genuine_scores.numel(), scored.impostor_scores.numel()
     if n_genuine == 0 or n_impostor == 0:
         raise AnalysisError(f"verification needs genuine and impostor pairs; there are {n_genuine} and {n_impostor}")
+    units = scored.units
     replicate = poisson_bootstrap_weights(units, seed, n_bootstrap).to(torch.float64) if n_bootstrap else torch.zeros(0, units.numel())
-    impostor_order = torch.argsort(impostor_scores, descending=True, stable=True)
-    impostor_sorted = impostor_scores[impostor_order]
-    scores = torch.cat([genuine_scores, impostor_scores])
-    genuine = torch.cat([torch.ones(n_genuine, dtype=torch.bool), torch.zeros(n_impostor, dtype=torch.bool)])
-    ascending = torch.argsort(scores)
+    measure = _WeightedMeasure(scored, fmrs)
     notes: dict[str, str] = {}
     tar_draws: dict[float, list[float]] = {float(f): [] for f in fmrs}
     eer_draws: list[float] = []
-
-    def measure(weights: torch.Tensor | None) -> tuple[dict[float, float], float]:
-        if weights is None:
-            w_gen = torch.ones(n_genuine, dtype=torch.float64)
-            w_imp = torch.ones(n_impostor, dtype=torch.float64)
-        else:
-            # a genuine pair weighs its identity's multiplicity; an impostor pair the product of its two (listed: its own)
-            w_gen = weights[genuine_unit]
-            w_imp = weights[impostor_a] * (weights[impostor_b] if impostor_b is not None else 1.0)
-        w_all = torch.cat([w_gen, w_imp])
-        w_imp = w_imp[impostor_order]
-        tars: dict[float, float] = {}
-        for fmr in tar_draws:
-            if float(w_imp.sum()) * fmr < 1.0 or float(w_gen.sum()) == 0.0:
-                tars[fmr] = math.nan
-                continue
-            tau = _threshold(impostor_sorted, w_imp, fmr)
-            tars[fmr] = float((w_gen * (genuine_scores > tau)).sum() / w_gen.sum())
-        eer = _weighted_eer(scores, genuine, w_all, ascending) if float(w_gen.sum()) > 0 and float(w_imp.sum()) > 0 else math.nan
-        return tars, eer
-
     point_tar, point_eer = measure(None)
     for fmr in tar_draws:
         if n_impostor * fmr < 1.0:
@@ -287,68 +313,23 @@ def run_benchmark(
     world), else the synthetic probe set (:func:`frx_plugin.specs.probe_for`). ``estimators``: estimator specs that read attributes off the probe images.
     Every spec's kind is checked before anything runs (an unknown kind lists the installed ones).
     """
-    from frx_plugin.plugins import PluginError, backbones as backbone_kinds
-    from frx_plugin.specs import open_backbone, parse_spec, probe_for
+    from frx_plugin.specs import probe_for
 
     if not backbones and not embedding_files:
         raise ValueError("nothing to compare: pass at least one --backbone SPEC (or --embeddings FILE)")
     out = Path(out_dir)
     check_output_folder(out, overwrite)
-    kinds = backbone_kinds()
-    for text in backbones:
-        spec = parse_spec(text, "backbone")
-        if spec.kind not in kinds:
-            offered = "; ".join(f"{k} ({r.description})" for k, r in sorted(kinds.items()))
-            raise PluginError(f"backbone {text!r}: unknown kind {spec.kind!r}; the installed plugins offer: {offered}")
-    for path in embedding_files:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--embeddings {path}: no such file")
+    _check_sources(backbones, embedding_files)
     config = AnalysisConfig(n_bootstrap=n_bootstrap, seed=seed, fmr=BENCHMARK_FMRS[0])
     given = probe is not None or pairs is not None  # then opened first: its errors come before training any backbone
     probe_set = probe_for(None, probe, pairs, estimators, progress) if given else None
-    opened: list[tuple[str, Any, dict, float]] = []
-    for text in backbones:
-        start = time.perf_counter()
-        say(f"frx benchmark: opening {text}")
-        model, facts = open_backbone(text)
-        opened.append((text, model, facts, time.perf_counter() - start))
+    opened = _open_backbones(backbones, say)
     if probe_set is None:
         named = next((facts for _, _, facts, _ in opened if facts.get("probe")), None)
         probe_set = probe_for(named, estimators=estimators, progress=progress)
-    listed = getattr(probe_set, "pairs", None)
-    rows: list[dict[str, Any]] = []
-    for text, model, facts, open_seconds in opened:
-        start = time.perf_counter()
-        row: dict[str, Any] = {"spec": text, "error": None}
-        try:
-            z, seconds = _embed(model, probe_set, config.batch_size, progress, f"embedding {text}")
-            row.update(embedding_dim=int(z.shape[1]), parameters=_parameters(model), embed_seconds_per_image=seconds / len(probe_set))
-            if facts.get("training_seconds") is not None:
-                row["training_seconds"] = facts["training_seconds"]
-            say(f"frx benchmark: analysing {text} (D = {z.shape[1]})")
-            row.update(_analyse(model, z, probe_set, config, max_error_pairs, listed))
-        except Exception as exc:  # noqa: BLE001 - one backbone's failure is its row's; the others go on
-            row["error"] = f"{type(exc).__name__}: {exc}"
-            say(f"frx benchmark: {text} failed: {row['error']}")
-        row["seconds"] = time.perf_counter() - start + open_seconds
-        rows.append(row)
-    for path in embedding_files:
-        start = time.perf_counter()
-        row = {"spec": f"embeddings:{path}", "error": None, "parameters": None, "embed_seconds_per_image": None}
-        try:
-            from frx_plugin.embedding_set import read_embedding_set
-            from frx_plugin.probe import ProbeSet
-
-            z, identity, labels, schema = read_embedding_set(path)
-            z = torch.nn.functional.normalize(z.to(torch.float32), dim=1)
-            row["embedding_dim"] = int(z.shape[1])
-            as_probe = ProbeSet(schema, identity, labels, source=str(path))
-            row.update(_analyse(None, z, as_probe, config, max_error_pairs, None))
-        except Exception as exc:  # noqa: BLE001
-            row["error"] = f"{type(exc).__name__}: {exc}"
-            say(f"frx benchmark: {path} failed: {row['error']}")
-        row["seconds"] = time.perf_counter() - start
-        rows.append(row)
+    rows = [_backbone_row(text, model, facts, open_seconds, probe_set, config, max_error_pairs, progress, say)
+            for text, model, facts, open_seconds in opened]
+    rows += [_embedding_file_row(path, config, max_error_pairs, say) for path in embedding_files]
     document = {
         "format": BENCHMARK_FORMAT,
         "command": command,
@@ -371,6 +352,74 @@ def run_benchmark(
     return document
 
 
+def _check_sources(backbones: Sequence[str], embedding_files: Sequence[str]) -> None:
+    """Every spec's kind is installed (an unknown kind lists the installed ones) and every embedding file exists."""
+    from frx_plugin.plugins import PluginError, backbones as backbone_kinds
+    from frx_plugin.specs import parse_spec
+
+    kinds = backbone_kinds()
+    for text in backbones:
+        spec = parse_spec(text, "backbone")
+        if spec.kind not in kinds:
+            offered = "; ".join(f"{k} ({r.description})" for k, r in sorted(kinds.items()))
+            raise PluginError(f"backbone {text!r}: unknown kind {spec.kind!r}; the installed plugins offer: {offered}")
+    for path in embedding_files:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--embeddings {path}: no such file")
+
+
+def _open_backbones(backbones: Sequence[str], say: Callable[[str], None]) -> list[tuple[str, Any, dict, float]]:
+    """(spec, model, facts, seconds to open) of each backbone spec, in order."""
+    from frx_plugin.specs import open_backbone
+
+    opened: list[tuple[str, Any, dict, float]] = []
+    for text in backbones:
+        start = time.perf_counter()
+        say(f"frx benchmark: opening {text}")
+        model, facts = open_backbone(text)
+        opened.append((text, model, facts, time.perf_counter() - start))
+    return opened
+
+
+def _backbone_row(text: str, model: Any, facts: dict, open_seconds: float, probe_set: Any, config: AnalysisConfig,
+                  max_error_pairs: int, progress: Callable | None, say: Callable[[str], None]) -> dict[str, Any]:
+    """One backbone's row: its embedding cost and analysis, or its ``error`` (the others go on)."""
+    start = time.perf_counter()
+    row: dict[str, Any] = {"spec": text, "error": None}
+    try:
+        z, seconds = _embed(model, probe_set, config.batch_size, progress, f"embedding {text}")
+        row.update(embedding_dim=int(z.shape[1]), parameters=_parameters(model), embed_seconds_per_image=seconds / len(probe_set))
+        if facts.get("training_seconds") is not None:
+            row["training_seconds"] = facts["training_seconds"]
+        say(f"frx benchmark: analysing {text} (D = {z.shape[1]})")
+        row.update(_analyse(model, z, probe_set, config, max_error_pairs, getattr(probe_set, "pairs", None)))
+    except Exception as exc:  # noqa: BLE001 - one backbone's failure is its row's; the others go on
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        say(f"frx benchmark: {text} failed: {row['error']}")
+    row["seconds"] = time.perf_counter() - start + open_seconds
+    return row
+
+
+def _embedding_file_row(path: str, config: AnalysisConfig, max_error_pairs: int, say: Callable[[str], None]) -> dict[str, Any]:
+    """One embedding file's row (no embedding cost), or its ``error``."""
+    start = time.perf_counter()
+    row: dict[str, Any] = {"spec": f"embeddings:{path}", "error": None, "parameters": None, "embed_seconds_per_image": None}
+    try:
+        from frx_plugin.embedding_set import read_embedding_set
+        from frx_plugin.probe import ProbeSet
+
+        z, identity, labels, schema = read_embedding_set(path)
+        z = torch.nn.functional.normalize(z.to(torch.float32), dim=1)
+        row["embedding_dim"] = int(z.shape[1])
+        as_probe = ProbeSet(schema, identity, labels, source=str(path))
+        row.update(_analyse(None, z, as_probe, config, max_error_pairs, None))
+    except Exception as exc:  # noqa: BLE001
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        say(f"frx benchmark: {path} failed: {row['error']}")
+    row["seconds"] = time.perf_counter() - start
+    return row
+
+
 def _analyse(model: Any, z: torch.Tensor, probe: Any, config: AnalysisConfig, max_error_pairs: int, listed: Any) -> dict[str, Any]:
     report = analyze_probe(z, probe, config)
     try:
@@ -380,114 +429,3 @@ def _analyse(model: Any, z: torch.Tensor, probe: Any, config: AnalysisConfig, ma
     verification = verification_with_intervals(z, probe.identity, BENCHMARK_FMRS, config.n_bootstrap, config.seed, pairs=listed)
     record = report.to_record()
     return {"verification": verification, "analysis": record}
-
-
-# ----------------------------------------------------------------------------------- tables
-
-
-def _estimate(entry: Any) -> str:
-    if not isinstance(entry, dict) or entry.get("value") is None:
-        return "—"
-    low, high = entry.get("low"), entry.get("high")
-    interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
-    return f"{entry['value']:.3f}{interval}"
-
-
-def _attributes(document: dict[str, Any]) -> list[str]:
-    names: list[str] = []
-    for row in document["backbones"]:
-        for item in (row.get("analysis") or {}).get("attributes", []):
-            if item["name"] not in names:
-                names.append(item["name"])
-    return names
-
-
-def _per_attribute(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    analysis = row.get("analysis") or {}
-    out: dict[str, dict[str, Any]] = {}
-    for item in analysis.get("attributes", []):
-        out.setdefault(item["name"], {})["leakage"] = {"value": item.get("leakage"), "low": item.get("leakage_low"), "high": item.get("leakage_high")}
-    for name, estimate in (analysis.get("significance") or {}).items():
-        out.setdefault(name, {})["significance"] = estimate
-    for name, share in ((analysis.get("error_attribution") or {}).get("all") or {}).items():
-        out.setdefault(name, {})["errors"] = share
-    return out
-
-
-def _summary_columns(document: dict[str, Any]) -> list[str]:
-    return ["spec", "embedding_dim", "parameters", "ms_per_image"] + [
-        f"tar_at_fmr_{f:g}{suffix}" for f in document["fmrs"] for suffix in ("", "_low", "_high")
-    ] + ["eer", "eer_low", "eer_high", "error"]
-
-
-def benchmark_csv(document: dict[str, Any]) -> str:
-    """One row per backbone: the headline numbers, then ``leakage.<a>``, ``significance.<a>``, ``errors.<a>``."""
-    names = _attributes(document)
-    columns = _summary_columns(document) + [f"{m}.{n}" for m in ("leakage", "significance", "errors") for n in names]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in document["backbones"]:
-        line: dict[str, Any] = {"spec": row["spec"], "embedding_dim": row.get("embedding_dim"), "parameters": row.get("parameters"),
-                                "error": row.get("error") or ""}
-        seconds = row.get("embed_seconds_per_image")
-        line["ms_per_image"] = None if seconds is None else round(1000 * seconds, 4)
-        verification = row.get("verification") or {}
-        for f in document["fmrs"]:
-            entry = (verification.get("tar") or {}).get(f"{f:g}") or {}
-            for suffix, key in (("", "value"), ("_low", "low"), ("_high", "high")):
-                line[f"tar_at_fmr_{f:g}{suffix}"] = entry.get(key)
-        for suffix, key in (("", "value"), ("_low", "low"), ("_high", "high")):
-            line[f"eer{suffix}"] = (verification.get("eer") or {}).get(key)
-        for name, measures in _per_attribute(row).items():
-            line[f"leakage.{name}"] = (measures.get("leakage") or {}).get("value")
-            line[f"significance.{name}"] = (measures.get("significance") or {}).get("value")
-            line[f"errors.{name}"] = measures.get("errors")
-        writer.writerow({k: ("" if v is None else v) for k, v in line.items()})
-    return buffer.getvalue()
-
-
-def benchmark_markdown(document: dict[str, Any]) -> str:
-    """The comparison as Markdown: a summary table, then leakage, significance and error share per attribute."""
-    lines = [f"# frx benchmark on {document['probe']}", "",
-             f"{document['n_samples']:,} samples of {document['n_identities']:,} identities; intervals are 95% over "
-             f"{document['n_bootstrap']} identity-bootstrap replicates.", ""]
-    fmrs = document["fmrs"]
-    lines.append("| backbone | D | parameters | ms / image | " + " | ".join(f"TAR @ FMR {f:g}" for f in fmrs) + " | EER |")
-    lines.append("|---|---:|---:|---:|" + "---|" * (len(fmrs) + 1))
-    for row in document["backbones"]:
-        if row.get("error"):
-            lines.append(f"| `{row['spec']}` | {row.get('embedding_dim') or '—'} | — | — | " + " | ".join("—" for _ in fmrs) + f" | failed: {row['error']} |")
-            continue
-        verification = row.get("verification") or {}
-        seconds = row.get("embed_seconds_per_image")
-        parameters = row.get("parameters")
-        lines.append(
-            f"| `{row['spec']}` | {row.get('embedding_dim')} | {f'{parameters:,}' if parameters else '—'} | "
-            f"{'—' if seconds is None else f'{1000 * seconds:.2f}'} | "
-            + " | ".join(_estimate((verification.get("tar") or {}).get(f"{f:g}")) for f in fmrs)
-            + f" | {_estimate(verification.get('eer'))} |"
-        )
-    names = _attributes(document)
-    good = [row for row in document["backbones"] if not row.get("error")]
-    per = {row["spec"]: _per_attribute(row) for row in good}
-    for title, key, what in (
-        ("Leakage ℓ per attribute", "leakage", "held-out recovery, normalised to [0, 1]; lower keeps less of it"),
-        ("Identity significance S_k per attribute", "significance", "how far changing the attribute moves the identity score"),
-        ("Share of errors each attribute explains", "errors", "explained errors that changing the attribute alone corrects"),
-    ):
-        if not any(key in per[row["spec"]].get(n, {}) for row in good for n in names):
-            continue
-        lines += ["", f"## {title}", "", what + ".", "",
-                  "| attribute | " + " | ".join(f"`{row['spec']}`" for row in good) + " |",
-                  "|---|" + "---|" * len(good)]
-        for name in names:
-            cells = []
-            for row in good:
-                value = per[row["spec"]].get(name, {}).get(key)
-                cells.append(_estimate(value) if key != "errors" else ("—" if value is None else f"{value:.2f}"))
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if document.get("command"):
-        lines += ["", f"Command: `{document['command']}`"]
-    lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in document["versions"].items()) + f"; machine: {document['machine']}.", ""]
-    return "\n".join(lines)

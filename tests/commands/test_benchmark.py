@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from frx_plugin.analysis import AnalysisConfig, analyze_probe, embed_probe_set
-from frx_plugin.benchmark import _threshold, _weighted_eer, verification_with_intervals
-from frx_plugin.cli import main
+from frx_plugin.model import embed_probe_set
+from frx_plugin.passes import AnalysisConfig, analyze_probe
+from frx_plugin.commands.benchmark import verification_with_intervals, weighted_eer, weighted_threshold
+from frx_plugin.commands.cli import main
 from frx_plugin.embedding_set import write_embedding_set
 from frx_plugin.models import ResidualFaceNet, save_backbone
 from frx_plugin.synthetic import SyntheticProbeSet
@@ -56,10 +57,10 @@ def test_weighted_threshold_and_eer_equal_the_repeated_scores():
     repeated = impostor.repeat_interleave(w_imp.long())
     for fmr in (0.01, 0.05, 0.2):
         k = int(math.floor(fmr * repeated.numel()))
-        assert _threshold(impostor[order], w_imp[order], fmr) == float(torch.sort(repeated, descending=True).values[k])
+        assert weighted_threshold(impostor[order], w_imp[order], fmr) == float(torch.sort(repeated, descending=True).values[k])
     scores = torch.cat([impostor, genuine_scores])
     is_genuine = torch.cat([torch.zeros(500, dtype=torch.bool), torch.ones(200, dtype=torch.bool)])
-    eer = _weighted_eer(scores, is_genuine, torch.cat([w_imp, w_gen]))
+    eer = weighted_eer(scores, is_genuine, torch.cat([w_imp, w_gen]))
     reference = equal_error_rate(genuine_scores.repeat_interleave(w_gen.long()), repeated)[0]
     assert eer == pytest.approx(reference, abs=1e-12)
 
@@ -83,7 +84,7 @@ def test_benchmark_command_compares_backbones_and_keeps_going(tmp_path, capsys, 
     write_embedding_set(tmp_path / "pre.safetensors", z_first, probe.identity, probe.labels, probe.schema)
     out = tmp_path / "bench"
     specs = [f"frx:{tmp_path / 'a'}", f"torch:frx_plugin.models:ResidualFaceNet@{tmp_path / 'b.safetensors'},embedding_dim=24,input_size=32",
-             f"torch:tests.test_benchmark:broken@{tmp_path / 'broken.safetensors'}"]
+             f"torch:tests.commands.test_benchmark:broken@{tmp_path / 'broken.safetensors'}"]
     args = ["benchmark", *[a for s in specs for a in ("--backbone", s)], "--embeddings", str(tmp_path / "pre.safetensors"),
             "--bootstrap", "20", "--no-report", "--out", str(out)]
     code = main(args)

@@ -1,0 +1,1 @@
+"""The ``frx`` subcommands: argument parsing (``cli``) and one module per command."""

@@ -1,0 +1,117 @@
+"""The tables of ``frx benchmark``: ``benchmark.csv`` and ``benchmark.md`` from the ``frx.benchmark/1`` document."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+__all__ = ["benchmark_csv", "benchmark_markdown"]
+
+
+def _estimate(entry: Any) -> str:
+    if not isinstance(entry, dict) or entry.get("value") is None:
+        return "—"
+    low, high = entry.get("low"), entry.get("high")
+    interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+    return f"{entry['value']:.3f}{interval}"
+
+
+def _attributes(document: dict[str, Any]) -> list[str]:
+    names: list[str] = []
+    for row in document["backbones"]:
+        for item in (row.get("analysis") or {}).get("attributes", []):
+            if item["name"] not in names:
+                names.append(item["name"])
+    return names
+
+
+def _per_attribute(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    analysis = row.get("analysis") or {}
+    out: dict[str, dict[str, Any]] = {}
+    for item in analysis.get("attributes", []):
+        out.setdefault(item["name"], {})["leakage"] = {"value": item.get("leakage"), "low": item.get("leakage_low"), "high": item.get("leakage_high")}
+    for name, estimate in (analysis.get("significance") or {}).items():
+        out.setdefault(name, {})["significance"] = estimate
+    for name, share in ((analysis.get("error_attribution") or {}).get("all") or {}).items():
+        out.setdefault(name, {})["errors"] = share
+    return out
+
+
+def _summary_columns(document: dict[str, Any]) -> list[str]:
+    return ["spec", "embedding_dim", "parameters", "ms_per_image"] + [
+        f"tar_at_fmr_{f:g}{suffix}" for f in document["fmrs"] for suffix in ("", "_low", "_high")
+    ] + ["eer", "eer_low", "eer_high", "error"]
+
+
+def benchmark_csv(document: dict[str, Any]) -> str:
+    """One row per backbone: the headline numbers, then ``leakage.<a>``, ``significance.<a>``, ``errors.<a>``."""
+    names = _attributes(document)
+    columns = _summary_columns(document) + [f"{m}.{n}" for m in ("leakage", "significance", "errors") for n in names]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in document["backbones"]:
+        line: dict[str, Any] = {"spec": row["spec"], "embedding_dim": row.get("embedding_dim"), "parameters": row.get("parameters"),
+                                "error": row.get("error") or ""}
+        seconds = row.get("embed_seconds_per_image")
+        line["ms_per_image"] = None if seconds is None else round(1000 * seconds, 4)
+        verification = row.get("verification") or {}
+        for f in document["fmrs"]:
+            entry = (verification.get("tar") or {}).get(f"{f:g}") or {}
+            for suffix, key in (("", "value"), ("_low", "low"), ("_high", "high")):
+                line[f"tar_at_fmr_{f:g}{suffix}"] = entry.get(key)
+        for suffix, key in (("", "value"), ("_low", "low"), ("_high", "high")):
+            line[f"eer{suffix}"] = (verification.get("eer") or {}).get(key)
+        for name, measures in _per_attribute(row).items():
+            line[f"leakage.{name}"] = (measures.get("leakage") or {}).get("value")
+            line[f"significance.{name}"] = (measures.get("significance") or {}).get("value")
+            line[f"errors.{name}"] = measures.get("errors")
+        writer.writerow({k: ("" if v is None else v) for k, v in line.items()})
+    return buffer.getvalue()
+
+
+def benchmark_markdown(document: dict[str, Any]) -> str:
+    """The comparison as Markdown: a summary table, then leakage, significance and error share per attribute."""
+    lines = [f"# frx benchmark on {document['probe']}", "",
+             f"{document['n_samples']:,} samples of {document['n_identities']:,} identities; intervals are 95% over "
+             f"{document['n_bootstrap']} identity-bootstrap replicates.", ""]
+    fmrs = document["fmrs"]
+    lines.append("| backbone | D | parameters | ms / image | " + " | ".join(f"TAR @ FMR {f:g}" for f in fmrs) + " | EER |")
+    lines.append("|---|---:|---:|---:|" + "---|" * (len(fmrs) + 1))
+    for row in document["backbones"]:
+        if row.get("error"):
+            lines.append(f"| `{row['spec']}` | {row.get('embedding_dim') or '—'} | — | — | " + " | ".join("—" for _ in fmrs) + f" | failed: {row['error']} |")
+            continue
+        verification = row.get("verification") or {}
+        seconds = row.get("embed_seconds_per_image")
+        parameters = row.get("parameters")
+        lines.append(
+            f"| `{row['spec']}` | {row.get('embedding_dim')} | {f'{parameters:,}' if parameters else '—'} | "
+            f"{'—' if seconds is None else f'{1000 * seconds:.2f}'} | "
+            + " | ".join(_estimate((verification.get("tar") or {}).get(f"{f:g}")) for f in fmrs)
+            + f" | {_estimate(verification.get('eer'))} |"
+        )
+    names = _attributes(document)
+    good = [row for row in document["backbones"] if not row.get("error")]
+    per = {row["spec"]: _per_attribute(row) for row in good}
+    for title, key, what in (
+        ("Leakage ℓ per attribute", "leakage", "held-out recovery, normalised to [0, 1]; lower keeps less of it"),
+        ("Identity significance S_k per attribute", "significance", "how far changing the attribute moves the identity score"),
+        ("Share of errors each attribute explains", "errors", "explained errors that changing the attribute alone corrects"),
+    ):
+        if not any(key in per[row["spec"]].get(n, {}) for row in good for n in names):
+            continue
+        lines += ["", f"## {title}", "", what + ".", "",
+                  "| attribute | " + " | ".join(f"`{row['spec']}`" for row in good) + " |",
+                  "|---|" + "---|" * len(good)]
+        for name in names:
+            cells = []
+            for row in good:
+                value = per[row["spec"]].get(name, {}).get(key)
+                cells.append(_estimate(value) if key != "errors" else ("—" if value is None else f"{value:.2f}"))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if document.get("command"):
+        lines += ["", f"Command: `{document['command']}`"]
+    lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in document["versions"].items()) + f"; machine: {document['machine']}.", ""]
+    return "\n".join(lines)

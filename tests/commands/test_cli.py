@@ -1,0 +1,61 @@
+"""The ``frx`` command line: plugin subcommands (hook ``frx_register_commands``) and the entry points."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from frx_plugin.commands.cli import main
+from frx_plugin.errors import PluginError
+from frx_plugin.hookspecs import hookimpl
+from frx_plugin.plugins import get_plugin_manager
+
+
+class _GreetPlugin:
+    """A plugin that adds ``frx greet --name NAME [--fail]``."""
+
+    def __init__(self, name: str = "greet") -> None:
+        self.name = name
+
+    @hookimpl
+    def frx_register_commands(self, register):
+        def factory(parser):
+            parser.add_argument("--name", required=True)
+            parser.add_argument("--fail", action="store_true")
+
+            def run(args):
+                if args.fail:
+                    raise ValueError(f"cannot greet {args.name}")
+                print(f"hello {args.name}; given {sorted(vars(args))}")
+                return 3
+
+            return run
+
+        register(self.name, factory, description="say hello")
+
+
+def test_a_plugin_adds_a_subcommand_with_its_options_and_run(fresh_plugins, capsys):
+    get_plugin_manager().register(_GreetPlugin())
+    assert main(["greet", "--name", "Ada"]) == 3
+    assert capsys.readouterr().out == "hello Ada; given ['fail', 'name']\n"  # its own options only
+    assert main(["greet", "--name", "Ada", "--fail"]) == 2
+    assert capsys.readouterr().err == "frx greet: error: cannot greet Ada\n"
+    with pytest.raises(SystemExit):
+        main(["greet", "--name", "Ada", "--unknown"])
+    assert "unrecognized arguments: --unknown" in capsys.readouterr().err
+
+
+def test_a_plugin_cannot_take_a_name_of_frx_own_commands(fresh_plugins):
+    get_plugin_manager().register(_GreetPlugin("analyze"))
+    with pytest.raises(PluginError, match="'analyze' is one of frx's own"):
+        main(["plugins"])
+
+
+def test_the_console_script_and_the_module_run_main():
+    text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    assert 'frx = "frx_plugin.commands.cli:main"' in text
+    proc = subprocess.run([sys.executable, "-m", "frx_plugin", "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("frx "), proc.stderr
