@@ -199,10 +199,11 @@ def analyze_probe(embeddings: torch.Tensor, probe: ProbeSet, config: AnalysisCon
     return report
 
 
-def _embed_shard(model: Any, probe: ProbeSet, indices: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, BaseException | None]:
+def _embed_shard(model: Any, probe: ProbeSet, indices: torch.Tensor, batch_size: int,
+                 progress: Any = None) -> tuple[torch.Tensor, BaseException | None]:
     """This process's embeddings and what went wrong (an exception, or NaN/infinity rows), never raised here."""
     try:
-        local = embed_probe_set(model, probe, indices, batch_size)
+        local = embed_probe_set(model, probe, indices, batch_size, progress=progress)
     except Exception as exc:  # noqa: BLE001 - every rank learns of it before the first collective
         return torch.empty(0, 0), exc
     bad = int((~torch.isfinite(local).all(1)).sum()) if local.numel() else 0
@@ -342,7 +343,7 @@ def prepare_two_stage(probe: ProbeSet, config: Any, collectives: Collectives) ->
 
 
 def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectives: Collectives | None = None, *,
-             two_stage: Any = None, context: dict[str, Any] | None = None) -> PassResult:
+             two_stage: Any = None, context: dict[str, Any] | None = None, progress: Any = None) -> PassResult:
     """One analysis pass of ``model`` on ``probe`` (see the module); every process of the run must call it alike.
 
     ``collectives``: how the processes exchange (default one process, on the model's device);
@@ -350,6 +351,7 @@ def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectiv
     pass, or ``None``; ``context``: what ``frx_analysis_completed`` receives beside the report
     (framework, epoch, global step, out_dir, …). A failure follows ``plan.on_error``: "raise"
     raises it (on every rank), "warn" returns a result without report whose ``failure`` says why.
+    ``progress(done, total, "embedding")`` after each embedded batch when given.
     """
     model = unwrap(model)
     collectives = collectives or SingleProcess(model_device(model))
@@ -357,7 +359,7 @@ def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectiv
     try:
         started = time.perf_counter()
         indices = shard_indices(collectives, len(probe))
-        local, problem = _embed_shard(model, probe, indices, plan.config.batch_size)
+        local, problem = _embed_shard(model, probe, indices, plan.config.batch_size, progress)
         if collectives.any(problem is not None):
             raise problem or AnalysisError("the analysis pass failed on another process; it is skipped on every process")
         embedded = time.perf_counter()

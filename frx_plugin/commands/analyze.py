@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from frx_plugin.model import embed_probe_set
-from frx_plugin.passes import AnalysisConfig, analyze_probe, probe_leakage
+from frx_plugin.passes import AnalysisConfig, PassPlan, probe_leakage, run_pass
 from frx_plugin.history import atomic_write_text
 from frx_plugin.probe import ProbeSet
 from frx_plugin.errors import AnalysisError
@@ -53,6 +54,7 @@ def analyze(
     with_verification: bool = True,
     progress: Any = None,
     chunk_size: int = 16384,
+    counterfactuals: str = "off",
 ) -> Report:
     """Leakage of every attribute (and verification on the pairs) of ``source``; the importable twin of ``frx analyze``.
 
@@ -61,7 +63,9 @@ def analyze(
     include (default all). With ``out_dir``, writes ``out_dir/analysis.json`` atomically.
     ``with_verification``: also TAR at ``config.fmr``. ``progress(done, total, stage)`` after each
     chunk read or batch embedded when given. ``model_name``: how ``source`` names a model (default
-    its type). ``chunk_size``: rows of a file read at once.
+    its type). ``chunk_size``: rows of a file read at once. ``counterfactuals`` (a model only):
+    "off", or "auto", "exact", "latent" for identity significance and error attribution as the
+    training callbacks measure them — a model is analysed by the same pass they run.
 
     A file is streamed in constant memory (logistic heads hold it in memory, up to
     ``LOGISTIC_MAX_ENTRIES`` entries); leakage is measured on the embeddings as stored (frx writes
@@ -77,7 +81,7 @@ def analyze(
     if probe is None:
         raise ValueError("a model is analysed on a probe set: pass analyze(model, probe, ...)")
     return _analyze_model(source, probe, attributes=attributes, config=config, out_dir=out_dir, model_name=model_name,
-                          with_verification=with_verification, progress=progress)
+                          with_verification=with_verification, progress=progress, counterfactuals=counterfactuals)
 
 
 def _write_analysis(out_dir: str | Path, source: str, config: AnalysisConfig, report: Report, estimated: Any = None) -> None:
@@ -159,19 +163,24 @@ def _analyze_model(
     model_name: str | None,
     with_verification: bool,
     progress: Any,
+    counterfactuals: str,
 ) -> Report:
+    """The pass every training loop runs (:func:`frx_plugin.passes.run_pass`), in this one process."""
     from frx_plugin.probe import select_attributes
 
     if attributes is not None:
         probe = select_attributes(probe, attributes)
-    z = embed_probe_set(model, probe, batch_size=config.batch_size, progress=progress)
+    name = model_name or type(model).__name__
     if with_verification:
-        report = analyze_probe(z, probe, config)
+        plan = PassPlan.for_probe(probe, config=config, counterfactuals=counterfactuals, on_error="raise")
+        for notice in plan.notices:
+            warnings.warn(f"frx analyze: {notice}", stacklevel=3)
+        context = {"framework": "frx analyze", "model": name, "out_dir": None if out_dir is None else str(out_dir)}
+        report = run_pass(model, probe, plan, progress=progress, context=context).report
     else:
-        report = probe_leakage(z, probe, config)
+        report = probe_leakage(embed_probe_set(model, probe, batch_size=config.batch_size, progress=progress), probe, config)
     if out_dir is not None:
-        source = f"{probe.source} embedded by {model_name or type(model).__name__}"
-        _write_analysis(out_dir, source, config, report, getattr(probe, "estimated", None))
+        _write_analysis(out_dir, f"{probe.source} embedded by {name}", config, report, getattr(probe, "estimated", None))
     return report
 
 

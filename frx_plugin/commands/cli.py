@@ -30,14 +30,14 @@ def _analyze(args: argparse.Namespace) -> int:
     if (args.embeddings is None) == (args.backbone is None):
         raise ValueError("pass --embeddings FILE or --backbone SPEC (one of them)")
     if args.embeddings is not None:
-        if args.probe or args.pairs or args.estimator:
-            raise ValueError("--probe, --pairs and --estimator go with --backbone; an embedding file is analysed as it is")
+        if args.probe or args.pairs or args.estimator or args.counterfactuals != "off":
+            raise ValueError("--probe, --pairs, --estimator and --counterfactuals go with --backbone; an embedding file is analysed as it is")
         report = analyze(args.embeddings, attributes=attributes, config=config, out_dir=args.out, progress=progress_bar(),
                          with_verification=not args.no_verification)
     else:
         model, probe = open_model_and_probe(args.backbone, args.probe, args.pairs, args.estimator or (), progress_bar())
         report = analyze(model, probe, attributes=attributes, config=config, out_dir=args.out, model_name=args.backbone,
-                         with_verification=not args.no_verification, progress=progress_bar())
+                         with_verification=not args.no_verification, progress=progress_bar(), counterfactuals=args.counterfactuals)
     for message in report.warnings:
         print(f"frx analyze: warning: {message}", file=sys.stderr)
     if args.format == "json":
@@ -163,6 +163,9 @@ def _add_analyze(sub) -> None:
     )
     analyze.add_argument("--C", type=float, default=1.0, help="inverse L2 penalty of the logistic heads, as scikit-learn's C (default 1)")
     analyze.add_argument("--attributes", default=None, help="comma-separated attributes to include (default: all)")
+    analyze.add_argument("--counterfactuals", choices=("off", "auto", "exact", "latent"), default="off",
+                         help="with --backbone: identity significance and error attribution, as the training callbacks measure them "
+                              "(auto: exact where a generator renders the probe set, else latent; default off)")
     analyze.add_argument("--format", choices=("table", "json", "csv"), default="table", help="what to print (default table)")
     analyze.set_defaults(func=_analyze)
 

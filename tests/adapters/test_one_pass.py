@@ -1,5 +1,5 @@
 """One pass for every training loop: the same model and probe set give the same record through the
-Lightning callback, the arcface_torch callback and the core's run_pass (which frx analyze runs)."""
+Lightning callback, the arcface_torch callback, the core's run_pass and ``frx analyze --backbone``."""
 
 from __future__ import annotations
 
@@ -15,14 +15,15 @@ from frx_plugin.synthetic import SyntheticProbeSet
 from tests.lightning_helpers import TinyFaceModule, make_train_loader
 from tests.records import assert_same_measures
 
-OPTIONS = dict(significance_samples=16, max_error_pairs=4)
+OPTIONS: dict = {}  # the defaults, which frx analyze uses too
+PROBE = dict(n_identities=20, images_per_identity=4, seed=3, size=32, first_identity=9_000)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A model trained one epoch with the Lightning callback, and the record of that callback's last pass."""
     out = tmp_path_factory.mktemp("one-pass")
-    probe = SyntheticProbeSet(20, 4, seed=3, size=32, first_identity=9_000)
+    probe = SyntheticProbeSet(**PROBE)
     callback = AttributeRecoveryCallback(probe, out_dir=out / "lightning", n_bootstrap=20, **OPTIONS)
     model = TinyFaceModule()
     trainer = Trainer(max_epochs=1, accelerator="cpu", devices=1, callbacks=[callback], logger=False, enable_progress_bar=False,
@@ -43,6 +44,24 @@ def test_lightning_and_arcface_torch_and_run_pass_give_the_same_record(trained):
     report = run_pass(model, probe, plan).report
     report.epoch, report.global_step = 1, step
     assert_same_measures(lightning_record, json.loads(json.dumps(report.to_record())))
+
+
+def test_frx_analyze_on_the_same_model_gives_the_same_record(trained, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from frx_plugin.commands.cli import main
+
+    probe, model, lightning_record, _, _ = trained
+    weights = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    probe_spec = "synthetic," + ",".join(f"{k}={v}" for k, v in PROBE.items())
+    code = main(["analyze", "--backbone", f"torch:tests.lightning_helpers:TinyFaceModule@{weights}", "--probe", probe_spec,
+                 "--bootstrap", "20", "--counterfactuals", "auto", "--out", str(tmp_path / "analyze")])
+    assert code == 0, capsys.readouterr().err
+    document = json.loads((tmp_path / "analyze" / "analysis.json").read_text())
+    record = {k: document[k] for k in lightning_record if k in document}
+    record["epoch"], record["global_step"] = lightning_record["epoch"], lightning_record["global_step"]
+    assert_same_measures(lightning_record, record)
 
 
 def test_a_second_lightning_run_on_the_same_out_dir_continues_the_history(trained, tmp_path):
