@@ -1,6 +1,6 @@
 """Attribute schema: what a probe set labels, of which kind, in which group.
 
-Kinds follow DESIGN.md §2: ``binary`` and ``categorical`` labels are int64 with
+Kinds: ``binary`` and ``categorical`` labels are int64 with
 -1 for missing, ``continuous`` labels are float32 with NaN for missing.
 """
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
 from frx_plugin.hookspecs import hookimpl
 
@@ -69,17 +68,3 @@ def frx_register_estimators(register: Register[EstimatorFactory]) -> None:
     from frx_plugin.synthetic.estimator import synthetic_estimator
 
     register("synthetic", synthetic_estimator, "small CNN trained on renders of the synthetic world, cached on disk")
-
-
-@hookimpl(trylast=True)
-def frx_embed(model: Any, images: torch.Tensor) -> torch.Tensor:
-    out = model(images)
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        raise TypeError(
-            f"frx_embed: calling the model gave {type(out).__name__}"
-            + (f" of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else "")
-            + "; expected embeddings (B, D). Implement the frx_embed hook for this model."
-        )
-    return F.normalize(out.float(), dim=1)

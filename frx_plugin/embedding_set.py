@@ -1,4 +1,4 @@
-"""The embedding-set file (DESIGN.md §5): the interchange format of ``frx analyze``.
+"""The embedding-set file: the interchange format of ``frx analyze``.
 
 A ``.safetensors`` file with tensors ``embeddings`` (float32, N×D), ``identity`` (int64, N) and
 one ``attr.<name>`` per attribute (int64 with -1 for missing, or float32 with NaN for missing),

@@ -125,11 +125,12 @@ def frx_register_estimators(register: "Register[EstimatorFactory]") -> None:
 def frx_embed(model: Any, images: "torch.Tensor") -> "torch.Tensor | None":
     """Embed a batch of images with ``model``.
 
-    Called by every analysis pass for each batch of the probe set, with the
-    model already in eval mode and gradients off. Return the L2-normalised
+    Called by every analysis pass for each batch of the probe set (RGB in
+    [0, 1]), unless the caller said how to embed (``embed=``), with the model
+    already in eval mode and gradients off for inference. Return the
     embeddings ``(B, D)``, or ``None`` to let the next implementation try.
-    The first non-``None`` answer wins; the built-in fallback calls the model
-    and L2-normalises its output.
+    The first non-``None`` answer wins; without one frx calls the model
+    itself on the transformed images (:class:`frx_plugin.model.ModelAdapter`).
     """
 
 

@@ -1,14 +1,30 @@
-"""How frx calls the user's model: which device it is on, and how a batch of probe images becomes embeddings.
+"""How frx calls the user's model: the model contract.
 
-Embedding goes through the ``frx_embed`` hook (a plugin may say how its models embed; the built-in
-answer calls the model and L2-normalises), without gradients and in eval mode, restoring the mode after.
+A :class:`ModelAdapter` holds the module (unwrapped from ``DistributedDataParallel``) and says
+
+- **which output is the embedding** (``embed=``): a callable ``(module, images) -> z``, an attribute
+  path such as ``"backbone"`` (that submodule is called on the images), or an index or key of a
+  tuple or dict output. Without it a plugin's ``frx_embed`` hook may answer; else frx calls the
+  module and, where it must guess (the first element of a tuple, a forward wider than its
+  ``backbone``), warns once, naming the option that removes the guess;
+- **the input transform** (``transform=``) from the probe set's RGB in [0, 1] to what the model was
+  trained on: a callable, or a preset — ``"unit"`` (as given), ``"arcface"`` (``(x − 0.5) / 0.5``,
+  arcface_torch's), ``"imagenet"``, or ``{"mean": …, "std": …, "scale": 255, "channels": "bgr"}``.
+  Without it frx feeds [0, 1] and warns once;
+- **dtype and device**: the images go to the model's device in its floating dtype (``bf16-true``,
+  fp16 …); the embeddings come back as float32 for the analysis.
+
+Inference (:meth:`ModelAdapter.embed`) runs without gradients in eval mode and puts the module's
+mode back; calling the adapter is the differentiable forward (the two-stage path's identity loss).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import warnings
+from typing import Any, Callable, Mapping
 
 import torch
+import torch.nn.functional as F
 
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet
@@ -16,9 +32,19 @@ from frx_plugin.probe import ProbeSet
 #: ``progress(done, total, stage)``, called after each batch when given.
 Progress = Callable[[int, int, str], None]
 
+#: Input presets: (scale, mean, std, channel order) applied to RGB in [0, 1].
+TRANSFORMS: dict[str, dict[str, Any]] = {
+    "unit": {},
+    "arcface": {"mean": 0.5, "std": 0.5},
+    "imagenet": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},
+}
+_TRANSFORM_KEYS = {"mean", "std", "scale", "channels"}
+
 
 def unwrap(model: Any) -> Any:
-    """The module inside ``DistributedDataParallel`` / ``DataParallel`` (any wrapper with ``.module``), else the model."""
+    """The module inside ``DistributedDataParallel`` / ``DataParallel``, the adapter's module, else the model."""
+    if isinstance(model, ModelAdapter):
+        return model.module
     parallel = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
     return model.module if isinstance(model, parallel) else model
 
@@ -31,34 +57,200 @@ def model_device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
-def hook_embedder(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """images → L2-normalised embeddings float32 on the CPU through the ``frx_embed`` hook, without gradients.
+def model_dtype(model: Any) -> torch.dtype:
+    """The floating dtype of the model's first floating parameter (float32 without one)."""
+    try:
+        for p in model.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    except AttributeError:
+        pass
+    return torch.float32
 
-    The model is put in eval mode for each call and restored afterwards.
-    """
-    model = unwrap(model)
-    hook = get_plugin_manager().hook.frx_embed
-    device = model_device(model)
+
+def _channel_values(value: Any, option: str) -> torch.Tensor:
+    values = torch.as_tensor(value, dtype=torch.float32).flatten()
+    if values.numel() not in (1, 3) or not bool(torch.isfinite(values).all()):
+        raise ValueError(f"transform {option}= must be one number or three (one per channel), got {value!r}")
+    return values.view(-1, 1, 1)
+
+
+def make_transform(transform: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The callable of a ``transform=`` option (``None`` stays ``None``: the guess that [0, 1] is right)."""
+    if transform is None or callable(transform):
+        return transform
+    if isinstance(transform, str):
+        if transform not in TRANSFORMS:
+            raise ValueError(f"transform={transform!r} is not a preset; the presets are {sorted(TRANSFORMS)}, "
+                             "or pass a callable or {'mean': ..., 'std': ..., 'scale': ..., 'channels': 'rgb'|'bgr'}")
+        transform = TRANSFORMS[transform]
+    if not isinstance(transform, Mapping):
+        raise TypeError(f"transform must be a callable, a preset name or a mapping, got {type(transform).__name__}")
+    unknown = set(transform) - _TRANSFORM_KEYS
+    if unknown:
+        raise ValueError(f"transform: unknown option(s) {sorted(unknown)}; it takes {sorted(_TRANSFORM_KEYS)}")
+    channels = transform.get("channels", "rgb")
+    if channels not in ("rgb", "bgr"):
+        raise ValueError(f"transform channels= must be 'rgb' or 'bgr', got {channels!r}")
+    scale = float(transform.get("scale", 1.0))
+    mean = _channel_values(transform.get("mean", 0.0), "mean")
+    std = _channel_values(transform.get("std", 1.0), "std")
+    if bool((std == 0).any()):
+        raise ValueError("transform std= must not be 0")
+
+    def apply(images: torch.Tensor) -> torch.Tensor:
+        x = images * scale
+        if channels == "bgr":
+            x = x.flip(-3)
+        return (x - mean.to(x.device, x.dtype)) / std.to(x.device, x.dtype)
+
+    return apply
+
+
+def _attribute(module: Any, path: str) -> Any:
+    target = module
+    for part in path.split("."):
+        if not hasattr(target, part):
+            return None
+        target = getattr(target, part)
+    return target
+
+
+def _describe(out: Any) -> str:
+    if isinstance(out, torch.Tensor):
+        return f"a tensor of shape {tuple(out.shape)}"
+    if isinstance(out, (tuple, list)):
+        return f"a {len(out)}-{type(out).__name__} of " + ", ".join(_describe(o) for o in out)
+    if isinstance(out, Mapping):
+        return f"a dict with keys {list(out)}"
+    return f"a {type(out).__name__}"
+
+
+def _check_embedding(z: Any, where: str) -> torch.Tensor:
+    if not isinstance(z, torch.Tensor) or z.ndim != 2:
+        raise TypeError(f"{where} gave {_describe(z)}; expected embeddings (B, D): pass embed= (a callable "
+                        "(module, images) -> z, an attribute such as 'backbone', or an output index or key)")
+    return z
+
+
+class ModelAdapter:
+    """How frx calls one model (see the module). ``warn(message)`` reports a guess, once per kind and adapter."""
+
+    def __init__(self, model: Any, embed: Any = None, transform: Any = None,
+                 warn: Callable[[str], Any] | None = None) -> None:
+        if isinstance(model, ModelAdapter):
+            raise TypeError("model is already a ModelAdapter; wrap the module itself")
+        if embed is not None and not (callable(embed) or isinstance(embed, (str, int))) or isinstance(embed, bool):
+            raise TypeError(f"embed must be a callable (module, images) -> z, an attribute path, or an output index or key; "
+                            f"got {type(embed).__name__}")
+        self.module = unwrap(model)
+        if isinstance(embed, str) and _attribute(self.module, embed) is not None and not callable(_attribute(self.module, embed)):
+            raise TypeError(f"embed={embed!r}: the model's attribute {embed!r} is not callable")
+        self.embed_option = embed
+        self.transform_option = transform
+        self.transform = make_transform(transform)
+        self._warn = warn or (lambda message: warnings.warn(message, UserWarning, stacklevel=3))
+        self._warned: set[str] = set()
+
+    @classmethod
+    def wrap(cls, model: Any, **options: Any) -> "ModelAdapter":
+        """``model`` as an adapter (an adapter is returned as it is)."""
+        return model if isinstance(model, ModelAdapter) else cls(model, **options)
+
+    # the parts of a module frx asks of a model
+    def parameters(self):
+        return self.module.parameters()
+
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.module)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return model_dtype(self.module)
+
+    def warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self._warn(f"frx: {message}")
+
+    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, torch.float32)
+        if self.transform is None:
+            self.warn_once("transform", "the probe images go to the model as RGB in [0, 1]; if it was trained on another "
+                           "range pass transform= (e.g. transform='arcface' for (x - 0.5) / 0.5, as arcface_torch trains; "
+                           "transform='unit' to say [0, 1] is right)")
+        else:
+            x = self.transform(x)
+        return x.to(self.dtype)
+
+    def _select(self, out: Any) -> torch.Tensor:
+        option = self.embed_option
+        if isinstance(option, (int, str)):
+            try:
+                return _check_embedding(out[option], f"output [{option!r}]")
+            except (KeyError, IndexError, TypeError):
+                raise TypeError(f"embed={option!r}: the model gave {_describe(out)}, which has no {option!r}") from None
+        if isinstance(out, (tuple, list)) and out:
+            self.warn_once("tuple", f"the model gave {_describe(out)}; frx took element 0 as the embedding: pass embed=INDEX "
+                           "(or a callable) to choose")
+            return _check_embedding(out[0], "element 0 of the model's output")
+        return _check_embedding(out, "calling the model")
+
+    def _check_backbone(self, x: torch.Tensor, z: torch.Tensor) -> None:
+        """Warn once where forward is wider or narrower than a ``backbone`` attribute (a classifier on top?)."""
+        backbone = getattr(self.module, "backbone", None)
+        if self.embed_option is not None or "backbone" in self._warned or not callable(backbone):
+            return
+        self._warned.add("backbone")
+        try:
+            inner = backbone(x[:1])
+        except Exception:  # noqa: BLE001 - only a hint
+            return
+        if isinstance(inner, torch.Tensor) and inner.ndim == 2 and inner.shape[1] != z.shape[1]:
+            self._warn(f"frx: the model's forward gives D = {z.shape[1]}, its 'backbone' D = {inner.shape[1]}; frx embeds the "
+                       "forward's output: pass embed='backbone' if the backbone's output is the embedding")
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """The embedding ``(B, D)`` float32, not normalised, differentiable (the module's mode as it is)."""
+        option = self.embed_option
+        if option is None:
+            answer = get_plugin_manager().hook.frx_embed(model=self.module, images=images.to(self.device))
+            if answer is not None:
+                return answer.float()
+        x = self._inputs(images)
+        if callable(option):
+            return _check_embedding(option(self.module, x), "embed(module, images)").float()
+        if isinstance(option, str) and _attribute(self.module, option) is not None:
+            return _check_embedding(_attribute(self.module, option)(x), f"model.{option}(images)").float()
+        z = self._select(self.module(x))
+        self._check_backbone(x, z)
+        return z.float()
 
     @torch.no_grad()
-    def embed(images: torch.Tensor) -> torch.Tensor:
-        was_training = getattr(model, "training", False)
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised embeddings ``(B, D)`` float32 on the CPU, without gradients, in eval mode (then put back)."""
+        was_training = getattr(self.module, "training", False)
         if was_training:
-            model.eval()
+            self.module.eval()
         try:
-            return hook(model=model, images=images.to(device)).detach().to("cpu", torch.float32)
+            return F.normalize(self(images).detach().float(), dim=1).cpu()
         finally:
             if was_training:
-                model.train()
+                self.module.train()
 
-    return embed
+
+def hook_embedder(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """images → L2-normalised embeddings float32 on the CPU, without gradients (:meth:`ModelAdapter.embed`)."""
+    return ModelAdapter.wrap(model).embed
 
 
 def embed_probe_set(model: Any, probe: ProbeSet, indices: torch.Tensor | None = None, batch_size: int = 256,
-                    progress: Progress | None = None) -> torch.Tensor:
-    """Embeddings ``(len(indices), D)`` float32 on the CPU, through the ``frx_embed`` hook (:func:`hook_embedder`).
+                    progress: Progress | None = None, check: bool = False) -> torch.Tensor:
+    """Embeddings ``(len(indices), D)`` float32 on the CPU (:meth:`ModelAdapter.embed`).
 
-    ``progress(done, total, "embedding")`` after each batch when given.
+    ``progress(done, total, "embedding")`` after each batch when given. ``check``: stop at the first
+    batch with NaN or infinity (a diverged model) and return the rows so far.
     """
     if indices is None:
         indices = torch.arange(len(probe))
@@ -69,4 +261,6 @@ def embed_probe_set(model: Any, probe: ProbeSet, indices: torch.Tensor | None = 
         done += chunk.numel()
         if progress is not None:
             progress(done, indices.numel(), "embedding")
+        if check and not bool(torch.isfinite(chunks[-1]).all()):
+            break
     return torch.cat(chunks) if chunks else torch.empty(0, 0)

@@ -31,7 +31,8 @@ from frx_plugin.counterfactual.measures import choose_counterfactual_path, count
 from frx_plugin.counterfactual.significance import exact_embedder
 from frx_plugin.collectives import Collectives, SingleProcess, gather_rows, merge_ranks, metric_sync, shard_indices
 from frx_plugin.errors import AnalysisError, CounterfactualError
-from frx_plugin.model import embed_probe_set, hook_embedder, model_device, unwrap
+from frx_plugin.leakage import analyze_embeddings
+from frx_plugin.model import ModelAdapter, embed_probe_set, hook_embedder
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet
 from frx_plugin.report import Report
@@ -156,12 +157,18 @@ def probe_leakage(embeddings: torch.Tensor, probe: ProbeSet, config: AnalysisCon
                   indices: torch.Tensor | None = None, collectives: Collectives | None = None) -> Report:
     """Leakage of every attribute of ``probe`` from the embeddings of the samples ``indices`` (default all).
 
-    Streamed: each process passes its own disjoint shard and the statistics are summed through
-    ``collectives``, so every process gets the result of the whole probe set (every process must
-    call this: it runs collectives).
+    Ridge heads stream: each process passes its own disjoint shard and the statistics are summed
+    through ``collectives``, so every process gets the result of the whole probe set (every process
+    must call this: it runs collectives). Logistic heads (``config.head == "logistic"``) are fitted
+    on all the embeddings at once: pass all of them (every process alike).
     """
     from frx_plugin.leakage.streaming import analyze_stream
 
+    if config.head == "logistic":
+        if indices is not None and indices.numel() != len(probe):
+            raise AnalysisError("logistic heads are fitted on the whole probe set: gather the embeddings first")
+        return analyze_embeddings(embeddings, probe.identity, probe.labels, probe.schema, n_folds=config.n_folds,
+                                  n_bootstrap=config.n_bootstrap, seed=config.seed, head="logistic", C=float(config.C))
     if indices is None:
         indices = torch.arange(len(probe))
     distributed = collectives is not None and collectives.world_size > 1
@@ -199,17 +206,36 @@ def analyze_probe(embeddings: torch.Tensor, probe: ProbeSet, config: AnalysisCon
     return report
 
 
-def _embed_shard(model: Any, probe: ProbeSet, indices: torch.Tensor, batch_size: int,
+def _diverged_parameters(model: ModelAdapter) -> str | None:
+    """The first parameter holding NaN or infinity (a diverged run, noticed before any image is embedded)."""
+    module = model.module
+    named = getattr(module, "named_parameters", None)
+    for name, value in (named() if callable(named) else ()):
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return name
+    return None
+
+
+def _embed_shard(model: ModelAdapter, probe: ProbeSet, indices: torch.Tensor, batch_size: int,
                  progress: Any = None) -> tuple[torch.Tensor, BaseException | None]:
-    """This process's embeddings and what went wrong (an exception, or NaN/infinity rows), never raised here."""
+    """This process's embeddings and what went wrong (an exception, or NaN/infinity), never raised here.
+
+    A model whose parameters hold NaN, or whose batch embeds to NaN, stops at once: the rest of the
+    probe set is not embedded.
+    """
+    bad_parameter = _diverged_parameters(model)
+    if bad_parameter is not None:
+        return torch.empty(0, 0), AnalysisError(
+            f"the model's parameter {bad_parameter!r} holds NaN or infinity — did the training diverge?")
     try:
-        local = embed_probe_set(model, probe, indices, batch_size, progress=progress)
+        local = embed_probe_set(model, probe, indices, batch_size, progress=progress, check=True)
     except Exception as exc:  # noqa: BLE001 - every rank learns of it before the first collective
         return torch.empty(0, 0), exc
     bad = int((~torch.isfinite(local).all(1)).sum()) if local.numel() else 0
     if bad:
         return local, AnalysisError(
-            f"embeddings contain NaN or infinity in {bad} of this process's {local.shape[0]} probe rows — did the training diverge?"
+            f"embeddings contain NaN or infinity in {bad} of the first {local.shape[0]} of this process's "
+            f"{indices.numel()} probe rows — did the training diverge?"
         )
     return local, None
 
@@ -353,8 +379,8 @@ def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectiv
     raises it (on every rank), "warn" returns a result without report whose ``failure`` says why.
     ``progress(done, total, "embedding")`` after each embedded batch when given.
     """
-    model = unwrap(model)
-    collectives = collectives or SingleProcess(model_device(model))
+    model = ModelAdapter.wrap(model)
+    collectives = collectives or SingleProcess(model.device)
     timing = dict.fromkeys(TIMING_KEYS, 0.0)
     try:
         started = time.perf_counter()
@@ -363,8 +389,12 @@ def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectiv
         if collectives.any(problem is not None):
             raise problem or AnalysisError("the analysis pass failed on another process; it is skipped on every process")
         embedded = time.perf_counter()
-        report = probe_leakage(local, probe, plan.config, indices, collectives)
-        embeddings = gather_rows(collectives, local, len(probe))  # verification compares every pair
+        if plan.config.head == "logistic":  # exact logistic heads see every row at once
+            embeddings = gather_rows(collectives, local, len(probe))
+            report = probe_leakage(embeddings, probe, plan.config)
+        else:
+            report = probe_leakage(local, probe, plan.config, indices, collectives)
+            embeddings = gather_rows(collectives, local, len(probe))  # verification compares every pair
         report.verification = probe_verification(embeddings, probe, plan.config.fmr)
         if plan.counterfactuals is not None:
             start = time.perf_counter()

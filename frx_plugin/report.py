@@ -30,7 +30,7 @@ def json_safe(value: Any) -> Any:
 
 @dataclass
 class AttributeLeakage:
-    """Held-out recovery of one attribute from the embeddings (DESIGN.md §2).
+    """Held-out recovery of one attribute from the embeddings (its leakage; see docs/architecture.md).
 
     ``metric`` names the headline value (``auroc`` for discrete kinds, ``r2``
     for continuous), ``value``/``low``/``high`` are it and its 95% bootstrap
@@ -97,7 +97,7 @@ class Report:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     head: str = "ridge"
-    #: identity significance S_k per attribute: {"value", "low", "high"} (DESIGN.md §2); empty if not measured
+    #: identity significance S_k per attribute: {"value", "low", "high"}; empty if not measured
     significance: dict[str, dict[str, float | None]] = field(default_factory=dict)
     #: share of explained errors each attribute decides: {"all" | "false_non_match" | "false_match": {attribute: share}}
     error_attribution: dict[str, dict[str, float | None]] = field(default_factory=dict)

@@ -33,9 +33,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from frx_plugin.collectives import Collectives, default_collectives
 from frx_plugin.history import HistoryRecorder
-from frx_plugin.model import model_device, unwrap
+from frx_plugin.model import ModelAdapter, model_device, unwrap
 from frx_plugin.passes import COUNTERFACTUAL_PATHS, ON_ERROR, AnalysisConfig, PassPlan, prepare_two_stage, run_pass, scalar_metrics
 from frx_plugin.probe import ProbeSet
 from frx_plugin.report import Report
@@ -67,12 +69,17 @@ class ArcFaceTorchCallback:
         decode_every_n_steps: the paper's two stages every that many steps (a multiple of
             ``every_n_steps``), or ``None`` (off: they train decoders).
         two_stage: the two stages' options (:class:`frx_plugin.two_stage.TwoStageConfig`).
+        embed: which output of the backbone is the embedding (a callable ``(module, images) -> z``, an
+            attribute path, or an output index or key); default the backbone's output, as arcface_torch's are.
+        transform: the backbone's input from the probe's RGB in [0, 1]; default ``"arcface"``, arcface_torch's
+            own ``(x - 0.5) / 0.5`` (its dataset's ``Normalize(mean=0.5, std=0.5)``); a callable, a preset
+            (``"unit"``, ``"imagenet"``) or ``{"mean", "std", "scale", "channels"}`` otherwise.
     """
 
     def __init__(self, probe: ProbeSet, out_dir: str | Path = "frx-history", every_n_steps: int = 2000, writer: Any = None,
                  config: AnalysisConfig = AnalysisConfig(), on_error: str = "warn", counterfactuals: str = "auto",
                  significance_samples: int = 128, max_error_pairs: int = 16, decode_every_n_steps: int | None = None,
-                 two_stage: TwoStageConfig | None = None) -> None:
+                 two_stage: TwoStageConfig | None = None, embed: Any = None, transform: Any = "arcface") -> None:
         if not isinstance(probe, ProbeSet):
             raise TypeError(f"probe must be a frx_plugin.probe.ProbeSet, got {type(probe).__name__}")
         _positive("every_n_steps", every_n_steps)
@@ -87,6 +94,9 @@ class ArcFaceTorchCallback:
             raise TypeError(f"writer must have add_scalar(tag, value, step) (a SummaryWriter), got {type(writer).__name__}")
         if two_stage is not None and not isinstance(two_stage, TwoStageConfig):
             raise TypeError(f"two_stage must be a frx_plugin.two_stage.TwoStageConfig, got {type(two_stage).__name__}")
+        self.model_options = {"embed": embed, "transform": transform}
+        ModelAdapter(torch.nn.Identity(), embed=embed if not isinstance(embed, str) else None, transform=transform)  # checked now
+        self._adapter: ModelAdapter | None = None
         self.probe, self.out_dir, self.every_n_steps = probe, Path(out_dir), every_n_steps
         self.writer, self.config, self.on_error = writer, config, on_error
         self.plan = PassPlan.for_probe(probe, config=config, counterfactuals=counterfactuals,
@@ -149,9 +159,16 @@ class ArcFaceTorchCallback:
         """One pass now (every rank must call it: it runs collectives). Returns its report, or ``None`` if it failed."""
         module = unwrap(backbone)
         collectives = self._begin(module)
+        if self._adapter is None or self._adapter.module is not module:
+            def warn(message: str) -> None:
+                if collectives.rank == 0:
+                    log.warning("%s", message)
+
+            self._adapter = ModelAdapter(module, warn=warn, **self.model_options)
         decode = self.two_stage is not None and global_step % self.decode_every_n_steps == 0
         context = {"epoch": epoch, "global_step": global_step, "out_dir": str(self.out_dir), "framework": "arcface_torch"}
-        result = run_pass(module, self.probe, self.plan, collectives, two_stage=self.two_stage if decode else None, context=context)
+        result = run_pass(self._adapter, self.probe, self.plan, collectives, two_stage=self.two_stage if decode else None,
+                          context=context)
         report = result.report
         if report is None:
             self.history.add_failure({"epoch": epoch, "global_step": global_step, "error": result.failure})

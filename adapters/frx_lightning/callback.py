@@ -11,73 +11,86 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from frx_lightning.collectives import LightningCollectives
 from frx_plugin.history import HistoryRecorder
+from frx_plugin.model import ModelAdapter
 from frx_plugin.passes import COUNTERFACTUAL_PATHS, ON_ERROR, AnalysisConfig, PassPlan, prepare_two_stage, run_pass, scalar_metrics
 from frx_plugin.probe import ProbeSet
 from frx_plugin.report import Report
 from frx_plugin.two_stage import TwoStage, TwoStageConfig
 
 
+def _positive(name: str, value: Any, allow_none: bool = False) -> None:
+    if allow_none and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer{' or None (off)' if allow_none else ''}, got {value!r}")
+
+
+def _no_passes(trainer: Trainer) -> bool:
+    """``fast_dev_run`` (a smoke test of the loop) and the sanity check get no pass."""
+    return bool(trainer.fast_dev_run) or bool(trainer.sanity_checking)
+
+
 class AttributeRecoveryCallback(Callback):
-    """Measure, every ``every_n_epochs``, how much of each attribute the embeddings of the trained module keep.
+    """Measure, as the model trains, how much of each attribute its embeddings keep.
 
-    A pass embeds ``probe`` with the module (through the ``frx_embed`` hook;
-    default: call the module and L2-normalise), recovers every attribute on
-    identity-disjoint folds and logs ``frx/leakage/<attribute>`` (with
-    ``/low`` and ``/high`` interval bounds) and the verification TAR to every
-    logger of the Trainer. The first pass runs before training (epoch 0);
-    the pass after training epoch ``e`` (0-based) is epoch ``e + 1``. Each
-    pass is appended to ``out_dir/history.json`` and
-    ``out_dir/history.safetensors`` by the global-zero rank.
+    A pass embeds ``probe`` with the module, recovers every attribute on identity-disjoint folds,
+    verifies, and makes counterfactuals; with ``decode_every_n_epochs`` it also runs the paper's two
+    stages (decode z into faces, read the attributes off them). The pass is
+    :func:`frx_plugin.passes.run_pass`, the one the arcface_torch callback and ``frx analyze`` run:
+    this callback decides when it runs and where its numbers go.
 
-    Counterfactuals (DESIGN.md §2) run in the same pass: identity significance
-    ``frx/significance/<attribute>`` (with ``/low`` and ``/high``) from
-    ``significance_samples`` probe samples, and error attribution
-    ``frx/errors/<attribute>`` (share of the explained errors the attribute
-    decides; also per kind, ``frx/errors/false_non_match/…`` and
-    ``…/false_match/…``) over at most ``max_error_pairs`` errors of each kind
-    at the verification threshold. ``counterfactuals``: "auto" (exact when a
-    generator registered through ``frx_register_generators`` can render the
-    probe set, latent otherwise), "exact" (an error at once if none can),
-    "latent" or "off".
+    **When**: before training (epoch 0), after every ``every_n_epochs``-th epoch (the pass after
+    training epoch ``e``, 0-based, is epoch ``e + 1``) and, with ``every_n_train_steps``, every that
+    many optimizer steps. Never during ``fast_dev_run`` or the sanity check.
 
-    The paper's two stages (decode z into faces, read the attributes off them;
-    :mod:`frx_plugin.two_stage`) run every ``decode_every_n_epochs`` epochs
-    (off by default: they train decoders), with the options of ``two_stage``
-    (:class:`~frx_plugin.two_stage.TwoStageConfig`; its decoder and estimator come
-    from the ``frx_register_decoders`` and ``frx_register_estimators`` hooks).
-    They log ``frx/recovery/<attribute>`` (recovery significance R_k of the
-    two-stage path, with ``/low`` and ``/high``), ``frx/recovery_direct/<attribute>``
-    (the same measure from the probe heads), ``frx/recovery_spread/<attribute>``
-    and ``frx/decoder/identity_similarity``, write ``decoded.png`` and
-    ``recovery.png`` to ``out_dir``, and log the decoded faces as an image to
-    every logger that takes images (TensorBoard). The decoders are warm-started
-    from the previous pass. A decoder that diverges is reported in the pass's
-    warnings and the run goes on. Under DDP each process trains the decoders of
-    its own folds.
+    **Where**: every logger of the Trainer and ``trainer.callback_metrics`` get
+    ``frx/leakage/<attribute>`` (with ``/low`` and ``/high``), ``frx/auroc|r2/<attribute>``,
+    ``frx/verification/tar_at_fmr_<fmr>``, ``frx/significance/<attribute>``, ``frx/errors/…``,
+    ``frx/recovery/…`` (two stages) and ``frx/time/<part>_s``, so ``ModelCheckpoint(monitor=…)``
+    and ``EarlyStopping(monitor="frx/leakage/age", mode="min")`` work on them (this callback runs
+    its epoch-end pass before any ``EarlyStopping`` of the Trainer). The global-zero rank appends
+    each pass to ``out_dir/history.json`` and ``history.safetensors`` after the loggers have it;
+    an ``out_dir`` that already holds a history is continued (a new run's passes follow the old
+    ones; a run resumed from a checkpoint replaces only the passes after it), never overwritten.
 
-    The pass's cost is logged too, as ``frx/time/embed_s`` (probe data and
-    forward pass), ``frx/time/after_embed_s`` (recovery, verification,
-    history), ``frx/time/counterfactual_s`` and ``frx/time/two_stage_s``, and
-    kept in ``last_timing``.
+    Under DDP each rank embeds its own disjoint shard; the probe statistics are summed across ranks
+    through the strategy (tensors on its device: the GPU under NCCL), and the embeddings are
+    gathered for verification. A pass that fails is reported through ``rank_zero_warn`` and kept
+    in the history's ``failures``; training goes on unless ``on_error="raise"``.
 
-    Under DDP each rank embeds its own disjoint shard; the probe statistics are
-    summed across ranks (every rank runs every collective), and the embeddings
-    are gathered only for verification, which compares every pair.
-
-    Errors in a pass are reported through ``rank_zero_warn`` and kept in the
-    history's ``failures``; training goes on, unless ``on_error="raise"``.
-
-    The pass itself is :func:`frx_plugin.passes.run_pass`, the one every frx
-    adapter and command runs; this callback decides when it runs and where
-    its numbers go. An ``out_dir`` that already holds a history is continued
-    (the passes of a new run follow the old ones; a run resumed from a
-    checkpoint replaces only the passes after it), never overwritten.
+    Args:
+        probe: the probe set (images with identities and attributes) every pass embeds.
+        out_dir: where the history goes; default ``<trainer.log_dir>/frx`` (the logger's version
+            folder, else ``default_root_dir``).
+        every_n_epochs: a pass after every that many training epochs.
+        every_n_train_steps: also a pass every that many optimizer steps (``None``: off).
+        n_folds: identity-disjoint folds of the probe heads.
+        n_bootstrap: Poisson bootstrap replicates over identities for the intervals.
+        fmr: the false-match rate that sets the verification threshold.
+        batch_size: probe images embedded at once.
+        seed: seed of the folds and the bootstrap.
+        on_error: "warn" (a failed pass is reported and skipped) or "raise".
+        run_before_training: the epoch-0 pass before the first training step.
+        counterfactuals: "auto" (exact where a generator registered through
+            ``frx_register_generators`` renders the probe set, latent otherwise), "exact" (an error
+            now if none can), "latent" or "off".
+        significance_samples: probe samples whose counterfactuals give identity significance.
+        max_error_pairs: errors of each kind (false match, false non-match) a pass explains.
+        decode_every_n_epochs: the two stages every that many epochs (a multiple of
+            ``every_n_epochs``), or ``None`` (off: they train decoders).
+        two_stage: the two stages' options (:class:`frx_plugin.two_stage.TwoStageConfig`).
+        embed: which output of the module is the embedding: a callable ``(module, images) -> z``,
+            an attribute path such as ``"backbone"``, or an output index or key; default the
+            module's output (with a warning where frx must guess).
+        transform: the module's input from the probe's RGB in [0, 1]: a callable, ``"unit"``,
+            ``"arcface"`` (``(x - 0.5) / 0.5``), ``"imagenet"`` or ``{"mean", "std", "scale",
+            "channels"}``; default [0, 1] as given, with a warning once.
     """
 
     def __init__(
         self,
         probe: ProbeSet,
-        out_dir: str | Path = "frx-history",
+        out_dir: str | Path | None = None,
         every_n_epochs: int = 1,
         n_folds: int = 5,
         n_bootstrap: int = 200,
@@ -91,26 +104,20 @@ class AttributeRecoveryCallback(Callback):
         max_error_pairs: int = 16,
         decode_every_n_epochs: int | None = None,
         two_stage: TwoStageConfig | None = None,
+        every_n_train_steps: int | None = None,
+        embed: Any = None,
+        transform: Any = None,
     ) -> None:
         super().__init__()
         if not isinstance(probe, ProbeSet):
             raise TypeError(f"probe must be a frx_plugin.probe.ProbeSet, got {type(probe).__name__}")
-        if not isinstance(every_n_epochs, int) or isinstance(every_n_epochs, bool) or every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be a positive integer, got {every_n_epochs!r}")
+        _positive("every_n_epochs", every_n_epochs)
+        _positive("every_n_train_steps", every_n_train_steps, allow_none=True)
+        _positive("decode_every_n_epochs", decode_every_n_epochs, allow_none=True)
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         if counterfactuals not in COUNTERFACTUAL_PATHS:
             raise ValueError(f"counterfactuals must be one of {COUNTERFACTUAL_PATHS}, got {counterfactuals!r}")
-        self.config = AnalysisConfig(n_folds=n_folds, n_bootstrap=n_bootstrap, seed=seed, fmr=float(fmr), batch_size=batch_size)
-        # decided once: exact when a generator can render the probe set (an error now if "exact" cannot be had)
-        self.plan = PassPlan.for_probe(probe, config=self.config, counterfactuals=counterfactuals,
-                                       significance_samples=significance_samples, max_error_pairs=max_error_pairs, on_error=on_error)
-        for notice in self.plan.notices:
-            rank_zero_warn(f"frx: {notice}")
-        if decode_every_n_epochs is not None and (
-            not isinstance(decode_every_n_epochs, int) or isinstance(decode_every_n_epochs, bool) or decode_every_n_epochs < 1
-        ):
-            raise ValueError(f"decode_every_n_epochs must be a positive integer or None (off), got {decode_every_n_epochs!r}")
         if decode_every_n_epochs is not None and decode_every_n_epochs % every_n_epochs:
             raise ValueError(
                 f"decode_every_n_epochs ({decode_every_n_epochs}) must be a multiple of every_n_epochs ({every_n_epochs}): "
@@ -118,6 +125,15 @@ class AttributeRecoveryCallback(Callback):
             )
         if two_stage is not None and not isinstance(two_stage, TwoStageConfig):
             raise TypeError(f"two_stage must be a frx_plugin.two_stage.TwoStageConfig, got {type(two_stage).__name__}")
+        # checked now (a bad option is an error at construction, not at the first pass)
+        self.model_options = {"embed": embed, "transform": transform}
+        ModelAdapter(torch.nn.Identity(), embed=embed if not isinstance(embed, str) else None, transform=transform)
+        self.config = AnalysisConfig(n_folds=n_folds, n_bootstrap=n_bootstrap, seed=seed, fmr=float(fmr), batch_size=batch_size)
+        # decided once: exact when a generator can render the probe set (an error now if "exact" cannot be had)
+        self.plan = PassPlan.for_probe(probe, config=self.config, counterfactuals=counterfactuals,
+                                       significance_samples=significance_samples, max_error_pairs=max_error_pairs, on_error=on_error)
+        for notice in self.plan.notices:
+            rank_zero_warn(f"frx: {notice}")
         self.decode_every_n_epochs = decode_every_n_epochs
         self.two_stage_config = two_stage or TwoStageConfig(seed=seed, n_bootstrap=n_bootstrap)
         if decode_every_n_epochs is not None:
@@ -128,15 +144,24 @@ class AttributeRecoveryCallback(Callback):
         self.two_stage: TwoStage | None = None
         self._two_stage_state: dict[str, torch.Tensor] = {}
         self.probe = probe
-        self.out_dir = Path(out_dir)
+        self._out_dir_option = out_dir
         self.every_n_epochs = every_n_epochs
+        self.every_n_train_steps = every_n_train_steps
         self.on_error = on_error
         self.run_before_training = run_before_training
-        self.history = HistoryRecorder(self.out_dir, probe.schema)
+        #: the history; its folder is settled in ``setup`` when ``out_dir`` is not given
+        self.history = HistoryRecorder(Path(out_dir) if out_dir is not None else Path("frx"), probe.schema)
         self.last_report: Report | None = None
         #: seconds of the last pass: ``embed_s`` (probe data and forward pass), ``after_embed_s`` (recovery,
         #: verification), ``counterfactual_s`` (rendering, embedding and scoring the changed faces), ``two_stage_s``
         self.last_timing: dict[str, float] = {}
+        self._adapter: ModelAdapter | None = None
+        self._last_step_pass = -1
+
+    @property
+    def out_dir(self) -> Path:
+        """The history's folder (``<trainer.log_dir>/frx`` by default, settled in ``setup``)."""
+        return self.history.out_dir
 
     @property
     def counterfactual_path(self) -> str | None:
@@ -150,12 +175,16 @@ class AttributeRecoveryCallback(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(out_dir=str(self.out_dir))
+        return self._generate_state_key(out_dir=str(self._out_dir_option))
 
     # -- Lightning hooks -------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._out_dir_option is None:
+            # trainer.log_dir is the logger's version folder (broadcast from rank 0: every rank calls it)
+            self.history.out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "frx"
         # a folder holding another probe set's history is refused before training, on every rank alike
         self.history.check_folder()
+        self._run_before_early_stopping(trainer)
         if self.decode_every_n_epochs is None or self.two_stage is not None:
             return
         self.two_stage = prepare_two_stage(self.probe, self.two_stage_config, LightningCollectives(trainer))
@@ -166,16 +195,39 @@ class AttributeRecoveryCallback(Callback):
             rank_zero_warn(f"frx: {message}")
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if _no_passes(trainer):
+            return
         # after a checkpoint was restored: continue the folder's history (or the checkpoint's)
         for notice in self.history.continue_existing():
             rank_zero_warn(f"frx: {notice}")
         if self.run_before_training and trainer.current_epoch == 0 and not self.history.has_epoch(0):
             self._run_pass(trainer, pl_module, epoch=0)
 
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        n = self.every_n_train_steps
+        step = trainer.global_step
+        if n is None or _no_passes(trainer) or step == 0 or step % n or step == self._last_step_pass:
+            return
+        if trainer.is_last_batch and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            return  # the epoch-end pass comes at this very step
+        self._run_pass(trainer, pl_module, epoch=trainer.current_epoch)
+
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch + 1
-        if epoch % self.every_n_epochs == 0:
+        if epoch % self.every_n_epochs == 0 and not _no_passes(trainer):
             self._run_pass(trainer, pl_module, epoch=epoch)
+
+    def _run_before_early_stopping(self, trainer: Trainer) -> None:
+        """Put this callback before the Trainer's first ``EarlyStopping``, which reads the epoch-end metrics."""
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        callbacks = trainer.callbacks
+        if self not in callbacks:
+            return
+        stoppers = [i for i, c in enumerate(callbacks) if isinstance(c, EarlyStopping)]
+        if stoppers and stoppers[0] < callbacks.index(self):
+            callbacks.remove(self)
+            callbacks.insert(stoppers[0], self)
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"history": self.history.state_dict()}
@@ -190,10 +242,17 @@ class AttributeRecoveryCallback(Callback):
             self.two_stage.load_state_dict(self._two_stage_state)
 
     # -- the pass ----------------------------------------------------------
+    def _model(self, pl_module: LightningModule) -> ModelAdapter:
+        """The module with its contract (which output, transform): one adapter per module, so a guess warns once."""
+        if self._adapter is None or self._adapter.module is not pl_module:
+            self._adapter = ModelAdapter(pl_module, warn=rank_zero_warn, **self.model_options)
+        return self._adapter
+
     def _run_pass(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
+        self._last_step_pass = trainer.global_step
         decode = self.two_stage is not None and epoch % self.decode_every_n_epochs == 0
         context = {"epoch": epoch, "global_step": trainer.global_step, "out_dir": str(self.out_dir), "framework": "lightning"}
-        result = run_pass(pl_module, self.probe, self.plan, LightningCollectives(trainer),
+        result = run_pass(self._model(pl_module), self.probe, self.plan, LightningCollectives(trainer),
                           two_stage=self.two_stage if decode else None, context=context)
         self.last_timing = dict(result.timing)
         if result.report is None:
@@ -208,8 +267,13 @@ class AttributeRecoveryCallback(Callback):
             self.history.add(report.to_record(), report.tensors)
             for message in report.warnings:
                 rank_zero_warn(f"frx (epoch {epoch}): {message}")
+            # every rank: ModelCheckpoint and EarlyStopping read callback_metrics (and reduce across ranks)
+            metrics = dict(scalar_metrics(report), **{"frx/epoch": float(epoch)})
+            for stale in [k for k in trainer.callback_metrics if k.startswith("frx/") and k not in metrics]:
+                del trainer.callback_metrics[stale]  # a measure this pass has not (NaN) is not the last pass's
+            trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
             if trainer.is_global_zero:
-                self._publish(trainer, report, epoch)
+                self._publish(trainer, metrics)
                 if result.decoded is not None:
                     self._publish_decoded(trainer, report, result.decoded, epoch)
         trainer.strategy.barrier("frx_history_written")
@@ -239,9 +303,8 @@ class AttributeRecoveryCallback(Callback):
             report.warnings.append(f"two-stage figures not written: {type(exc).__name__}: {exc}")
             rank_zero_warn(f"frx: the two-stage figures were not written: {exc}")
 
-    def _publish(self, trainer: Trainer, report: Report, epoch: int) -> None:
+    def _publish(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         """Global-zero only: log the scalars first, then write the history (a file error never costs the loggers)."""
-        metrics = dict(scalar_metrics(report), **{"frx/epoch": float(epoch)})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         self._write_history()

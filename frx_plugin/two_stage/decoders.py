@@ -1,4 +1,4 @@
-"""Decoders ``G: z → x̂``: stage 1 of the paper's two-stage recovery, p(x|z) (DESIGN.md §2).
+"""Decoders ``G: z → x̂``: stage 1 of the paper's two-stage recovery, p(x|z).
 
 A decoder turns an embedding back into a face. It takes a noise vector beside z, so p(x|z) is a
 distribution and not one image: several samples of the same z show what the representation

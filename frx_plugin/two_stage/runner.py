@@ -13,7 +13,7 @@ from frx_plugin.attributes import Attribute
 from frx_plugin.errors import DecoderDiverged, DecoderError, EstimatorError
 from frx_plugin.plugins import require_estimator
 from frx_plugin.interfaces import AttributeEstimator, DecoderTask, FaceDecoder
-from frx_plugin.model import hook_embedder, model_device
+from frx_plugin.model import ModelAdapter, hook_embedder, model_device
 from frx_plugin.probe import ProbeSet
 from frx_plugin.leakage import bootstrap_estimate, identity_folds
 from frx_plugin.two_stage.measures import (
@@ -81,10 +81,6 @@ class FoldResult:
     error: str | None = None
     originals: torch.Tensor | None = None
     decoded: torch.Tensor | None = None
-
-
-def first_output(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output
 
 
 class TwoStage:
@@ -213,10 +209,12 @@ class TwoStage:
         empty = torch.full((rows.numel(), config.samples), math.nan, dtype=torch.float64)
         images = torch.cat([x for _, x in self.probe.batches(train, config.batch_size)])
         identity_embedder: Callable[[torch.Tensor], torch.Tensor] | None = None
-        was_training = getattr(model, "training", False)
-        if config.identity_loss and isinstance(model, torch.nn.Module):
-            model.eval()
-            identity_embedder = lambda x: F.normalize(first_output(model(x)).float(), dim=1)  # noqa: E731
+        adapter = ModelAdapter.wrap(model)
+        module = adapter.module
+        was_training = getattr(module, "training", False)
+        if config.identity_loss and isinstance(module, torch.nn.Module):
+            module.eval()
+            identity_embedder = lambda x: F.normalize(adapter(x), dim=1)  # noqa: E731 - differentiable, through the model contract
 
         try:
             fit = decoder.fit(DecoderTask(embeddings[train], images, identity_embedder, steps=config.steps, seed=config.seed + 104_729 * fold))
@@ -224,7 +222,7 @@ class TwoStage:
             return FoldResult(fold, rows, nan, empty, error=f"decoder of fold {fold} diverged: {exc}")
         finally:
             if was_training:
-                model.train()
+                module.train()
         self._states[fold] = decoder.state_dict()
         decoded = decoder.decode(embeddings[rows], config.samples, seed=config.seed + fold)  # (n_f, S, C, H, W)
         flat = decoded.reshape(-1, *decoded.shape[2:])

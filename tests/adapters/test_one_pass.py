@@ -36,7 +36,7 @@ def trained(tmp_path_factory):
 def test_lightning_and_arcface_torch_and_run_pass_give_the_same_record(trained):
     probe, model, lightning_record, step, out = trained
     assert lightning_record["counterfactuals"] == "exact" and lightning_record["significance"]
-    arcface = ArcFaceTorchCallback(probe, out_dir=out / "arcface", config=AnalysisConfig(n_bootstrap=20), **OPTIONS)
+    arcface = ArcFaceTorchCallback(probe, out_dir=out / "arcface", config=AnalysisConfig(n_bootstrap=20), transform="unit", **OPTIONS)
     arcface.run(step, model, epoch=1)
     arcface_record = json.loads((out / "arcface" / "history.json").read_text())["records"][-1]
     assert_same_measures(lightning_record, arcface_record)
