@@ -61,6 +61,7 @@ class ArcFaceTorchCallback:
         out_dir: where ``history.json`` and ``history.safetensors`` go; a history already there is continued.
         every_n_steps: a pass when ``global_step % every_n_steps == 0``.
         writer: any object with ``add_scalar(tag, value, step)`` (``SummaryWriter``, tensorboardX's), or ``None``.
+        wandb_run: a Weights & Biases run (anything with ``log(metrics, step=...)``), or ``None``.
         config: the leakage and verification options (:class:`frx_plugin.passes.AnalysisConfig`).
         on_error: "warn" (a failed pass is logged and skipped) or "raise".
         counterfactuals: "auto", "exact", "latent" or "off" (identity significance and error attribution).
@@ -79,7 +80,8 @@ class ArcFaceTorchCallback:
     def __init__(self, probe: ProbeSet, out_dir: str | Path = "frx-history", every_n_steps: int = 2000, writer: Any = None,
                  config: AnalysisConfig = AnalysisConfig(), on_error: str = "warn", counterfactuals: str = "auto",
                  significance_samples: int = 128, max_error_pairs: int = 16, decode_every_n_steps: int | None = None,
-                 two_stage: TwoStageConfig | None = None, embed: Any = None, transform: Any = "arcface") -> None:
+                 two_stage: TwoStageConfig | None = None, embed: Any = None, transform: Any = "arcface",
+                 wandb_run: Any = None) -> None:
         if not isinstance(probe, ProbeSet):
             raise TypeError(f"probe must be a frx_plugin.probe.ProbeSet, got {type(probe).__name__}")
         _positive("every_n_steps", every_n_steps)
@@ -92,6 +94,9 @@ class ArcFaceTorchCallback:
             raise ValueError(f"counterfactuals must be one of {COUNTERFACTUAL_PATHS}, got {counterfactuals!r}")
         if writer is not None and not callable(getattr(writer, "add_scalar", None)):
             raise TypeError(f"writer must have add_scalar(tag, value, step) (a SummaryWriter), got {type(writer).__name__}")
+        if wandb_run is not None and not callable(getattr(wandb_run, "log", None)):
+            raise TypeError(f"wandb_run must have log(metrics, step=...) (a wandb run), got {type(wandb_run).__name__}")
+        self.wandb_run = wandb_run
         if two_stage is not None and not isinstance(two_stage, TwoStageConfig):
             raise TypeError(f"two_stage must be a frx_plugin.two_stage.TwoStageConfig, got {type(two_stage).__name__}")
         self.model_options = {"embed": embed, "transform": transform}
@@ -174,6 +179,7 @@ class ArcFaceTorchCallback:
             self.history.add_failure({"epoch": epoch, "global_step": global_step, "error": result.failure})
             if collectives.rank == 0:
                 log.warning("frx: the analysis pass at step %d failed and is skipped; training goes on. %s", global_step, result.failure)
+                self._scalars({"frx/pass_failed": 1.0}, global_step)
         else:
             report.epoch, report.global_step = epoch, global_step
             self.last_report = report
@@ -187,13 +193,17 @@ class ArcFaceTorchCallback:
 
     def _publish(self, report: Report, global_step: int) -> None:
         """Rank 0: the writer's scalars and one line in the training log."""
-        scalars = scalar_metrics(report)
-        if self.writer is not None:
-            for tag, value in scalars.items():
-                self.writer.add_scalar(tag, value, global_step)
+        self._scalars(scalar_metrics(report), global_step)
         for message in report.warnings:
             log.warning("frx (step %d): %s", global_step, message)
         log.info("frx: step %d %s", global_step, summary_line(report))
+
+    def _scalars(self, scalars: dict[str, float], global_step: int) -> None:
+        if self.writer is not None:
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, global_step)
+        if self.wandb_run is not None:
+            self.wandb_run.log(dict(scalars), step=global_step)
 
     def _write_history(self) -> None:
         try:

@@ -259,7 +259,7 @@ class AttributeRecoveryCallback(Callback):
             self.history.add_failure({"epoch": epoch, "global_step": trainer.global_step, "error": result.failure})
             rank_zero_warn(f"frx: the analysis pass at epoch {epoch} failed and is skipped; training goes on. {result.failure}")
             if trainer.is_global_zero:
-                self._write_history()
+                self._publish(trainer, {"frx/pass_failed": 1.0, "frx/epoch": float(epoch)})  # the loggers say so too
         else:
             report = result.report
             report.epoch, report.global_step = epoch, trainer.global_step

@@ -161,3 +161,37 @@ def test_another_probe_sets_history_in_out_dir_is_refused_by_name(tmp_path):
     _train_v2(tmp_path, last_step=3, every=3)
     with pytest.raises(ValueError, match="history.json holds the history of a probe set with other attributes.*pass another out_dir"):
         ArcFaceTorchCallback(make_probe(), out_dir=tmp_path / "frx")
+
+
+def test_a_failed_pass_is_said_in_the_log_the_writer_the_wandb_run_and_the_history(tmp_path, caplog):
+    import logging
+
+    import torch
+
+    class Run:  # the part of a wandb run frx uses: log(metrics, step=...)
+        def __init__(self):
+            self.logged = []
+
+        def log(self, metrics, step=None):
+            self.logged.append((step, dict(metrics)))
+
+    from tensorboardX import SummaryWriter
+
+    caplog.set_level(logging.INFO, logger="frx")
+    run, writer = Run(), SummaryWriter(str(tmp_path / "tb"))
+    frx = ArcFaceTorchCallback(make_probe(), out_dir=tmp_path / "frx", every_n_steps=1, writer=writer, wandb_run=run,
+                               counterfactuals="off", transform="unit")
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    frx(1, model)
+    with torch.no_grad():
+        model[0].bias.fill_(float("nan"))  # diverged
+    frx(2, model)
+    writer.close()
+    assert [step for step, _ in run.logged] == [1, 2]
+    assert "frx/leakage/tone" in run.logged[0][1] and run.logged[1][1] == {"frx/pass_failed": 1.0}
+    assert summary_tags(tmp_path / "tb", kind="scalar")["frx/pass_failed"] == [2]
+    assert any("step 2 failed" in r.getMessage() and "'0.bias' holds NaN" in r.getMessage() for r in caplog.records)
+    failures = json.loads((tmp_path / "frx" / "history.json").read_text())["failures"]
+    assert [f["global_step"] for f in failures] == [2]
+    with pytest.raises(TypeError, match="wandb_run must have log"):
+        ArcFaceTorchCallback(make_probe(), wandb_run=object())

@@ -113,12 +113,18 @@ def test_a_failing_pass_warns_and_training_goes_on(tmp_path):
     callback = AttributeRecoveryCallback(probe, out_dir=tmp_path, n_bootstrap=0)
     model = TinyFaceModule(nan_after_epoch=1)  # embeddings turn NaN from epoch 1: a "diverged" model
     with pytest.warns(UserWarning, match=r"epoch 2 failed.*NaN"):
-        trainer = _trainer(tmp_path, [callback], 3)
+        trainer = _trainer(tmp_path, [callback], 3, logger=CSVLogger(tmp_path, name="logs"))
         trainer.fit(model, make_train_loader())
     assert trainer.current_epoch == 3  # training finished
     assert callback.history.epochs == [0, 1]
     assert [f["epoch"] for f in callback.failures] == [2, 3]
     assert "NaN" in callback.failures[0]["error"]
+    # said where the user looks: the history file's failures and the logger, at the failed passes' steps
+    failures = json.loads((tmp_path / "history.json").read_text())["failures"]
+    assert [f["epoch"] for f in failures] == [2, 3] and all("NaN" in f["error"] for f in failures)
+    with open(trainer.logger.log_dir + "/metrics.csv") as fh:
+        failed = [int(r["step"]) for r in csv.DictReader(fh) if r.get("frx/pass_failed")]
+    assert failed == [f["global_step"] for f in failures]
 
 
 def test_on_error_raise_stops_the_run(tmp_path):
