@@ -10,7 +10,8 @@ A :class:`ModelAdapter` holds the module (unwrapped from ``DistributedDataParall
 - **the input transform** (``transform=``) from the probe set's RGB in [0, 1] to what the model was
   trained on: a callable, or a preset — ``"unit"`` (as given), ``"arcface"`` (``(x − 0.5) / 0.5``,
   arcface_torch's), ``"imagenet"``, or ``{"mean": …, "std": …, "scale": 255, "channels": "bgr"}``.
-  Without it frx feeds [0, 1] and warns once;
+  Without it a module that declares its own (a ``frx_transform`` attribute, as frx's built-in
+  architectures do) gets that; else frx feeds [0, 1] and warns once;
 - **dtype and device**: the images go to the model's device in its floating dtype (``bf16-true``,
   fp16 …); the embeddings come back as float32 for the analysis.
 
@@ -146,6 +147,8 @@ class ModelAdapter:
         self.module = unwrap(model)
         if isinstance(embed, str) and _attribute(self.module, embed) is not None and not callable(_attribute(self.module, embed)):
             raise TypeError(f"embed={embed!r}: the model's attribute {embed!r} is not callable")
+        if transform is None:
+            transform = getattr(self.module, "frx_transform", None)  # a model that says what it was trained on
         self.embed_option = embed
         self.transform_option = transform
         self.transform = make_transform(transform)

@@ -47,6 +47,9 @@ class ResidualFaceNet(nn.Module):
     embedding. Works at any input size divisible by 32; 64×64 is the demo's.
     """
 
+    #: the input it is trained on: the probe images as they are, RGB in [0, 1]
+    frx_transform = "unit"
+
     #: the name :func:`save_backbone` records (and the backbone registry uses)
     architecture = "resnet-small"
     #: the constructor arguments :func:`save_backbone` records (as attributes of the same names)
@@ -150,6 +153,9 @@ class MobileFaceNetLike(nn.Module):
     BatchNorm1d giving the embedding. Inputs are normalised and resized like :class:`ResidualFaceNet`'s;
     ``input_size`` must be divisible by ``2 ** (len(widths) + 1)`` (16 with the default three stages).
     """
+
+    #: the input it is trained on: the probe images as they are, RGB in [0, 1]
+    frx_transform = "unit"
 
     architecture = "mobilefacenet-like"
     recorded_arguments = ("embedding_dim", "input_size", "stem_width", "widths", "blocks", "expansion", "last_width")
