@@ -81,9 +81,12 @@ class AnalysisConfig:
         return asdict(self)
 
 
-def _positive_int(name: str, value: Any) -> None:
+def check_positive(name: str, value: Any, allow_none: bool = False) -> None:
+    """A ``ValueError`` naming the option unless ``value`` is a positive integer (or ``None``, where allowed)."""
+    if allow_none and value is None:
+        return
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise ValueError(f"{name} must be a positive integer{' or None (off)' if allow_none else ''}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,8 @@ class PassPlan:
             raise ValueError(f"counterfactuals must be 'exact', 'latent' or None, got {self.counterfactuals!r}")
         if self.counterfactuals == "exact" and self.generator is None:
             raise ValueError("the exact counterfactual path needs a generator")
-        _positive_int("significance_samples", self.significance_samples)
-        _positive_int("max_error_pairs", self.max_error_pairs)
+        check_positive("significance_samples", self.significance_samples)
+        check_positive("max_error_pairs", self.max_error_pairs)
 
     @classmethod
     def for_probe(cls, probe: ProbeSet, *, config: AnalysisConfig = AnalysisConfig(), counterfactuals: str = "auto",

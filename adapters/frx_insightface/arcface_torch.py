@@ -38,19 +38,21 @@ import torch
 from frx_plugin.collectives import Collectives, default_collectives
 from frx_plugin.history import HistoryRecorder
 from frx_plugin.model import ModelAdapter, model_device, unwrap
-from frx_plugin.passes import COUNTERFACTUAL_PATHS, ON_ERROR, AnalysisConfig, PassPlan, prepare_two_stage, run_pass, scalar_metrics
+from frx_plugin.passes import (
+    COUNTERFACTUAL_PATHS,
+    ON_ERROR,
+    AnalysisConfig,
+    PassPlan,
+    check_positive,
+    prepare_two_stage,
+    run_pass,
+    scalar_metrics,
+)
 from frx_plugin.probe import ProbeSet
 from frx_plugin.report import Report
 from frx_plugin.two_stage import TwoStageConfig
 
 log = logging.getLogger("frx")
-
-
-def _positive(name: str, value: Any, allow_none: bool = False) -> None:
-    if allow_none and value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer{' or None (off)' if allow_none else ''}, got {value!r}")
 
 
 class ArcFaceTorchCallback:
@@ -84,8 +86,8 @@ class ArcFaceTorchCallback:
                  wandb_run: Any = None) -> None:
         if not isinstance(probe, ProbeSet):
             raise TypeError(f"probe must be a frx_plugin.probe.ProbeSet, got {type(probe).__name__}")
-        _positive("every_n_steps", every_n_steps)
-        _positive("decode_every_n_steps", decode_every_n_steps, allow_none=True)
+        check_positive("every_n_steps", every_n_steps)
+        check_positive("decode_every_n_steps", decode_every_n_steps, allow_none=True)
         if decode_every_n_steps is not None and decode_every_n_steps % every_n_steps:
             raise ValueError(f"decode_every_n_steps ({decode_every_n_steps}) must be a multiple of every_n_steps ({every_n_steps})")
         if on_error not in ON_ERROR:

@@ -12,17 +12,19 @@ from lightning.pytorch.utilities import rank_zero_warn
 from frx_lightning.collectives import LightningCollectives
 from frx_plugin.history import HistoryRecorder
 from frx_plugin.model import ModelAdapter
-from frx_plugin.passes import COUNTERFACTUAL_PATHS, ON_ERROR, AnalysisConfig, PassPlan, prepare_two_stage, run_pass, scalar_metrics
+from frx_plugin.passes import (
+    COUNTERFACTUAL_PATHS,
+    ON_ERROR,
+    AnalysisConfig,
+    PassPlan,
+    check_positive,
+    prepare_two_stage,
+    run_pass,
+    scalar_metrics,
+)
 from frx_plugin.probe import ProbeSet
 from frx_plugin.report import Report
 from frx_plugin.two_stage import TwoStage, TwoStageConfig
-
-
-def _positive(name: str, value: Any, allow_none: bool = False) -> None:
-    if allow_none and value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer{' or None (off)' if allow_none else ''}, got {value!r}")
 
 
 def _no_passes(trainer: Trainer) -> bool:
@@ -111,9 +113,9 @@ class AttributeRecoveryCallback(Callback):
         super().__init__()
         if not isinstance(probe, ProbeSet):
             raise TypeError(f"probe must be a frx_plugin.probe.ProbeSet, got {type(probe).__name__}")
-        _positive("every_n_epochs", every_n_epochs)
-        _positive("every_n_train_steps", every_n_train_steps, allow_none=True)
-        _positive("decode_every_n_epochs", decode_every_n_epochs, allow_none=True)
+        check_positive("every_n_epochs", every_n_epochs)
+        check_positive("every_n_train_steps", every_n_train_steps, allow_none=True)
+        check_positive("decode_every_n_epochs", decode_every_n_epochs, allow_none=True)
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         if counterfactuals not in COUNTERFACTUAL_PATHS:
