@@ -128,7 +128,7 @@ def _analyze_file(
             progress(dataset.n, dataset.n, "read")
         report = analyze_embeddings(
             embeddings, identity, labels, dataset.schema, n_folds=config.n_folds, n_bootstrap=config.n_bootstrap,
-            seed=config.seed, head="logistic", C=float(config.C),
+            seed=config.seed, head="logistic", C=float(config.C), min_class_samples=config.min_class_samples,
         )
     else:
         report = analyze_stream(
@@ -139,6 +139,7 @@ def _analyze_file(
             n_bootstrap=config.n_bootstrap,
             seed=config.seed,
             masked_attributes=dataset.attributes_with_missing_labels(),
+            min_class_samples=config.min_class_samples,
         )
     if with_verification and dataset.n <= VERIFICATION_MAX_SAMPLES:
         embeddings, identity, _ = dataset.read(chunk_size)

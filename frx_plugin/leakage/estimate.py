@@ -50,7 +50,7 @@ from frx_plugin.leakage.statistics import (
 from frx_plugin.randomness import poisson_bootstrap_weights
 from frx_plugin.report import AttributeLeakage, Report
 
-__all__ = ["analyze_embeddings", "leakage_entries", "probe_tensors", "HEADS"]
+__all__ = ["analyze_embeddings", "leakage_entries", "probe_tensors", "HEADS", "MIN_CLASS_SAMPLES", "check_min_class_samples", "too_few_samples"]
 
 #: ``analyze_embeddings`` converts embeddings of up to this many entries to float64 once (else per block).
 _CONVERT_ONCE_ENTRIES = 64 * 2**20
@@ -67,19 +67,50 @@ def _undefined(attribute: Attribute, metric: str, n: int, reason: str) -> Attrib
     return AttributeLeakage(attribute.name, attribute.kind, attribute.group, metric, nan, nan, nan, nan, nan, nan, n, extra, reason)
 
 
+#: Default of ``min_class_samples``: a discrete attribute with a class of fewer labelled samples gets no AUROC.
+MIN_CLASS_SAMPLES = 20
+
+
+def check_min_class_samples(value: object) -> int:
+    """``min_class_samples`` checked: a non-negative integer (0 or 1: every present class is enough)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise AnalysisError(f"min_class_samples must be a non-negative integer, got {value!r}")
+    return value
+
+
+def too_few_samples(attribute: Attribute, counts: list[int] | None, min_class_samples: int) -> str | None:
+    """Why a discrete attribute's AUROC is not reported (its smallest present class has fewer than
+    ``min_class_samples`` labelled samples), or ``None``. Absent classes are left to the macro average."""
+    if not attribute.discrete or not counts:
+        return None
+    present = [(k, c) for c, k in enumerate(counts) if k > 0]
+    if not present:
+        return None
+    smallest, c = min(present)
+    if smallest >= min_class_samples:
+        return None
+    return f"too few samples of class {class_name(attribute, c)!r} ({smallest} < {min_class_samples}) for a stable AUROC"
+
+
 def leakage_entries(
-    schema: AttributeSchema, heads: ProbeHeads, estimates: Mapping[str, Mapping[str, MetricEstimate]]
+    schema: AttributeSchema, heads: ProbeHeads, estimates: Mapping[str, Mapping[str, MetricEstimate]],
+    min_class_samples: int = MIN_CLASS_SAMPLES,
 ) -> tuple[list[AttributeLeakage], list[str]]:
-    """Report entries and warnings of every attribute, from its metric estimates (absent if undefined)."""
+    """Report entries and warnings of every attribute, from its metric estimates (absent if undefined).
+
+    An attribute whose metric is undefined, or a discrete one with a class of fewer than
+    ``min_class_samples`` labelled samples, is NaN with its ``reason`` and a warning.
+    """
     leakage: list[AttributeLeakage] = []
     warnings: list[str] = []
     for attribute in schema:
         name = attribute.name
         metric = "auroc" if attribute.discrete else "r2"
         n_labelled = heads.n_labelled[name]
-        if heads.reason[name]:
-            warnings.append(f"attribute {name!r}: {heads.reason[name]}")
-            leakage.append(_undefined(attribute, metric, n_labelled, heads.reason[name]))
+        reason = heads.reason[name] or too_few_samples(attribute, heads.class_counts.get(name), min_class_samples)
+        if reason:
+            warnings.append(f"attribute {name!r}: {reason}")
+            leakage.append(_undefined(attribute, metric, n_labelled, reason))
             continue
         if attribute.kind == "categorical":
             present = set(heads.present[name])
@@ -253,6 +284,7 @@ def analyze_embeddings(
     folds: torch.Tensor | None = None,
     head: str = "ridge",
     C: float = 1.0,
+    min_class_samples: int = MIN_CLASS_SAMPLES,
 ) -> Report:
     """Held-out leakage of every attribute of ``schema`` from ``embeddings`` (N, D).
 
@@ -263,7 +295,8 @@ def analyze_embeddings(
     (:func:`~frx_plugin.randomness.poisson_bootstrap_weights` with ``seed``; none: intervals
     are NaN). Missing labels (-1, NaN) are left out per attribute. An attribute whose metric is
     undefined (one class, constant values, no labels, a training part without two classes) is
-    NaN with ``reason`` and a warning; bad input raises :class:`AnalysisError` (or
+    NaN with ``reason`` and a warning, and so is a binary or categorical one with a class of fewer
+    than ``min_class_samples`` labelled samples (too few for a stable AUROC); bad input raises :class:`AnalysisError` (or
     :class:`~frx_plugin.attributes.SchemaError` for labels that do not fit the schema).
     :func:`~frx_plugin.leakage.streaming.analyze_stream` is the constant-memory twin.
 
@@ -283,6 +316,7 @@ def analyze_embeddings(
         raise AnalysisError(f"head must be one of {list(HEADS)}, got {head!r}")
     if not isinstance(C, (int, float)) or isinstance(C, bool) or not math.isfinite(C) or C <= 0:
         raise AnalysisError(f"C (the inverse logistic penalty) must be a positive number, got {C!r}")
+    check_min_class_samples(min_class_samples)
     rows = _checked_rows(embeddings, identity, labels, schema, n_folds=n_folds, n_bootstrap=n_bootstrap, seed=seed, folds=folds)
     heads, y_all, targets = _fitted_heads(rows, schema, head, float(C))
     # held-out scores: each sample scored by the head of the training set without its fold
@@ -290,7 +324,7 @@ def analyze_embeddings(
     inputs = _attribute_inputs(targets, heads, scores, rows.folds, rows.labels)
     points = _point_metrics(targets, inputs, scores, y_all)
     replicates = _bootstrap_metrics(targets, inputs, rows.identity, seed, n_bootstrap)
-    leakage, more = leakage_entries(schema, heads, _estimates(targets, points, replicates))
+    leakage, more = leakage_entries(schema, heads, _estimates(targets, points, replicates), min_class_samples)
     return Report(
         leakage=leakage,
         n_samples=rows.x.shape[0],

@@ -31,7 +31,7 @@ from torchmetrics import Metric
 
 from frx_plugin.attributes import AttributeSchema
 from frx_plugin.errors import AnalysisError
-from frx_plugin.leakage.estimate import leakage_entries, probe_tensors
+from frx_plugin.leakage.estimate import MIN_CLASS_SAMPLES, check_min_class_samples, leakage_entries, probe_tensors
 from frx_plugin.leakage.metrics import DEFAULT_BINS, HeldOutLeakage, ProbeStatistics
 from frx_plugin.leakage.ridge import fit_probe_heads
 from frx_plugin.leakage.statistics import check_embeddings, check_identity, identity_folds
@@ -117,6 +117,7 @@ def analyze_stream(
     masked_attributes: Sequence[str] | None = None,
     n_bins: int = DEFAULT_BINS,
     dist_sync_fn: Callable | None = None,
+    min_class_samples: int = MIN_CLASS_SAMPLES,
 ) -> Report:
     """Held-out leakage of every attribute of ``schema`` from a stream of chunks, in constant memory.
 
@@ -131,8 +132,11 @@ def analyze_stream(
     folds, heads, reasons, warnings and Poisson replicates); AUROC from ``n_bins`` histogram
     bins per score column. ``dist_sync_fn``: how the metrics' states are gathered across ranks
     (default torchmetrics' own gather; a pass gives :func:`frx_plugin.collectives.metric_sync`).
+    ``min_class_samples``: a binary or categorical attribute with a class of fewer labelled samples
+    is reported NaN with that reason, as ``analyze_embeddings`` does.
     """
     check_identity(identity)
+    check_min_class_samples(min_class_samples)
     if not isinstance(n_bootstrap, int) or n_bootstrap < 0:
         raise AnalysisError(f"n_bootstrap must be a non-negative integer, got {n_bootstrap!r}")
     lookup = FoldLookup(identity, n_folds, seed)
@@ -176,7 +180,7 @@ def analyze_stream(
         leakage_metric.update(x, ident, lookup(ident), labels)
     estimates = leakage_metric.compute()
 
-    leakage, more = leakage_entries(schema, heads, estimates)
+    leakage, more = leakage_entries(schema, heads, estimates, min_class_samples)
     return Report(
         leakage=leakage,
         n_samples=n_rows,
