@@ -24,7 +24,7 @@ error bound).
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torchmetrics import Metric
@@ -104,6 +104,23 @@ def _checked(chunk: Chunk, schema: AttributeSchema, index: int, dim: int | None 
     return x, identity.detach().cpu(), {name: labels[name].detach().cpu() for name in schema.names}
 
 
+def _masked_attributes(chunks: Callable[[], Iterable[Chunk]], schema: AttributeSchema, masked_attributes: Sequence[str] | None,
+                       **sync: Any) -> tuple[Sequence[str], int | None]:
+    """The attributes that may have missing labels (given, or found by pass 0 over the chunks) and, when scanned, D."""
+    if masked_attributes is not None:
+        unknown = [name for name in masked_attributes if name not in schema]
+        if unknown:
+            raise AnalysisError(f"masked_attributes: {unknown} not in the schema {list(schema.names)}")
+        return masked_attributes, None
+    scan = _MissingLabels(schema, **sync)
+    first_dim = None
+    for i, chunk in enumerate(chunks()):
+        x, _, labels = _checked(chunk, schema, i, first_dim)
+        first_dim = first_dim or x.shape[1]
+        scan.update(x, labels)
+    return scan.compute()
+
+
 @torch.no_grad()
 def analyze_stream(
     chunks: Callable[[], Iterable[Chunk]],
@@ -141,19 +158,7 @@ def analyze_stream(
         raise AnalysisError(f"n_bootstrap must be a non-negative integer, got {n_bootstrap!r}")
     lookup = FoldLookup(identity, n_folds, seed)
 
-    dim = None
-    if masked_attributes is None:
-        scan = _MissingLabels(schema, sync_on_compute=sync_on_compute, dist_sync_fn=dist_sync_fn)
-        first_dim = None
-        for i, chunk in enumerate(chunks()):
-            x, _, labels = _checked(chunk, schema, i, first_dim)
-            first_dim = first_dim or x.shape[1]
-            scan.update(x, labels)
-        masked_attributes, dim = scan.compute()
-    else:
-        unknown = [name for name in masked_attributes if name not in schema]
-        if unknown:
-            raise AnalysisError(f"masked_attributes: {unknown} not in the schema {list(schema.names)}")
+    masked_attributes, dim = _masked_attributes(chunks, schema, masked_attributes, sync_on_compute=sync_on_compute, dist_sync_fn=dist_sync_fn)
 
     statistics = None
     for i, chunk in enumerate(chunks()):
