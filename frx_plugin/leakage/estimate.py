@@ -37,20 +37,23 @@ from frx_plugin.leakage.functional import (
 from frx_plugin.leakage.logistic import fit_logistic_heads
 from frx_plugin.leakage.ridge import Heads, ProbeHeads, class_midpoints, fit_probe_heads
 from frx_plugin.leakage.statistics import (
+    MIN_CLASS_SAMPLES,
     FoldStatistics,
     Target,
     build_targets,
     check_embeddings,
+    check_min_class_samples,
     check_identity,
     class_name,
     identity_folds,
     identity_index,
     score_rows,
+    too_few_samples,
 )
 from frx_plugin.randomness import poisson_bootstrap_weights
 from frx_plugin.report import AttributeLeakage, Report
 
-__all__ = ["analyze_embeddings", "leakage_entries", "probe_tensors", "HEADS", "MIN_CLASS_SAMPLES", "check_min_class_samples", "too_few_samples"]
+__all__ = ["analyze_embeddings", "leakage_entries", "probe_tensors", "HEADS"]
 
 #: ``analyze_embeddings`` converts embeddings of up to this many entries to float64 once (else per block).
 _CONVERT_ONCE_ENTRIES = 64 * 2**20
@@ -67,39 +70,15 @@ def _undefined(attribute: Attribute, metric: str, n: int, reason: str) -> Attrib
     return AttributeLeakage(attribute.name, attribute.kind, attribute.group, metric, nan, nan, nan, nan, nan, nan, n, extra, reason)
 
 
-#: Default of ``min_class_samples``: a discrete attribute with a class of fewer labelled samples gets no AUROC.
-MIN_CLASS_SAMPLES = 20
-
-
-def check_min_class_samples(value: object) -> int:
-    """``min_class_samples`` checked: a non-negative integer (0 or 1: every present class is enough)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise AnalysisError(f"min_class_samples must be a non-negative integer, got {value!r}")
-    return value
-
-
-def too_few_samples(attribute: Attribute, counts: list[int] | None, min_class_samples: int) -> str | None:
-    """Why a discrete attribute's AUROC is not reported (its smallest present class has fewer than
-    ``min_class_samples`` labelled samples), or ``None``. Absent classes are left to the macro average."""
-    if not attribute.discrete or not counts:
-        return None
-    present = [(k, c) for c, k in enumerate(counts) if k > 0]
-    if not present:
-        return None
-    smallest, c = min(present)
-    if smallest >= min_class_samples:
-        return None
-    return f"too few samples of class {class_name(attribute, c)!r} ({smallest} < {min_class_samples}) for a stable AUROC"
-
-
 def leakage_entries(
     schema: AttributeSchema, heads: ProbeHeads, estimates: Mapping[str, Mapping[str, MetricEstimate]],
-    min_class_samples: int = MIN_CLASS_SAMPLES,
+    min_class_samples: int = MIN_CLASS_SAMPLES, unreported: dict[str, float] | None = None,
 ) -> tuple[list[AttributeLeakage], list[str]]:
     """Report entries and warnings of every attribute, from its metric estimates (absent if undefined).
 
     An attribute whose metric is undefined, or a discrete one with a class of fewer than
-    ``min_class_samples`` labelled samples, is NaN with its ``reason`` and a warning.
+    ``min_class_samples`` labelled samples, is NaN with its ``reason`` and a warning; the metric
+    of the latter goes into ``unreported`` (a report's :attr:`~frx_plugin.report.Report.unreported`) when given.
     """
     leakage: list[AttributeLeakage] = []
     warnings: list[str] = []
@@ -107,7 +86,11 @@ def leakage_entries(
         name = attribute.name
         metric = "auroc" if attribute.discrete else "r2"
         n_labelled = heads.n_labelled[name]
-        reason = heads.reason[name] or too_few_samples(attribute, heads.class_counts.get(name), min_class_samples)
+        reason = heads.reason[name]
+        if not reason:
+            reason = too_few_samples(attribute, heads.class_counts.get(name), min_class_samples)
+            if reason and unreported is not None:
+                unreported[name] = estimates[name][metric].value
         if reason:
             warnings.append(f"attribute {name!r}: {reason}")
             leakage.append(_undefined(attribute, metric, n_labelled, reason))
@@ -324,8 +307,10 @@ def analyze_embeddings(
     inputs = _attribute_inputs(targets, heads, scores, rows.folds, rows.labels)
     points = _point_metrics(targets, inputs, scores, y_all)
     replicates = _bootstrap_metrics(targets, inputs, rows.identity, seed, n_bootstrap)
-    leakage, more = leakage_entries(schema, heads, _estimates(targets, points, replicates), min_class_samples)
+    unreported: dict[str, float] = {}
+    leakage, more = leakage_entries(schema, heads, _estimates(targets, points, replicates), min_class_samples, unreported)
     return Report(
+        unreported=unreported,
         leakage=leakage,
         n_samples=rows.x.shape[0],
         n_identities=rows.n_identities,

@@ -31,10 +31,10 @@ from torchmetrics import Metric
 
 from frx_plugin.attributes import AttributeSchema
 from frx_plugin.errors import AnalysisError
-from frx_plugin.leakage.estimate import MIN_CLASS_SAMPLES, check_min_class_samples, leakage_entries, probe_tensors
+from frx_plugin.leakage.estimate import leakage_entries, probe_tensors
 from frx_plugin.leakage.metrics import DEFAULT_BINS, HeldOutLeakage, ProbeStatistics
 from frx_plugin.leakage.ridge import fit_probe_heads
-from frx_plugin.leakage.statistics import check_embeddings, check_identity, identity_folds
+from frx_plugin.leakage.statistics import MIN_CLASS_SAMPLES, check_embeddings, check_identity, check_min_class_samples, identity_folds
 from frx_plugin.report import Report
 
 __all__ = ["analyze_stream", "FoldLookup"]
@@ -185,8 +185,10 @@ def analyze_stream(
         leakage_metric.update(x, ident, lookup(ident), labels)
     estimates = leakage_metric.compute()
 
-    leakage, more = leakage_entries(schema, heads, estimates, min_class_samples)
+    unreported: dict[str, float] = {}
+    leakage, more = leakage_entries(schema, heads, estimates, min_class_samples, unreported)
     return Report(
+        unreported=unreported,
         leakage=leakage,
         n_samples=n_rows,
         n_identities=int(lookup.identities.numel()),

@@ -92,10 +92,14 @@ def test_a_pass_follows_the_config():
     model = torch.nn.Flatten().eval()
 
     def report(config):
-        return run_pass(model, probe, PassPlan(config=config, on_error="raise")).report
+        return run_pass(model, probe, PassPlan(config=config, counterfactuals="latent", on_error="raise")).report
 
     assert AnalysisConfig().min_class_samples == 20
-    _check(report(AnalysisConfig(n_bootstrap=20)), report(AnalysisConfig(n_bootstrap=20, min_class_samples=0)))
+    default, off = report(AnalysisConfig(n_bootstrap=20)), report(AnalysisConfig(n_bootstrap=20, min_class_samples=0))
+    _check(default, off)
+    # the latent counterfactuals still shrink by the held-out AUROC that is not reported: the same significance
+    assert default.unreported == {"rare": off["rare"].value}
+    assert default.significance == off.significance and default.significance["rare"]["value"] > 0
     with pytest.raises(ValueError, match="min_class_samples must be a non-negative integer"):
         AnalysisConfig(min_class_samples=2.5)
 
