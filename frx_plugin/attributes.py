@@ -41,6 +41,8 @@ class Attribute:
         if self.group is not None and self.group not in GROUPS:
             raise SchemaError(f"attribute {self.name!r}: group must be one of {GROUPS} or None, got {self.group!r}")
         classes = self.classes
+        if isinstance(classes, (str, bytes)) or (classes is not None and not isinstance(classes, Iterable)):
+            raise SchemaError(f"attribute {self.name!r}: classes must be a sequence of class names, got {classes!r}")
         if self.kind == "binary":
             classes = tuple(classes) if classes is not None else ("no", "yes")
             if len(classes) != 2:
@@ -97,13 +99,25 @@ class Attribute:
     def from_json(cls, data: Mapping[str, Any]) -> "Attribute":
         if not isinstance(data, Mapping) or "name" not in data or "kind" not in data:
             raise SchemaError(f"attribute entry must be an object with 'name' and 'kind', got {data!r}")
-        classes = data.get("classes")
         return cls(
             name=data["name"],
             kind=data["kind"],
-            classes=tuple(classes) if classes is not None else None,
+            classes=_classes_from_json(data["name"], data.get("classes")),
             group=data.get("group"),
         )
+
+
+def _classes_from_json(name: Any, classes: Any) -> tuple[str, ...] | None:
+    """A JSON ``classes`` field: a list of class names, or a count ≥ 2 (classes ``"0"``, ``"1"``, …); ``None`` if absent."""
+    if classes is None:
+        return None
+    if isinstance(classes, int) and not isinstance(classes, bool):
+        if classes < 2:
+            raise SchemaError(f"attribute {name!r}: field 'classes' is a count of {classes}; a discrete attribute has at least 2 classes")
+        return tuple(str(i) for i in range(classes))
+    if isinstance(classes, list) and all(isinstance(c, str) for c in classes):
+        return tuple(classes)
+    raise SchemaError(f"attribute {name!r}: field 'classes' must be a list of class names (strings) or a count, got {classes!r}")
 
 
 class AttributeSchema(Sequence[Attribute]):

@@ -6,6 +6,7 @@ The modules of the factories import no registry (neither :mod:`frx_plugin.plugin
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,6 +25,8 @@ def _architecture(cls: type) -> BackboneFactory:
         return cls(**options)
 
     build.__doc__ = f"An untrained {cls.__name__}(**options)."
+    build.__signature__ = inspect.signature(cls)  # type: ignore[attr-defined]  # so a spec's options are checked by name
+    build.spec_argument = None  # type: ignore[attr-defined]  # options only: no parameter takes a spec's argument
     return build
 
 

@@ -8,8 +8,11 @@ This module imports no registry, so the built-in parts never import the plugin m
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 from typing import Any
+
+from frx_plugin.options import check_options
 
 __all__ = ["open_frx_backbone", "load_torch_backbone"]
 
@@ -51,6 +54,12 @@ def load_torch_backbone(argument: str, **options: Any) -> Any:
         raise FileNotFoundError(f"torch backbone {argument!r}: no weights file {path}")
     if path.suffix != ".safetensors":
         raise ValueError(f"torch backbone {argument!r}: weights must be a .safetensors file (frx never unpickles weights), got {path.name}")
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # no signature to read: the call tells
+        signature = None
+    if signature is not None:
+        check_options(f"torch backbone {argument!r}", f"{module_name}:{factory_name} backbones", signature, options)
     model = factory(**options)
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"torch backbone {argument!r}: {factory_name}() returned {type(model).__name__}, not a torch.nn.Module")

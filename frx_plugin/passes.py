@@ -60,6 +60,7 @@ class AnalysisConfig:
     batch_size: int = 256
     head: str = "ridge"
     C: float = 1.0
+    min_class_samples: int = 20  # a discrete attribute with a class of fewer labelled samples gets no AUROC
 
     def __post_init__(self) -> None:
         from frx_plugin.leakage import HEADS
@@ -76,6 +77,8 @@ class AnalysisConfig:
             raise ValueError(f"fmr must be a float in (0, 1), got {self.fmr!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not isinstance(self.min_class_samples, int) or isinstance(self.min_class_samples, bool) or self.min_class_samples < 0:
+            raise ValueError(f"min_class_samples must be a non-negative integer, got {self.min_class_samples!r}")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -187,6 +190,7 @@ def probe_leakage(embeddings: torch.Tensor, probe: ProbeSet, config: AnalysisCon
         sync_on_compute=distributed,
         masked_attributes=masked,
         dist_sync_fn=metric_sync(collectives) if distributed else None,
+        min_class_samples=config.min_class_samples,
     )
 
 

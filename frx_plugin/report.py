@@ -108,6 +108,9 @@ class Report:
     #: the pass's cost in seconds: ``embed_s`` (probe data and forward pass), ``after_embed_s`` (leakage,
     #: verification), ``counterfactual_s`` and ``two_stage_s``; empty when not measured
     timing: dict[str, float] = field(default_factory=dict)
+    #: the held-out metric of attributes reported NaN for too few samples of a class (``min_class_samples``):
+    #: not part of the record; the latent counterfactuals still shrink by it, as before that rule
+    unreported: dict[str, float] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> AttributeLeakage:
         for item in self.leakage:

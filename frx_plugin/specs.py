@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from frx_plugin.options import check_options
 from frx_plugin.plugins import PluginError, Registration, backbones, estimators, probe_sets, require_estimator
 
 __all__ = ["Spec", "parse_spec", "open_backbone", "open_probe", "open_estimator", "probe_for"]
@@ -118,9 +119,10 @@ def _options(what: str, spec: Spec, registration: Registration, *leading: Any) -
         signature = inspect.signature(registration.factory)
     except (TypeError, ValueError):  # a callable without a signature: let the call tell
         return options
+    check_options(f"{what} {spec.text!r}", f"{spec.kind} {what}s", signature, spec.options, len(leading), registration.argument)
     try:
         signature.bind(*leading, **options)
-    except TypeError as exc:  # a wrong option name: say which ones there are
+    except TypeError as exc:  # a missing parameter, say: show the signature
         raise ValueError(f"{what} {spec.text!r}: {exc}; {spec.kind} takes {signature}") from None
     return options
 

@@ -5,14 +5,16 @@
 does: RGB, 0–255, the model's ``input_mean``/``input_std`` (0/1 when the graph normalises by itself,
 as insightface detects from its first nodes, so normalisation is never applied twice), resized to
 the model's input size, L2-normalised; with ``flip=True`` the embedding of the horizontally flipped
-image is added first, as arcface_torch's evaluation does. frx never downloads a model: a missing
+image is added first, as arcface_torch's evaluation does. An explicit ``mean``/``std`` (a number, or one
+per channel in the model's channel order) overrides the one insightface detects in the graph, and
+``channels="bgr"`` feeds the model BGR instead of RGB (for a model trained on OpenCV's order). frx never downloads a model: a missing
 file is an error that says where to get one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -26,25 +28,65 @@ WHERE_TO_GET = (
 )
 
 
+#: a mean or std: a number, three (one per channel), or None (what insightface detected)
+Normalisation = Union[float, Tuple[float, float, float], None]
+
+
+def _values(value: float | tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(value) if isinstance(value, tuple) else (value,)
+
+
+def _normalisation(path: Path, name: str, value: Any, detected: float) -> float | tuple[float, float, float]:
+    """``value`` (``None``: ``detected``) as a float or three floats; anything else is a ``ValueError`` naming ``name``."""
+    if value is None:
+        return detected
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (tuple, list)) and len(value) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return tuple(float(v) for v in value)  # type: ignore[return-value]
+    raise ValueError(f"{path}: {name} must be a number or three numbers (one per channel), got {value!r}")
+
+
 class InsightFaceBackbone:
     """A recognition ONNX model loaded by insightface (``ArcFaceONNX``), used as an frx backbone.
 
     ``embed(images)``: images ``(B, 3, H, W)`` float RGB in [0, 1] → L2-normalised embeddings
     ``(B, D)`` float32. Calling the object does the same (so the default ``frx_embed`` works too).
+
+    ``mean``/``std``: ``None`` (the values insightface detected: 0/1 when the graph normalises by
+    itself, else 127.5/127.5), a number, or three numbers (one per channel, in the order the model
+    is fed); the model gets ``(pixels − mean) / std`` with pixels in 0–255. ``channels``: ``"rgb"``
+    (InsightFace's convention) or ``"bgr"`` (the channel order is flipped before the model).
     """
 
-    def __init__(self, model: Any, path: Path, flip: bool = False) -> None:
+    def __init__(self, model: Any, path: Path, flip: bool = False, mean: Normalisation = None,
+                 std: Normalisation = None, channels: str = "rgb") -> None:
         self.model, self.path, self.flip = model, Path(path), bool(flip)
         width, height = model.input_size
         self.input_size = (int(height), int(width))
-        self.input_mean, self.input_std = float(model.input_mean), float(model.input_std)
+        if channels not in ("rgb", "bgr"):
+            raise ValueError(f"{self.path}: channels must be 'rgb' or 'bgr', got {channels!r}")
+        self.channels = channels
+        self.explicit = mean is not None or std is not None
+        self.input_mean = _normalisation(self.path, "mean", mean, float(model.input_mean))
+        self.input_std = _normalisation(self.path, "std", std, float(model.input_std))
+        if any(not value > 0 for value in _values(self.input_std)):
+            raise ValueError(f"{self.path}: std must be positive, got {self.input_std}")
 
     def __repr__(self) -> str:
-        return f"InsightFaceBackbone({str(self.path)!r}, input {self.input_size}, mean {self.input_mean}, std {self.input_std}, flip={self.flip})"
+        return (f"InsightFaceBackbone({str(self.path)!r}, input {self.input_size}, mean {self.input_mean}, std {self.input_std}, "
+                f"channels={self.channels}, flip={self.flip})")
 
     def _features(self, pixels: torch.Tensor) -> torch.Tensor:
-        # ArcFaceONNX.forward applies (x − input_mean) / input_std itself, with the values it detected
-        out = self.model.forward(pixels.numpy())
+        if self.channels == "bgr":
+            pixels = pixels.flip(1)
+        if not self.explicit:  # ArcFaceONNX.forward applies (x − input_mean) / input_std itself, with the values it detected
+            out = self.model.forward(pixels.numpy())
+        else:
+            mean = torch.tensor(_values(self.input_mean), dtype=torch.float32).view(-1, 1, 1)
+            std = torch.tensor(_values(self.input_std), dtype=torch.float32).view(-1, 1, 1)
+            blob = ((pixels - mean) / std).contiguous().numpy()
+            out = self.model.session.run(self.model.output_names, {self.model.input_name: blob})[0]
         return torch.from_numpy(out).to(torch.float32)
 
     @torch.no_grad()
@@ -63,8 +105,11 @@ class InsightFaceBackbone:
     __call__ = embed
 
 
-def load_insightface_backbone(path: str | Path, flip: bool = False) -> InsightFaceBackbone:
+def load_insightface_backbone(path: str | Path, flip: bool = False, mean: Normalisation = None, std: Normalisation = None,
+                              channels: str = "rgb") -> InsightFaceBackbone:
     """The recognition model in ``path`` (ONNX) through ``insightface.model_zoo.get_model``, on the CPU.
+
+    ``mean``, ``std`` and ``channels`` as :class:`InsightFaceBackbone` takes them.
 
     A missing file is a ``FileNotFoundError`` naming the path and how to get one (nothing is
     downloaded); a file insightface routes to no model, or to one that is not a recognition model,
@@ -81,7 +126,7 @@ def load_insightface_backbone(path: str | Path, flip: bool = False) -> InsightFa
             f"{path}: insightface reads it as a {getattr(model, 'taskname', type(model).__name__)!r} model, not a recognition one "
             f"({_input_shape(path)})"
         )
-    return InsightFaceBackbone(model, path, flip=flip)
+    return InsightFaceBackbone(model, path, flip=flip, mean=mean, std=std, channels=channels)
 
 
 def open_model(path: Path) -> Any:

@@ -27,7 +27,8 @@ def frx_register_backbones(register) -> None:
     from frx_insightface.specs import open_backbone_spec
 
     register("insightface", open_backbone_spec,
-             "insightface:FILE.onnx, or a model pack (a name under ~/.insightface/models, or its folder)[,flip=true][,root=DIR]")
+             "insightface:FILE.onnx, or a model pack (a name under ~/.insightface/models, or its folder)[,flip=true][,root=DIR]"
+             "[,mean=M or M1/M2/M3][,std=S or S1/S2/S3][,channels=rgb|bgr]")
 
 
 def open_estimator(probe, path: str, **options):

@@ -82,13 +82,22 @@ def restricted_load(path: str | Path) -> Any:
 # --------------------------------------------------------------------------- images
 
 
-def decode_image(data: bytes, source: str, size: int | None = None) -> torch.Tensor:
-    """One encoded image (JPEG, PNG, …) as ``(3, H, W)`` uint8 RGB; resized to ``size``² if given."""
+def decode_image(data: bytes, source: str, size: int | None = None, centre_crop: bool = False) -> torch.Tensor:
+    """One encoded image (JPEG, PNG, …) as ``(3, H, W)`` uint8 RGB; resized to ``size``² (Pillow, bilinear) if given.
+
+    ``centre_crop``: a non-square image is first cropped to its central square (side the shorter
+    side; an odd margin leaves the extra pixel on the right or bottom), so the resize keeps its aspect.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(bytes(data))) as image:
             image = image.convert("RGB")
+            width, height = image.size
+            if centre_crop and width != height:
+                side = min(width, height)
+                left, top = (width - side) // 2, (height - side) // 2
+                image = image.crop((left, top, left + side, top + side))
             if size is not None and image.size != (size, size):
                 image = image.resize((size, size), Image.BILINEAR)
             raw = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
@@ -356,8 +365,9 @@ class ImageFolderProbeSet(ProbeSet):
     (relative to ``folder``) and ``identity`` (any text or integer) are required; every other column
     is an attribute whose kind is inferred from its values (0/1 or true/false: binary; numbers:
     continuous; anything else: categorical, classes in sorted order) unless ``schema`` gives it. An
-    empty cell is a missing label. Images are decoded with Pillow and resized to ``size``². Errors name
-    the file, the line and the column.
+    empty cell is a missing label. Images are decoded with Pillow; a non-square image is cropped to
+    its central square (the shorter side; nothing is squashed), then every image is resized to
+    ``size``² (bilinear). Errors name the file, the line and the column.
     """
 
     def __init__(self, folder: str | Path, csv_path: str | Path | None = None, schema: AttributeSchema | None = None,
@@ -410,7 +420,7 @@ class ImageFolderProbeSet(ProbeSet):
 
     def images(self, indices: torch.Tensor) -> torch.Tensor:
         return torch.stack([
-            decode_image(self.files[i].read_bytes(), str(self.files[i]), self.size).float() / 255.0
+            decode_image(self.files[i].read_bytes(), str(self.files[i]), self.size, centre_crop=True).float() / 255.0
             for i in torch.as_tensor(indices).tolist()
         ]) if len(indices) else torch.empty(0, 3, self.size, self.size)
 

@@ -6,6 +6,7 @@ The argument is an .onnx file, or a model pack: a name under ``<root>/models`` (
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +22,41 @@ from frx_plugin.estimators import CombinedEstimator
 ESTIMATORS = {"genderage": GenderAgeEstimator, "landmark_3d_68": PoseEstimator}
 
 
-def open_backbone_spec(argument: str, flip: bool = False, root: str = DEFAULT_ROOT) -> InsightFaceBackbone:
-    """``insightface:FILE.onnx`` or ``insightface:PACK``: the recognition model, embedding the InsightFace way."""
+def _channel_values(argument: str, name: str, value: Any) -> float | tuple[float, float, float] | None:
+    """A spec's ``mean=``/``std=``: a number, or three numbers joined by ``/`` (``mean=123.7/116.3/103.5``)."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    parts = str(value).split("/")
+    try:
+        numbers = tuple(float(part) for part in parts)
+    except ValueError:
+        numbers = ()
+    if len(numbers) != 3 or not all(math.isfinite(v) for v in numbers):
+        raise ValueError(f"backbone insightface:{argument}: option {name!r} must be a number or three numbers joined by '/' "
+                         f"(one per channel, e.g. {name}=127.5/127.5/127.5), got {value!r}")
+    return numbers  # type: ignore[return-value]
+
+
+def open_backbone_spec(argument: str, flip: bool = False, root: str = DEFAULT_ROOT, mean: Any = None, std: Any = None,
+                       channels: str = "rgb") -> InsightFaceBackbone:
+    """``insightface:FILE.onnx`` or ``insightface:PACK``: the recognition model, embedding the InsightFace way.
+
+    ``mean=``/``std=`` (a number, or three joined by ``/``) override the normalisation insightface
+    detects in the graph; ``channels=bgr`` feeds the model BGR instead of RGB.
+    """
+    mean, std = _channel_values(argument, "mean", mean), _channel_values(argument, "std", std)
+    channels = str(channels).lower()
+    if channels not in ("rgb", "bgr"):
+        raise ValueError(f"backbone insightface:{argument}: option 'channels' must be rgb or bgr, got {channels!r}")
+    options = {"flip": bool(flip), "mean": mean, "std": std, "channels": channels}
     if argument.endswith(".onnx"):
-        return load_insightface_backbone(argument, flip=bool(flip))
+        return load_insightface_backbone(argument, **options)
     folder = pack_folder(argument, root)
     models = pack_models(folder)
     if "recognition" not in models:
         raise DataFormatError(f"{folder}: the model pack holds no recognition model (insightface found: {sorted(models) or 'none'})")
     path, model = models["recognition"]
-    return InsightFaceBackbone(model, path, flip=bool(flip))
+    return InsightFaceBackbone(model, path, **options)
 
 
 def _names(options: dict[str, Any], estimator: type) -> dict[str, str]:

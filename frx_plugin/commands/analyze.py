@@ -128,7 +128,7 @@ def _analyze_file(
             progress(dataset.n, dataset.n, "read")
         report = analyze_embeddings(
             embeddings, identity, labels, dataset.schema, n_folds=config.n_folds, n_bootstrap=config.n_bootstrap,
-            seed=config.seed, head="logistic", C=float(config.C),
+            seed=config.seed, head="logistic", C=float(config.C), min_class_samples=config.min_class_samples,
         )
     else:
         report = analyze_stream(
@@ -139,6 +139,7 @@ def _analyze_file(
             n_bootstrap=config.n_bootstrap,
             seed=config.seed,
             masked_attributes=dataset.attributes_with_missing_labels(),
+            min_class_samples=config.min_class_samples,
         )
     if with_verification and dataset.n <= VERIFICATION_MAX_SAMPLES:
         embeddings, identity, _ = dataset.read(chunk_size)
@@ -195,15 +196,31 @@ def leakage_rows(report: Report) -> list[dict[str, Any]]:
 
 
 def format_leakage_table(report: Report) -> str:
-    """A terminal table of a report: metric with its interval and normalised leakage, per attribute."""
+    """A terminal table of a report: metric with its interval and normalised leakage, per attribute.
+
+    The attribute, group and kind columns are as wide as their longest entry (at least their
+    heading's width and the former fixed widths), so every row's columns line up.
+    """
 
     def fmt(v: float) -> str:
         return "   nan" if v is None or math.isnan(v) else f"{v:6.3f}"
 
-    lines = [f"{'attribute':<16} {'group':<9} {'kind':<11} {'metric':<6} {'value (95% CI)':<24} {'leakage ℓ':>9}", "-" * 80]
+    width = {
+        "name": max([16, *(len(item.name) for item in report.leakage)]),
+        "group": max([9, *(len(item.group or "") for item in report.leakage)]),
+        "kind": max([11, *(len(item.kind) for item in report.leakage)]),
+        "metric": max([6, *(len(item.metric) for item in report.leakage)]),
+    }
+
+    def row(name: str, group: str, kind: str, metric: str, ci: str, leakage: str) -> str:
+        return (f"{name:<{width['name']}} {group:<{width['group']}} {kind:<{width['kind']}} {metric:<{width['metric']}} "
+                f"{ci:<24} {leakage:>9}")
+
+    heading = row("attribute", "group", "kind", "metric", "value (95% CI)", "leakage ℓ")
+    lines = [heading, "-" * max(80, len(heading))]
     for item in report.leakage:
         ci = f"{fmt(item.value)} [{fmt(item.low).strip()}, {fmt(item.high).strip()}]"
-        line = f"{item.name:<16} {item.group or '':<9} {item.kind:<11} {item.metric:<6} {ci:<24} {fmt(item.leakage):>9}"
+        line = row(item.name, item.group or "", item.kind, item.metric, ci, fmt(item.leakage))
         lines.append(line + (f"  ({item.reason})" if item.reason else ""))
     if report.verification is not None:
         v = report.verification

@@ -26,7 +26,8 @@ def _analyze(args: argparse.Namespace) -> int:
     from frx_plugin.commands.analyze import CSV_COLUMNS, analyze, format_leakage_table, leakage_rows
 
     attributes = [a.strip() for a in args.attributes.split(",") if a.strip()] if args.attributes else None
-    config = AnalysisConfig(n_folds=args.folds, n_bootstrap=args.bootstrap, seed=args.seed, fmr=args.fmr, head=args.head, C=args.C)
+    config = AnalysisConfig(n_folds=args.folds, n_bootstrap=args.bootstrap, seed=args.seed, fmr=args.fmr, head=args.head, C=args.C,
+                            min_class_samples=args.min_class_samples)
     if (args.embeddings is None) == (args.backbone is None):
         raise ValueError("pass --embeddings FILE or --backbone SPEC (one of them)")
     if args.embeddings is not None:
@@ -162,6 +163,9 @@ def _add_analyze(sub) -> None:
         help="heads of binary and categorical attributes: ridge (streamed, every epoch) or exact logistic (holds the file in memory)",
     )
     analyze.add_argument("--C", type=float, default=1.0, help="inverse L2 penalty of the logistic heads, as scikit-learn's C (default 1)")
+    analyze.add_argument("--min-class-samples", type=int, default=20, metavar="N",
+                         help="report a binary or categorical attribute with a class of fewer labelled samples as undefined "
+                              "(too few for a stable AUROC), with the reason; default 20, 0 reports every one")
     analyze.add_argument("--attributes", default=None, help="comma-separated attributes to include (default: all)")
     analyze.add_argument("--counterfactuals", choices=("off", "auto", "exact", "latent"), default="off",
                          help="with --backbone: identity significance and error attribution, as the training callbacks measure them "

@@ -61,7 +61,7 @@ def counterfactual_embedder(
         attributes, unchanged = generator_attributes(probe, generator)
         return exact_embedder(model, generator, batch_size), attributes, unchanged
     heads = latent_model(z, labels, schema, report.tensors["probe_directions"], report.tensors["probe_bias"],
-                         mode=latent_mode, held_out={a.name: a.value for a in report.leakage})
+                         mode=latent_mode, held_out={a.name: report.unreported.get(a.name, a.value) for a in report.leakage})
     return latent_embedder(heads, z, labels), None, []
 
 

@@ -37,15 +37,18 @@ from frx_plugin.leakage.functional import (
 from frx_plugin.leakage.logistic import fit_logistic_heads
 from frx_plugin.leakage.ridge import Heads, ProbeHeads, class_midpoints, fit_probe_heads
 from frx_plugin.leakage.statistics import (
+    MIN_CLASS_SAMPLES,
     FoldStatistics,
     Target,
     build_targets,
     check_embeddings,
+    check_min_class_samples,
     check_identity,
     class_name,
     identity_folds,
     identity_index,
     score_rows,
+    too_few_samples,
 )
 from frx_plugin.randomness import poisson_bootstrap_weights
 from frx_plugin.report import AttributeLeakage, Report
@@ -68,18 +71,29 @@ def _undefined(attribute: Attribute, metric: str, n: int, reason: str) -> Attrib
 
 
 def leakage_entries(
-    schema: AttributeSchema, heads: ProbeHeads, estimates: Mapping[str, Mapping[str, MetricEstimate]]
+    schema: AttributeSchema, heads: ProbeHeads, estimates: Mapping[str, Mapping[str, MetricEstimate]],
+    min_class_samples: int = MIN_CLASS_SAMPLES, unreported: dict[str, float] | None = None,
 ) -> tuple[list[AttributeLeakage], list[str]]:
-    """Report entries and warnings of every attribute, from its metric estimates (absent if undefined)."""
+    """Report entries and warnings of every attribute, from its metric estimates (absent if undefined).
+
+    An attribute whose metric is undefined, or a discrete one with a class of fewer than
+    ``min_class_samples`` labelled samples, is NaN with its ``reason`` and a warning; the metric
+    of the latter goes into ``unreported`` (a report's :attr:`~frx_plugin.report.Report.unreported`) when given.
+    """
     leakage: list[AttributeLeakage] = []
     warnings: list[str] = []
     for attribute in schema:
         name = attribute.name
         metric = "auroc" if attribute.discrete else "r2"
         n_labelled = heads.n_labelled[name]
-        if heads.reason[name]:
-            warnings.append(f"attribute {name!r}: {heads.reason[name]}")
-            leakage.append(_undefined(attribute, metric, n_labelled, heads.reason[name]))
+        reason = heads.reason[name]
+        if not reason:
+            reason = too_few_samples(attribute, heads.class_counts.get(name), min_class_samples)
+            if reason and unreported is not None:
+                unreported[name] = estimates[name][metric].value
+        if reason:
+            warnings.append(f"attribute {name!r}: {reason}")
+            leakage.append(_undefined(attribute, metric, n_labelled, reason))
             continue
         if attribute.kind == "categorical":
             present = set(heads.present[name])
@@ -253,6 +267,7 @@ def analyze_embeddings(
     folds: torch.Tensor | None = None,
     head: str = "ridge",
     C: float = 1.0,
+    min_class_samples: int = MIN_CLASS_SAMPLES,
 ) -> Report:
     """Held-out leakage of every attribute of ``schema`` from ``embeddings`` (N, D).
 
@@ -263,7 +278,8 @@ def analyze_embeddings(
     (:func:`~frx_plugin.randomness.poisson_bootstrap_weights` with ``seed``; none: intervals
     are NaN). Missing labels (-1, NaN) are left out per attribute. An attribute whose metric is
     undefined (one class, constant values, no labels, a training part without two classes) is
-    NaN with ``reason`` and a warning; bad input raises :class:`AnalysisError` (or
+    NaN with ``reason`` and a warning, and so is a binary or categorical one with a class of fewer
+    than ``min_class_samples`` labelled samples (too few for a stable AUROC); bad input raises :class:`AnalysisError` (or
     :class:`~frx_plugin.attributes.SchemaError` for labels that do not fit the schema).
     :func:`~frx_plugin.leakage.streaming.analyze_stream` is the constant-memory twin.
 
@@ -283,6 +299,7 @@ def analyze_embeddings(
         raise AnalysisError(f"head must be one of {list(HEADS)}, got {head!r}")
     if not isinstance(C, (int, float)) or isinstance(C, bool) or not math.isfinite(C) or C <= 0:
         raise AnalysisError(f"C (the inverse logistic penalty) must be a positive number, got {C!r}")
+    check_min_class_samples(min_class_samples)
     rows = _checked_rows(embeddings, identity, labels, schema, n_folds=n_folds, n_bootstrap=n_bootstrap, seed=seed, folds=folds)
     heads, y_all, targets = _fitted_heads(rows, schema, head, float(C))
     # held-out scores: each sample scored by the head of the training set without its fold
@@ -290,8 +307,10 @@ def analyze_embeddings(
     inputs = _attribute_inputs(targets, heads, scores, rows.folds, rows.labels)
     points = _point_metrics(targets, inputs, scores, y_all)
     replicates = _bootstrap_metrics(targets, inputs, rows.identity, seed, n_bootstrap)
-    leakage, more = leakage_entries(schema, heads, _estimates(targets, points, replicates))
+    unreported: dict[str, float] = {}
+    leakage, more = leakage_entries(schema, heads, _estimates(targets, points, replicates), min_class_samples, unreported)
     return Report(
+        unreported=unreported,
         leakage=leakage,
         n_samples=rows.x.shape[0],
         n_identities=rows.n_identities,

@@ -25,7 +25,7 @@ score ranges, per-attribute reasons) for both the in-memory and the streaming sc
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import torch
@@ -230,7 +230,8 @@ class ProbeHeads:
     for histograms. ``label_centre`` (T,):
     the mean label of each column's labelled rows (continuous sums are centred on it).
     Per attribute (by name): ``cols`` its target columns, ``reason`` why it is undefined (None if
-    defined), ``n_labelled``, ``present`` the classes with labelled samples (discrete kinds).
+    defined), ``n_labelled``, ``present`` the classes with labelled samples (discrete kinds),
+    ``class_counts`` the labelled samples of each class (discrete kinds).
     ``warnings``: fitting warnings (classes a fold's head never saw).
     """
 
@@ -247,6 +248,7 @@ class ProbeHeads:
     present: dict[str, list[int]]
     warnings: list[str]
     n_rows: int
+    class_counts: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def n_folds(self) -> int:
@@ -353,6 +355,7 @@ def _describe_group(out: ProbeHeads, members: list[Target], stats: FoldStatistic
             totals = per_fold.sum_y.sum(0)
             counts = [out.n_labelled[name] - float(totals[0]), float(totals[0])] if attribute.kind == "binary" else totals.tolist()
             out.present[name] = [c for c, k in enumerate(counts) if k > 0.5]
+            out.class_counts[name] = [int(round(k)) for k in counts]
         if out.reason[name] is None and attribute.kind == "categorical":
             out.warnings += unseen_class_warnings(attribute, train.sum_y[:, local], held_out_folds)
 

@@ -31,6 +31,9 @@ __all__ = [
     "target_layout",
     "undefined_reason",
     "unseen_class_warnings",
+    "MIN_CLASS_SAMPLES",
+    "check_min_class_samples",
+    "too_few_samples",
     "class_name",
     "check_embeddings",
     "check_identity",
@@ -343,6 +346,31 @@ def undefined_reason(attribute: Attribute, per_fold: FoldStatistics, train: Fold
         if var <= 1e-12 * max(1.0, float(train.sum_yy[f, col]) / n_f):
             return f"the training part of fold {f} has constant labels; its head and the held-out R² are undefined"
     return None
+
+
+#: Default of ``min_class_samples``: a discrete attribute with a class of fewer labelled samples gets no AUROC.
+MIN_CLASS_SAMPLES = 20
+
+
+def check_min_class_samples(value: object) -> int:
+    """``min_class_samples`` checked: a non-negative integer (0 or 1: every present class is enough)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise AnalysisError(f"min_class_samples must be a non-negative integer, got {value!r}")
+    return value
+
+
+def too_few_samples(attribute: Attribute, counts: list[int] | None, min_class_samples: int) -> str | None:
+    """Why a discrete attribute's AUROC is not reported (its smallest present class has fewer than
+    ``min_class_samples`` labelled samples), or ``None``. Absent classes are left to the macro average."""
+    if not attribute.discrete or not counts:
+        return None
+    present = [(k, c) for c, k in enumerate(counts) if k > 0]
+    if not present:
+        return None
+    smallest, c = min(present)
+    if smallest >= min_class_samples:
+        return None
+    return f"too few samples of class {class_name(attribute, c)!r} ({smallest} < {min_class_samples}) for a stable AUROC"
 
 
 def unseen_class_warnings(attribute: Attribute, train_counts: torch.Tensor, folds_with_data: list[int]) -> list[str]:

@@ -24,7 +24,7 @@ error bound).
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torchmetrics import Metric
@@ -34,7 +34,7 @@ from frx_plugin.errors import AnalysisError
 from frx_plugin.leakage.estimate import leakage_entries, probe_tensors
 from frx_plugin.leakage.metrics import DEFAULT_BINS, HeldOutLeakage, ProbeStatistics
 from frx_plugin.leakage.ridge import fit_probe_heads
-from frx_plugin.leakage.statistics import check_embeddings, check_identity, identity_folds
+from frx_plugin.leakage.statistics import MIN_CLASS_SAMPLES, check_embeddings, check_identity, check_min_class_samples, identity_folds
 from frx_plugin.report import Report
 
 __all__ = ["analyze_stream", "FoldLookup"]
@@ -104,6 +104,23 @@ def _checked(chunk: Chunk, schema: AttributeSchema, index: int, dim: int | None 
     return x, identity.detach().cpu(), {name: labels[name].detach().cpu() for name in schema.names}
 
 
+def _masked_attributes(chunks: Callable[[], Iterable[Chunk]], schema: AttributeSchema, masked_attributes: Sequence[str] | None,
+                       **sync: Any) -> tuple[Sequence[str], int | None]:
+    """The attributes that may have missing labels (given, or found by pass 0 over the chunks) and, when scanned, D."""
+    if masked_attributes is not None:
+        unknown = [name for name in masked_attributes if name not in schema]
+        if unknown:
+            raise AnalysisError(f"masked_attributes: {unknown} not in the schema {list(schema.names)}")
+        return masked_attributes, None
+    scan = _MissingLabels(schema, **sync)
+    first_dim = None
+    for i, chunk in enumerate(chunks()):
+        x, _, labels = _checked(chunk, schema, i, first_dim)
+        first_dim = first_dim or x.shape[1]
+        scan.update(x, labels)
+    return scan.compute()
+
+
 @torch.no_grad()
 def analyze_stream(
     chunks: Callable[[], Iterable[Chunk]],
@@ -117,6 +134,7 @@ def analyze_stream(
     masked_attributes: Sequence[str] | None = None,
     n_bins: int = DEFAULT_BINS,
     dist_sync_fn: Callable | None = None,
+    min_class_samples: int = MIN_CLASS_SAMPLES,
 ) -> Report:
     """Held-out leakage of every attribute of ``schema`` from a stream of chunks, in constant memory.
 
@@ -131,25 +149,16 @@ def analyze_stream(
     folds, heads, reasons, warnings and Poisson replicates); AUROC from ``n_bins`` histogram
     bins per score column. ``dist_sync_fn``: how the metrics' states are gathered across ranks
     (default torchmetrics' own gather; a pass gives :func:`frx_plugin.collectives.metric_sync`).
+    ``min_class_samples``: a binary or categorical attribute with a class of fewer labelled samples
+    is reported NaN with that reason, as ``analyze_embeddings`` does.
     """
     check_identity(identity)
+    check_min_class_samples(min_class_samples)
     if not isinstance(n_bootstrap, int) or n_bootstrap < 0:
         raise AnalysisError(f"n_bootstrap must be a non-negative integer, got {n_bootstrap!r}")
     lookup = FoldLookup(identity, n_folds, seed)
 
-    dim = None
-    if masked_attributes is None:
-        scan = _MissingLabels(schema, sync_on_compute=sync_on_compute, dist_sync_fn=dist_sync_fn)
-        first_dim = None
-        for i, chunk in enumerate(chunks()):
-            x, _, labels = _checked(chunk, schema, i, first_dim)
-            first_dim = first_dim or x.shape[1]
-            scan.update(x, labels)
-        masked_attributes, dim = scan.compute()
-    else:
-        unknown = [name for name in masked_attributes if name not in schema]
-        if unknown:
-            raise AnalysisError(f"masked_attributes: {unknown} not in the schema {list(schema.names)}")
+    masked_attributes, dim = _masked_attributes(chunks, schema, masked_attributes, sync_on_compute=sync_on_compute, dist_sync_fn=dist_sync_fn)
 
     statistics = None
     for i, chunk in enumerate(chunks()):
@@ -176,8 +185,10 @@ def analyze_stream(
         leakage_metric.update(x, ident, lookup(ident), labels)
     estimates = leakage_metric.compute()
 
-    leakage, more = leakage_entries(schema, heads, estimates)
+    unreported: dict[str, float] = {}
+    leakage, more = leakage_entries(schema, heads, estimates, min_class_samples, unreported)
     return Report(
+        unreported=unreported,
         leakage=leakage,
         n_samples=n_rows,
         n_identities=int(lookup.identities.numel()),

@@ -75,3 +75,49 @@ def test_missing_and_foreign_files_are_clear_errors(tmp_path):
         torch.onnx.export(odd, (torch.zeros(1, 3, 50, 50),), str(tmp_path / "odd.onnx"), dynamo=False)
     with pytest.raises(DataFormatError, match=r"odd\.onnx: insightface routes this ONNX file to no model class \(input \[1, 3, 50, 50\]"):
         load_insightface_backbone(tmp_path / "odd.onnx")
+
+
+def test_explicit_mean_std_and_bgr_channels(tmp_path, backbone):
+    """``mean=``/``std=`` override the normalisation insightface detects; ``channels=bgr`` flips the channels first:
+    checked against onnxruntime fed the same pixels, normalised here."""
+    import numpy as np
+    import onnxruntime
+
+    from frx_plugin.specs import open_backbone
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = export_onnx(backbone, tmp_path / "rec.onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    images = torch.rand(5, 3, 112, 112, generator=torch.Generator().manual_seed(4))
+    pixels = images * 255.0
+
+    def onnx_run(blob):
+        out = session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(blob.numpy(), dtype=np.float32)})[0]
+        return F.normalize(torch.from_numpy(out), dim=1)
+
+    # the detected normalisation (127.5/127.5) and the same values given explicitly embed alike
+    default, _ = open_backbone(f"insightface:{path}")
+    same, _ = open_backbone(f"insightface:{path},mean=127.5,std=127.5")
+    assert float((default.embed(images) - same.embed(images)).abs().max()) < 1e-6
+    assert float((default.embed(images) - onnx_run((pixels - 127.5) / 127.5)).abs().max()) < 1e-5
+    # per-channel values, BGR order: the model is fed (BGR pixels − mean) / std, the values in the fed order
+    model, _ = open_backbone(f"insightface:{path},mean=100/120/140,std=50,channels=bgr")
+    assert (model.input_mean, model.input_std, model.channels) == ((100.0, 120.0, 140.0), 50.0, "bgr")
+    mean = torch.tensor([100.0, 120.0, 140.0]).view(1, 3, 1, 1)
+    want = onnx_run((pixels[:, [2, 1, 0]] - mean) / 50.0)
+    got = model.embed(images)
+    assert float((got - want).abs().max()) < 1e-5
+    assert float((got - default.embed(images)).abs().max()) > 1e-2  # the options change the embedding
+    # an explicit mean overrides one the graph normalises by itself (detected 0/1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        inside = export_onnx(backbone, tmp_path / "inside.onnx", normalisation_in_graph=True)
+    raw, _ = open_backbone(f"insightface:{inside}")
+    assert (raw.input_mean, raw.input_std) == (0.0, 1.0)
+    shifted, _ = open_backbone(f"insightface:{inside},mean=-127.5")
+    assert shifted.input_std == 1.0
+    session = onnxruntime.InferenceSession(str(inside), providers=["CPUExecutionProvider"])
+    assert float((shifted.embed(images) - onnx_run(pixels + 127.5)).abs().max()) < 1e-5
+    with pytest.raises(ValueError, match=r"std must be positive"):
+        load_insightface_backbone(path, std=0)

@@ -187,6 +187,31 @@ def test_image_folder_with_a_csv(tmp_path):
     assert images.shape == (1, 3, 16, 16) and float((images * 255 - want).abs().mean()) < 3  # Pillow's resize, not torch's
 
 
+@pytest.mark.parametrize("width, height", [(60, 40), (31, 48)])
+def test_image_folder_crops_a_non_square_image_to_its_centre(tmp_path, width, height):
+    """A non-square image keeps its aspect: its central square, then the resize (never squashed)."""
+    import numpy as np
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "wide.png")
+    (folder / "labels.csv").write_text("path,identity,glasses\nwide.png,alice,1\n")
+    side = min(width, height)
+    top, left = (height - side) // 2, (width - side) // 2
+    crop = pixels[top:top + side, left:left + side]  # computed here, from the array written
+    # at the short side's size the image is exactly its central square
+    exact = ImageFolderProbeSet(folder, size=side).images(torch.tensor([0]))[0]
+    assert exact.shape == (3, side, side)
+    assert torch.equal((exact * 255).round().to(torch.uint8), torch.from_numpy(crop).permute(2, 0, 1))
+    # smaller: the central square resized (Pillow's bilinear, as square images are)
+    small = ImageFolderProbeSet(folder, size=16).images(torch.tensor([0]))[0]
+    want = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((16, 16), Image.BILINEAR))
+    assert torch.equal((small * 255).round().to(torch.uint8), torch.from_numpy(want.copy()).permute(2, 0, 1))
+    squashed = np.asarray(Image.fromarray(pixels).resize((16, 16), Image.BILINEAR))
+    assert not np.array_equal(want, squashed)
+
+
 def test_image_folder_errors_name_file_line_and_column(tmp_path):
     folder = _folder(tmp_path, ["path,identity,glasses", "a.png,1,1", "b.png,2,maybe"], images=("a.png", "b.png"))
     schema = AttributeSchema([Attribute("glasses", "binary")])

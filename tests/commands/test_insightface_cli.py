@@ -149,11 +149,17 @@ def test_a_model_pack_folder_gives_the_backbone_and_the_estimators(files, tmp_pa
     (["--backbone", "insightface:{rec}", "--pairs", "{lfw}", "--estimator", "insightface:{genderage},colour=x"], r"unknown option\(s\) \['colour'\]"),
     (["--backbone", "insightface:{rec}", "--probe", "synthetic,n_identities=3,colour=2"], r"probe set 'synthetic,n_identities=3,colour=2': .*colour"),
     (["--backbone", "insightface:{rec}", "--pairs", "synthetic"], r"--pairs synthetic: synthetic probe set lists no pairs"),
+    (["--backbone", "insightface:{rec},gamma=2"],
+     r"backbone 'insightface:.*rec\.onnx,gamma=2': unknown option 'gamma'; insightface backbones take the options flip, root, mean, std, channels$"),
+    (["--backbone", "insightface:{rec},std=1/2"], r"option 'std' must be a number or three numbers joined by '/'"),
+    (["--backbone", "insightface:{rec},channels=rbg"], r"option 'channels' must be rgb or bgr, got 'rbg'"),
 ])
 def test_bad_specs_are_named(files, tmp_path, capsys, args, message):
     args = [a.format(tmp=tmp_path, rec=files["rec"], lfw=files["lfw"], genderage=files["genderage"]) for a in args]
     assert main(["analyze", *args, "--out", str(tmp_path / "out")]) == 2
-    assert __import__("re").search(message, capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert __import__("re").search(message, err, __import__("re").M)
+    assert err.count("\n") == 1 and "Traceback" not in err  # one line
     assert not (tmp_path / "out" / "analysis.json").exists()
 
 

@@ -200,3 +200,39 @@ def test_frx_analyze_with_logistic_heads(tmp_path):
         assert entry["low"] == pytest.approx(reference[entry["name"]].low, abs=1e-12), entry["name"]
     bad = _frx("analyze", "--embeddings", str(path), "--out", str(tmp_path / "b"), "--head", "logistic", "--C", "-1")
     assert bad.returncode == 2 and "C (the inverse logistic penalty) must be a positive number, got -1.0" in bad.stderr
+
+
+def _with_classes(classes):
+    header = SCHEMA.to_json()
+    header[1]["classes"] = classes  # hair, categorical
+    return json.dumps(header)
+
+
+def test_a_class_count_names_the_classes(tmp_path, capsys):
+    from frx_plugin.commands.cli import main
+
+    path = _write_raw(tmp_path / "count.safetensors", _valid_tensors(), _with_classes(3))
+    assert EmbeddingSet(path).schema["hair"].classes == ("0", "1", "2")
+    binary = SCHEMA.to_json()
+    binary[0]["classes"] = 2
+    path2 = _write_raw(tmp_path / "binary.safetensors", _valid_tensors(), json.dumps(binary))
+    assert EmbeddingSet(path2).schema["glasses"].classes == ("0", "1")
+    assert main(["analyze", "--embeddings", str(path), "--out", str(tmp_path / "o"), "--bootstrap", "10", "--format", "json"]) == 0
+    assert "hair" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("classes, shown", [("ab", "'ab'"), (1, "a count of 1"), ([0, 1, 2], r"\[0, 1, 2\]"),
+                                            ({"a": 1}, r"\{'a': 1\}"), (True, "True")])
+def test_classes_that_are_no_list_of_names_are_refused(tmp_path, capsys, classes, shown):
+    from frx_plugin.commands.cli import main
+
+    path = _write_raw(tmp_path / "bad.safetensors", _valid_tensors(), _with_classes(classes))
+    with pytest.raises(EmbeddingSetError, match=rf"bad\.safetensors: header field 'frx\.attributes' is invalid: attribute 'hair': "
+                                                rf"field 'classes' .*{shown}"):
+        EmbeddingSet(path)
+    assert main(["analyze", "--embeddings", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("frx analyze: error: ") and "bad.safetensors" in err and "'hair'" in err and "'classes'" in err
+    assert err.count("\n") == 1
+    with pytest.raises(Exception, match="classes must be a sequence of class names"):
+        Attribute("hair", "categorical", classes="abc")

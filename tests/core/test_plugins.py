@@ -273,7 +273,7 @@ def test_estimators_that_need_an_argument_are_opened_only_by_name(fresh_plugins)
     assert require_estimator(probe, "file", {"path": "v.onnx"})[1].path == "v.onnx"
     with pytest.raises(ValueError, match=r"estimator 'file': file estimators need an argument: file:PATH"):
         open_estimator("file", probe)
-    with pytest.raises(ValueError, match=r"estimator 'file:w.onnx,colour=1': got an unexpected keyword argument 'colour'"):
+    with pytest.raises(ValueError, match=r"estimator 'file:w.onnx,colour=1': unknown option 'colour'; file estimators take the options scale$"):
         open_estimator("file:w.onnx,colour=1", probe)
     with pytest.raises(PluginError, match=r"estimator 'nope': unknown kind 'nope'; the installed plugins offer: file \("):
         open_estimator("nope", probe)
@@ -288,5 +288,9 @@ def test_backbone_architectures_and_spec_kinds_open_alike(fresh_plugins):
         open_backbone("resnet-small:x")
     with pytest.raises(ValueError, match=r"backbone 'frx': frx backbones need an argument: frx:PATH"):
         open_backbone("frx")
-    with pytest.raises(ValueError, match=r"backbone 'frx:x,flip=1': got an unexpected keyword argument 'flip'"):
+    with pytest.raises(ValueError, match=r"backbone 'frx:x,flip=1': unknown option 'flip'; frx backbones take no options$"):
         open_backbone("frx:x,flip=1")
+    # an architecture's options are its class's parameters, checked by name before the call
+    with pytest.raises(ValueError, match=r"backbone 'resnet-small,embeding_dim=8': unknown option 'embeding_dim'; "
+                                         r"resnet-small backbones take the options embedding_dim, widths, .*input_size"):
+        open_backbone("resnet-small,embeding_dim=8")

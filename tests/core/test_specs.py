@@ -47,6 +47,10 @@ def test_torch_backbone_loads_safetensors_weights_strictly(tmp_path):
     images = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(images), small.eval()(images)) and not model.training and facts == {}
+    # the factory's options are checked by name (the opener itself takes **options)
+    with pytest.raises(ValueError, match=r"torch backbone .*: unknown option 'std'; frx_plugin\.models:ResidualFaceNet backbones "
+                                         r"take the options embedding_dim, widths, blocks_per_stage, input_size, dropout$"):
+        open_backbone(spec + ",std=128")
     with pytest.raises(ValueError, match=r"expected package\.module:factory@weights\.safetensors"):
         open_backbone("torch:frx_plugin.models:ResidualFaceNet")
     with pytest.raises(ValueError, match=r"cannot import 'no_such_module'"):
