@@ -56,7 +56,6 @@ def test_the_table_lines_up_for_long_attribute_names(tmp_path, capsys):
 PROBE = "synthetic,n_identities=60,images_per_identity=4,seed=3,size=32"
 
 
-@pytest.mark.xfail(strict=True, reason="the lead fixes the pass's head")
 def test_a_backbone_pass_uses_the_logistic_heads_asked_for(tmp_path, capsys):
     """``frx analyze --backbone SPEC --head logistic --C 0.1`` gives the leakage of ``--embeddings FILE --head logistic
     --C 0.1`` on a file of the same model's embeddings of the same probe set, not that of the ridge heads."""
