@@ -127,12 +127,36 @@ def _options(what: str, spec: Spec, registration: Registration, *leading: Any) -
     return options
 
 
+#: Options every backbone spec takes, for the model contract (:class:`frx_plugin.model.ModelAdapter`), unless its
+#: factory takes an option of that name itself: ``transform=arcface|unit|imagenet``, ``embed=backbone|1|KEY``.
+CONTRACT_OPTIONS = ("transform", "embed")
+
+
 def open_backbone(text: str) -> tuple[Any, dict[str, Any]]:
-    """The model named by a backbone spec, and the facts its opener gave (possibly empty)."""
+    """The model named by a backbone spec, and the facts its opener gave (possibly empty).
+
+    ``transform=`` and ``embed=`` say how frx calls the model (its input range, which output is the
+    embedding); given, the model comes back as a :class:`~frx_plugin.model.ModelAdapter`.
+    """
+    from dataclasses import replace
+
+    from frx_plugin.model import ModelAdapter
+
     spec = parse_spec(text, "backbone")
     registration = _registration("backbone", spec, backbones())
+    try:
+        own = set(inspect.signature(registration.factory).parameters)
+    except (TypeError, ValueError):
+        own = set()
+    contract = {k: spec.options[k] for k in CONTRACT_OPTIONS if k in spec.options and k not in own}
+    spec = replace(spec, options={k: v for k, v in spec.options.items() if k not in contract})
     opened = registration.factory(**_options("backbone", spec, registration))
     model, facts = opened if isinstance(opened, tuple) else (opened, {})
+    if contract:
+        try:
+            model = ModelAdapter(model, **contract)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"backbone {text!r}: {exc}") from None
     return model, dict(facts)
 
 
