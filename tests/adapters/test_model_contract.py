@@ -157,3 +157,35 @@ def test_nan_embeddings_stop_the_embedding_at_the_first_bad_batch(probe):
     result = run_pass(ModelAdapter(model, transform="unit"), probe, PassPlan(config=AnalysisConfig(n_bootstrap=0, batch_size=10)))
     assert result.report is None and "NaN or infinity in 10 of the first 10" in result.failure
     assert len(calls) == 1  # one batch of 10, not the whole probe set
+
+
+def test_backbone_specs_take_the_contract_so_frx_analyze_reads_a_minus_one_to_one_model_right(tmp_path, capsys):
+    """``--backbone torch:…,transform=arcface`` gives the record of the [0, 1] network; a bad preset is named."""
+    from safetensors.torch import save_file
+
+    from frx_plugin.commands.cli import main
+
+    probe = "synthetic,n_identities=16,images_per_identity=3,size=16,first_identity=70000"
+    plain, shifted = tmp_path / "net.safetensors", tmp_path / "shifted.safetensors"
+    save_file({k: v.contiguous() for k, v in Net().state_dict().items()}, str(plain))
+    save_file({k: v.contiguous() for k, v in TrainedOnMinusOneToOne().state_dict().items()}, str(shifted))
+    runs = {
+        "reference": f"torch:tests.adapters.test_model_contract:Net@{plain},transform=unit",
+        "shifted": f"torch:tests.adapters.test_model_contract:TrainedOnMinusOneToOne@{shifted},transform=arcface",
+        "tuple": f"torch:tests.adapters.test_model_contract:LogitsAndZ@{tmp_path / 'lz.safetensors'},transform=unit,embed=1",
+    }
+    model = LogitsAndZ()
+    model.net.load_state_dict(Net().state_dict())
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "lz.safetensors"))
+    records = {}
+    for name, spec in runs.items():
+        assert main(["analyze", "--backbone", spec, "--probe", probe, "--bootstrap", "0", "--out", str(tmp_path / name)]) == 0, capsys.readouterr().err
+        records[name] = json.loads((tmp_path / name / "analysis.json").read_text())["attributes"]
+    for name in ("shifted", "tuple"):
+        for a, b in zip(records["reference"], records[name]):
+            assert a["name"] == b["name"] and (a["value"] is None) == (b["value"] is None)
+            if a["value"] is not None:
+                assert b["value"] == pytest.approx(a["value"], abs=1e-6), (name, a["name"])
+    assert main(["analyze", "--backbone", f"torch:tests.adapters.test_model_contract:Net@{plain},transform=minus-one", "--probe", probe,
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "transform='minus-one' is not a preset" in capsys.readouterr().err
