@@ -420,7 +420,12 @@ def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectiv
             raise
         return PassResult(report=None, failure=f"{type(exc).__name__}: {exc}", timing=timing)
     if collectives.rank == 0:
-        get_plugin_manager().hook.frx_analysis_completed(report=report, context=dict(context or {}))
+        try:
+            get_plugin_manager().hook.frx_analysis_completed(report=report, context=dict(context or {}))
+        except Exception as exc:  # a sink that fails never costs the pass (nor the training), unless asked
+            if plan.on_error == "raise":
+                raise
+            report.warnings.append(f"a frx_analysis_completed hook failed: {type(exc).__name__}: {exc}")
     return PassResult(report=report, timing=timing, decoded=decoded)
 
 

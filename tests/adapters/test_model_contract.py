@@ -189,3 +189,20 @@ def test_backbone_specs_take_the_contract_so_frx_analyze_reads_a_minus_one_to_on
     assert main(["analyze", "--backbone", f"torch:tests.adapters.test_model_contract:Net@{plain},transform=minus-one", "--probe", probe,
                  "--out", str(tmp_path / "bad")]) == 2
     assert "transform='minus-one' is not a preset" in capsys.readouterr().err
+
+
+def test_a_sink_that_fails_costs_neither_the_pass_nor_the_training(probe, fresh_plugins):
+    import frx_plugin
+    from frx_plugin.plugins import get_plugin_manager
+
+    class BrokenSink:
+        @frx_plugin.hookimpl
+        def frx_analysis_completed(self, report, context):
+            raise OSError("disk full")
+
+    get_plugin_manager().register(BrokenSink())
+    result = run_pass(ModelAdapter(Net(), transform="unit"), probe, PLAN)
+    assert result.report is not None
+    assert any("frx_analysis_completed hook failed: OSError: disk full" in w for w in result.report.warnings)
+    with pytest.raises(OSError, match="disk full"):
+        run_pass(ModelAdapter(Net(), transform="unit"), probe, PassPlan(config=AnalysisConfig(n_bootstrap=0), on_error="raise"))
