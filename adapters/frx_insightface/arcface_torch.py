@@ -37,6 +37,7 @@ import torch
 
 from frx_plugin.collectives import Collectives, default_collectives
 from frx_plugin.history import HistoryRecorder
+from frx_plugin.loop import LoopState
 from frx_plugin.model import ModelAdapter, model_device, unwrap
 from frx_plugin.passes import (
     COUNTERFACTUAL_PATHS,
@@ -103,7 +104,6 @@ class ArcFaceTorchCallback:
             raise TypeError(f"two_stage must be a frx_plugin.two_stage.TwoStageConfig, got {type(two_stage).__name__}")
         self.model_options = {"embed": embed, "transform": transform}
         ModelAdapter(torch.nn.Identity(), embed=embed if not isinstance(embed, str) else None, transform=transform)  # checked now
-        self._adapter: ModelAdapter | None = None
         self.probe, self.out_dir, self.every_n_steps = probe, Path(out_dir), every_n_steps
         self.writer, self.config, self.on_error = writer, config, on_error
         self.plan = PassPlan.for_probe(probe, config=config, counterfactuals=counterfactuals,
@@ -114,10 +114,8 @@ class ArcFaceTorchCallback:
             from frx_plugin.plugins import require_decoder
 
             require_decoder(self.two_stage_config.decoder)  # an unknown name is an error now, not at the first pass
-        self.history = HistoryRecorder(self.out_dir, probe.schema)
+        self.loop = LoopState(probe, self.out_dir, self.model_options)
         self.history.check_folder()  # another probe set's history in out_dir is refused now
-        self.two_stage: Any = None
-        self._two_stage_state: dict[str, Any] = {}
         self._collectives: Collectives | None = None
         self.last_report: Report | None = None
 
@@ -136,17 +134,24 @@ class ArcFaceTorchCallback:
 
         Plain containers and tensors only, so ``torch.load(..., weights_only=True)`` reads it.
         """
-        state: dict[str, Any] = {"history": self.history.state_dict()}
-        if self.two_stage is not None:
-            state["two_stage"] = self.two_stage.state_dict()
-        return state
+        return self.loop.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint's ``"state_frx"``: its passes stand, the ones after it are re-run."""
-        self.history.load_state_dict(state["history"])
-        self._two_stage_state = dict(state.get("two_stage", {}))
-        if self.two_stage is not None and self._two_stage_state:
-            self.two_stage.load_state_dict(self._two_stage_state)
+        self.loop.load_state_dict(state)
+
+    @property
+    def history(self) -> HistoryRecorder:
+        return self.loop.history
+
+    @property
+    def two_stage(self) -> Any:
+        """The two-stage path's state (estimator, decoders), made at the first pass."""
+        return self.loop.two_stage
+
+    def _warn(self, message: str) -> None:
+        if self._collectives is None or self._collectives.rank == 0:
+            log.warning("%s", message)
 
     # -- the pass ----------------------------------------------------------------------------------------
     def _begin(self, module: Any) -> Collectives:
@@ -157,24 +162,17 @@ class ArcFaceTorchCallback:
                 if self._collectives.rank == 0:
                     log.warning("frx: %s", notice)
             if self.decode_every_n_steps is not None:
-                self.two_stage = prepare_two_stage(self.probe, self.two_stage_config, self._collectives)
-                if self._two_stage_state:
-                    self.two_stage.load_state_dict(self._two_stage_state)
+                self.loop.attach_two_stage(prepare_two_stage(self.probe, self.two_stage_config, self._collectives))
         return self._collectives
 
     def run(self, global_step: int, backbone: Any, epoch: int | None = None) -> Report | None:
         """One pass now (every rank must call it: it runs collectives). Returns its report, or ``None`` if it failed."""
         module = unwrap(backbone)
         collectives = self._begin(module)
-        if self._adapter is None or self._adapter.module is not module:
-            def warn(message: str) -> None:
-                if collectives.rank == 0:
-                    log.warning("%s", message)
-
-            self._adapter = ModelAdapter(module, warn=warn, **self.model_options)
+        model = self.loop.model(module, self._warn)
         decode = self.two_stage is not None and global_step % self.decode_every_n_steps == 0
         context = {"epoch": epoch, "global_step": global_step, "out_dir": str(self.out_dir), "framework": "arcface_torch"}
-        result = run_pass(self._adapter, self.probe, self.plan, collectives, two_stage=self.two_stage if decode else None,
+        result = run_pass(model, self.probe, self.plan, collectives, two_stage=self.two_stage if decode else None,
                           context=context)
         report = result.report
         if report is None:
@@ -189,7 +187,7 @@ class ArcFaceTorchCallback:
             if collectives.rank == 0:
                 self._publish(report, global_step)
         if collectives.rank == 0:
-            self._write_history()
+            self.loop.write_history(self._warn)
         collectives.barrier()
         return report
 
@@ -206,12 +204,6 @@ class ArcFaceTorchCallback:
                 self.writer.add_scalar(tag, value, global_step)
         if self.wandb_run is not None:
             self.wandb_run.log(dict(scalars), step=global_step)
-
-    def _write_history(self) -> None:
-        try:
-            self.history.write()
-        except OSError as exc:  # the writer and the log already have the pass
-            log.warning("frx: the history could not be written to %s (%s); the pass is kept in memory", self.out_dir, exc)
 
 
 def summary_line(report: Report, shown: int = 3) -> str:

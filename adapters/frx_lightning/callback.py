@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from frx_lightning.collectives import LightningCollectives
 from frx_plugin.history import HistoryRecorder
+from frx_plugin.loop import LoopState
 from frx_plugin.model import ModelAdapter
 from frx_plugin.passes import (
     COUNTERFACTUAL_PATHS,
@@ -142,23 +143,29 @@ class AttributeRecoveryCallback(Callback):
             from frx_plugin.plugins import require_decoder
 
             require_decoder(self.two_stage_config.decoder)  # an unknown name is an error now, not at the first pass
-        #: the two-stage path's state (estimator, decoders); made in ``setup``, the global-zero rank first
-        self.two_stage: TwoStage | None = None
-        self._two_stage_state: dict[str, torch.Tensor] = {}
         self.probe = probe
         self._out_dir_option = out_dir
         self.every_n_epochs = every_n_epochs
         self.every_n_train_steps = every_n_train_steps
         self.on_error = on_error
         self.run_before_training = run_before_training
-        #: the history; its folder is settled in ``setup`` when ``out_dir`` is not given
-        self.history = HistoryRecorder(Path(out_dir) if out_dir is not None else Path("frx"), probe.schema)
+        #: the history, the two stages' warm start and the model contract; the history's folder is settled in
+        #: ``setup`` when ``out_dir`` is not given
+        self.loop = LoopState(probe, Path(out_dir) if out_dir is not None else Path("frx"), self.model_options)
         self.last_report: Report | None = None
         #: seconds of the last pass: ``embed_s`` (probe data and forward pass), ``after_embed_s`` (recovery,
         #: verification), ``counterfactual_s`` (rendering, embedding and scoring the changed faces), ``two_stage_s``
         self.last_timing: dict[str, float] = {}
-        self._adapter: ModelAdapter | None = None
         self._last_step_pass = -1
+
+    @property
+    def history(self) -> HistoryRecorder:
+        return self.loop.history
+
+    @property
+    def two_stage(self) -> TwoStage | None:
+        """The two-stage path's state (estimator, decoders); made in ``setup``, the global-zero rank first."""
+        return self.loop.two_stage
 
     @property
     def out_dir(self) -> Path:
@@ -189,10 +196,7 @@ class AttributeRecoveryCallback(Callback):
         self._run_before_early_stopping(trainer)
         if self.decode_every_n_epochs is None or self.two_stage is not None:
             return
-        self.two_stage = prepare_two_stage(self.probe, self.two_stage_config, LightningCollectives(trainer))
-        assert self.two_stage is not None
-        if self._two_stage_state:
-            self.two_stage.load_state_dict(self._two_stage_state)
+        self.loop.attach_two_stage(prepare_two_stage(self.probe, self.two_stage_config, LightningCollectives(trainer)))
         for message in self.two_stage.warnings:
             rank_zero_warn(f"frx: {message}")
 
@@ -232,29 +236,17 @@ class AttributeRecoveryCallback(Callback):
             callbacks.insert(stoppers[0], self)
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"history": self.history.state_dict()}
-        if self.two_stage is not None:
-            state["two_stage"] = self.two_stage.state_dict()  # the decoders' warm start survives a resume
-        return state
+        return self.loop.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history.load_state_dict(state_dict["history"])
-        self._two_stage_state = dict(state_dict.get("two_stage", {}))
-        if self.two_stage is not None and self._two_stage_state:
-            self.two_stage.load_state_dict(self._two_stage_state)
+        self.loop.load_state_dict(state_dict)
 
     # -- the pass ----------------------------------------------------------
-    def _model(self, pl_module: LightningModule) -> ModelAdapter:
-        """The module with its contract (which output, transform): one adapter per module, so a guess warns once."""
-        if self._adapter is None or self._adapter.module is not pl_module:
-            self._adapter = ModelAdapter(pl_module, warn=rank_zero_warn, **self.model_options)
-        return self._adapter
-
     def _run_pass(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
         self._last_step_pass = trainer.global_step
         decode = self.two_stage is not None and epoch % self.decode_every_n_epochs == 0
         context = {"epoch": epoch, "global_step": trainer.global_step, "out_dir": str(self.out_dir), "framework": "lightning"}
-        result = run_pass(self._model(pl_module), self.probe, self.plan, LightningCollectives(trainer),
+        result = run_pass(self.loop.model(pl_module, rank_zero_warn), self.probe, self.plan, LightningCollectives(trainer),
                           two_stage=self.two_stage if decode else None, context=context)
         self.last_timing = dict(result.timing)
         if result.report is None:
@@ -280,12 +272,6 @@ class AttributeRecoveryCallback(Callback):
                     self._publish_decoded(trainer, report, result.decoded, epoch)
         trainer.strategy.barrier("frx_history_written")
 
-    def _write_history(self) -> None:
-        try:
-            self.history.write()
-        except OSError as exc:  # the loggers already have the pass; the files will be written with the next one
-            rank_zero_warn(f"frx: the history could not be written to {self.out_dir} ({exc}); the pass is kept in memory and logged")
-
     def _publish_decoded(self, trainer: Trainer, report: Report, decoded, epoch: int) -> None:
         """Global-zero only: ``decoded.png``, ``recovery.png`` and the decoded faces for image loggers."""
         from frx_plugin.figures import decoded_grid, plot_decoded, plot_recovery
@@ -309,4 +295,4 @@ class AttributeRecoveryCallback(Callback):
         """Global-zero only: log the scalars first, then write the history (a file error never costs the loggers)."""
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
-        self._write_history()
+        self.loop.write_history(rank_zero_warn)
