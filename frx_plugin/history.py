@@ -164,16 +164,20 @@ class HistoryRecorder:
         """Whether this run already has a pass at ``epoch``."""
         return any(r["epoch"] == epoch and r.get("run", 0) == self.run for r in self.records)
 
-    def check_folder(self) -> None:
-        """Refuse a folder whose history is of another probe set (different attributes), naming the file."""
+    def check_folder(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+        """Refuse a folder whose history is of another probe set (different attributes), naming the file.
+
+        Returns the folder's history document and tensors (``None`` when it holds none).
+        """
         if not self.path.exists():
-            return
-        _, schema, _ = read_history_document(self.out_dir)
+            return None
+        document, schema, tensors = read_history_document(self.out_dir)
         if schema != self.schema:
             raise SchemaError(
                 f"{self.path} holds the history of a probe set with other attributes ({list(schema.names)}); "
                 f"this run's probe set has {list(self.schema.names)}: pass another out_dir"
             )
+        return document, tensors
 
     def continue_existing(self) -> list[str]:
         """Once, before this run's first pass: take up the history already in the folder. Returns notices.
@@ -187,8 +191,7 @@ class HistoryRecorder:
         self._opened = True
         if not self.path.exists():
             return []
-        self.check_folder()
-        document, _, tensors = read_history_document(self.out_dir)
+        document, tensors = self.check_folder()
         if self._restored:
             later = len(document["records"]) - len(self.records)
             return [f"resumed from a checkpoint: the {later} pass(es) of {self.path} after it are replaced by this run's"] if later > 0 else []
