@@ -19,6 +19,7 @@ every rank, and send CPU tensors through that.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
@@ -123,7 +124,17 @@ class TorchDistributed:
         if device is None:
             self.group = dist.new_group(ranks=None if group is None else dist.get_process_group_ranks(group), backend="gloo")
             device = torch.device("cpu")
+            # frx's group is frx's to destroy: at close(), else at exit while the interpreter still runs (a
+            # gloo group left to the interpreter's teardown can abort the process: "terminate called …")
+            self._finalizer = weakref.finalize(self, _destroy_group, dist, self.group)
         self.device = device
+
+    def close(self) -> None:
+        """Destroy the gloo group frx made of its own, if any (nothing else: the user's groups stay)."""
+        finalizer = getattr(self, "_finalizer", None)
+        if finalizer is not None:
+            finalizer()
+            self.group = None
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         local = tensor.detach().to(self.device).contiguous()
@@ -143,6 +154,15 @@ class TorchDistributed:
     def __repr__(self) -> str:
         own = ", frx's own gloo group" if self.own_group else ""
         return f"TorchDistributed(rank={self.rank}, world_size={self.world_size}, backend={self.backend!r}, device={str(self.device)!r}{own})"
+
+
+def _destroy_group(dist: Any, group: Any) -> None:
+    """Destroy ``group`` unless the run's groups are already gone (``destroy_process_group()`` destroys them all)."""
+    try:
+        if dist.is_initialized():
+            dist.destroy_process_group(group)
+    except (RuntimeError, ValueError):  # already destroyed with the others
+        pass
 
 
 def default_collectives(device: torch.device | str = "cpu") -> Collectives:

@@ -128,6 +128,16 @@ class ArcFaceTorchCallback:
         if global_step % self.every_n_steps == 0:
             self.run(global_step, backbone, epoch=epoch)
 
+    def close(self) -> None:
+        """Release what frx holds of the run (the gloo group it made where the default group is CUDA-only).
+
+        Call it before ``destroy_process_group()``; frx also does it at exit if you do not.
+        """
+        close = getattr(self._collectives, "close", None)
+        if callable(close):
+            close()
+        self._collectives = None
+
     # -- checkpoints: one more key in arcface_torch's checkpoint dict ------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The history (and the decoders' warm start): put it in the checkpoint as ``"state_frx"``.

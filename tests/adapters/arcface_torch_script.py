@@ -91,9 +91,18 @@ if __name__ == "__main__":
     assert not frx.failures, frx.failures
     if rank == 0:
         (out / "collectives.txt").write_text(repr(frx._collectives))
+    own_group = getattr(frx._collectives, "group", None) if refuse else None
     if world > 1:
         # an orderly teardown: both ranks done, the DDP reducer (which holds the process group) gone first;
         # tearing down with the reducer alive let a rank abort at exit ("terminate called without an active exception")
         dist.barrier(group=group)
-        del backbone, optimizer
+        frx.close()  # frx's own gloo group (the refusing run) goes first, while the interpreter is whole
+        if own_group is not None:
+            try:
+                dist.get_rank(own_group)
+            except ValueError:  # "not registered": destroyed
+                pass
+            else:
+                raise AssertionError("close() left frx's own gloo group alive")
+        del backbone, optimizer, frx, group, own_group
         dist.destroy_process_group()
