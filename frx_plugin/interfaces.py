@@ -17,8 +17,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from frx_plugin.probe import ProbeSet
 
-#: How a changed embedding is made: ``embed(rows, attribute, values)`` → (m, D) L2-normalised.
+#: How a changed embedding is made: ``embed(rows, attribute, values)`` → (m, D) L2-normalised. An
+#: embedder may also offer ``embed.many(edits)``: the embeddings of several edits in one go (a list,
+#: one tensor per edit), so faces of different attributes share render and forward batches.
 Embedder = Callable[[torch.Tensor, str, torch.Tensor], torch.Tensor]
+#: One counterfactual edit: (probe rows, the attribute changed, its new value per row).
+Edit = tuple[torch.Tensor, str, torch.Tensor]
 
 
 @runtime_checkable
@@ -28,6 +32,10 @@ class AttributeGenerator(Protocol):
     ``attributes``: the attribute names it controls. ``counterfactual(indices, attribute,
     values)``: images ``(B, 3, H, W)`` of the probe samples ``indices`` with ``attribute`` set to
     ``values`` (per sample; class indices or values in the attribute's units), all else equal.
+
+    A generator may also offer ``counterfactuals(edits)``: the images of several edits (a list of
+    ``(indices, attribute, values)``) concatenated in their order, rendered in one go; frx uses it
+    where present to batch the faces of different attributes together.
     """
 
     attributes: Sequence[str]

@@ -21,6 +21,7 @@ mode back; calling the adapter is the differentiable forward (the two-stage path
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Any, Callable, Mapping
 
@@ -233,14 +234,25 @@ class ModelAdapter:
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised embeddings ``(B, D)`` float32 on the CPU, without gradients, in eval mode (then put back)."""
-        was_training = getattr(self.module, "training", False)
-        if was_training:
-            self.module.eval()
-        try:
+        with eval_mode(self.module):
             return F.normalize(self(images).detach().float(), dim=1).cpu()
-        finally:
-            if was_training:
-                self.module.train()
+
+
+@contextlib.contextmanager
+def eval_mode(module: Any):
+    """The block with every submodule of ``module`` in eval mode; then each gets back the mode it had.
+
+    Each, not the whole: ``module.train()`` afterwards would also wake the submodules the user keeps
+    in eval mode (a frozen BatchNorm, a frozen backbone under a training head).
+    """
+    modes = [(m, m.training) for m in module.modules()] if isinstance(module, torch.nn.Module) else []
+    for m, _ in modes:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def hook_embedder(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -41,11 +41,17 @@ from frx_plugin.verification import listed_pair_verification, verification
 ON_ERROR = ("warn", "raise")
 #: Options of the counterfactual part of a pass.
 COUNTERFACTUAL_PATHS = ("auto", "exact", "latent", "off")
+#: The defaults of a pass's counterfactual study: probe rows whose counterfactuals give identity
+#: significance, and errors of each kind explained. Chosen so that a default pass on the exact path
+#: costs at most twice a pass without counterfactuals (benchmarks/pass_cost.py); a full study asks
+#: for more (e.g. significance_samples=256, max_error_pairs=32).
+SIGNIFICANCE_SAMPLES = 64
+MAX_ERROR_PAIRS = 8
 #: The keys of a pass's timing (seconds), logged as ``frx/time/<key>``.
 TIMING_KEYS = ("embed_s", "after_embed_s", "counterfactual_s", "two_stage_s")
 
 __all__ = [
-    "AnalysisConfig", "COUNTERFACTUAL_PATHS", "ON_ERROR", "PassPlan", "PassResult", "analyze_probe", "prepare_two_stage", "run_pass", "scalar_metrics",
+    "AnalysisConfig", "COUNTERFACTUAL_PATHS", "MAX_ERROR_PAIRS", "ON_ERROR", "SIGNIFICANCE_SAMPLES", "PassPlan", "PassResult", "analyze_probe", "prepare_two_stage", "run_pass", "scalar_metrics",
 ]
 
 
@@ -103,8 +109,8 @@ class PassPlan:
     config: AnalysisConfig = AnalysisConfig()
     counterfactuals: str | None = None
     generator: Any = None
-    significance_samples: int = 128
-    max_error_pairs: int = 16
+    significance_samples: int = SIGNIFICANCE_SAMPLES
+    max_error_pairs: int = MAX_ERROR_PAIRS
     on_error: str = "warn"
     notices: tuple[str, ...] = ()
 
@@ -122,7 +128,7 @@ class PassPlan:
 
     @classmethod
     def for_probe(cls, probe: ProbeSet, *, config: AnalysisConfig = AnalysisConfig(), counterfactuals: str = "auto",
-                  significance_samples: int = 128, max_error_pairs: int = 16, on_error: str = "warn") -> "PassPlan":
+                  significance_samples: int = SIGNIFICANCE_SAMPLES, max_error_pairs: int = MAX_ERROR_PAIRS, on_error: str = "warn") -> "PassPlan":
         """The plan for ``probe``. ``counterfactuals``: "auto" (exact when a registered generator can
         render the probe set, latent otherwise, with a notice), "exact" (an error now if none can),
         "latent" or "off"."""
@@ -247,29 +253,50 @@ def _embed_shard(model: ModelAdapter, probe: ProbeSet, indices: torch.Tensor, ba
     return local, None
 
 
-def _sharded_exact_embedder(model: Any, generator: Any, batch_size: int, collectives: Collectives, dim: int):
-    """The exact embedder, each process rendering and embedding its share of the changed faces; all get all."""
-    base = exact_embedder(model, generator, batch_size)
-    if collectives.world_size == 1:
-        return base
+class _ShardedEmbedder:
+    """The exact embedder, each process rendering and embedding its share of the changed faces; all get all.
 
-    def embed(rows: torch.Tensor, attribute: str, values: torch.Tensor) -> torch.Tensor:
-        mine = torch.arange(collectives.rank, rows.numel(), collectives.world_size)
-        # a rank with no share still takes part in the gather; a rank whose share fails sends NaN,
-        # so every rank sees the failure after the gather and stops alike
+    The faces of all the edits of one call form one sequence; rank r takes faces r, r + W, … of it.
+    A rank with no share still takes part in the gather; a rank whose share fails sends NaN, so
+    every rank sees the failure after the gather and stops alike.
+    """
+
+    def __init__(self, base: Any, collectives: Collectives, dim: int) -> None:
+        self.base, self.collectives, self.dim = base, collectives, dim
+
+    def __call__(self, rows: torch.Tensor, attribute: str, values: torch.Tensor) -> torch.Tensor:
+        return self.many([(rows, attribute, values)])[0]
+
+    def many(self, edits: list) -> list[torch.Tensor]:
+        c = self.collectives
+        if not edits:  # the same on every rank: no collective to skip
+            return []
+        counts = [int(rows.numel()) for rows, _, _ in edits]
+        total, start, mine = sum(counts), 0, []
+        for (rows, attribute, values), n in zip(edits, counts):
+            # this rank's faces of the sequence that fall in this edit, as positions inside the edit
+            first = (c.rank - start) % c.world_size
+            local = torch.arange(first, n, c.world_size)
+            if local.numel():
+                mine.append((rows[local], attribute, values[local]))
+            start += n
         try:
-            local = base(rows[mine], attribute, values[mine]) if mine.numel() else torch.empty(0, dim)
+            local = torch.cat(self.base.many(mine)) if mine else torch.empty(0, self.dim)
             failure = None
         except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
-            local, failure = torch.full((mine.numel(), dim), math.nan), exc
-        gathered = gather_rows(collectives, local, rows.numel())
+            local, failure = torch.full((sum(int(r.numel()) for r, _, _ in mine), self.dim), math.nan), exc
+        gathered = gather_rows(c, local, total)
         if failure is not None:
             raise failure
         if not bool(torch.isfinite(gathered).all()):
-            raise CounterfactualError(f"changed faces of {attribute!r} could not be embedded on every process (NaN)")
-        return gathered
+            raise CounterfactualError(f"changed faces of {sorted({a for _, a, _ in edits})} could not be embedded on every process (NaN)")
+        return list(torch.split(gathered, counts))
 
-    return embed
+
+def _sharded_exact_embedder(model: Any, generator: Any, batch_size: int, collectives: Collectives, dim: int):
+    """The exact embedder over the processes of ``collectives`` (the plain one in a single process)."""
+    base = exact_embedder(model, generator, batch_size)
+    return base if collectives.world_size == 1 else _ShardedEmbedder(base, collectives, dim)
 
 
 def _counterfactuals(model: Any, probe: ProbeSet, embeddings: torch.Tensor, report: Report, plan: PassPlan,

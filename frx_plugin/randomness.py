@@ -14,6 +14,7 @@ hash(seed, stream, replicate, identity) by inverse CDF; every image of the ident
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -89,3 +90,16 @@ def poisson_bootstrap_weights(identity: torch.Tensor, seed: int, n_replicates: i
     u = uniform_from_bits(hash_keys(int(seed), _BOOTSTRAP_STREAM, replicate, unique[None, :]))  # (R, K)
     counts = torch.searchsorted(_POISSON_1_CDF, u.contiguous()).to(torch.float64)
     return counts[:, inverse] if unique.numel() else torch.zeros(n_replicates, 0, dtype=torch.float64)
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Run the block with torch's global generators seeded by ``seed``, and put every one of them back after.
+
+    The CPU generator and, where CUDA is initialised, every CUDA device's: ``torch.manual_seed``
+    seeds them all, so forking the CPU's alone would leave the training's CUDA stream changed.
+    """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield

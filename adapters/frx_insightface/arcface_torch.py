@@ -41,7 +41,9 @@ from frx_plugin.loop import LoopState
 from frx_plugin.model import ModelAdapter, model_device, unwrap
 from frx_plugin.passes import (
     COUNTERFACTUAL_PATHS,
+    MAX_ERROR_PAIRS,
     ON_ERROR,
+    SIGNIFICANCE_SAMPLES,
     AnalysisConfig,
     PassPlan,
     check_positive,
@@ -68,8 +70,9 @@ class ArcFaceTorchCallback:
         config: the leakage and verification options (:class:`frx_plugin.passes.AnalysisConfig`).
         on_error: "warn" (a failed pass is logged and skipped) or "raise".
         counterfactuals: "auto", "exact", "latent" or "off" (identity significance and error attribution).
-        significance_samples: probe samples whose counterfactuals a pass makes.
-        max_error_pairs: errors of each kind a pass explains.
+        significance_samples: probe samples whose counterfactuals a pass makes (default 64; more
+            narrows S_k's interval, each costing one face per attribute).
+        max_error_pairs: errors of each kind a pass explains (default 8).
         decode_every_n_steps: the paper's two stages every that many steps (a multiple of
             ``every_n_steps``), or ``None`` (off: they train decoders).
         two_stage: the two stages' options (:class:`frx_plugin.two_stage.TwoStageConfig`).
@@ -82,7 +85,7 @@ class ArcFaceTorchCallback:
 
     def __init__(self, probe: ProbeSet, out_dir: str | Path = "frx-history", every_n_steps: int = 2000, writer: Any = None,
                  config: AnalysisConfig = AnalysisConfig(), on_error: str = "warn", counterfactuals: str = "auto",
-                 significance_samples: int = 128, max_error_pairs: int = 16, decode_every_n_steps: int | None = None,
+                 significance_samples: int = SIGNIFICANCE_SAMPLES, max_error_pairs: int = MAX_ERROR_PAIRS, decode_every_n_steps: int | None = None,
                  two_stage: TwoStageConfig | None = None, embed: Any = None, transform: Any = "arcface",
                  wandb_run: Any = None) -> None:
         if not isinstance(probe, ProbeSet):

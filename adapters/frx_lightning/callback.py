@@ -15,7 +15,9 @@ from frx_plugin.loop import LoopState
 from frx_plugin.model import ModelAdapter
 from frx_plugin.passes import (
     COUNTERFACTUAL_PATHS,
+    MAX_ERROR_PAIRS,
     ON_ERROR,
+    SIGNIFICANCE_SAMPLES,
     AnalysisConfig,
     PassPlan,
     check_positive,
@@ -77,8 +79,9 @@ class AttributeRecoveryCallback(Callback):
         counterfactuals: "auto" (exact where a generator registered through
             ``frx_register_generators`` renders the probe set, latent otherwise), "exact" (an error
             now if none can), "latent" or "off".
-        significance_samples: probe samples whose counterfactuals give identity significance.
-        max_error_pairs: errors of each kind (false match, false non-match) a pass explains.
+        significance_samples: probe samples whose counterfactuals give identity significance
+            (default 64; more narrows S_k's interval, each costing one face per attribute).
+        max_error_pairs: errors of each kind (false match, false non-match) a pass explains (default 8).
         decode_every_n_epochs: the two stages every that many epochs (a multiple of
             ``every_n_epochs``), or ``None`` (off: they train decoders).
         two_stage: the two stages' options (:class:`frx_plugin.two_stage.TwoStageConfig`).
@@ -103,8 +106,8 @@ class AttributeRecoveryCallback(Callback):
         on_error: str = "warn",
         run_before_training: bool = True,
         counterfactuals: str = "auto",
-        significance_samples: int = 128,
-        max_error_pairs: int = 16,
+        significance_samples: int = SIGNIFICANCE_SAMPLES,
+        max_error_pairs: int = MAX_ERROR_PAIRS,
         decode_every_n_epochs: int | None = None,
         two_stage: TwoStageConfig | None = None,
         every_n_train_steps: int | None = None,

@@ -11,6 +11,7 @@ import torch
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.errors import CounterfactualError
 from frx_plugin.counterfactual.edits import away_values, edit_scale
+from frx_plugin.counterfactual.significance import embed_edits
 from frx_plugin.interfaces import Embedder
 
 @dataclass
@@ -125,17 +126,18 @@ def explain_errors(
             continue
         first, second, score = pairs[chosen, 0], pairs[chosen, 1], scores[chosen].to(torch.float64)
         delta = torch.full((chosen.numel(), len(names)), math.nan, dtype=torch.float64)
+        work = []  # (column, pairs to change): every attribute's edits embedded in one stream
         for c, name in enumerate(names):
             attribute = schema[name]
             raw = labels[name]
             labelled = ~(attribute.missing_mask(raw[first]) | attribute.missing_mask(raw[second]))
             values, moves = pair_values(attribute, raw, first, second, kind)
-            changed = labelled & moves
             delta[labelled, c] = 0.0
-            todo = changed.nonzero().squeeze(1)
+            todo = (labelled & moves).nonzero().squeeze(1)
             if todo.numel():
-                edited = embed(second[todo], name, values[todo]).to(torch.float64)
-                delta[todo, c] = (z[first[todo]] * edited).sum(1) - score[todo]
+                work.append((c, todo, (second[todo], name, values[todo])))
+        for (c, todo, _), edited in zip(work, embed_edits(embed, [edit for _, _, edit in work])):
+            delta[todo, c] = (z[first[todo]] * edited.to(torch.float64)).sum(1) - score[todo]
         for p in range(chosen.numel()):
             d = {name: float(delta[p, c]) for c, name in enumerate(names)}
             s = float(score[p])

@@ -9,27 +9,77 @@ import torch
 from frx_plugin.attributes import AttributeSchema
 from frx_plugin.counterfactual.edits import edit_scale, edit_values
 from frx_plugin.errors import CounterfactualError
-from frx_plugin.interfaces import AttributeGenerator, Embedder
+from frx_plugin.interfaces import AttributeGenerator, Edit, Embedder
 from frx_plugin.leakage import MetricEstimate, bootstrap_estimate
 
-def exact_embedder(model: Any, generator: AttributeGenerator, batch_size: int = 256) -> Embedder:
-    """``embed(rows, attribute, values)`` on the exact path: re-render with the generator, embed with the model."""
-    from frx_plugin.model import hook_embedder
+def embed_edits(embed: Embedder, edits: Sequence[Edit]) -> list[torch.Tensor]:
+    """The changed embeddings of each of ``edits``, through ``embed.many`` where the embedder has it (one batch
+    stream for all of them), else one call of ``embed`` per edit."""
+    many = getattr(embed, "many", None)
+    if callable(many):
+        return list(many(list(edits)))
+    return [embed(rows, attribute, values) for rows, attribute, values in edits]
 
-    embed_images = hook_embedder(model)
 
-    def embed(rows: torch.Tensor, attribute: str, values: torch.Tensor) -> torch.Tensor:
-        if attribute not in generator.attributes:
-            raise CounterfactualError(f"the generator cannot change attribute {attribute!r}; it controls {list(generator.attributes)}")
-        out = []
-        for start in range(0, rows.numel(), batch_size):
-            part = slice(start, start + batch_size)
-            with torch.no_grad():
-                images = generator.counterfactual(rows[part], attribute, values[part])
-            out.append(embed_images(images))
-        return torch.cat(out) if out else torch.empty(0, 0)
+def edit_chunks(edits: Sequence[Edit], batch_size: int):
+    """The edits' rows in consecutive pieces of at most ``batch_size`` in all: lists of (edit, start, stop)."""
+    chunk, room = [], batch_size
+    for e, (rows, _, _) in enumerate(edits):
+        start = 0
+        while start < rows.numel():
+            stop = min(rows.numel(), start + room)
+            chunk.append((e, start, stop))
+            room -= stop - start
+            start = stop
+            if room == 0:
+                yield chunk
+                chunk, room = [], batch_size
+    if chunk:
+        yield chunk
 
-    return embed
+
+class ExactEmbedder:
+    """``embed(rows, attribute, values)`` on the exact path: re-render with the generator, embed with the model.
+
+    :meth:`many` embeds several edits as one stream of ``batch_size`` faces, whichever attribute
+    each face changes (with the generator's ``counterfactuals`` where it has one: one render call
+    per batch), so a pass of many attributes and few rows each costs what its faces cost.
+    """
+
+    def __init__(self, model: Any, generator: AttributeGenerator, batch_size: int = 256) -> None:
+        from frx_plugin.model import hook_embedder
+
+        self.generator, self.batch_size = generator, batch_size
+        self.embed_images = hook_embedder(model)
+
+    def __call__(self, rows: torch.Tensor, attribute: str, values: torch.Tensor) -> torch.Tensor:
+        return self.many([(rows, attribute, values)])[0]
+
+    def _render(self, pieces: list[Edit]) -> torch.Tensor:
+        batched = getattr(self.generator, "counterfactuals", None)
+        with torch.no_grad():
+            if callable(batched):
+                return batched(pieces)
+            return torch.cat([self.generator.counterfactual(rows, attribute, values) for rows, attribute, values in pieces])
+
+    def many(self, edits: list[Edit]) -> list[torch.Tensor]:
+        for _, attribute, _ in edits:
+            if attribute not in self.generator.attributes:
+                raise CounterfactualError(f"the generator cannot change attribute {attribute!r}; it controls {list(self.generator.attributes)}")
+        parts: list[list[torch.Tensor]] = [[] for _ in edits]
+        for chunk in edit_chunks(edits, self.batch_size):
+            pieces = [(edits[e][0][a:b], edits[e][1], edits[e][2][a:b]) for e, a, b in chunk]
+            z = self.embed_images(self._render(pieces))
+            offset = 0
+            for e, a, b in chunk:
+                parts[e].append(z[offset: offset + b - a])
+                offset += b - a
+        return [torch.cat(p) if p else torch.empty(0, 0) for p in parts]
+
+
+def exact_embedder(model: Any, generator: AttributeGenerator, batch_size: int = 256) -> ExactEmbedder:
+    """The exact path's embedder (:class:`ExactEmbedder`): the generator re-renders, the model embeds."""
+    return ExactEmbedder(model, generator, batch_size)
 
 
 # --------------------------------------------------------------------------- identity significance
@@ -75,7 +125,7 @@ def identity_significance(
     replicate = poisson_bootstrap_weights(ids, seed, n_bootstrap) if n_bootstrap else torch.zeros(0, ids.numel(), dtype=torch.float64)
     weights = torch.cat([torch.ones(1, ids.numel(), dtype=torch.float64), replicate])  # (R, identities)
     distance = 1.0 - impostor_mean_cosine(z, identity, weights)  # (R,)
-    out: dict[str, MetricEstimate] = {}
+    plans = []  # (attribute, rows kept): the rows with a label, each edited by its default edit
     for attribute in schema:
         if attributes is not None and attribute.name not in attributes:
             continue
@@ -84,7 +134,10 @@ def identity_significance(
         if keep.numel() == 0:
             continue
         scale = edit_scale(attribute, raw) if attribute.kind == "continuous" else 1.0
-        edited = embed(keep, attribute.name, edit_values(attribute, raw[keep], scale))
+        plans.append((attribute, keep, edit_values(attribute, raw[keep], scale)))
+    changed = embed_edits(embed, [(keep, attribute.name, values) for attribute, keep, values in plans])
+    out: dict[str, MetricEstimate] = {}
+    for (attribute, keep, _), edited in zip(plans, changed):
         moved = 1.0 - (torch.nn.functional.normalize(z[keep].to(torch.float64), dim=1) * edited.to(torch.float64)).sum(1)
         w = weights[:, index[keep]]  # (R, m)
         value = (w @ moved) / w.sum(1).clamp_min(1e-300) / distance

@@ -25,6 +25,7 @@ from torch import nn
 
 from frx_plugin.attributes import AttributeSchema
 from frx_plugin.cache import cache_dir
+from frx_plugin.randomness import seeded
 from frx_plugin.errors import EstimatorError
 from frx_plugin.synthetic.parameters import SYNTHETIC_SCHEMA
 from frx_plugin.synthetic.world import SyntheticFaceWorld, SyntheticProbeSet, world_fingerprint
@@ -294,8 +295,7 @@ def _render_uint8(world: SyntheticFaceWorld) -> torch.Tensor:
 
 def _initial_module(size: int, seed: int, labels: Mapping[str, torch.Tensor], train_idx: torch.Tensor) -> AttributeCNN:
     """A seeded :class:`AttributeCNN` (global RNG untouched) standardizing by the training faces' label statistics."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         module = AttributeCNN(SYNTHETIC_SCHEMA, size)
     for i, a in enumerate(SYNTHETIC_SCHEMA):
         if not a.discrete:

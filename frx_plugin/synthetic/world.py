@@ -278,6 +278,12 @@ class SyntheticGenerator:
     def counterfactual(self, indices: torch.Tensor, attribute: str, values: torch.Tensor) -> torch.Tensor:
         return self.world.counterfactual(indices, attribute, values)
 
+    def counterfactuals(self, edits) -> torch.Tensor:
+        """The images of several edits ``(indices, attribute, values)``, in their order, in one render call."""
+        world = self.world
+        params = [world.edit(world.parameters(indices), attribute, values) for indices, attribute, values in edits]
+        return world.render_parameters({key: torch.cat([p[key] for p in params]) for key in params[0]})
+
     def render(self, indices: torch.Tensor) -> torch.Tensor:
         return self.world.render(indices)
 

@@ -13,8 +13,9 @@ from frx_plugin.attributes import Attribute
 from frx_plugin.errors import DecoderDiverged, DecoderError, EstimatorError
 from frx_plugin.plugins import require_estimator
 from frx_plugin.interfaces import AttributeEstimator, DecoderTask, FaceDecoder
-from frx_plugin.model import ModelAdapter, hook_embedder, model_device
+from frx_plugin.model import ModelAdapter, eval_mode, hook_embedder, model_device
 from frx_plugin.probe import ProbeSet
+from frx_plugin.randomness import seeded
 from frx_plugin.leakage import bootstrap_estimate, identity_folds
 from frx_plugin.two_stage.measures import (
     READABLE_MIN,
@@ -152,8 +153,7 @@ class TwoStage:
 
             # initial weights from (seed, fold) alone, not from the process's random state: a fold's decoder is the
             # same whichever process makes it, and whatever ran before
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.config.seed * 1_000_003 + fold)
+            with seeded(self.config.seed * 1_000_003 + fold):
                 decoder = create_decoder(self.config.decoder, embedding_dim, self.output_shape, **dict(self.config.decoder_options))
             shape = tuple(int(v) for v in decoder.output_shape)
             self._check_estimator_shape(shape, f"its output_shape for {embedding_dim}-d embeddings")
@@ -211,18 +211,13 @@ class TwoStage:
         identity_embedder: Callable[[torch.Tensor], torch.Tensor] | None = None
         adapter = ModelAdapter.wrap(model)
         module = adapter.module
-        was_training = getattr(module, "training", False)
         if config.identity_loss and isinstance(module, torch.nn.Module):
-            module.eval()
             identity_embedder = lambda x: F.normalize(adapter(x), dim=1)  # noqa: E731 - differentiable, through the model contract
-
         try:
-            fit = decoder.fit(DecoderTask(embeddings[train], images, identity_embedder, steps=config.steps, seed=config.seed + 104_729 * fold))
+            with eval_mode(module):
+                fit = decoder.fit(DecoderTask(embeddings[train], images, identity_embedder, steps=config.steps, seed=config.seed + 104_729 * fold))
         except DecoderDiverged as exc:
             return FoldResult(fold, rows, nan, empty, error=f"decoder of fold {fold} diverged: {exc}")
-        finally:
-            if was_training:
-                module.train()
         self._states[fold] = decoder.state_dict()
         decoded = decoder.decode(embeddings[rows], config.samples, seed=config.seed + fold)  # (n_f, S, C, H, W)
         flat = decoded.reshape(-1, *decoded.shape[2:])
