@@ -13,7 +13,8 @@ A :class:`ModelAdapter` holds the module (unwrapped from ``DistributedDataParall
   Without it a module that declares its own (a ``frx_transform`` attribute, as frx's built-in
   architectures do) gets that; else frx feeds [0, 1] and warns once;
 - **dtype and device**: the images go to the model's device in its floating dtype (``bf16-true``,
-  fp16 …); the embeddings come back as float32 for the analysis.
+  fp16 …), the forward runs in :attr:`ModelAdapter.forward_context` (a loop's autocast); the
+  embeddings come back as float32 for the analysis.
 
 Inference (:meth:`ModelAdapter.embed`) runs without gradients in eval mode and puts the module's
 mode back; calling the adapter is the differentiable forward (the two-stage path's identity loss).
@@ -155,6 +156,10 @@ class ModelAdapter:
         self.transform = make_transform(transform)
         self._warn = warn or (lambda message: warnings.warn(message, UserWarning, stacklevel=3))
         self._warned: set[str] = set()
+        #: the context the module's forward runs in (a training loop's autocast: Lightning's
+        #: ``precision_plugin.forward_context``), so frx embeds in the precision the model trains in;
+        #: only the forward: the analysis after it stays in float32/float64
+        self.forward_context: Callable[[], Any] = contextlib.nullcontext
 
     @classmethod
     def wrap(cls, model: Any, **options: Any) -> "ModelAdapter":
@@ -217,6 +222,11 @@ class ModelAdapter:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """The embedding ``(B, D)`` float32, not normalised, differentiable (the module's mode as it is)."""
+        with self.forward_context():
+            z = self._forward(images)
+        return z.float()
+
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
         option = self.embed_option
         if option is None:
             answer = get_plugin_manager().hook.frx_embed(model=self.module, images=images.to(self.device))

@@ -249,7 +249,9 @@ class AttributeRecoveryCallback(Callback):
         self._last_step_pass = trainer.global_step
         decode = self.two_stage is not None and epoch % self.decode_every_n_epochs == 0
         context = {"epoch": epoch, "global_step": trainer.global_step, "out_dir": str(self.out_dir), "framework": "lightning"}
-        result = run_pass(self.loop.model(pl_module, rank_zero_warn), self.probe, self.plan, LightningCollectives(trainer),
+        model = self.loop.model(pl_module, rank_zero_warn)
+        model.forward_context = trainer.precision_plugin.forward_context  # embed as training runs: bf16-mixed's autocast, …
+        result = run_pass(model, self.probe, self.plan, LightningCollectives(trainer),
                           two_stage=self.two_stage if decode else None, context=context)
         self.last_timing = dict(result.timing)
         if result.report is None:

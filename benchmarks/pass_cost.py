@@ -1,0 +1,106 @@
+"""What the counterfactuals add to a pass: the default pass against one with ``counterfactuals="off"``.
+
+    python benchmarks/pass_cost.py [--epochs 3 --identities 200]
+
+A real ``Trainer`` trains the demo's model (``FaceRecognitionModule``) on a synthetic world with
+three ``AttributeRecoveryCallback``s on the demo's probe set (400 identities × 4 images at
+64×64), each passing at the end of every epoch on the same weights, one after the other:
+
+- ``off``: ``counterfactuals="off"`` (leakage and verification only);
+- ``default``: the callback's defaults (exact counterfactuals on the synthetic world, identity
+  significance on 64 probe rows, 8 errors of each kind explained);
+- ``full``: the study before the defaults were sized (128 rows, 16 errors of each kind).
+
+Each pass times itself (``embed_s``, ``after_embed_s``, ``counterfactual_s``; their sum is the
+pass). Target (issue 15): the default pass at most 2× the ``off`` pass, judged on the passes after
+the first (which pays one-time costs: imports, allocator warm-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, Trainer
+from torch.utils.data import DataLoader
+
+from frx_lightning.callback import AttributeRecoveryCallback
+from frx_lightning.demo import DEMO_DEFAULTS, FaceRecognitionModule
+from frx_plugin.synthetic import SyntheticFaceDataset, SyntheticFaceWorld, SyntheticProbeSet
+
+VARIANTS = {
+    "off": {"counterfactuals": "off"},
+    "default": {},
+    "full": {"significance_samples": 128, "max_error_pairs": 16},
+}
+
+
+class _Collect(Callback):
+    """Reads each frx callback's timing after its pass (it runs after all of them)."""
+
+    def __init__(self, callbacks: dict[str, AttributeRecoveryCallback]) -> None:
+        self.callbacks = callbacks
+        self.rows: list[tuple[int, dict[str, float]]] = []
+
+    def _take(self, epoch: int) -> None:
+        row = {}
+        for name, frx in self.callbacks.items():
+            if frx.last_timing:
+                row[name] = sum(frx.last_timing.values())
+                row[f"{name}_counterfactual_s"] = frx.last_timing.get("counterfactual_s", 0.0)
+                frx.last_timing = {}
+        if row:
+            self.rows.append((epoch, row))
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._take(0)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._take(trainer.current_epoch + 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--identities", type=int, default=200, help="training identities (20 images each)")
+    args = parser.parse_args()
+    size = DEMO_DEFAULTS["size"]
+    world = SyntheticFaceWorld(args.identities, 20, seed=0, size=size)
+    loader = DataLoader(SyntheticFaceDataset(world), batch_size=64, shuffle=True, drop_last=True)
+    probe = SyntheticProbeSet(DEMO_DEFAULTS["probe_identities"], DEMO_DEFAULTS["probe_images_per_identity"], seed=0, size=size,
+                              first_identity=1_000_000)
+    model = FaceRecognitionModule(num_classes=args.identities, input_size=size, total_steps=len(loader) * args.epochs)
+    with tempfile.TemporaryDirectory() as out:
+        frx = {name: AttributeRecoveryCallback(probe, out_dir=Path(out) / name, on_error="raise", **options)
+               for name, options in VARIANTS.items()}
+        collect = _Collect(frx)
+        trainer = Trainer(
+            max_epochs=args.epochs, accelerator="cpu", devices=1, callbacks=[*frx.values(), collect], logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        )
+        started = time.perf_counter()
+        trainer.fit(model, loader)
+        wall = time.perf_counter() - started
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; the demo's probe set, "
+          f"{len(probe):,} images at {size}×{size}; {args.epochs} epochs on {len(world):,} training images, {wall:.0f} s in all")
+    print()
+    print("| pass (epoch) | off (s) | default (s) | of it counterfactuals (s) | default / off | full (s) | full / off |")
+    print("|---|---|---|---|---|---|---|")
+    for epoch, row in collect.rows:
+        print(f"| {epoch} | {row['off']:.2f} | {row['default']:.2f} | {row['default_counterfactual_s']:.2f} | "
+              f"{row['default'] / row['off']:.2f}× | {row['full']:.2f} | {row['full'] / row['off']:.2f}× |")
+    later = collect.rows[1:]
+    if later:
+        default = statistics.median(r["default"] / r["off"] for _, r in later)
+        full = statistics.median(r["full"] / r["off"] for _, r in later)
+        print(f"\nmedian over the passes after the first: default / off {default:.2f}× (target ≤ 2×), full / off {full:.2f}×")
+
+
+if __name__ == "__main__":
+    main()
