@@ -243,9 +243,9 @@ class ModelAdapter:
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised embeddings ``(B, D)`` float32 on the CPU, without gradients, in eval mode (then put back)."""
+        """L2-normalised embeddings ``(B, D)`` float32 on the model's device, without gradients, in eval mode (then put back)."""
         with eval_mode(self.module):
-            return F.normalize(self(images).detach().float(), dim=1).cpu()
+            return F.normalize(self(images).detach().float(), dim=1)
 
 
 @contextlib.contextmanager
@@ -266,13 +266,14 @@ def eval_mode(module: Any):
 
 
 def hook_embedder(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """images → L2-normalised embeddings float32 on the CPU, without gradients (:meth:`ModelAdapter.embed`)."""
+    """images → L2-normalised embeddings float32 on the model's device, without gradients (:meth:`ModelAdapter.embed`)."""
     return ModelAdapter.wrap(model).embed
 
 
 def embed_probe_set(model: Any, probe: ProbeSet, indices: torch.Tensor | None = None, batch_size: int = 256,
                     progress: Progress | None = None, check: bool = False) -> torch.Tensor:
-    """Embeddings ``(len(indices), D)`` float32 on the CPU (:meth:`ModelAdapter.embed`).
+    """Embeddings ``(len(indices), D)`` float32 on the model's device (:meth:`ModelAdapter.embed`), where the
+    analysis then runs; the probe images travel there batch by batch.
 
     ``progress(done, total, "embedding")`` after each batch when given. ``check``: stop at the first
     batch with NaN or infinity (a diverged model) and return the rows so far.

@@ -261,8 +261,8 @@ class _ShardedEmbedder:
     every rank sees the failure after the gather and stops alike.
     """
 
-    def __init__(self, base: Any, collectives: Collectives, dim: int) -> None:
-        self.base, self.collectives, self.dim = base, collectives, dim
+    def __init__(self, base: Any, collectives: Collectives, dim: int, device: torch.device) -> None:
+        self.base, self.collectives, self.dim, self.device = base, collectives, dim, device
 
     def __call__(self, rows: torch.Tensor, attribute: str, values: torch.Tensor) -> torch.Tensor:
         return self.many([(rows, attribute, values)])[0]
@@ -281,10 +281,10 @@ class _ShardedEmbedder:
                 mine.append((rows[local], attribute, values[local]))
             start += n
         try:
-            local = torch.cat(self.base.many(mine)) if mine else torch.empty(0, self.dim)
+            local = torch.cat(self.base.many(mine)) if mine else torch.empty(0, self.dim, device=self.device)
             failure = None
         except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
-            local, failure = torch.full((sum(int(r.numel()) for r, _, _ in mine), self.dim), math.nan), exc
+            local, failure = torch.full((sum(int(r.numel()) for r, _, _ in mine), self.dim), math.nan, device=self.device), exc
         gathered = gather_rows(c, local, total)
         if failure is not None:
             raise failure
@@ -293,10 +293,11 @@ class _ShardedEmbedder:
         return list(torch.split(gathered, counts))
 
 
-def _sharded_exact_embedder(model: Any, generator: Any, batch_size: int, collectives: Collectives, dim: int):
+def _sharded_exact_embedder(model: Any, generator: Any, batch_size: int, collectives: Collectives, dim: int,
+                            device: torch.device):
     """The exact embedder over the processes of ``collectives`` (the plain one in a single process)."""
     base = exact_embedder(model, generator, batch_size)
-    return base if collectives.world_size == 1 else _ShardedEmbedder(base, collectives, dim)
+    return base if collectives.world_size == 1 else _ShardedEmbedder(base, collectives, dim, device)
 
 
 def _counterfactuals(model: Any, probe: ProbeSet, embeddings: torch.Tensor, report: Report, plan: PassPlan,
@@ -309,7 +310,8 @@ def _counterfactuals(model: Any, probe: ProbeSet, embeddings: torch.Tensor, repo
     if plan.counterfactuals == "exact":
         if unchanged:
             report.warnings.append(f"counterfactuals: the generator cannot change {unchanged}; they are left out")
-        embed = _sharded_exact_embedder(model, plan.generator, plan.config.batch_size, collectives, embeddings.shape[1])
+        embed = _sharded_exact_embedder(model, plan.generator, plan.config.batch_size, collectives, embeddings.shape[1],
+                                        embeddings.device)
     try:
         counterfactual_measures(
             embeddings, probe, report, plan.config, embed, path=plan.counterfactuals,
@@ -437,7 +439,8 @@ def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectiv
         decoded = None
         if two_stage is not None:
             start = time.perf_counter()
-            decoded = _two_stage(model, embeddings, report, two_stage, plan, collectives)
+            # the decoders train where the model is, from the embeddings on the host (as their images are)
+            decoded = _two_stage(model, embeddings.cpu(), report, two_stage, plan, collectives)
             timing["two_stage_s"] = time.perf_counter() - start
         timing["embed_s"] = embedded - started
         timing["after_embed_s"] = time.perf_counter() - embedded - timing["counterfactual_s"] - timing["two_stage_s"]

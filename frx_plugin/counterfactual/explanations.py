@@ -69,7 +69,8 @@ def pair_errors(pairs: torch.Tensor, embeddings: torch.Tensor, identity: torch.T
     from frx_plugin.report import Verification
     from frx_plugin.verification import DecisionErrors
 
-    pairs = torch.as_tensor(pairs, dtype=torch.int64)
+    pairs = torch.as_tensor(pairs, dtype=torch.int64).to(embeddings.device)
+    identity = identity.to(embeddings.device)
     n = embeddings.shape[0]
     if pairs.ndim != 2 or pairs.shape[1] != 2:
         raise CounterfactualError(f"pairs must be (M, 2) sample indices, got shape {tuple(pairs.shape)}")
@@ -124,8 +125,10 @@ def explain_errors(
         chosen = spread(pairs.shape[0], max_pairs)
         if chosen.numel() == 0:
             continue
-        first, second, score = pairs[chosen, 0], pairs[chosen, 1], scores[chosen].to(torch.float64)
-        delta = torch.full((chosen.numel(), len(names)), math.nan, dtype=torch.float64)
+        # the few chosen pairs on the host (they index the probe's labels there); their δ come back per attribute
+        first, second = pairs[chosen.to(pairs.device), 0].cpu(), pairs[chosen.to(pairs.device), 1].cpu()
+        score = scores[chosen.to(scores.device)].to("cpu", torch.float64)
+        delta = torch.full((chosen.numel(), len(names)), math.nan, dtype=torch.float64, device="cpu")
         work = []  # (column, pairs to change): every attribute's edits embedded in one stream
         for c, name in enumerate(names):
             attribute = schema[name]
@@ -137,7 +140,7 @@ def explain_errors(
             if todo.numel():
                 work.append((c, todo, (second[todo], name, values[todo])))
         for (c, todo, _), edited in zip(work, embed_edits(embed, [edit for _, _, edit in work])):
-            delta[todo, c] = (z[first[todo]] * edited.to(torch.float64)).sum(1) - score[todo]
+            delta[todo, c] = (z[first[todo]] * edited.to(z.device, torch.float64)).sum(1).cpu() - score[todo]
         for p in range(chosen.numel()):
             d = {name: float(delta[p, c]) for c, name in enumerate(names)}
             s = float(score[p])

@@ -41,11 +41,11 @@ class LatentModel:
         cols = self.cols[attribute]
         if attribute in self.class_means:
             means = self.class_means[attribute]
-            delta = means[new.long()] - means[old.long()]  # (m, width)
+            delta = means[new.to(means.device).long()] - means[old.to(means.device).long()]  # (m, width)
         else:
-            delta = (self.slope[attribute] * (new.to(torch.float64) - old.to(torch.float64)))[:, None]
-        e = torch.zeros(z.shape[0], self.weight.shape[0], dtype=torch.float64)
-        e[:, cols] = delta
+            delta = (self.slope[attribute] * (new.to(z.device, torch.float64) - old.to(z.device, torch.float64)))[:, None]
+        e = torch.zeros(z.shape[0], self.weight.shape[0], dtype=torch.float64, device=z.device)
+        e[:, cols] = delta.to(z.device)
         moved = z.to(torch.float64) + e @ self.solve
         return torch.nn.functional.normalize(moved, dim=1).to(torch.float32)
 
@@ -71,6 +71,8 @@ def latent_model(
     from frx_plugin.leakage import auroc_columns, build_targets
 
     z = embeddings.to(torch.float64)
+    device = z.device
+    probe_directions, probe_bias = probe_directions.to(device), probe_bias.to(device)
     _, targets = build_targets({a.name: labels[a.name][:0] for a in schema}, schema, 0)
     defined = [t for t in targets if bool(torch.isfinite(probe_directions[t.cols]).all())]
     if not defined:
@@ -83,7 +85,7 @@ def latent_model(
         centred = z - z.mean(0)
         covariance = centred.T @ centred / max(1, z.shape[0] - 1)
         jitter = 1e-12 * float(torch.diagonal(covariance).mean().clamp_min(1e-30))
-        factor = torch.linalg.cholesky(covariance + jitter * torch.eye(z.shape[1], dtype=torch.float64))
+        factor = torch.linalg.cholesky(covariance + jitter * torch.eye(z.shape[1], dtype=torch.float64, device=device))
         solve = (factor @ torch.linalg.pinv(weight @ factor, rtol=LATENT_RTOL)).T  # (T, D): v = e @ solve
     elif mode == "least_norm":
         solve = torch.linalg.pinv(weight, rtol=LATENT_RTOL).T  # least-norm v = W⁺e
@@ -94,17 +96,17 @@ def latent_model(
     offset = 0
     for t in defined:
         width = t.cols.numel()
-        local = torch.arange(offset, offset + width)
+        local = torch.arange(offset, offset + width, device=device)
         offset += width
         name, attribute = t.attribute.name, t.attribute
         model.cols[name] = local
-        raw = labels[name]
+        raw = labels[name].to(device)
         keep = ~attribute.missing_mask(raw)
         s = scores[keep][:, local]
         if attribute.discrete:
             classes = raw[keep].long()
             count = 2 if attribute.kind == "binary" else attribute.num_classes
-            means = torch.zeros(count, width, dtype=torch.float64)
+            means = torch.zeros(count, width, dtype=torch.float64, device=device)
             for c in range(count):
                 member = classes == c
                 means[c] = s[member].mean(0) if bool(member.any()) else s.mean(0)
@@ -135,7 +137,7 @@ def separation(area: float) -> float:
     if not math.isfinite(area) or area <= 0.5:
         return 0.0
     area = min(area, 1.0 - 1e-12)
-    return math.sqrt(2.0) * math.sqrt(2.0) * torch.erfinv(torch.tensor(2.0 * area - 1.0, dtype=torch.float64)).item()
+    return math.sqrt(2.0) * math.sqrt(2.0) * torch.erfinv(torch.tensor(2.0 * area - 1.0, dtype=torch.float64, device="cpu")).item()
 
 
 def shrink(outside: float, inside: float) -> float:

@@ -91,9 +91,10 @@ def impostor_mean_cosine(z: torch.Tensor, identity: torch.Tensor, weights: torch
     Σ_{id(i)≠id(j)} w_i w_j z_i·z_j = ‖Σ_id W_id Z_id‖² − Σ_id W_id²‖Z_id‖², Z_id the sum of an
     identity's embeddings; the pair count likewise from the counts.
     """
-    ids, index = torch.unique(identity, return_inverse=True)
-    sums = torch.zeros(ids.numel(), z.shape[1], dtype=torch.float64).index_add_(0, index, z.to(torch.float64))
+    ids, index = torch.unique(identity.to(z.device), return_inverse=True)
+    sums = torch.zeros(ids.numel(), z.shape[1], dtype=torch.float64, device=z.device).index_add_(0, index, z.to(torch.float64))
     counts = torch.bincount(index, minlength=ids.numel()).to(torch.float64)
+    weights = weights.to(z.device)
     total = weights @ sums  # (R, D)
     cross = (total * total).sum(1) - (weights**2) @ (sums * sums).sum(1)
     pairs = (weights @ counts) ** 2 - (weights**2) @ (counts**2)
@@ -122,8 +123,9 @@ def identity_significance(
     if torch.unique(identity).numel() < 2:
         raise CounterfactualError("identity significance needs impostor pairs: the probe set has a single identity")
     ids, index = torch.unique(identity, return_inverse=True)
-    replicate = poisson_bootstrap_weights(ids, seed, n_bootstrap) if n_bootstrap else torch.zeros(0, ids.numel(), dtype=torch.float64)
-    weights = torch.cat([torch.ones(1, ids.numel(), dtype=torch.float64), replicate])  # (R, identities)
+    replicate = poisson_bootstrap_weights(ids, seed, n_bootstrap) if n_bootstrap else torch.zeros(0, ids.numel(), dtype=torch.float64, device="cpu")
+    # the bootstrap's weights are drawn on the CPU (the same numbers everywhere), then live where z does
+    weights = torch.cat([torch.ones(1, ids.numel(), dtype=torch.float64, device="cpu"), replicate]).to(z.device)  # (R, identities)
     distance = 1.0 - impostor_mean_cosine(z, identity, weights)  # (R,)
     plans = []  # (attribute, rows kept): the rows with a label, each edited by its default edit
     for attribute in schema:
@@ -138,7 +140,7 @@ def identity_significance(
     changed = embed_edits(embed, [(keep, attribute.name, values) for attribute, keep, values in plans])
     out: dict[str, MetricEstimate] = {}
     for (attribute, keep, _), edited in zip(plans, changed):
-        moved = 1.0 - (torch.nn.functional.normalize(z[keep].to(torch.float64), dim=1) * edited.to(torch.float64)).sum(1)
+        moved = 1.0 - (torch.nn.functional.normalize(z[keep].to(torch.float64), dim=1) * edited.to(z.device, torch.float64)).sum(1)
         w = weights[:, index[keep]]  # (R, m)
         value = (w @ moved) / w.sum(1).clamp_min(1e-300) / distance
         out[attribute.name] = bootstrap_estimate(value[0], value[1:] if n_bootstrap else None)
