@@ -88,11 +88,13 @@ def score_blocks(z: torch.Tensor, identity: torch.Tensor, bound: float = -math.i
 
     The block's scores are rows start..stop−1 against columns start..N−1 (the upper
     triangle and the diagonal block). Genuine scores are read at the genuine pairs' places;
-    impostor scores are those ≥ ``bound`` above the diagonal whose identities differ.
+    impostor scores are those ≥ ``bound`` above the diagonal whose identities differ. All on the
+    device of ``z``.
     """
     n, device = z.shape[0], z.device
     rows = max(1, _BLOCK_ENTRIES // max(n, 1))
-    first, second = genuine_pairs(identity.to(device))
+    identity = identity.to(device)
+    first, second = genuine_pairs(identity)
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         scores = z[start:stop] @ z[start:].T
