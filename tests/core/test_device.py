@@ -268,8 +268,9 @@ def test_cuda_decision_errors_stay_on_the_device(world):
     assert cuda.verification.tar == pytest.approx(cpu.verification.tar, abs=1e-5)
     assert cuda.tau == pytest.approx(cpu.tau, abs=1e-5)
     assert cuda.false_match.device.type == "cuda" and cuda.false_non_match.device.type == "cuda"
-    assert torch.equal(cuda.false_match.cpu(), cpu.false_match)
-    assert torch.equal(cuda.false_non_match.cpu(), cpu.false_non_match)
+    # the same pairs (their order follows scores that may round differently on the device)
+    assert sorted(map(tuple, cuda.false_match.tolist())) == sorted(map(tuple, cpu.false_match.tolist()))
+    assert sorted(map(tuple, cuda.false_non_match.tolist())) == sorted(map(tuple, cpu.false_non_match.tolist()))
 
 
 @needs_cuda
