@@ -178,40 +178,44 @@ def default_collectives(device: torch.device | str = "cpu") -> Collectives:
 
 
 def shard_indices(collectives: Collectives, n: int) -> torch.Tensor:
-    """This rank's disjoint share of ``n`` samples: ``rank, rank + W, …`` (no padding, no repeats)."""
-    return torch.arange(collectives.rank, n, collectives.world_size)
+    """This rank's disjoint share of ``n`` samples: ``rank, rank + W, …`` (no padding, no repeats), on the CPU (they index the probe set)."""
+    return torch.arange(collectives.rank, n, collectives.world_size, device="cpu")
 
 
 def gather_rows(collectives: Collectives, local: torch.Tensor, n: int) -> torch.Tensor:
-    """All ``n`` rows in order, on every rank and on the CPU, from each rank's :func:`shard_indices` share.
+    """All ``n`` rows in order, on every rank, from each rank's :func:`shard_indices` share: float32 on the device of ``local``.
 
-    A rank with no rows may pass an empty tensor of any width; the padding added for the collective
-    is cut off again, so no sample appears twice.
+    The rows travel on :attr:`Collectives.device`. A rank with no rows may pass an empty tensor of
+    any width; the padding added for the collective is cut off again, so no sample appears twice.
     """
     world = collectives.world_size
     if world == 1:
-        return local.to("cpu", torch.float32)
+        return local.to(torch.float32)
     per_rank = math.ceil(n / world)
-    width = torch.tensor([local.shape[1] if local.numel() else 0], dtype=torch.float32)
+    device = collectives.device
+    width = torch.tensor([local.shape[1] if local.numel() else 0], dtype=torch.float32, device=device)
     dim = int(collectives.all_gather(width).max())
-    padded = torch.zeros(per_rank, dim, dtype=torch.float32)
-    padded[: local.shape[0]] = local.to("cpu", torch.float32)
-    gathered = collectives.all_gather(padded).cpu()  # (W, per_rank, D)
-    full = torch.empty(n, dim, dtype=torch.float32)
+    padded = torch.zeros(per_rank, dim, dtype=torch.float32, device=device)
+    padded[: local.shape[0]] = local.to(device, torch.float32)
+    gathered = collectives.all_gather(padded).to(device)  # (W, per_rank, D)
+    full = torch.empty(n, dim, dtype=torch.float32, device=device)
     for r in range(world):
         full[r::world] = gathered[r, : len(range(r, n, world))]
-    return full
+    return full.to(local.device)
 
 
 def merge_ranks(collectives: Collectives, local: torch.Tensor) -> torch.Tensor:
-    """Every rank's tensor of the same shape, NaN where the rank has nothing; the ranks' entries merged, on the CPU."""
+    """Every rank's tensor of the same shape, NaN where the rank has nothing; the ranks' entries merged.
+
+    The result has the dtype and device of ``local``; the tensors travel on :attr:`Collectives.device`.
+    """
     if collectives.world_size == 1:
-        return local.cpu()
-    gathered = collectives.all_gather(local).cpu()  # (W, ...)
+        return local
+    gathered = collectives.all_gather(local)  # (W, ...) on the collective device
     merged = gathered[0].clone()
     for part in gathered[1:]:
         merged = torch.where(torch.isnan(merged), part, merged)
-    return merged
+    return merged.to(local.device)
 
 
 def metric_sync(collectives: Collectives) -> Callable[..., list[torch.Tensor]]:

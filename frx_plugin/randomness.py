@@ -46,8 +46,9 @@ def _splitmix64(z: torch.Tensor) -> torch.Tensor:
 
 
 def hash_keys(*keys: torch.Tensor | int) -> torch.Tensor:
-    """Hash a sequence of int64 keys (broadcast together) to 64 random bits each."""
-    z = torch.zeros((), dtype=torch.int64)
+    """Hash a sequence of int64 keys (broadcast together) to 64 random bits each, on the device of the first tensor key (else the CPU)."""
+    device = next((key.device for key in keys if isinstance(key, torch.Tensor)), torch.device("cpu"))
+    z = torch.zeros((), dtype=torch.int64, device=device)
     for key in keys:
         z = _splitmix64(z + key)
     return z
@@ -67,29 +68,36 @@ def box_muller(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
 _BOOTSTRAP_STREAM = 101
 #: Poisson(1) CDF at k = 0..24; P(X > 24) < 2⁻⁵³, below the resolution of the uniforms.
 _POISSON_1_CDF = torch.tensor(
-    [sum(math.exp(-1.0) / math.factorial(j) for j in range(k + 1)) for k in range(25)], dtype=torch.float64
+    [sum(math.exp(-1.0) / math.factorial(j) for j in range(k + 1)) for k in range(25)], dtype=torch.float64, device="cpu"
 )
 
 
-def poisson_bootstrap_weights(identity: torch.Tensor, seed: int, n_replicates: int, first_replicate: int = 0) -> torch.Tensor:
+def poisson_bootstrap_weights(
+    identity: torch.Tensor, seed: int, n_replicates: int, first_replicate: int = 0, device: torch.device | str | None = None
+) -> torch.Tensor:
     """(n_replicates, N) float64 Poisson(1) bootstrap weights, one per identity and replicate.
 
     Row i is replicate ``first_replicate + i``; the weight of sample j is its identity's
     multiplicity, X = min{k : u ≤ F(k)} for u = uniform(hash(seed, stream, replicate,
     identity[j])) and F the Poisson(1) CDF. It depends only on (seed, replicate, identity
     label), never on the other samples, their order, or the chunk or rank a sample comes in.
+    The weights are drawn on the CPU and returned on ``device`` (default the CPU).
     """
-    identity = torch.as_tensor(identity)
+    if not isinstance(identity, torch.Tensor):
+        identity = torch.as_tensor(identity, device="cpu")
     if identity.ndim != 1 or identity.dtype.is_floating_point or identity.dtype == torch.bool:
         raise ValueError(f"identity must be a 1-D integer tensor, got {identity.dtype} of shape {tuple(identity.shape)}")
     if n_replicates < 0 or first_replicate < 0:
         raise ValueError(f"n_replicates and first_replicate must be non-negative, got {n_replicates}, {first_replicate}")
+    # drawn on the CPU, whatever the device asked for: the same numbers everywhere
     identity = identity.to("cpu", torch.int64)
     unique, inverse = torch.unique(identity, return_inverse=True)  # hash each identity once
-    replicate = torch.arange(first_replicate, first_replicate + n_replicates, dtype=torch.int64)[:, None]
+    replicate = torch.arange(first_replicate, first_replicate + n_replicates, dtype=torch.int64, device="cpu")[:, None]
     u = uniform_from_bits(hash_keys(int(seed), _BOOTSTRAP_STREAM, replicate, unique[None, :]))  # (R, K)
     counts = torch.searchsorted(_POISSON_1_CDF, u.contiguous()).to(torch.float64)
-    return counts[:, inverse] if unique.numel() else torch.zeros(n_replicates, 0, dtype=torch.float64)
+    weights = counts[:, inverse] if unique.numel() else torch.zeros(n_replicates, 0, dtype=torch.float64, device="cpu")
+    return weights if device is None else weights.to(device)
+
 
 
 @contextlib.contextmanager

@@ -17,6 +17,9 @@ fixed, evenly spaced sample of rows (a sample quantile with a generous margin); 
 keeps only the impostor scores ≥ L and counts them. If at least k + 1 were kept, τ is
 exactly the (k + 1)-th highest of them; otherwise (the estimate was too high) a second pass
 keeps every score's top k + 1 the slow way. The answer is exact either way.
+
+Everything is computed on the device of the embeddings (the identities are moved there); only
+the numbers of the :class:`~frx_plugin.report.Verification` come back to the host.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ _BLOCK_ENTRIES = 4_000_000
 
 
 def prepare_embeddings(embeddings: torch.Tensor, identity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised embeddings (float32 unless float64) and the identities, both on the embeddings' device.
+
+    Raises :class:`AnalysisError` for input of the wrong shape or type, or rows holding NaN or infinity.
+    """
     if not isinstance(embeddings, torch.Tensor) or embeddings.ndim != 2 or not embeddings.dtype.is_floating_point:
         shape = tuple(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
         raise AnalysisError(f"embeddings must be a 2-D floating-point tensor (N, D), got {shape}")
@@ -49,12 +56,12 @@ def prepare_embeddings(embeddings: torch.Tensor, identity: torch.Tensor) -> tupl
     if bad:
         raise AnalysisError(f"embeddings contain NaN or infinity in {bad} of {n} rows — did the training diverge?")
     dtype = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
-    z = torch.nn.functional.normalize(embeddings.detach().to("cpu", dtype), dim=1)
-    return z, identity.detach().cpu()
+    z = torch.nn.functional.normalize(embeddings.detach().to(dtype), dim=1)
+    return z, identity.detach().to(z.device)
 
 
 def genuine_pairs(identity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every genuine pair (a, b), a < b, sorted by a: same identity."""
+    """Every genuine pair (a, b), a < b, sorted by a: same identity. On the device of ``identity``."""
     order = torch.argsort(identity, stable=True)
     sorted_identity = identity[order]
     _, counts = torch.unique_consecutive(sorted_identity, return_counts=True)
@@ -64,11 +71,11 @@ def genuine_pairs(identity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if size < 2:
             continue
         group_starts = starts[counts == size]
-        i, j = torch.triu_indices(size, size, 1)
+        i, j = torch.triu_indices(size, size, 1, device=identity.device)
         firsts.append((group_starts[:, None] + i[None, :]).reshape(-1))
         seconds.append((group_starts[:, None] + j[None, :]).reshape(-1))
     if not firsts:
-        empty = torch.empty(0, dtype=torch.long)
+        empty = torch.empty(0, dtype=torch.long, device=identity.device)
         return empty, empty
     x, y = order[torch.cat(firsts)], order[torch.cat(seconds)]
     a, b = torch.minimum(x, y), torch.maximum(x, y)
@@ -81,18 +88,20 @@ def score_blocks(z: torch.Tensor, identity: torch.Tensor, bound: float = -math.i
 
     The block's scores are rows start..stop−1 against columns start..N−1 (the upper
     triangle and the diagonal block). Genuine scores are read at the genuine pairs' places;
-    impostor scores are those ≥ ``bound`` above the diagonal whose identities differ.
+    impostor scores are those ≥ ``bound`` above the diagonal whose identities differ. All on the
+    device of ``z``.
     """
-    n = z.shape[0]
+    n, device = z.shape[0], z.device
     rows = max(1, _BLOCK_ENTRIES // max(n, 1))
+    identity = identity.to(device)
     first, second = genuine_pairs(identity)
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         scores = z[start:stop] @ z[start:].T
-        lo, hi = torch.searchsorted(first, torch.tensor([start, stop])).tolist()
+        lo, hi = torch.searchsorted(first, torch.tensor([start, stop], device=device)).tolist()
         genuine = scores[first[lo:hi] - start, second[lo:hi] - start]
         if bound == -math.inf:
-            upper = torch.arange(start, n)[None, :] > torch.arange(start, stop)[:, None]
+            upper = torch.arange(start, n, device=device)[None, :] > torch.arange(start, stop, device=device)[:, None]
             impostor = scores[upper & (identity[start:stop, None] != identity[None, start:])]
             pairs = None
         else:
@@ -112,7 +121,7 @@ def pair_scores(embeddings: torch.Tensor, identity: torch.Tensor) -> tuple[torch
     for g, i, _ in score_blocks(z, identity):
         genuine.append(g)
         impostor.append(i)
-    cat = lambda parts: torch.cat(parts) if parts else torch.empty(0, dtype=z.dtype)  # noqa: E731
+    cat = lambda parts: torch.cat(parts) if parts else torch.empty(0, dtype=z.dtype, device=z.device)  # noqa: E731
     return cat(genuine), cat(impostor)
 
 
@@ -128,9 +137,10 @@ def _lower_bound(z: torch.Tensor, identity: torch.Tensor, keep: int, n_impostor:
     (p = keep / n_impostor); L is the sample score of rank 2·m·p + 10·√(m·p) + 10 from the top.
     """
     n = z.shape[0]
-    picked = torch.unique(torch.linspace(0, n - 1, min(n, _SAMPLE_ROWS)).round().long())
+    # the sample rows on the CPU (the same rows whatever the device), then moved over
+    picked = torch.unique(torch.linspace(0, n - 1, min(n, _SAMPLE_ROWS), device="cpu").round().long()).to(z.device)
     scores = z[picked] @ z.T
-    later = torch.arange(n)[None, :] > picked[:, None]  # each pair once, as i < j
+    later = torch.arange(n, device=z.device)[None, :] > picked[:, None]  # each pair once, as i < j
     impostor = scores[later & (identity[picked, None] != identity[None, :])]
     m = impostor.numel()
     expected = m * keep / n_impostor
@@ -171,7 +181,7 @@ def verification(embeddings: torch.Tensor, identity: torch.Tensor, fmr: float = 
         kept.append(impostor)
     candidates = torch.cat(kept)
     if candidates.numel() < keep:  # the bound was too high: keep a running top k + 1 instead
-        top = torch.empty(0, dtype=z.dtype)
+        top = torch.empty(0, dtype=z.dtype, device=z.device)
         for _, impostor, _ in score_blocks(z, identity):
             merged = torch.cat([top, impostor])
             top = torch.topk(merged, keep).values if merged.numel() > keep else merged
@@ -193,7 +203,7 @@ def listed_pair_verification(embeddings: torch.Tensor, identity: torch.Tensor, p
     if not (isinstance(fmr, (int, float)) and 0.0 < float(fmr) < 1.0):
         raise AnalysisError(f"fmr must be a number in (0, 1), got {fmr!r}")
     z, identity = prepare_embeddings(embeddings, identity)
-    pairs = torch.as_tensor(pairs, dtype=torch.int64)
+    pairs = torch.as_tensor(pairs, dtype=torch.int64, device=z.device)
     if pairs.ndim != 2 or pairs.shape[1] != 2 or bool(((pairs < 0) | (pairs >= z.shape[0])).any()):
         raise AnalysisError(f"pairs must be (M, 2) indices of the {z.shape[0]} samples, got shape {tuple(pairs.shape)}")
     scores = (z[pairs[:, 0]] * z[pairs[:, 1]]).sum(1)
@@ -212,7 +222,8 @@ class DecisionErrors:
     """The errors of a verification decision at threshold ``tau`` (accept when score > τ).
 
     ``false_non_match`` and ``false_match``: (M, 2) int64 pairs (a, b), a < b, with their
-    ``…_score`` (M,), in descending order of how far the score sits on the wrong side of τ.
+    ``…_score`` (M,), in descending order of how far the score sits on the wrong side of τ; all
+    on the device of the embeddings.
     """
 
     verification: Verification
@@ -270,9 +281,11 @@ def equal_error_rate(genuine: torch.Tensor, impostor: torch.Tensor) -> tuple[flo
 
     At each candidate threshold t (every observed score), FNMR(t) = P(genuine ≤ t) and
     FMR(t) = P(impostor > t); the EER is ½(FMR + FNMR) at the t where |FMR − FNMR| is least.
+    Computed on the device of ``genuine``.
     """
-    genuine = torch.as_tensor(genuine, dtype=torch.float64).flatten()
-    impostor = torch.as_tensor(impostor, dtype=torch.float64).flatten()
+    device = genuine.device if isinstance(genuine, torch.Tensor) else torch.device("cpu")
+    genuine = torch.as_tensor(genuine, dtype=torch.float64, device=device).flatten()
+    impostor = torch.as_tensor(impostor, dtype=torch.float64, device=device).flatten()
     if genuine.numel() == 0 or impostor.numel() == 0:
         raise AnalysisError("equal_error_rate needs at least one genuine and one impostor score")
     candidates = torch.unique(torch.cat([genuine, impostor]))

@@ -138,7 +138,7 @@ def leakage_entries(
 
 
 def probe_tensors(heads: ProbeHeads) -> dict[str, torch.Tensor]:
-    """The heads fitted on all data (T, D) / (T,), NaN rows for undefined attributes, float32."""
+    """The heads fitted on all data (T, D) / (T,), NaN rows for undefined attributes, float32 on the CPU (for the report)."""
     n_folds = heads.n_folds
     directions = heads.weight[n_folds].T.clone()
     full_bias = heads.bias[n_folds].clone()
@@ -149,9 +149,9 @@ def probe_tensors(heads: ProbeHeads) -> dict[str, torch.Tensor]:
             full_bias[cols] = math.nan
             full_penalty[cols] = math.nan
     return {
-        "probe_directions": directions.to(torch.float32),
-        "probe_bias": full_bias.to(torch.float32),
-        "probe_penalty": full_penalty.to(torch.float32),
+        "probe_directions": directions.to("cpu", torch.float32),
+        "probe_bias": full_bias.to("cpu", torch.float32),
+        "probe_penalty": full_penalty.to("cpu", torch.float32),
     }
 
 
@@ -181,7 +181,7 @@ def _use_logistic_heads(
         return
     cols = torch.cat([t.cols for t in chosen])
     labelled = torch.cat([t.labelled[:, None].expand(-1, t.cols.numel()) for t in chosen], 1)
-    fitted = fit_logistic_heads(x, y.index_select(1, cols), labelled, folds, shared.columns(cols), C=C)
+    fitted = fit_logistic_heads(x, y.index_select(1, cols.to(y.device)), labelled, folds, shared.columns(cols), C=C)
     heads.weight[:, :, cols] = fitted.weight
     # scored without the training prior's log-odds, as the ridge heads are without the prior
     heads.bias[:, cols] = fitted.bias - torch.logit(fitted.prior)
@@ -212,9 +212,11 @@ def _check_folds(folds: torch.Tensor, identity: torch.Tensor, n: int) -> tuple[t
     if uniq.numel() < 2:
         raise AnalysisError(f"folds: all samples are in one fold ({int(uniq[0])}); at least 2 folds are needed")
     warnings = []
+    # on the CPU, with the identities: fold ids are checked there before any row moves
+    identity = identity.cpu()
     n_identities = int(identity.max()) + 1
-    lowest = torch.full((n_identities,), n, dtype=torch.int64).scatter_reduce(0, identity, index, "amin")
-    highest = torch.full((n_identities,), -1, dtype=torch.int64).scatter_reduce(0, identity, index, "amax")
+    lowest = torch.full((n_identities,), n, dtype=torch.int64, device="cpu").scatter_reduce(0, identity, index, "amin")
+    highest = torch.full((n_identities,), -1, dtype=torch.int64, device="cpu").scatter_reduce(0, identity, index, "amax")
     shared = int((lowest != highest).sum())
     if shared:
         warnings.append(
@@ -289,6 +291,10 @@ def analyze_embeddings(
     ``score = z @ probe_directions.T + probe_bias``; ``probe_penalty`` (T,) the ridge λ.
     These are always the ridge heads.
 
+    Devices: every computation runs on the device of ``embeddings``; ``identity``, ``labels`` and
+    ``folds`` may be on the CPU (they are moved there once). Only the report's numbers and its
+    ``tensors`` (small, on the CPU) come back to the host.
+
     ``head="logistic"``: the held-out scores of binary and categorical attributes come from
     exact L2-penalised logistic heads instead (one-vs-rest per class, penalty ``1/C`` on the
     summed loss, scikit-learn's ``LogisticRegression(C=C)`` objective; see
@@ -327,9 +333,9 @@ class _Rows:
 
     x: torch.Tensor  # (N, D): float64 when small enough to convert once (for the statistics and the scoring)
     as_given: torch.Tensor  # (N, D) in the working precision: the logistic solver's data passes run in it
-    identity: torch.Tensor  # (N,)
-    folds: torch.Tensor  # (N,) fold ids, non-decreasing
-    labels: dict[str, torch.Tensor]
+    identity: torch.Tensor  # (N,) on the CPU, where the bootstrap weights are drawn
+    folds: torch.Tensor  # (N,) fold ids, non-decreasing, on the device of x
+    labels: dict[str, torch.Tensor]  # on the device of x
     n_folds: int
     n_identities: int
     warnings: list[str]
@@ -346,7 +352,11 @@ def _checked_rows(
     seed: int,
     folds: torch.Tensor | None,
 ) -> _Rows:
-    """Check the inputs of :func:`analyze_embeddings`, draw (or check) the folds and group the rows by fold."""
+    """Check the inputs of :func:`analyze_embeddings`, draw (or check) the folds and group the rows by fold.
+
+    Folds and the order are decided on the CPU; the rows, folds and labels then go to the
+    embeddings' device once.
+    """
     x = check_embeddings(embeddings)
     n = x.shape[0]
     check_identity(identity, n)
@@ -367,8 +377,10 @@ def _checked_rows(
     # rows grouped by fold (every metric is invariant to the order): per-fold work takes slices
     order = None if bool((folds[1:] >= folds[:-1]).all()) else torch.argsort(folds, stable=True)
     if order is not None:
-        x, folds, identity = x.index_select(0, order), folds[order], identity[order]
+        x, folds, identity = x.index_select(0, order.to(x.device)), folds[order], identity[order]
         labels = {name: value[order] for name, value in labels.items()}
+    folds = folds.to(x.device)
+    labels = {name: value.to(x.device) for name, value in labels.items()}
     as_given = x
     if x.numel() <= _CONVERT_ONCE_ENTRIES:
         x = x.to(torch.float64)  # once, for both the statistics and the scoring
@@ -384,7 +396,7 @@ def _fitted_heads(rows: _Rows, schema: AttributeSchema, head: str, C: float) -> 
     y_all, targets = build_targets(rows.labels, schema, n)
     masked_names = [t.attribute.name for t in targets if not bool(t.labelled.all())]
     # all rows are here, in this process: no cross-process reduction (sync_on_compute=False)
-    statistics = ProbeStatistics(schema, d, rows.n_folds, masked_names, sync_on_compute=False)
+    statistics = ProbeStatistics(schema, d, rows.n_folds, masked_names, device=rows.x.device, sync_on_compute=False)
     statistics.update(rows.x, rows.folds, rows.labels)
     shared, masked = statistics.compute()
     folds_with_data = [int(f) for f in torch.unique(rows.folds).tolist()]
@@ -402,17 +414,17 @@ def _attribute_inputs(
     targets: list[Target], heads: ProbeHeads, scores: torch.Tensor, folds: torch.Tensor, labels: Mapping[str, torch.Tensor]
 ) -> list[_Inputs]:
     """Each attribute's labelled rows, scores and binary predictions (also sets each target's ``reason``)."""
-    n = scores.shape[0]
+    n, device = scores.shape[0], scores.device
     threshold = heads.threshold[folds]  # (N, T)
     inputs = []
     for t in targets:
         t.reason = heads.reason[t.attribute.name]
         complete = bool(t.labelled.all())
-        rows = torch.arange(n) if complete else t.labelled.nonzero().squeeze(1)
-        s = scores.index_select(1, t.cols)
+        rows = torch.arange(n, device=device) if complete else t.labelled.nonzero().squeeze(1)
+        s = scores.index_select(1, t.cols.to(device))
         s = s if complete else s[rows]
         if t.attribute.kind == "binary":
-            cut = threshold[:, t.cols[0]]
+            cut = threshold[:, int(t.cols[0])]
             predicted = s[:, 0] > (cut if complete else cut[rows])
         else:
             predicted = None
@@ -428,7 +440,7 @@ def _point_metrics(targets: list[Target], inputs: list[_Inputs], scores: torch.T
     batched = [i for i, t in enumerate(targets) if not t.reason and t.attribute.discrete and bool(t.labelled.all())]
     column_auroc: dict[int, torch.Tensor] = {}
     if batched:
-        cols = torch.cat([targets[i].cols for i in batched])
+        cols = torch.cat([targets[i].cols for i in batched]).to(scores.device)
         areas = auroc_columns(scores.index_select(1, cols), y_all.index_select(1, cols) > 0.5)
         offset = 0
         for i in batched:
@@ -451,12 +463,16 @@ def _point_metrics(targets: list[Target], inputs: list[_Inputs], scores: torch.T
 def _bootstrap_metrics(
     targets: list[Target], inputs: list[_Inputs], identity: torch.Tensor, seed: int, n_bootstrap: int
 ) -> list[dict[str, list[torch.Tensor]]]:
-    """Per attribute and metric, its values in the Poisson bootstrap replicates over identities (in chunks)."""
+    """Per attribute and metric, its values in the Poisson bootstrap replicates over identities (in chunks).
+
+    ``identity`` on the CPU; each chunk of weights is drawn there and moved to the scores' device once.
+    """
     n = identity.shape[0]
+    device = inputs[0][1].device if inputs else identity.device
     chunk = max(1, _BOOTSTRAP_CHUNK_ENTRIES // max(n, 1))
     replicates: list[dict[str, list[torch.Tensor]]] = [dict() for _ in targets]
     for start in range(0, n_bootstrap, chunk):
-        w = poisson_bootstrap_weights(identity, seed, min(chunk, n_bootstrap - start), first_replicate=start)
+        w = poisson_bootstrap_weights(identity, seed, min(chunk, n_bootstrap - start), first_replicate=start, device=device)
         for i, t in enumerate(targets):
             if t.reason:
                 continue

@@ -31,11 +31,23 @@ __all__ = [
 ]
 
 
-def _as_weight_matrix(weights: torch.Tensor | None, n: int) -> tuple[torch.Tensor, bool]:
-    """(B, N) floating weights (float64 unless given as float32) and whether the input was one row."""
+def _on(value: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``value`` as a tensor on ``device`` (in ``dtype`` when given)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=dtype)
+    return torch.as_tensor(value, dtype=dtype, device=device)
+
+
+def _device_of(value: torch.Tensor) -> torch.device:
+    """The device of a tensor, the CPU for anything else (a list, an array)."""
+    return value.device if isinstance(value, torch.Tensor) else torch.device("cpu")
+
+
+def _as_weight_matrix(weights: torch.Tensor | None, n: int, device: torch.device) -> tuple[torch.Tensor, bool]:
+    """(B, N) floating weights on ``device`` (float64 unless given as float32) and whether the input was one row."""
     if weights is None:
-        return torch.ones(1, n, dtype=torch.float64), True
-    weights = torch.as_tensor(weights)
+        return torch.ones(1, n, dtype=torch.float64, device=device), True
+    weights = _on(weights, device)
     if weights.dtype != torch.float32:
         weights = weights.to(torch.float64)
     if weights.ndim == 1:
@@ -51,11 +63,12 @@ def auroc(scores: torch.Tensor, positive: torch.Tensor, weights: torch.Tensor | 
     each positive counts the negative weight below its score plus half the negative
     weight tied with it. float32 weights (bootstrap multiplicities) are accumulated in
     float32 (cumulative sums exact below 2²⁴, final sums to ~1e-7 relative), others in
-    float64. Returns a 0-d tensor (or (B,)); NaN where one class has zero weight.
+    float64. Computed on the device of ``scores``. Returns a 0-d tensor (or (B,)); NaN where one
+    class has zero weight.
     """
-    scores = torch.as_tensor(scores, dtype=torch.float64)
-    positive = torch.as_tensor(positive).bool()
-    w, single = _as_weight_matrix(weights, scores.numel())
+    scores = _on(scores, _device_of(scores), torch.float64)
+    positive = _on(positive, scores.device).bool()
+    w, single = _as_weight_matrix(weights, scores.numel(), scores.device)
     order = torch.argsort(scores)
     sorted_scores, pos = scores[order], positive[order]
     w = w.index_select(1, order)
@@ -83,15 +96,16 @@ def auroc_columns(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
 
     The Mann–Whitney statistic from mid-ranks (ties count ½), all columns from one batched
     sort: (Σ rank⁺ − n⁺(n⁺ + 1)/2) / (n⁺n⁻). Equals :func:`auroc` without weights. (C,)
-    float64; NaN where a column has one class only.
+    float64 on the device of ``scores``; NaN where a column has one class only.
     """
-    values, order = torch.sort(torch.as_tensor(scores).T.contiguous(), dim=1)
-    pos = torch.as_tensor(positive).bool().T.gather(1, order)
+    device = _device_of(scores)
+    values, order = torch.sort(_on(scores, device).T.contiguous(), dim=1)
+    pos = _on(positive, device).bool().T.gather(1, order)
     c, n = values.shape
-    index = torch.arange(n).expand(c, n)
-    starts = torch.ones(c, n, dtype=torch.bool)
+    index = torch.arange(n, device=device).expand(c, n)
+    starts = torch.ones(c, n, dtype=torch.bool, device=device)
     starts[:, 1:] = values[:, 1:] != values[:, :-1]
-    ends = torch.ones(c, n, dtype=torch.bool)
+    ends = torch.ones(c, n, dtype=torch.bool, device=device)
     ends[:, :-1] = starts[:, 1:]
     first = torch.cummax(torch.where(starts, index, 0), 1).values
     last = torch.cummin(torch.where(ends, index, n).flip(1), 1).values.flip(1)
@@ -109,10 +123,12 @@ def balanced_accuracy(predicted: torch.Tensor, target: torch.Tensor, weights: to
 
     ``predicted``, ``target`` (N,) int class indices; ``weights`` None, (N,) or (B, N).
     Matches scikit-learn's ``balanced_accuracy_score(target, predicted, sample_weight=w)``.
+    Computed on the device of ``target``.
     """
-    predicted = torch.as_tensor(predicted).long()
-    target = torch.as_tensor(target).long()
-    w, single = _as_weight_matrix(weights, target.numel())
+    device = _device_of(target)
+    predicted = _on(predicted, device).long()
+    target = _on(target, device).long()
+    w, single = _as_weight_matrix(weights, target.numel(), device)
     c = int(num_classes if num_classes is not None else max(int(target.max()), int(predicted.max())) + 1)
     onehot = torch.nn.functional.one_hot(target, c).to(w.dtype)  # (N, C)
     hits = w @ (onehot * (predicted == target).to(w.dtype)[:, None])  # (B, C)
@@ -127,11 +143,12 @@ def r2_score(predicted: torch.Tensor, target: torch.Tensor, weights: torch.Tenso
     """(Weighted) coefficient of determination 1 − SSE/SST, SST around the weighted mean of ``target``.
 
     ``weights`` None, (N,) or (B, N); NaN where SST is zero. Matches scikit-learn's
-    ``r2_score(target, predicted, sample_weight=w)`` where SST > 0.
+    ``r2_score(target, predicted, sample_weight=w)`` where SST > 0. Computed on the device of ``target``.
     """
-    predicted = torch.as_tensor(predicted, dtype=torch.float64)
-    target = torch.as_tensor(target, dtype=torch.float64)
-    w, single = _as_weight_matrix(weights, target.numel())
+    device = _device_of(target)
+    predicted = _on(predicted, device, torch.float64)
+    target = _on(target, device, torch.float64)
+    w, single = _as_weight_matrix(weights, target.numel(), device)
     w = w.to(torch.float64)
     center = target.mean()  # numerically kinder sums; SST is shift-invariant
     t = target - center
@@ -194,5 +211,6 @@ def bootstrap_estimate(point: torch.Tensor | float, replicates: torch.Tensor | N
         finite = replicates[~torch.isnan(replicates)].to(torch.float64)
         undefined = total - int(finite.numel())
         if finite.numel() and finite.numel() >= 0.5 * total:
-            low, high = (float(v) for v in torch.quantile(finite, torch.tensor([0.025, 0.975], dtype=torch.float64)))
+            quantiles = torch.tensor([0.025, 0.975], dtype=torch.float64, device=finite.device)
+            low, high = torch.quantile(finite, quantiles).tolist()
     return MetricEstimate(float(point), low, high, undefined, total)

@@ -74,7 +74,7 @@ def fit_logistic_heads(
     :class:`~frx_plugin.leakage.metrics.ProbeStatistics`): they give the preconditioner and the start.
     Training set s < F is every fold but s; with ``include_all``, set F is all rows. The data
     passes run in the rows' precision (float32 unless ``x`` is float64); parameters, sums and
-    the solver in float64.
+    the solver in float64. Everything runs on the device of ``x`` (the other tensors are moved there).
     """
     tol = DEFAULT_TOL if tol is None else float(tol)
     problem = _LogisticProblem(x, y, labelled, folds, stats, 1.0 / float(C), include_all)
@@ -95,6 +95,9 @@ class _LogisticProblem:
         self, x: torch.Tensor, y: torch.Tensor, labelled: torch.Tensor, folds: torch.Tensor, stats: FoldStatistics, lam: float, include_all: bool
     ) -> None:
         f64 = torch.float64
+        self.device = device = x.device
+        y, labelled, folds = y.to(device), labelled.to(device), folds.to(device)
+        stats = FoldStatistics(*(t.to(device) for t in stats.tensors()))
         self.n_folds = stats.count.shape[0]
         self.dim = x.shape[1]
         self.columns = y.shape[1]
@@ -109,7 +112,8 @@ class _LogisticProblem:
         self.yw = y.to(self.work)
         self.mask = labelled.to(self.work)
         self.complete = bool(labelled.all())
-        self.others = [[s for s in range(self.sets) if s != f] for f in range(self.n_folds)]  # the sets that train on fold f
+        # the sets that train on fold f, as index tensors on the device (a list index is copied over on every use)
+        self.others = [torch.tensor([s for s in range(self.sets) if s != f], dtype=torch.int64, device=device) for f in range(self.n_folds)]
         self.gram, self.sum_x, self.count, self.cross = (self._train(v) for v in (stats.gram, stats.sum_x, stats.count, stats.cross))
         fold_m = torch.stack([labelled[a:e].sum(0) for a, e in zip(self.bounds[:-1], self.bounds[1:])]).to(f64)  # (F, T)
         self.n_lab, self.n_pos = self._train(fold_m), self._train(stats.sum_y)  # (S, T)
@@ -123,12 +127,12 @@ class _LogisticProblem:
     def _preconditioner_factor(self) -> torch.Tensor:
         """Cholesky factor (S, D+1, D+1) of Böhning's bound ¼·[XᵀX Σx; Σxᵀ n] + λI′ (intercept unpenalised)."""
         d = self.dim
-        augmented = torch.zeros(self.sets, d + 1, d + 1, dtype=torch.float64)
+        augmented = torch.zeros(self.sets, d + 1, d + 1, dtype=torch.float64, device=self.device)
         augmented[:, :d, :d] = self.gram
         augmented[:, :d, d] = self.sum_x
         augmented[:, d, :d] = self.sum_x
         augmented[:, d, d] = self.count
-        penalty = torch.ones(d + 1, dtype=torch.float64)
+        penalty = torch.ones(d + 1, dtype=torch.float64, device=self.device)
         penalty[d] = 0.0
         precondition = 0.25 * augmented + torch.diag(self.lam * penalty)
         precondition[:, d, d] += 1e-9 * self.count.clamp_min(1.0)  # an empty set stays factorisable
@@ -150,7 +154,7 @@ class _LogisticProblem:
         mean_x = self.sum_x / n_safe[:, None]
         scatter = self.gram - n_safe[:, None, None] * mean_x[:, :, None] * mean_x[:, None, :]
         cross_c = self.cross - mean_x[:, :, None] * n_pos[:, None, :]
-        eye = torch.eye(d, dtype=f64)
+        eye = torch.eye(d, dtype=f64, device=self.device)
         ls_factor, _ = torch.linalg.cholesky_ex(scatter + (lam + 1e-9 * torch.diagonal(scatter, dim1=1, dim2=2).mean(1))[:, None, None] * eye)
         w_ls = torch.cholesky_solve(cross_c, ls_factor)
         p = ((n_pos + 0.5) / (n_lab + 1.0)).clamp(1e-6, 1 - 1e-6)
@@ -159,7 +163,7 @@ class _LogisticProblem:
         w0 = w_ls / (p * (1 - p) * (1 - r2))[:, None, :]
         mean1 = self.cross / n_pos.clamp_min(1.0)[:, None, :]
         mean0 = (self.sum_x[:, :, None] * (n_lab / n_safe[:, None])[:, None, :] - self.cross) / (n_lab - n_pos).clamp_min(1.0)[:, None, :]
-        theta = torch.zeros(self.sets, d + 1, self.columns, dtype=f64)
+        theta = torch.zeros(self.sets, d + 1, self.columns, dtype=f64, device=self.device)
         theta[:, :d] = w0
         theta[:, d] = torch.log(p / (1 - p)) - 0.5 * (w0 * (mean1 + mean0)).sum(1)
         return theta
@@ -169,15 +173,15 @@ class _LogisticProblem:
         f64 = torch.float64
         d, t, lam, x, work = self.dim, self.columns, self.lam, self.x, self.work
         loss = 0.5 * lam * (theta[:, :d] ** 2).sum(1)  # (S, T)
-        grad = torch.zeros(self.sets, d + 1, t, dtype=f64) if with_gradient else None
-        curvature = torch.zeros(self.sets, t, dtype=f64)  # Σ σ(1 − σ) over the training rows
+        grad = torch.zeros(self.sets, d + 1, t, dtype=f64, device=self.device) if with_gradient else None
+        curvature = torch.zeros(self.sets, t, dtype=f64, device=self.device)  # Σ σ(1 − σ) over the training rows
         if with_gradient:
             grad[:, :d] += lam * theta[:, :d]
         for f, (a, e) in enumerate(zip(self.bounds[:-1], self.bounds[1:])):
             if a == e:
                 continue
             sets = self.others[f]
-            k = len(sets)
+            k = sets.numel()
             w = theta[sets, :d].permute(1, 0, 2).reshape(d, k * t).to(work)  # (D, k·T)
             b = theta[sets, d].reshape(1, k * t).to(work)
             z = torch.addmm(b, x[a:e], w).view(e - a, k, t)
@@ -208,8 +212,8 @@ def _minimise(problem: _LogisticProblem, theta: torch.Tensor, tol: float, max_it
     gamma_start = (0.25 * problem.n_lab / curvature.clamp_min(1e-12)).clamp(1.0, 1e3)
     memory = _Memory(history)
     scale = problem.n_lab.clamp_min(1.0).sqrt()
-    converged = torch.zeros(problem.sets, problem.columns, dtype=torch.bool)
-    norm = torch.zeros(problem.sets, problem.columns, dtype=f64)
+    converged = torch.zeros(problem.sets, problem.columns, dtype=torch.bool, device=problem.device)
+    norm = torch.zeros(problem.sets, problem.columns, dtype=f64, device=problem.device)
     iterations = 0
     for iterations in range(1, max_iter + 1):
         pg = problem.apply_inverse(grad)
@@ -273,7 +277,7 @@ def _line_search(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backtracking (Armijo) per problem from the full step: the new ``theta``, its loss and gradient."""
     slope = (grad * direction).sum(1)  # (S, T), negative
-    step = torch.ones(problem.sets, problem.columns, dtype=torch.float64)
+    step = torch.ones(problem.sets, problem.columns, dtype=torch.float64, device=problem.device)
     trial = theta + direction
     new_loss, new_grad, _ = problem.objective(trial, True)  # the full step is almost always taken
     noise = _LOSS_NOISE[problem.work] * loss.abs()  # rounding of the summed loss: below it, no verdict

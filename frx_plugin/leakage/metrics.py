@@ -52,6 +52,9 @@ class ProbeStatistics(Metric):
     ``(shared, masked)``: the :class:`~frx_plugin.leakage.statistics.FoldStatistics` of all rows and, per
     attribute named in ``masked_attributes``, those of its labelled rows only (restricted to
     that attribute's target columns).
+
+    The states are made on ``device`` (default the CPU; the metric moves with ``.to(device)``
+    too); ``update`` moves each batch to the states' device, and the statistics are computed there.
     """
 
     full_state_update = False
@@ -59,7 +62,8 @@ class ProbeStatistics(Metric):
     higher_is_better = None
 
     def __init__(
-        self, schema: AttributeSchema, dim: int, n_folds: int, masked_attributes: Sequence[str] = (), **kwargs
+        self, schema: AttributeSchema, dim: int, n_folds: int, masked_attributes: Sequence[str] = (),
+        device: torch.device | str = "cpu", **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         if dim < 1 or n_folds < 2:
@@ -72,17 +76,19 @@ class ProbeStatistics(Metric):
         self.n_folds = n_folds
         self.masked_attributes = tuple(masked_attributes)
         width = sum(a.num_classes if a.kind == "categorical" else 1 for a in schema)
-        f64 = torch.float64
-        self.add_state("count", torch.zeros(n_folds, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("sum_x", torch.zeros(n_folds, dim, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("gram", torch.zeros(n_folds, dim, dim, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("sum_y", torch.zeros(n_folds, width, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("cross", torch.zeros(n_folds, dim, width, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("sum_yy", torch.zeros(n_folds, width, dtype=f64), dist_reduce_fx="sum")
+        # made on their device at once: torchmetrics' .to() starts from its record of the default
+        # device at construction, which need not be a device that holds data
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
+        self.add_state("count", zeros(n_folds), dist_reduce_fx="sum")
+        self.add_state("sum_x", zeros(n_folds, dim), dist_reduce_fx="sum")
+        self.add_state("gram", zeros(n_folds, dim, dim), dist_reduce_fx="sum")
+        self.add_state("sum_y", zeros(n_folds, width), dist_reduce_fx="sum")
+        self.add_state("cross", zeros(n_folds, dim, width), dist_reduce_fx="sum")
+        self.add_state("sum_yy", zeros(n_folds, width), dist_reduce_fx="sum")
         m = len(self.masked_attributes)
-        self.add_state("missing_count", torch.zeros(m, n_folds, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("missing_sum_x", torch.zeros(m, n_folds, dim, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("missing_gram", torch.zeros(m, n_folds, dim, dim, dtype=f64), dist_reduce_fx="sum")
+        self.add_state("missing_count", zeros(m, n_folds), dist_reduce_fx="sum")
+        self.add_state("missing_sum_x", zeros(m, n_folds, dim), dist_reduce_fx="sum")
+        self.add_state("missing_gram", zeros(m, n_folds, dim, dim), dist_reduce_fx="sum")
 
     def update(self, embeddings: torch.Tensor, folds: torch.Tensor, labels: Mapping[str, torch.Tensor]) -> None:
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
@@ -137,7 +143,7 @@ def _bin_edges(low: torch.Tensor, high: torch.Tensor, n_bins: int) -> torch.Tens
     n_folds = low.shape[0]
     n_global = max(2, int(n_bins * GLOBAL_EDGE_SHARE))
     n_fold = max(2, (n_bins - n_global) // n_folds)
-    grid = lambda k: torch.linspace(0.0, 1.0, k, dtype=torch.float64)  # noqa: E731
+    grid = lambda k: torch.linspace(0.0, 1.0, k, dtype=torch.float64, device=low.device)  # noqa: E731
     overall_low, overall_high = low.amin(0), high.amax(0)  # (T,)
     overall = overall_low[:, None] + (overall_high - overall_low)[:, None] * grid(n_global)  # (T, k)
     per_fold = (low[:, :, None] + (high - low)[:, :, None] * grid(n_fold)).permute(1, 0, 2).reshape(low.shape[1], -1)
@@ -154,12 +160,19 @@ def _bin_index(scores: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
 
 
 def _leakage_update(metric: "HeldOutLeakage", x: torch.Tensor, identity: torch.Tensor, folds: torch.Tensor, labels: Mapping[str, torch.Tensor]) -> None:
-    """Score the rows of one batch and add their weighted histograms, confusions and sums to the states."""
+    """Score the rows of one batch and add their weighted histograms, confusions and sums to the states.
+
+    ``x``, ``folds`` and ``labels`` on the device of the heads and states; ``identity`` on the CPU
+    (the bootstrap weights are drawn there and moved over once).
+    """
     heads, bins = metric.heads, metric.edges.shape[1] + 1
-    n = x.shape[0]
+    n, device = x.shape[0], x.device
     scores = score_rows(x, folds, heads.weight, heads.bias)
     weights = torch.cat(
-        [torch.ones(1, n, dtype=torch.float64), poisson_bootstrap_weights(identity, metric.seed, metric.n_replicates)]
+        [
+            torch.ones(1, n, dtype=torch.float64, device=device),
+            poisson_bootstrap_weights(identity, metric.seed, metric.n_replicates, device=device),
+        ]
     )  # (R, n)
     for i, attribute in enumerate(metric.schema):
         if heads.reason[attribute.name]:
@@ -167,15 +180,16 @@ def _leakage_update(metric: "HeldOutLeakage", x: torch.Tensor, identity: torch.T
         raw = labels[attribute.name]
         labelled = ~attribute.missing_mask(raw)
         complete = bool(labelled.all())
-        rows = torch.arange(n) if complete else labelled.nonzero().squeeze(1)
+        rows = torch.arange(n, device=device) if complete else labelled.nonzero().squeeze(1)
         if rows.numel() == 0:
             continue
-        cols = heads.cols[attribute.name]
+        first = int(heads.cols[attribute.name][0])  # the columns are a layout on the CPU
+        cols = heads.cols[attribute.name].to(device)
         w = weights if complete else weights.index_select(1, rows)  # no copy when every label is there
         if attribute.kind == "continuous":
-            centre = heads.label_centre[cols[0]]
+            centre = heads.label_centre[first]
             y = raw[rows].to(torch.float64)
-            residual = y - scores[rows, cols[0]]
+            residual = y - scores[rows, first]
             y = y - centre
             sums = torch.stack([torch.ones_like(y), y, y * y, residual * residual], 1)
             getattr(metric, f"moments_{i}").add_(w @ sums)
@@ -184,15 +198,15 @@ def _leakage_update(metric: "HeldOutLeakage", x: torch.Tensor, identity: torch.T
         s = scores.index_select(1, cols) if complete else scores[rows][:, cols]  # (m, width)
         width = cols.numel()
         if attribute.kind == "binary":
-            predicted = (s[:, 0] > heads.threshold[folds[rows], cols[0]]).long()
+            predicted = (s[:, 0] > heads.threshold[folds[rows], first]).long()
             positive = (target == 1).long()[:, None]
             n_classes = 2
         else:
             predicted = s.argmax(1)
-            positive = (target[:, None] == torch.arange(width)[None, :]).long()
+            positive = (target[:, None] == torch.arange(width, device=device)[None, :]).long()
             n_classes = width
         bin_index = _bin_index(s, metric.edges[cols])  # (m, width)
-        flat = torch.arange(width)[None, :] * (2 * bins) + positive * bins + bin_index  # (m, width)
+        flat = torch.arange(width, device=device)[None, :] * (2 * bins) + positive * bins + bin_index  # (m, width)
         histogram = getattr(metric, f"histogram_{i}").view(weights.shape[0], -1)
         for c in range(width):  # one column at a time: no (R, m·width) copy of the weights
             histogram.index_add_(1, flat[:, c], w)
@@ -246,6 +260,10 @@ class HeldOutLeakage(Metric):
     ``heads.label_centre``). Missing labels are skipped; undefined attributes are not scored.
     ``compute()`` → {attribute: {metric: MetricEstimate}} (``auroc`` and
     ``balanced_accuracy``, or ``r2``) for the defined attributes.
+
+    Everything lives on the device of ``heads`` (that of the statistics they were fitted from):
+    the states are made there, and ``update`` moves each batch there (its identities stay on the
+    CPU, where the bootstrap weights are drawn).
     """
 
     full_state_update = False
@@ -274,23 +292,24 @@ class HeldOutLeakage(Metric):
         self.edges = _bin_edges(heads.score_low, heads.score_high, int(n_bins))  # (T, E)
         self.n_bins = self.edges.shape[1] + 1
         r = self.n_replicates + 1
-        f64 = torch.float64
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=heads.weight.device)  # noqa: E731
         for i, attribute in enumerate(schema):
             if attribute.kind == "continuous":
-                self.add_state(f"moments_{i}", torch.zeros(r, 4, dtype=f64), dist_reduce_fx="sum")
+                self.add_state(f"moments_{i}", zeros(r, 4), dist_reduce_fx="sum")
             else:
                 width = heads.cols[attribute.name].numel()
                 n_classes = 2 if attribute.kind == "binary" else width
-                self.add_state(f"histogram_{i}", torch.zeros(r, width, 2, self.n_bins, dtype=f64), dist_reduce_fx="sum")
-                self.add_state(f"confusion_{i}", torch.zeros(r, n_classes, n_classes, dtype=f64), dist_reduce_fx="sum")
+                self.add_state(f"histogram_{i}", zeros(r, width, 2, self.n_bins), dist_reduce_fx="sum")
+                self.add_state(f"confusion_{i}", zeros(r, n_classes, n_classes), dist_reduce_fx="sum")
 
     def update(self, embeddings: torch.Tensor, identity: torch.Tensor, folds: torch.Tensor, labels: Mapping[str, torch.Tensor]) -> None:
         dim = self.heads.weight.shape[1]
         if embeddings.ndim != 2 or embeddings.shape[1] != dim:
             raise ValueError(f"HeldOutLeakage: embeddings must be (B, {dim}), got {tuple(embeddings.shape)}")
-        x = embeddings.detach().to("cpu")
-        labels = {a.name: labels[a.name].detach().cpu() for a in self.schema}
-        _leakage_update(self, x, identity.detach().cpu(), folds.detach().cpu().long(), labels)
+        device = self.heads.weight.device
+        x = embeddings.detach().to(device)
+        labels = {a.name: labels[a.name].detach().to(device) for a in self.schema}
+        _leakage_update(self, x, identity.detach().cpu(), folds.detach().to(device).long(), labels)
 
     def compute(self) -> dict[str, dict[str, MetricEstimate]]:
         return _leakage_compute(self)

@@ -36,9 +36,9 @@ from frx_plugin.leakage.statistics import FoldStatistics, Target, target_layout,
 __all__ = ["Heads", "fit_ridge_heads", "class_midpoints", "ProbeHeads", "fit_probe_heads", "PENALTY_EXPONENTS", "INNER_EXPONENTS"]
 
 #: GCV grid: λ = mean eigenvalue × 10^k for these exponents k.
-PENALTY_EXPONENTS = torch.linspace(-6.0, 2.0, 33, dtype=torch.float64)
+PENALTY_EXPONENTS = torch.linspace(-6.0, 2.0, 33, dtype=torch.float64, device="cpu")
 #: Inner-fold grid: λ = (mean eigenvalue per sample) × n_train × 10^k for these exponents k.
-INNER_EXPONENTS = torch.linspace(-5.0, 2.0, 15, dtype=torch.float64)
+INNER_EXPONENTS = torch.linspace(-5.0, 2.0, 15, dtype=torch.float64, device="cpu")
 
 
 # --------------------------------------------------------------------------- ridge heads
@@ -101,8 +101,8 @@ def _inner_fold_penalty(fold_stats: FoldStatistics, exponents: torch.Tensor = IN
     identities. ``fold_stats``: per-fold statistics (F slices). Returns (F + 1, T), or
     ``None`` when fewer than 3 folds hold data (then GCV decides).
     """
-    n_folds = fold_stats.count.shape[0]
-    present = [f for f in range(n_folds) if float(fold_stats.count[f]) > 0]
+    n_folds, device = fold_stats.count.shape[0], fold_stats.count.device
+    present = [f for f, count in enumerate(fold_stats.count.tolist()) if count > 0]
     if len(present) < 3:
         return None
     pairs = [(present[i], present[(i + 1) % len(present)]) for i in range(len(present))]
@@ -113,7 +113,7 @@ def _inner_fold_penalty(fold_stats: FoldStatistics, exponents: torch.Tensor = IN
     dim = scatter.shape[1]
     eigval, eigvec = torch.linalg.eigh(scatter)
     eigval = eigval.clamp_min(0.0)
-    steps = 10.0 ** exponents.to(torch.float64)  # (L,)
+    steps = 10.0 ** exponents.to(device, torch.float64)  # (L,)
     scale = (eigval.sum(1) / dim).clamp_min(torch.finfo(torch.float64).tiny)  # (P,)
     lam = scale[:, None] * steps[None, :]  # (P, L)
     proj = eigvec.transpose(1, 2) @ cross  # (P, D, T)
@@ -121,7 +121,7 @@ def _inner_fold_penalty(fold_stats: FoldStatistics, exponents: torch.Tensor = IN
     shrunk = proj[:, :, None, :] / (eigval[:, :, None, None] + lam[:, None, :, None])  # (P, D, L, T)
     weight = (eigvec @ shrunk.reshape(n_pairs, dim, -1)).reshape(n_pairs, dim, n_steps, n_columns)  # (P, D, L, T)
     bias = mean_y[:, None, :] - torch.einsum("pd,pdlt->plt", mean_x, weight)  # (P, L, T)
-    sse = torch.zeros(n_folds + 1, len(steps), fold_stats.sum_y.shape[1], dtype=torch.float64)
+    sse = torch.zeros(n_folds + 1, len(steps), fold_stats.sum_y.shape[1], dtype=torch.float64, device=device)
     for i, (a, b) in enumerate(pairs):
         for held, outer in ((b, a), (a, b)):
             error = _held_out_sse(fold_stats, held, weight[i], bias[i])
@@ -148,12 +148,12 @@ _MAX_CHOLESKY_PENALTIES = 6
 def _solve_ridge(scatter: torch.Tensor, cross: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
     """W (S, D, T) with (scatter[s] + penalty[s, t]·I) W[s, :, t] = cross[s, :, t]."""
     weight = torch.empty_like(cross)
-    eye = torch.eye(scatter.shape[1], dtype=scatter.dtype)
+    eye = torch.eye(scatter.shape[1], dtype=scatter.dtype, device=scatter.device)
     for s in range(scatter.shape[0]):
         values, which = torch.unique(penalty[s], return_inverse=True)
         if values.numel() <= _MAX_CHOLESKY_PENALTIES:
-            factors = [torch.linalg.cholesky_ex(scatter[s] + float(lam) * eye) for lam in values]
-            if all(int(info) == 0 for _, info in factors):
+            factors = [torch.linalg.cholesky_ex(scatter[s] + lam * eye) for lam in values.tolist()]
+            if not bool(torch.stack([info for _, info in factors]).any()):  # every factorisation succeeded
                 for j, (factor, _) in enumerate(factors):
                     cols = (which == j).nonzero().squeeze(1)
                     weight[s][:, cols] = torch.cholesky_solve(cross[s][:, cols], factor)
@@ -181,7 +181,7 @@ def fit_ridge_heads(stats: FoldStatistics, exponents: torch.Tensor = PENALTY_EXP
     proj = eigvec.transpose(1, 2) @ cross  # (S, D, T)
     d = eigval.shape[1]
     scale = (eigval.sum(1) / d).clamp_min(torch.finfo(torch.float64).tiny)  # (S,)
-    grid = scale[:, None] * (10.0 ** exponents.to(torch.float64))[None, :]  # (S, L)
+    grid = scale[:, None] * (10.0 ** exponents.to(scale.device, torch.float64))[None, :]  # (S, L)
     denom = eigval[:, None, :] + grid[:, :, None]  # (S, L, D)
     shrink = (eigval[:, None, :] + 2 * grid[:, :, None]) / denom**2  # (S, L, D)
     rss = (yy[:, None, :] - torch.einsum("sld,sdt->slt", shrink, proj**2)).clamp_min(0.0)  # (S, L, T)
@@ -289,9 +289,9 @@ def fit_probe_heads(
     and get a ``reason``; their heads are computed but meaningless.
     """
     n_folds = shared.count.shape[0]
-    fold_has = [int(f) for f in folds] if folds is not None else [f for f in range(n_folds) if float(shared.count[f]) > 0]
+    fold_has = [int(f) for f in folds] if folds is not None else [f for f, count in enumerate(shared.count.tolist()) if count > 0]
     targets = target_layout(schema)
-    out = _empty_probe_heads(targets, n_folds, shared.sum_x.shape[1], int(round(float(shared.count.sum()))))
+    out = _empty_probe_heads(targets, n_folds, shared.sum_x.shape[1], int(round(float(shared.count.sum()))), shared.count.device)
     for members, stats in _statistics_groups(targets, shared, masked):
         train = stats.training_sets()
         cols = torch.cat([t.cols for t in members])
@@ -304,18 +304,18 @@ def fit_probe_heads(
     return out
 
 
-def _empty_probe_heads(targets: list[Target], n_folds: int, dim: int, n_rows: int) -> ProbeHeads:
-    """Zero heads, NaN thresholds and empty per-attribute entries, for ``fit_probe_heads`` to fill."""
+def _empty_probe_heads(targets: list[Target], n_folds: int, dim: int, n_rows: int, device: torch.device) -> ProbeHeads:
+    """Zero heads, NaN thresholds and empty per-attribute entries on ``device``, for ``fit_probe_heads`` to fill."""
     n_columns = sum(t.cols.numel() for t in targets)
     f64 = torch.float64
     return ProbeHeads(
-        weight=torch.zeros(n_folds + 1, dim, n_columns, dtype=f64),
-        bias=torch.zeros(n_folds + 1, n_columns, dtype=f64),
-        penalty=torch.zeros(n_folds + 1, n_columns, dtype=f64),
-        threshold=torch.full((n_folds + 1, n_columns), math.nan, dtype=f64),
-        score_low=torch.zeros(n_folds, n_columns, dtype=f64),
-        score_high=torch.zeros(n_folds, n_columns, dtype=f64),
-        label_centre=torch.zeros(n_columns, dtype=f64),
+        weight=torch.zeros(n_folds + 1, dim, n_columns, dtype=f64, device=device),
+        bias=torch.zeros(n_folds + 1, n_columns, dtype=f64, device=device),
+        penalty=torch.zeros(n_folds + 1, n_columns, dtype=f64, device=device),
+        threshold=torch.full((n_folds + 1, n_columns), math.nan, dtype=f64, device=device),
+        score_low=torch.zeros(n_folds, n_columns, dtype=f64, device=device),
+        score_high=torch.zeros(n_folds, n_columns, dtype=f64, device=device),
+        label_centre=torch.zeros(n_columns, dtype=f64, device=device),
         cols={t.attribute.name: t.cols for t in targets},
         reason={},
         n_labelled={},
@@ -341,11 +341,12 @@ def _statistics_groups(
 
 def _describe_group(out: ProbeHeads, members: list[Target], stats: FoldStatistics, train: FoldStatistics, fold_has: list[int]) -> None:
     """Per member attribute: why it is undefined, its labelled count, its classes present, unseen-class warnings."""
-    held_out_folds = [f for f in fold_has if float(stats.count[f]) > 0.5]
+    counts = stats.count.tolist()
+    held_out_folds = [f for f in fold_has if counts[f] > 0.5]
     offset = 0
     for t in members:
         attribute, width = t.attribute, t.cols.numel()
-        local = torch.arange(offset, offset + width)
+        local = torch.arange(offset, offset + width, device="cpu")  # column indices (a layout)
         offset += width
         name = attribute.name
         per_fold = stats.columns(local)
@@ -362,13 +363,17 @@ def _describe_group(out: ProbeHeads, members: list[Target], stats: FoldStatistic
 
 def _group_ridge_heads(members: list[Target], stats: FoldStatistics, train: FoldStatistics, fit_discrete: bool) -> Heads:
     """Ridge heads of one group's columns on every training set (discrete ones zero unless ``fit_discrete``)."""
-    f64 = torch.float64
+    f64, device = torch.float64, stats.count.device
     d = stats.sum_x.shape[1]
-    fit = torch.tensor([fit_discrete or not t.attribute.discrete for t in members for _ in range(t.cols.numel())])
+    fit = torch.tensor([fit_discrete or not t.attribute.discrete for t in members for _ in range(t.cols.numel())], device="cpu")
     if bool(fit.all()):
         heads = fit_ridge_heads(train, penalty=_inner_fold_penalty(stats))
     else:
-        heads = Heads(torch.zeros(train.gram.shape[0], d, fit.numel(), dtype=f64), *(torch.zeros(train.gram.shape[0], fit.numel(), dtype=f64) for _ in range(2)))
+        sets = train.gram.shape[0]
+        heads = Heads(
+            torch.zeros(sets, d, fit.numel(), dtype=f64, device=device),
+            *(torch.zeros(sets, fit.numel(), dtype=f64, device=device) for _ in range(2)),
+        )
         if bool(fit.any()):
             some = fit.nonzero().squeeze(1)
             partial = fit_ridge_heads(train.columns(some), penalty=_inner_fold_penalty(stats.columns(some)))
@@ -376,7 +381,7 @@ def _group_ridge_heads(members: list[Target], stats: FoldStatistics, train: Fold
     # Discrete columns score without the training prior ȳ in the intercept: pooled over folds,
     # that term is anti-correlated with each held-out fold's labels (a fold rich in positives
     # leaves a training set poor in them), which drags a signal-free attribute below AUROC 0.5.
-    discrete = torch.tensor([t.attribute.discrete for t in members for _ in range(t.cols.numel())])
+    discrete = torch.tensor([t.attribute.discrete for t in members for _ in range(t.cols.numel())], device=device)
     prior = train.sum_y / train.count.clamp_min(1.0)[:, None]
     heads.bias = heads.bias - torch.where(discrete[None, :], prior, torch.zeros_like(prior))
     return heads

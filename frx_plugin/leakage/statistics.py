@@ -51,7 +51,7 @@ def work_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def check_embeddings(embeddings: torch.Tensor) -> torch.Tensor:
-    """``embeddings`` (N, D) on the CPU in the working precision (float64 stays, other floats become float32).
+    """``embeddings`` (N, D) on their own device in the working precision (float64 stays, other floats become float32).
 
     Raises :class:`AnalysisError` for a non-tensor, a shape other than (N, D ≥ 1), an integer
     dtype, or rows holding NaN, infinity or values too large to sum.
@@ -65,7 +65,7 @@ def check_embeddings(embeddings: torch.Tensor) -> torch.Tensor:
     n, d = embeddings.shape
     if d == 0:
         raise AnalysisError("embeddings have 0 columns (D = 0)")
-    x = embeddings.detach().to("cpu")
+    x = embeddings.detach()
     x = x.to(work_dtype(x))
     if not bool(torch.isfinite(x.sum(1)).all()):  # cheap screen: a NaN/inf makes its row sum NaN/inf
         k = int((~torch.isfinite(x).all(1)).sum())
@@ -100,9 +100,11 @@ def identity_folds(identity: torch.Tensor, n_folds: int, seed: int = 0) -> torch
 
     Identities are shuffled with ``seed``, ordered by sample count (largest first, the
     shuffle breaking ties) and each is put into the fold that holds the fewest samples so
-    far (greedy). With equal-sized identities this is a seeded round-robin.
+    far (greedy). With equal-sized identities this is a seeded round-robin. Drawn on the CPU (a
+    seeded host generator and a greedy loop), and returned there.
     """
     check_identity(identity)
+    identity = identity.detach().cpu()
     if not isinstance(n_folds, int) or isinstance(n_folds, bool) or n_folds < 2:
         raise AnalysisError(f"n_folds must be an integer of at least 2, got {n_folds!r}")
     n = int(identity.shape[0])
@@ -115,13 +117,13 @@ def identity_folds(identity: torch.Tensor, n_folds: int, seed: int = 0) -> torch
         raise AnalysisError(
             f"identity: {k} identities are fewer than n_folds={n_folds}; every fold needs its own identities"
         )
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
     counts = torch.bincount(index, minlength=k)
-    shuffled = torch.randperm(k, generator=generator)
+    shuffled = torch.randperm(k, generator=generator, device="cpu")
     order = shuffled[torch.argsort(counts[shuffled], descending=True, stable=True)]
-    fold_of_identity = torch.empty(k, dtype=torch.int64)
+    fold_of_identity = torch.empty(k, dtype=torch.int64, device="cpu")
     if bool((counts == counts[0]).all()):  # equal sizes: the greedy rule is a round-robin
-        fold_of_identity[order] = torch.arange(k) % n_folds
+        fold_of_identity[order] = torch.arange(k, device="cpu") % n_folds
         return fold_of_identity[index]
     loads = [0] * n_folds
     for ident, count in zip(order.tolist(), counts[order].tolist()):
@@ -191,22 +193,22 @@ def _add_gram(out: torch.Tensor, x: torch.Tensor) -> None:
 
 
 def fold_statistics(x: torch.Tensor, y: torch.Tensor, folds: torch.Tensor, n_folds: int) -> FoldStatistics:
-    """Per-fold statistics of rows ``x`` (N, D) and targets ``y`` (N, T), float64.
+    """Per-fold statistics of rows ``x`` (N, D) and targets ``y`` (N, T), float64 on the device of ``x``.
 
     Products and sums are float64 throughout (each block of at most ``GRAM_BLOCK_ROWS`` rows of
     one fold is converted on its own), so the statistics do not depend on how the rows are
     batched or sharded beyond float64 rounding: the 1e-6 agreement of a DDP pass with a
     single-process one rests on this.
     """
-    f64 = torch.float64
+    f64, device = torch.float64, x.device
     d, t = x.shape[1], y.shape[1]
-    count = torch.zeros(n_folds, dtype=f64)
-    sum_x = torch.zeros(n_folds, d, dtype=f64)
-    gram = torch.zeros(n_folds, d, d, dtype=f64)
-    sum_y = torch.zeros(n_folds, t, dtype=f64)
-    cross = torch.zeros(n_folds, d, t, dtype=f64)
-    sum_yy = torch.zeros(n_folds, t, dtype=f64)
-    folds = folds.long()
+    count = torch.zeros(n_folds, dtype=f64, device=device)
+    sum_x = torch.zeros(n_folds, d, dtype=f64, device=device)
+    gram = torch.zeros(n_folds, d, d, dtype=f64, device=device)
+    sum_y = torch.zeros(n_folds, t, dtype=f64, device=device)
+    cross = torch.zeros(n_folds, d, t, dtype=f64, device=device)
+    sum_yy = torch.zeros(n_folds, t, dtype=f64, device=device)
+    y, folds = y.to(device), folds.to(device).long()
     sizes = torch.bincount(folds, minlength=n_folds).tolist()
     if len(sizes) > n_folds:
         raise ValueError(f"fold ids must be below n_folds={n_folds}, got {len(sizes) - 1}")
@@ -228,13 +230,13 @@ def fold_statistics(x: torch.Tensor, y: torch.Tensor, folds: torch.Tensor, n_fol
 
 
 def score_rows(x: torch.Tensor, folds: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """(N, T) float64 scores: row i scored by head ``folds[i]`` (``weight`` (S, D, T), ``bias`` (S, T)).
+    """(N, T) float64 scores on the device of ``x``: row i scored by head ``folds[i]`` (``weight`` (S, D, T), ``bias`` (S, T)).
 
     In float64 (a float32 product rounds each score differently with the batch shape, which
     would make results depend on chunking); every pass scores through this function.
     """
-    scores = torch.empty(x.shape[0], weight.shape[2], dtype=torch.float64)
-    folds = folds.long()
+    scores = torch.empty(x.shape[0], weight.shape[2], dtype=torch.float64, device=x.device)
+    folds = folds.to(x.device).long()
     if bool((folds[1:] >= folds[:-1]).all()):  # grouped by fold: slices, no gathers
         start = 0
         for f, size in enumerate(torch.bincount(folds).tolist()):
@@ -256,8 +258,8 @@ class Target:
     """Where an attribute's columns sit in the target matrix, and what can be computed for it."""
 
     attribute: Attribute
-    cols: torch.Tensor  # column indices into Y
-    labelled: torch.Tensor  # (N,) bool
+    cols: torch.Tensor  # column indices into Y, on the CPU (a layout, not data)
+    labelled: torch.Tensor  # (N,) bool, on the labels' device
     reason: str | None = None
 
 
@@ -266,6 +268,7 @@ def build_targets(labels: Mapping[str, torch.Tensor], schema: AttributeSchema, n
 
     A binary attribute is one 0/1 column, a categorical one with C classes C one-hot columns,
     a continuous one its value; unlabelled rows (-1, NaN) are 0 in every column of their attribute.
+    The matrix lies on the device of the labels; each :attr:`Target.cols` on the CPU.
     """
     columns: list[torch.Tensor] = []
     targets: list[Target] = []
@@ -279,11 +282,11 @@ def build_targets(labels: Mapping[str, torch.Tensor], schema: AttributeSchema, n
             block = torch.nn.functional.one_hot(raw.long().clamp_min(0), attribute.num_classes).to(torch.float64)
             block = block * labelled[:, None].to(torch.float64)
         else:
-            block = torch.where(labelled, raw.to(torch.float64), torch.zeros((), dtype=torch.float64))[:, None]
+            block = torch.where(labelled, raw.to(torch.float64), torch.zeros((), dtype=torch.float64, device=raw.device))[:, None]
         columns.append(block)
-        targets.append(Target(attribute, torch.arange(start, start + block.shape[1]), labelled))
+        targets.append(Target(attribute, torch.arange(start, start + block.shape[1], device="cpu"), labelled))
         start += block.shape[1]
-    y = torch.cat(columns, 1) if columns else torch.zeros(n, 0, dtype=torch.float64)
+    y = torch.cat(columns, 1) if columns else torch.zeros(n, 0, dtype=torch.float64, device="cpu")
     return y, targets
 
 
@@ -294,7 +297,7 @@ def target_layout(schema: AttributeSchema) -> list[Target]:
 
 
 def _empty_labels(attribute: Attribute) -> torch.Tensor:
-    return torch.zeros(0, dtype=torch.int64 if attribute.discrete else torch.float32)
+    return torch.zeros(0, dtype=torch.int64 if attribute.discrete else torch.float32, device="cpu")
 
 
 def class_name(attribute: Attribute, index: int) -> str:
@@ -379,9 +382,10 @@ def unseen_class_warnings(attribute: Attribute, train_counts: torch.Tensor, fold
     ``train_counts`` (F + 1, C): class counts of the F training sets, then of all data.
     """
     out = []
-    total = train_counts[-1]
+    counts = train_counts.tolist()  # one transfer, not one per class and fold
+    total = counts[-1]
     for f in folds_with_data:
-        unseen = [c for c in range(attribute.num_classes) if train_counts[f, c] < 0.5 < total[c]]
+        unseen = [c for c in range(attribute.num_classes) if counts[f][c] < 0.5 < total[c]]
         if unseen:
             names = ", ".join(repr(class_name(attribute, c)) for c in unseen)
             out.append(

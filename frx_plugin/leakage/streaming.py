@@ -43,14 +43,14 @@ Chunk = tuple[torch.Tensor, torch.Tensor, Mapping[str, torch.Tensor]]
 
 
 class FoldLookup:
-    """Fold of a row from its identity: ``identity_folds`` of the full identity vector, per identity."""
+    """Fold of a row from its identity: ``identity_folds`` of the full identity vector, per identity (on the CPU)."""
 
     def __init__(self, identity: torch.Tensor, n_folds: int, seed: int) -> None:
         check_identity(identity)
         identity = identity.detach().cpu().long()
         folds = identity_folds(identity, n_folds, seed)
         self.identities, inverse = torch.unique(identity, return_inverse=True)
-        self.fold = torch.zeros(self.identities.numel(), dtype=torch.int64).scatter_(0, inverse, folds)
+        self.fold = torch.zeros(self.identities.numel(), dtype=torch.int64, device="cpu").scatter_(0, inverse, folds)
 
     def __call__(self, identity: torch.Tensor) -> torch.Tensor:
         identity = identity.detach().cpu().long()
@@ -64,7 +64,7 @@ class FoldLookup:
 
 
 class _MissingLabels(Metric):
-    """Pass 0: rows and missing labels per attribute (summed over ranks)."""
+    """Pass 0: rows and missing labels per attribute (summed over ranks), on the CPU with the labels."""
 
     full_state_update = False
     is_differentiable = False
@@ -73,9 +73,9 @@ class _MissingLabels(Metric):
     def __init__(self, schema: AttributeSchema, **kwargs) -> None:
         super().__init__(**kwargs)
         self.schema = schema
-        self.add_state("missing", torch.zeros(len(schema.names), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("rows", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("dim", torch.zeros((), dtype=torch.float64), dist_reduce_fx="max")
+        self.add_state("missing", torch.zeros(len(schema.names), dtype=torch.float64, device="cpu"), dist_reduce_fx="sum")
+        self.add_state("rows", torch.zeros((), dtype=torch.float64, device="cpu"), dist_reduce_fx="sum")
+        self.add_state("dim", torch.zeros((), dtype=torch.float64, device="cpu"), dist_reduce_fx="max")
 
     def update(self, embeddings: torch.Tensor, labels: Mapping[str, torch.Tensor]) -> None:
         self.rows += embeddings.shape[0]
@@ -89,6 +89,7 @@ class _MissingLabels(Metric):
 
 
 def _checked(chunk: Chunk, schema: AttributeSchema, index: int, dim: int | None = None) -> Chunk:
+    """A checked chunk: its embeddings on their own device, its identities and labels on the CPU."""
     try:
         embeddings, identity, labels = chunk
     except (TypeError, ValueError):
@@ -151,6 +152,9 @@ def analyze_stream(
     (default torchmetrics' own gather; a pass gives :func:`frx_plugin.collectives.metric_sync`).
     ``min_class_samples``: a binary or categorical attribute with a class of fewer labelled samples
     is reported NaN with that reason, as ``analyze_embeddings`` does.
+
+    Devices: the analysis runs on the device of the first chunk's embeddings (every chunk is
+    moved there); identities and labels may stay on the CPU. ``report.tensors`` are on the CPU.
     """
     check_identity(identity)
     check_min_class_samples(min_class_samples)
@@ -165,7 +169,9 @@ def analyze_stream(
         x, ident, labels = _checked(chunk, schema, i, dim)
         if statistics is None:
             dim = dim or x.shape[1]
-            statistics = ProbeStatistics(schema, dim, n_folds, list(masked_attributes), sync_on_compute=sync_on_compute, dist_sync_fn=dist_sync_fn)
+            statistics = ProbeStatistics(
+                schema, dim, n_folds, list(masked_attributes), device=x.device, sync_on_compute=sync_on_compute, dist_sync_fn=dist_sync_fn
+            )
         statistics.update(x, lookup(ident), labels)
     if statistics is None:
         raise AnalysisError("chunks() yielded no chunks")
