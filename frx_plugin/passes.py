@@ -182,7 +182,7 @@ def probe_leakage(embeddings: torch.Tensor, probe: ProbeSet, config: AnalysisCon
         return analyze_embeddings(embeddings, probe.identity, probe.labels, probe.schema, n_folds=config.n_folds,
                                   n_bootstrap=config.n_bootstrap, seed=config.seed, head="logistic", C=float(config.C))
     if indices is None:
-        indices = torch.arange(len(probe))
+        indices = torch.arange(len(probe), device="cpu")
     distributed = collectives is not None and collectives.world_size > 1
     labels = {name: value[indices] for name, value in probe.labels.items()}
     masked = [a.name for a in probe.schema if bool(a.missing_mask(probe.labels[a.name]).any())]
@@ -238,12 +238,12 @@ def _embed_shard(model: ModelAdapter, probe: ProbeSet, indices: torch.Tensor, ba
     """
     bad_parameter = _diverged_parameters(model)
     if bad_parameter is not None:
-        return torch.empty(0, 0), AnalysisError(
+        return torch.empty(0, 0, device="cpu"), AnalysisError(
             f"the model's parameter {bad_parameter!r} holds NaN or infinity — did the training diverge?")
     try:
         local = embed_probe_set(model, probe, indices, batch_size, progress=progress, check=True)
     except Exception as exc:  # noqa: BLE001 - every rank learns of it before the first collective
-        return torch.empty(0, 0), exc
+        return torch.empty(0, 0, device="cpu"), exc
     bad = int((~torch.isfinite(local).all(1)).sum()) if local.numel() else 0
     if bad:
         return local, AnalysisError(
@@ -276,7 +276,7 @@ class _ShardedEmbedder:
         for (rows, attribute, values), n in zip(edits, counts):
             # this rank's faces of the sequence that fall in this edit, as positions inside the edit
             first = (c.rank - start) % c.world_size
-            local = torch.arange(first, n, c.world_size)
+            local = torch.arange(first, n, c.world_size, device="cpu")
             if local.numel():
                 mine.append((rows[local], attribute, values[local]))
             start += n
@@ -330,7 +330,7 @@ _FIT_KEYS = ("pixel_loss_start", "pixel_loss_end", "identity_loss_start", "ident
 
 def _fold_summary(results: list, n_folds: int) -> torch.Tensor:
     """(n_folds, 5): failed flag and the fit's losses of each fold this rank ran, NaN elsewhere."""
-    summary = torch.full((n_folds, 1 + len(_FIT_KEYS)), math.nan, dtype=torch.float64)
+    summary = torch.full((n_folds, 1 + len(_FIT_KEYS)), math.nan, dtype=torch.float64, device="cpu")
     for r in results:
         fit = r.fit or {}
         summary[r.fold] = torch.tensor(
@@ -359,7 +359,7 @@ def _two_stage(model: Any, embeddings: torch.Tensor, report: Report, two_stage: 
         return None
     # each fold's readings and fit summary, NaN where another rank owns the fold; merged after one gather each
     width = (len(two_stage.attributes) + 1) * two_stage.config.samples
-    mine = torch.full((embeddings.shape[0], width), math.nan, dtype=torch.float64)
+    mine = torch.full((embeddings.shape[0], width), math.nan, dtype=torch.float64, device="cpu")
     for r in results:
         mine = torch.where(torch.isnan(mine), two_stage.pack(r), mine)
     mine, summary = merge_ranks(collectives, mine), merge_ranks(collectives, _fold_summary(results, n_folds))

@@ -99,7 +99,6 @@ def poisson_bootstrap_weights(
     return weights if device is None else weights.to(device)
 
 
-
 @contextlib.contextmanager
 def seeded(seed: int):
     """Run the block with torch's global generators seeded by ``seed``, and put every one of them back after.

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from frx_plugin.collectives import SingleProcess, gather_rows, merge_ranks
+from frx_plugin.counterfactual.measures import counterfactual_embedder, counterfactual_measures
 from frx_plugin.leakage import analyze_embeddings
 from frx_plugin.leakage.streaming import analyze_stream
 from frx_plugin.model import ModelAdapter, embed_probe_set
@@ -115,8 +116,6 @@ def test_analyze_probe_logistic_on_the_meta_default(world):
     assert_same_report(got, expected)
 
 
-@pytest.mark.xfail(strict=True, reason="frx_plugin.passes.probe_leakage makes its default indices with torch.arange(len(probe)), "
-                                       "without a device")
 def test_analyze_probe_ridge_on_the_meta_default(world):
     probe, z = world
     assert_same_report(*both(analyze_probe, z, probe, RIDGE))
@@ -140,6 +139,23 @@ def test_decision_errors_on_the_meta_default(world):
     assert expected.false_match.numel() and expected.false_non_match.numel()
     for name in ("false_non_match", "false_non_match_score", "false_match", "false_match_score"):
         assert torch.equal(getattr(got, name), getattr(expected, name)), name
+
+
+def _counterfactual_study(probe, z, config):
+    """Significance and error attribution on the latent path, as a pass makes them after its leakage."""
+    report = analyze_probe(z, probe, config)
+    embed, attributes, _ = counterfactual_embedder(None, z, probe.labels, probe.schema, report, "latent")
+    counterfactual_measures(z, probe, report, AnalysisConfig(n_bootstrap=16, fmr=1e-2), embed, path="latent",
+                            significance_samples=24, max_error_pairs=4, attributes=attributes)
+    return report
+
+
+def test_counterfactual_scoring_on_the_meta_default(world):
+    probe, z = world
+    got, expected = both(_counterfactual_study, probe, z, RIDGE)
+    assert expected.significance and any(expected.error_attribution["all"].values())
+    assert got.significance == expected.significance
+    assert got.error_attribution == expected.error_attribution
 
 
 def test_bootstrap_weights_on_a_device_are_the_cpu_draw():
@@ -279,3 +295,13 @@ def test_cuda_collectives_keep_the_device():
     gathered = gather_rows(SingleProcess("cuda"), rows, 4)
     assert gathered.device == rows.device and gathered.dtype == torch.float32
     assert merge_ranks(SingleProcess("cpu"), rows).device == rows.device
+
+
+@needs_cuda
+def test_cuda_counterfactual_scoring_equals_the_cpu_record(world):
+    probe, z = world
+    on_cpu, on_cuda = _counterfactual_study(probe, z, RIDGE), _counterfactual_study(probe, z.cuda(), RIDGE)
+    for name, estimate in on_cpu.significance.items():
+        for key, value in estimate.items():
+            assert on_cuda.significance[name][key] == pytest.approx(value, abs=1e-5), (name, key)
+    assert on_cuda.error_attribution == on_cpu.error_attribution
