@@ -318,8 +318,12 @@ def train_run(name: str, kind: str, precision: str, args: argparse.Namespace, ru
         "tar_first": (records[0].get("verification") or {}).get("tar"), "tar_last": (records[-1].get("verification") or {}).get("tar"),
         "first_record": records[0],
     }
-    module.eval()
-    return figures, module.backbone
+    backbone = module.backbone.cpu().eval()  # the GPU holds only what a later part measures
+    del trainer, frx, module
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return figures, backbone
 
 
 def _flatten(value: Any, where: str, out: dict[str, Any]) -> None:
@@ -607,6 +611,7 @@ def markdown(results: dict[str, Any]) -> str:
         if same:
             lines.append(f"epoch-0 pass against the single-process run's: largest abs. difference {same['max_abs_diff']:.3g} "
                          f"({same['where'] or '–'}), {same['n_mismatched']} other mismatches")
+    lines += ["", "seconds per part: " + ", ".join(f"{name} {seconds:.0f}" for name, seconds in results["stages_s"].items())]
     lines += ["", "checks: " + "; ".join(f"{name} {'ok' if ok else 'FAILED'}" for name, ok in results["checks"].items())
               + f". {results['wall_s']:.0f} s in all."]
     return "\n".join(lines)
