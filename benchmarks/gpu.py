@@ -34,6 +34,12 @@ What it runs and measures (defaults; under 8 minutes on one H200):
    one; otherwise a line says why it was skipped (``--ddp cpu`` runs it with gloo on the CPU, a
    check of this script rather than of NCCL).
 
+Run time on one H200 (estimate; no GPU run yet): about 3 minutes, 5 at the most, most of it on the
+CPU — rendering the synthetic faces (~13,000 a pass, 22 full passes), the analysis after the forward
+pass (on the CPU today) and the CPU copy of IResNet-50 in the comparison (~5,400 faces);
+``--compare-images`` shrinks the last. On a CPU that other processes share, ``OMP_NUM_THREADS=1``
+keeps torch's threads from spinning against them (it can be ten times faster there).
+
 The Markdown tables go to stdout, every figure to ``--out`` (JSON); with ``--out`` the callback's
 histories and the Trainer's CSV logs go beside it (``<out stem>-runs/``). A user mistake (CUDA
 asked but not available, sizes that do not fit) exits 2 with one line; a run that breaks exits 1,
@@ -68,7 +74,7 @@ for _path in (_ROOT / "adapters", _ROOT):  # this checkout's frx first, whatever
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-import torch  # noqa: E402
+import torch
 
 MIB = 2**20
 #: what two runs of the same pass may differ in besides the measures
@@ -189,8 +195,8 @@ def _iresnet_module_class():
     from frx_lightning.demo import FaceRecognitionModule
     from lightning.pytorch import LightningModule
 
-    from frx_plugin.models import ArcFaceHead
     from benchmarks.iresnet import iresnet50
+    from frx_plugin.models import ArcFaceHead
 
     class IResNetModule(FaceRecognitionModule):
         """The demo's training (ArcFace head, SGD, warm-up and cosine) around an IResNet-50 fed as arcface_torch feeds it."""
@@ -220,10 +226,10 @@ def _probe(kind: str, args: argparse.Namespace, images: int | None = None):
 
 def _build(kind: str, args: argparse.Namespace):
     """(module, probe set, training loader, transform, embedding size, description) of ``kind`` ("demo" or "iresnet50")."""
+    from frx_lightning.demo import FaceRecognitionModule
     from lightning.pytorch import seed_everything
     from torch.utils.data import DataLoader
 
-    from frx_lightning.demo import FaceRecognitionModule
     from frx_plugin.synthetic import SyntheticFaceDataset, SyntheticFaceWorld
 
     size = args.size if kind == "demo" else args.iresnet_size
@@ -408,19 +414,23 @@ def compare_devices(kind: str, backbone: torch.nn.Module, args: argparse.Namespa
     device = torch.device(args.device)
     first = copy.deepcopy(backbone).eval().to(device)
     second = copy.deepcopy(backbone).eval().cpu()
+    rows = torch.arange(min(len(probe), 512))
     with _no_tf32() if device.type == "cuda" else contextlib.nullcontext():
         a = run_pass(first, probe, plan)
-        rows = torch.arange(min(len(probe), 512))
-        za = embed_probe_set(first, probe, rows)
+        za = embed_probe_set(first, probe, rows).float().cpu()
     b = run_pass(second, probe, plan)
-    zb = embed_probe_set(second, probe, rows)
-    result = compare_records(a.report.to_record(), b.report.to_record())
+    zb = embed_probe_set(second, probe, rows).float().cpu()
+    reference = b.report.to_record()
+    result = compare_records(a.report.to_record(), reference)
     result.update({
         "backbone": kind, "probe_images": len(probe), "devices": [str(device), "cpu"], "tf32": False if device.type == "cuda" else None,
         "embedding_max_abs_diff": float((za - zb).abs().max()), "embedding_rows_compared": int(rows.numel()),
-        "tolerance": args.tolerance, "timing": {str(device) + " (first)": a.timing, "cpu (second)": b.timing},
+        "tolerance": args.tolerance, "timing": {f"{device} (first)": a.timing, "cpu (second)": b.timing},
     })
     result["ok"] = result["max_abs_diff"] <= args.tolerance and result["n_mismatched"] == 0
+    if device.type == "cuda":  # what training sees: PyTorch's default TF32 convolutions (information, no check)
+        with_tf32 = compare_records(run_pass(first, probe, plan).report.to_record(), reference)
+        result["with_default_tf32"] = {k: with_tf32[k] for k in ("max_abs_diff", "where", "by_category", "n_mismatched")}
     del first, second
     return result
 
@@ -446,6 +456,7 @@ def memory_check(kind: str, backbone: torch.nn.Module, args: argparse.Namespace)
         torch.cuda.synchronize()
         peaks.append(torch.cuda.max_memory_allocated())
         after.append(torch.cuda.memory_allocated())
+    model.cpu()  # the next backbone's check starts from an empty GPU
     growth = after[-1] - after[0]
     passes = [{"epoch": None, "timing": t} for t in timings]
     return {
@@ -500,15 +511,21 @@ def ddp_run(args: argparse.Namespace, runs_dir: Path, single: dict | None) -> di
     if backend == "gloo":
         env.setdefault("OMP_NUM_THREADS", "1")
     started = time.perf_counter()
+    # its own session: on a timeout both ranks (Lightning starts the second) are stopped, not only the first
+    worker = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--ddp-worker", str(folder)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--ddp-worker", str(folder)], env=env,
-                              capture_output=True, text=True, timeout=args.ddp_timeout)
+        stdout, stderr = worker.communicate(timeout=args.ddp_timeout)
     except subprocess.TimeoutExpired:
-        return {"failed": f"the 2-process run took longer than --ddp-timeout {args.ddp_timeout:g} s", "backend": backend}
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, 9)
+        stdout, stderr = worker.communicate()
+        return {"failed": f"the 2-process run took longer than --ddp-timeout {args.ddp_timeout:g} s", "backend": backend,
+                "stderr_tail": (stderr or "").strip().splitlines()[-15:]}
     wall = time.perf_counter() - started
-    if done.returncode != 0 or not (folder / "result.json").exists():
-        tail = (done.stderr or done.stdout or "").strip().splitlines()[-15:]
-        return {"failed": f"exit status {done.returncode}", "backend": backend, "stderr_tail": tail}
+    if worker.returncode != 0 or not (folder / "result.json").exists():
+        tail = (stderr or stdout or "").strip().splitlines()[-15:]
+        return {"failed": f"exit status {worker.returncode}", "backend": backend, "stderr_tail": tail}
     result = json.loads((folder / "result.json").read_text())
     result["process_wall_s"] = wall
     result["median"] = _summary(result["passes"], args.probe_images)
@@ -547,8 +564,8 @@ def _mib(value: int) -> str:
 def markdown(results: dict[str, Any]) -> str:
     hw, lines = results["hardware"], []
     gpu = f"{hw['gpu']} ({hw['gpu_memory_mib']:,} MiB, {hw['gpu_count']} visible)" if hw["gpu"] else "none (--device cpu)"
-    lines += [f"GPU: {gpu}; torch {hw['torch']}, CUDA {hw['cuda'] or 'n/a'}, cuDNN {hw['cudnn'] or 'n/a'}, lightning {hw['lightning']}, "
-              f"Python {hw['python']}; {hw['cpu_cores']} CPU cores, {hw['torch_threads']} torch threads", ""]
+    lines += [(f"GPU: {gpu}; torch {hw['torch']}, CUDA {hw['cuda'] or 'n/a'}, cuDNN {hw['cudnn'] or 'n/a'}, lightning {hw['lightning']}, "
+               f"Python {hw['python']}; {hw['cpu_cores']} CPU cores, {hw['torch_threads']} torch threads"), ""]
     runs = results["runs"]
     lines += ["## Training with the callback (one device)", "",
               "| run | backbone | precision | probe | epochs (steps) | train wall (s) | TAR first → last |", "|---|---|---|---|---|---|---|"]
@@ -566,9 +583,11 @@ def markdown(results: dict[str, Any]) -> str:
             ratio = t.get("after_embed_s", 0) / t["embed_s"] if t.get("embed_s") else math.nan
             lines.append(f"| {name} | {label} | {_f(t.get('embed_s'))} | {_f(t.get('after_embed_s'))} | {_f(t.get('counterfactual_s'))} "
                          f"| {_f(t.get('two_stage_s'))} | {ratio:.1%} |")
+    medians = [(name, r["median"]) for name, r in runs.items()]
+    medians += [(f"{m['backbone']} memory passes", m["median"]) for m in results.get("memory") or []]
     lines += ["", "median over the passes after the first: " + "; ".join(
         f"{name} embed {m['embed_s']:.2f} s ({m['faces_per_s']:,.0f} faces/s), after {m['after_embed_s']:.2f} s, counterfactual "
-        f"{m.get('counterfactual_s', 0):.2f} s" for name, m in ((n, r["median"]) for n, r in runs.items()) if m.get("embed_s"))]
+        f"{m.get('counterfactual_s', 0):.2f} s" for name, m in medians if m.get("embed_s"))]
     lines += ["", f"## GPU memory of a pass ({results['options']['memory_passes']} passes of the trained backbone, full probe set)", ""]
     memory = results.get("memory")
     if memory is None:
@@ -596,7 +615,10 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {cat.get('verification TAR', 0):.3g} | {cat.get('significance', 0):.3g} | {cat.get('error attribution', 0):.3g} "
                 f"| {c['embedding_max_abs_diff']:.3g} | {c['n_mismatched']} |")
         if any(c.get("tf32") is False for c in comparison):
-            lines.append("\nTF32 was off during the CUDA passes of this comparison (on elsewhere, as PyTorch's default for convolutions).")
+            lines.append("\nTF32 was off during the CUDA passes above (elsewhere it is on for convolutions, PyTorch's default); "
+                         "with it on, the largest differences are " + "; ".join(
+                             f"{c['backbone']} {c['with_default_tf32']['max_abs_diff']:.3g} ({c['with_default_tf32']['where'] or '–'})"
+                             for c in comparison if "with_default_tf32" in c) + ".")
     lines += ["", "## Two processes (DDP)", ""]
     ddp = results["ddp"]
     if "skipped" in ddp:
