@@ -35,8 +35,8 @@ What it runs and measures (defaults; under 8 minutes on one H200):
    check of this script rather than of NCCL).
 
 Run time on one H200 (estimate; no GPU run yet): about 3 minutes, 5 at the most, most of it on the
-CPU — rendering the synthetic faces (~13,000 a pass, 22 full passes), the analysis after the forward
-pass (on the CPU today) and the CPU copy of IResNet-50 in the comparison (~5,400 faces);
+CPU — rendering the synthetic faces (~13,000 a pass, 22 full passes) and the CPU copy of IResNet-50
+in the comparison (~5,400 faces); the analysis after the forward pass runs on the GPU with the model;
 ``--compare-images`` shrinks the last. On a CPU that other processes share, ``OMP_NUM_THREADS=1``
 keeps torch's threads from spinning against them (it can be ten times faster there).
 

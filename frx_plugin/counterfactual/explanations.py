@@ -96,8 +96,8 @@ def pair_errors(pairs: torch.Tensor, embeddings: torch.Tensor, identity: torch.T
 def spread(count: int, limit: int | None) -> torch.Tensor:
     """Up to ``limit`` of the indices 0..count−1, spread evenly (all of them when there are not more)."""
     if limit is None or count <= limit:
-        return torch.arange(count)
-    return torch.unique(torch.linspace(0, count - 1, limit).round().long())
+        return torch.arange(count, device="cpu")
+    return torch.unique(torch.linspace(0, count - 1, limit, device="cpu").round().long())
 
 
 def explain_errors(

@@ -74,7 +74,7 @@ class ExactEmbedder:
             for e, a, b in chunk:
                 parts[e].append(z[offset: offset + b - a])
                 offset += b - a
-        return [torch.cat(p) if p else torch.empty(0, 0) for p in parts]
+        return [torch.cat(p) if p else torch.empty(0, 0, device="cpu") for p in parts]
 
 
 def exact_embedder(model: Any, generator: AttributeGenerator, batch_size: int = 256) -> ExactEmbedder:
