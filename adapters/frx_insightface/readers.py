@@ -23,12 +23,9 @@ from typing import Any, Sequence
 
 import torch
 
+from frx_insightface.errors import DataFormatError
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.probe import ProbeSet
-
-
-class DataFormatError(ValueError):
-    """A data file that does not follow its format; the message names the file and the row or entry."""
 
 
 # --------------------------------------------------------------------------- restricted pickle
