@@ -10,8 +10,10 @@ def frx_register_probe_sets(register) -> None:
     from frx_insightface.readers import CelebAProbeSet, ImageFolderProbeSet, VerificationProbeSet
 
     register("insightface-bin", VerificationProbeSet, "an InsightFace verification .bin (lfw, cfp_fp, agedb_30): path=FILE")
-    register("image-folder", ImageFolderProbeSet, "a folder of images with a CSV of path, identity and attribute columns: folder=, csv_path=")
-    register("celeba", CelebAProbeSet, "CelebA aligned images with 40 binary attributes: root=FOLDER, partition=, size=, limit=")
+    register("image-folder", ImageFolderProbeSet, "a folder of images with a CSV of path, identity, attribute and optional landmark columns: "
+             "folder=, csv_path=, align=auto|landmarks|none")
+    register("celeba", CelebAProbeSet, "CelebA images with 40 binary attributes: root=FOLDER, partition=, size=, limit=, "
+             "align=auto|landmarks|none, images=img_align_celeba|img_celeba")
 
 
 @hookimpl

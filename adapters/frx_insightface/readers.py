@@ -5,8 +5,12 @@
   runs code on load, so these files are read with :class:`RestrictedUnpickler`, which admits
   bytes, lists, tuples, booleans and integers and nothing that names a Python object.
 - CelebA: ``list_attr_celeba.txt`` (40 binary attributes), ``identity_CelebA.txt`` and, optionally,
-  ``list_eval_partition.txt``, with the aligned images folder ``img_align_celeba``.
-- A folder of images with a CSV of image path, identity and attribute columns.
+  ``list_eval_partition.txt``, with the images folder ``img_align_celeba`` (or ``img_celeba``) and
+  its landmark file.
+- A folder of images with a CSV of image path, identity, attribute and, optionally, landmark columns.
+
+Probe sets with five landmarks per face warp each face to the 112×112 ArcFace template with
+insightface's ``norm_crop`` (:mod:`frx_insightface.alignment`); without them they centre-crop and resize.
 
 Images are decoded with Pillow (which matplotlib already brings). Every problem is a
 :class:`DataFormatError` that names the file and the row or entry.
@@ -23,12 +27,10 @@ from typing import Any, Sequence
 
 import torch
 
+from frx_insightface.alignment import LANDMARK_COLUMNS, align_face, celeba_landmarks, choose_alignment, csv_landmarks
+from frx_insightface.errors import DataFormatError
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.probe import ProbeSet
-
-
-class DataFormatError(ValueError):
-    """A data file that does not follow its format; the message names the file and the row or entry."""
 
 
 # --------------------------------------------------------------------------- restricted pickle
@@ -197,6 +199,8 @@ CELEBA_ATTRIBUTES_FILE = "list_attr_celeba.txt"
 CELEBA_IDENTITY_FILE = "identity_CelebA.txt"
 CELEBA_PARTITION_FILE = "list_eval_partition.txt"
 CELEBA_IMAGES = "img_align_celeba"
+#: each image folder's landmark file (five points per image, in that folder's pixels)
+CELEBA_LANDMARKS = {"img_align_celeba": "list_landmarks_align_celeba.txt", "img_celeba": "list_landmarks_celeba.txt"}
 CELEBA_PARTITIONS = {"train": 0, "valid": 1, "test": 2}
 
 
@@ -270,28 +274,54 @@ def read_celeba_labels(root: str | Path, partition: str | None = None) -> tuple[
 
 
 class CelebAProbeSet(ProbeSet):
-    """CelebA (aligned images) as a probe set: 40 binary attributes, identities, images loaded on demand.
+    """CelebA as a probe set: 40 binary attributes, identities, images loaded on demand.
 
-    Each aligned 178×218 image is cropped to its central square and resized to ``size``.
-    ``limit`` keeps the first ``limit`` rows of the chosen partition.
+    ``images``: the image folder, ``"img_align_celeba"`` (the aligned-and-cropped 178×218 images,
+    the default) or ``"img_celeba"`` (the in-the-wild originals). ``align``: ``"landmarks"``
+    warps each face with insightface's ``norm_crop`` so its five landmarks (from the folder's own
+    landmark file, :data:`CELEBA_LANDMARKS`) land on the ArcFace template, as InsightFace aligns
+    faces before embedding them; ``"none"`` crops each image to its central square and resizes
+    it; ``"auto"`` (the default) aligns when the landmark file is there and otherwise resizes,
+    with one warning. ``alignment`` says which was done (``"landmarks"`` or ``"none"``), and so
+    does ``source`` when the faces are aligned. ``size``: the side of the images (112, the
+    template's, by default). ``limit`` keeps the first ``limit`` rows of the chosen partition.
     """
 
-    def __init__(self, root: str | Path, partition: str | None = None, size: int = 112, limit: int | None = None) -> None:
+    def __init__(self, root: str | Path, partition: str | None = None, size: int = 112, limit: int | None = None,
+                 align: str = "auto", images: str = CELEBA_IMAGES) -> None:
         self.root = Path(root)
+        if images not in CELEBA_LANDMARKS:
+            raise ValueError(f"CelebA at {self.root}: images must be one of {sorted(CELEBA_LANDMARKS)}, got {images!r}")
         files, identity, schema, labels = read_celeba_labels(self.root, partition)
         if limit is not None:
             files, identity = files[:limit], identity[:limit]
             labels = {k: v[:limit] for k, v in labels.items()}
-        super().__init__(schema, identity, labels, source=f"CelebA at {self.root}")
-        self.files, self.size = files, size
+        source = f"CelebA at {self.root}"
+        landmarks_path = self.root / CELEBA_LANDMARKS[images]
+        missing = FileNotFoundError(f"no {landmarks_path.name} in {self.root} (the landmarks of {images}/)")
+        self.landmarks = None
+        if choose_alignment(align, landmarks_path.is_file(), source, missing):
+            self.landmarks = celeba_landmarks(landmarks_path, self.root / CELEBA_ATTRIBUTES_FILE, files)
+            source += f" ({images}), aligned to the ArcFace template by {landmarks_path.name}"
+        elif images != CELEBA_IMAGES:
+            source += f" ({images})"
+        super().__init__(schema, identity, labels, source=source)
+        self.files, self.size, self.image_folder = files, size, images
+        self.alignment = "none" if self.landmarks is None else "landmarks"
 
     def images(self, indices: torch.Tensor) -> torch.Tensor:
         out = torch.empty(len(indices), 3, self.size, self.size)
         for row, index in enumerate(torch.as_tensor(indices).tolist()):
-            path = self.root / CELEBA_IMAGES / self.files[index]
+            path = self.root / self.image_folder / self.files[index]
             if not path.is_file():
                 raise FileNotFoundError(f"{self.source}: no image {path}")
-            image = _square(decode_image(path.read_bytes(), str(path)), self.size)
+            image = decode_image(path.read_bytes(), str(path))
+            if self.landmarks is None:
+                image = _square(image, self.size)
+            else:
+                number, points = self.landmarks[index]
+                where = f"{self.root / CELEBA_LANDMARKS[self.image_folder]}: line {number} ({self.files[index]})"
+                image = align_face(image, points, self.size, where)
             out[row] = image.float() / 255.0
         return out
 
@@ -365,13 +395,23 @@ class ImageFolderProbeSet(ProbeSet):
     (relative to ``folder``) and ``identity`` (any text or integer) are required; every other column
     is an attribute whose kind is inferred from its values (0/1 or true/false: binary; numbers:
     continuous; anything else: categorical, classes in sorted order) unless ``schema`` gives it. An
-    empty cell is a missing label. Images are decoded with Pillow; a non-square image is cropped to
-    its central square (the shorter side; nothing is squashed), then every image is resized to
-    ``size``² (bilinear). Errors name the file, the line and the column.
+    empty cell is a missing label. Images are decoded with Pillow. Errors name the file, the line
+    and the column.
+
+    Landmark columns (optional; all ten or none, never attributes): ``lefteye_x, lefteye_y,
+    righteye_x, righteye_y, nose_x, nose_y, leftmouth_x, leftmouth_y, rightmouth_x, rightmouth_y``
+    (CelebA's names), in pixels of the image as Pillow decodes it, "left" the image's left. ``align``:
+    ``"landmarks"`` warps each face with insightface's ``norm_crop`` so its landmarks land on the
+    112×112 ArcFace template (a multiple of 112 for ``size`` keeps the template, scaled; another
+    size resizes the 112 crop); ``"none"`` crops a non-square image to its central square (the
+    shorter side; nothing is squashed) and resizes it to ``size``² (bilinear); ``"auto"`` (the
+    default) aligns when the CSV has landmark columns and otherwise resizes, with one warning.
+    ``alignment`` says which was done (``"landmarks"`` or ``"none"``), and so does ``source`` when
+    the faces are aligned.
     """
 
     def __init__(self, folder: str | Path, csv_path: str | Path | None = None, schema: AttributeSchema | None = None,
-                 size: int = 112, path_column: str = "path", identity_column: str = "identity") -> None:
+                 size: int = 112, path_column: str = "path", identity_column: str = "identity", align: str = "auto") -> None:
         import csv
 
         self.folder = Path(folder)
@@ -394,7 +434,7 @@ class ImageFolderProbeSet(ProbeSet):
         if not rows:
             raise DataFormatError(f"{csv_path}: no rows after the header")
         columns = {name: [row[i].strip() for _, row in rows] for i, name in enumerate(header)}
-        names = [h for h in header if h not in (path_column, identity_column)]
+        names = [h for h in header if h not in (path_column, identity_column) and h not in LANDMARK_COLUMNS]
         if schema is None:
             schema = AttributeSchema(_infer_attribute(name, columns[name]) for name in names)
         else:
@@ -415,14 +455,25 @@ class ImageFolderProbeSet(ProbeSet):
                 raise DataFormatError(f"{csv_path}: line {number}: no image {path}")
             self.files.append(path)
         self.identity_names = list(ids)
-        self.size = size
-        super().__init__(schema, identity, labels, source=f"image folder {self.folder}")
+        self.size, self.csv_path, self.lines = size, csv_path, [number for number, _ in rows]
+        source = f"image folder {self.folder}"
+        self.landmarks = csv_landmarks(csv_path, header, rows, columns, align, source)
+        if self.landmarks is not None:
+            source += f", aligned to the ArcFace template by the landmark columns of {csv_path.name}"
+        self.alignment = "none" if self.landmarks is None else "landmarks"
+        super().__init__(schema, identity, labels, source=source)
 
     def images(self, indices: torch.Tensor) -> torch.Tensor:
-        return torch.stack([
-            decode_image(self.files[i].read_bytes(), str(self.files[i]), self.size, centre_crop=True).float() / 255.0
-            for i in torch.as_tensor(indices).tolist()
-        ]) if len(indices) else torch.empty(0, 3, self.size, self.size)
+        return torch.stack([self._image(i).float() / 255.0 for i in torch.as_tensor(indices).tolist()]) \
+            if len(indices) else torch.empty(0, 3, self.size, self.size)
+
+    def _image(self, index: int) -> torch.Tensor:
+        """Image ``index`` as ``(3, size, size)`` uint8: aligned by its landmarks, or centre-cropped and resized."""
+        path = self.files[index]
+        if self.landmarks is None:
+            return decode_image(path.read_bytes(), str(path), self.size, centre_crop=True)
+        where = f"{self.csv_path}: line {self.lines[index]} ({path.name})"
+        return align_face(decode_image(path.read_bytes(), str(path)), self.landmarks[index], self.size, where)
 
 
 __all__: Sequence[str] = [
