@@ -257,7 +257,9 @@ def _counts(z: torch.Tensor, identity: torch.Tensor, who: torch.Tensor, slots: t
     images_k = torch.bincount(who[sample] * n_slots + slots[attribute, sample], minlength=k * n_slots)
     images_k = images_k.view(k, n_slots).to(torch.float64)
     per_group = weights @ images_k
-    matches = torch.zeros(weights.shape[0], n_slots, dtype=torch.float64, device=device)
+    # (S, 1 + R) and (K, 1 + R): an identity's weights are one contiguous row to gather
+    matches = torch.zeros(n_slots, weights.shape[0], dtype=torch.float64, device=device)
+    by_identity = weights.T.contiguous()
     for i, j in kept:
         same = (slots[:, i] == slots[:, j]) & (slots[:, i] >= 0)
         a, p = same.nonzero(as_tuple=True)
@@ -268,13 +270,12 @@ def _counts(z: torch.Tensor, identity: torch.Tensor, who: torch.Tensor, slots: t
         for start in range(0, key.numel(), step):
             part, times = key[start : start + step], count[start : start + step].to(torch.float64)
             pair, slot = part // n_slots, part % n_slots
-            w = weights[:, pair // k] * weights[:, pair % k] * times[None, :]
-            matches.index_add_(1, slot, w)
+            matches.index_add_(0, slot, by_identity[pair // k] * by_identity[pair % k] * times[:, None])
     return {
         "genuine": weights @ pairs_k,
         "misses": weights @ misses_k,
         "impostor": 0.5 * (per_group**2 - (weights**2) @ (images_k**2)),
-        "matches": matches,
+        "matches": matches.T,
         "genuine_identities": (pairs_k > 0).sum(0),
         "impostor_identities": (images_k > 0).sum(0),
         "images": images_k.sum(0),
