@@ -20,11 +20,12 @@ Summaries over the groups whose rates are measured (see below), for FMR and FNMR
 
 * ratio = max_g x_g / min_g x_g (∞, written null, when the least rate is 0);
 * FDR (Fairness Discrepancy Rate; T. de Freitas Pereira and S. Marcel, "Fairness in Biometrics:
-  a figure of merit to assess biometric verification systems", IEEE T-BIOM 4(1), 2022, arXiv:2011.02395):
+  a figure of merit to assess biometric verification systems", IEEE Transactions on Biometrics, Behavior, and
+  Identity Science, 2021, doi:10.1109/TBIOM.2021.3102862, arXiv:2011.02395):
   FDR(τ) = 1 − (α·A(τ) + (1 − α)·B(τ)), A(τ) = max_{g,h} |FMR_g − FMR_h|, B(τ) = max_{g,h} |FNMR_g − FNMR_h|;
   1 is perfectly fair;
-* GARBE (Gini Aggregation Rate for Biometric Equitability; J. J. Howard, E. J. Laird, R. E. Rubin,
-  Y. B. Sirotin, J. L. Tipton and A. R. Vemury, "Evaluating proposed fairness models for face
+* GARBE (Gini Aggregation Rate for Biometric Equitability; J. J. Howard, E. J. Laird, Y. B. Sirotin,
+  R. E. Rubin, J. L. Tipton and A. R. Vemury, "Evaluating proposed fairness models for face
   recognition algorithms", arXiv:2203.05051, 2022; proposed for ISO/IEC 19795-10): the Gini
   coefficient of n rates with the small-sample correction, G_x = n/(n − 1) · Σ_i Σ_j |x_i − x_j| / (2 n² x̄),
   and GARBE(τ) = α·G_FMR + (1 − α)·G_FNMR; 0 is perfectly fair. G_x is undefined (null) when x̄ = 0.
@@ -59,8 +60,9 @@ in group g. Everything runs on the embeddings' device; labels and identities com
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -71,7 +73,7 @@ from frx_plugin.randomness import poisson_bootstrap_weights
 from frx_plugin.report import Verification
 from frx_plugin.verification import genuine_pairs, prepare_embeddings, score_blocks
 
-__all__ = ["GroupRates", "AttributeDifferentials", "DemographicDifferentials", "GroupScoreCurves",
+__all__ = ["AttributeDifferentials", "DemographicDifferentials", "GroupRates", "GroupScoreCurves",
            "attribute_groups", "demographic_differentials", "group_score_curves"]
 
 #: Bootstrap-weighted pair entries held at once while the false matches are counted.
@@ -83,7 +85,7 @@ def _estimate_record(estimate: MetricEstimate | None) -> dict[str, Any] | None:
     """A value and its interval for JSON: non-finite numbers as ``None``."""
     if estimate is None:
         return None
-    clean = lambda x: x if math.isfinite(x) else None  # noqa: E731
+    clean = lambda x: x if math.isfinite(x) else None
     return {"value": clean(estimate.value), "low": clean(estimate.low), "high": clean(estimate.high),
             "undefined": estimate.undefined, "replicates": estimate.replicates}
 

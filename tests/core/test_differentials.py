@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -99,7 +100,7 @@ def reference_summaries(fnmr, fmr, alpha=0.5):
         total = sum(abs(a - b) for a in x for b in x)
         return n / (n - 1) * total / (2 * n * n * np.mean(x))
 
-    spread = lambda x: max(abs(a - b) for a in x for b in x)  # noqa: E731
+    spread = lambda x: max(abs(a - b) for a in x for b in x)
     return {"fnmr_ratio": max(fnmr) / min(fnmr), "fmr_ratio": max(fmr) / min(fmr),
             "fdr": 1 - (alpha * spread(fmr) + (1 - alpha) * spread(fnmr)), "garbe": alpha * gini(fmr) + (1 - alpha) * gini(fnmr)}
 
@@ -241,6 +242,7 @@ def test_too_small_groups_are_flagged_and_left_out_of_the_summaries():
     assert record["groups"][2]["fnmr"] is None and record["groups"][2]["fmr"] is None
     assert record["fmr_ratio"]["value"] is None and record["fdr"]["value"] is None and record["garbe"]["value"] is None
     assert set(result.scalars()) == {"frx/differential/rarity/fnmr_ratio"}
+    json.dumps(result.to_record(), allow_nan=False)  # plain JSON: no NaN, no infinity
 
 
 def test_continuous_bands_and_missing_labels():
@@ -270,11 +272,11 @@ def test_continuous_bands_and_missing_labels():
 def test_differentials_make_no_tensor_on_the_default_device():
     z, identity, labels = planted_world(50, 4)
     ver = verification(z.float(), identity, 1e-2)
-    call = lambda: demographic_differentials(z.float(), identity, labels, SCHEMA, ver, n_bootstrap=16, min_pairs=5)  # noqa: E731
+    call = lambda: demographic_differentials(z.float(), identity, labels, SCHEMA, ver, n_bootstrap=16, min_pairs=5)
     with torch.device("meta"):
         on_meta = call()
     assert on_meta.to_record() == call().to_record()
-    curves = lambda: group_score_curves(z.float(), identity, labels["hair"], SCHEMA["hair"]).to_record()  # noqa: E731
+    curves = lambda: group_score_curves(z.float(), identity, labels["hair"], SCHEMA["hair"]).to_record()
     with torch.device("meta"):
         curves_on_meta = curves()
     assert curves_on_meta == curves()
@@ -324,3 +326,4 @@ def test_synthetic_world_smoke():
                 assert f"frx/differential/{item.name}/{name}" in scalars
     assert len(scalars) >= 4 * 10
     assert result.most_unequal() in probe.schema.names
+    json.dumps(result.to_record(), allow_nan=False)
