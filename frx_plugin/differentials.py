@@ -1,0 +1,465 @@
+"""Demographic differentials: verification error rates per attribute group at one global threshold.
+
+In the manner of NIST FRVT's demographic differentials, every group of every attribute of a probe
+set's schema is scored at the same operating point: the global threshold τ that sets the target
+false-match rate over all impostor pairs of the probe set (:func:`frx_plugin.verification.verification`).
+A pair is accepted when its cosine score is > τ.
+
+Groups. A binary or categorical attribute's groups are its classes; a continuous attribute's are
+``bands`` quantile bands of its labelled values: with edges q₀ < q₁ < … < q_B (the quantiles at
+0, 1/B, …, 1, duplicates merged), band b holds [q_b, q_{b+1}), the last one [q_{B−1}, q_B] (its high
+is the largest labelled value). Missing labels (-1, NaN) belong to no group. A pair belongs to
+group g when both of its images are in g, so a pair across groups counts in none.
+
+Per group g, at τ:
+
+* FNMR_g = #{genuine pairs in g with score ≤ τ} / #{genuine pairs in g} (genuine: same identity);
+* FMR_g = #{impostor pairs in g with score > τ} / #{impostor pairs in g} (same-group impostors).
+
+Summaries over the groups whose rates are measured (see below), for FMR and FNMR each:
+
+* ratio = max_g x_g / min_g x_g (∞, written null, when the least rate is 0);
+* FDR (Fairness Discrepancy Rate; T. de Freitas Pereira and S. Marcel, "Fairness in Biometrics:
+  a figure of merit to assess biometric verification systems", IEEE Transactions on Biometrics, Behavior, and
+  Identity Science, 2021, doi:10.1109/TBIOM.2021.3102862, arXiv:2011.02395):
+  FDR(τ) = 1 − (α·A(τ) + (1 − α)·B(τ)), A(τ) = max_{g,h} |FMR_g − FMR_h|, B(τ) = max_{g,h} |FNMR_g − FNMR_h|;
+  1 is perfectly fair;
+* GARBE (Gini Aggregation Rate for Biometric Equitability; J. J. Howard, E. J. Laird, Y. B. Sirotin,
+  R. E. Rubin, J. L. Tipton and A. R. Vemury, "Evaluating proposed fairness models for face
+  recognition algorithms", arXiv:2203.05051, 2022; proposed for ISO/IEC 19795-10): the Gini
+  coefficient of n rates with the small-sample correction, G_x = n/(n − 1) · Σ_i Σ_j |x_i − x_j| / (2 n² x̄),
+  and GARBE(τ) = α·G_FMR + (1 − α)·G_FNMR; 0 is perfectly fair. G_x is undefined (null) when x̄ = 0.
+
+α weighs false matches (0.5 by default, as both papers leave it to the policy of the use case).
+
+Too small. A group's FNMR is measured only with at least ``min_pairs`` genuine pairs from at least
+``min_identities`` identities; its FMR only with at least max(``min_pairs``, ⌈1/fmr⌉) same-group
+impostor pairs (fewer cannot resolve a rate at the target FMR: a 0 there is no measurement) among
+at least ``min_identities`` identities with an image in the group. Otherwise the rate is ``None``
+with the reason, and the group is left out of that rate's summaries; a summary needs two groups.
+
+95% intervals: the identity bootstrap of frx (:func:`~frx_plugin.randomness.poisson_bootstrap_weights`).
+Replicate r draws every identity k a Poisson(1) multiplicity m_k, as if the probe set held m_k
+copies of that person. A genuine pair of identity k then occurs m_k times (once per copy; pairs
+across two copies of one person are neither genuine comparisons of distinct images nor impostors,
+and are left out), so its weight is m_k; an impostor pair of identities k ≠ l occurs m_k·m_l times.
+Each rate of a replicate is the ratio of its weighted counts; τ stays at the point estimate (the
+global τ is the operating point being audited, not re-estimated per replicate), so the intervals
+show the sampling error of the rates at that operating point. The summaries are computed per
+replicate over the groups measured at the point estimate (NaN when one of them has no weight);
+the intervals are the percentiles of :func:`~frx_plugin.leakage.functional.bootstrap_estimate`.
+
+Cost. One blocked pass over the upper triangle of the score matrix (as in
+:mod:`frx_plugin.verification`, never an N×N matrix): the genuine scores are read at their places
+and only the impostor pairs with score > τ (a fraction about fmr of them) are kept. Every count is
+accumulated per (identity, group), so the bootstrap is a few (R, K) × (K, G) products: the impostor
+pairs of a group in a replicate are ½[(Σ_k m_k n_kg)² − Σ_k m_k² n_kg²], n_kg the images of identity k
+in group g. Everything runs on the embeddings' device; labels and identities come from the host.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from frx_plugin.attributes import Attribute, AttributeSchema
+from frx_plugin.errors import AnalysisError
+from frx_plugin.leakage.functional import MetricEstimate, bootstrap_estimate
+from frx_plugin.randomness import poisson_bootstrap_weights
+from frx_plugin.report import Verification
+from frx_plugin.verification import genuine_pairs, prepare_embeddings, score_blocks
+
+__all__ = ["AttributeDifferentials", "DemographicDifferentials", "GroupRates", "GroupScoreCurves",
+           "attribute_groups", "demographic_differentials", "group_score_curves"]
+
+#: Bootstrap-weighted pair entries held at once while the false matches are counted.
+_WEIGHT_ENTRIES = 4_000_000
+_SUMMARIES = ("fnmr_ratio", "fmr_ratio", "fdr", "garbe")
+
+
+def _estimate_record(estimate: MetricEstimate | None) -> dict[str, Any] | None:
+    """A value and its interval for JSON: non-finite numbers as ``None``."""
+    if estimate is None:
+        return None
+    clean = lambda x: x if math.isfinite(x) else None
+    return {"value": clean(estimate.value), "low": clean(estimate.low), "high": clean(estimate.high),
+            "undefined": estimate.undefined, "replicates": estimate.replicates}
+
+
+@dataclass
+class GroupRates:
+    """FNMR and FMR of one group at the global τ, with their counts and 95% intervals.
+
+    ``fnmr`` / ``fmr`` are ``None`` when the group is too small for that rate; ``fnmr_too_small`` /
+    ``fmr_too_small`` then say why (else ``None``). ``low`` / ``high``: a continuous attribute's band.
+    """
+
+    label: str
+    images: int
+    genuine_pairs: int
+    genuine_identities: int
+    false_non_matches: int
+    impostor_pairs: int
+    impostor_identities: int
+    false_matches: int
+    fnmr: MetricEstimate | None
+    fmr: MetricEstimate | None
+    fnmr_too_small: str | None = None
+    fmr_too_small: str | None = None
+    low: float | None = None
+    high: float | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        record = {k: getattr(self, k) for k in ("label", "low", "high", "images", "genuine_pairs", "genuine_identities",
+                                                 "false_non_matches", "impostor_pairs", "impostor_identities", "false_matches")}
+        record.update(fnmr=_estimate_record(self.fnmr), fmr=_estimate_record(self.fmr),
+                      fnmr_too_small=self.fnmr_too_small, fmr_too_small=self.fmr_too_small)
+        return record
+
+
+@dataclass
+class AttributeDifferentials:
+    """The groups of one attribute and the summaries of their rates (module docstring).
+
+    ``replicates``: the bootstrap replicates (R, G) of ``fnmr`` and ``fmr`` (NaN where a group has no
+    weight) and (R,) of each summary, on the CPU; not part of the record.
+    """
+
+    name: str
+    kind: str
+    groups: list[GroupRates]
+    fnmr_ratio: MetricEstimate
+    fmr_ratio: MetricEstimate
+    fdr: MetricEstimate
+    garbe: MetricEstimate
+    replicates: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def summary(self, name: str) -> MetricEstimate:
+        return getattr(self, name)
+
+    def to_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"name": self.name, "kind": self.kind, "groups": [g.to_record() for g in self.groups]}
+        record.update({name: _estimate_record(self.summary(name)) for name in _SUMMARIES})
+        return record
+
+
+@dataclass
+class DemographicDifferentials:
+    """Demographic differentials of every attribute of a probe set at the global threshold ``tau``."""
+
+    tau: float
+    fmr: float
+    alpha: float
+    n_bootstrap: int
+    seed: int
+    min_pairs: int
+    min_identities: int
+    attributes: list[AttributeDifferentials]
+
+    def __getitem__(self, name: str) -> AttributeDifferentials:
+        for item in self.attributes:
+            if item.name == name:
+                return item
+        raise KeyError(f"no attribute {name!r}; the differentials have {[a.name for a in self.attributes]}")
+
+    def to_record(self) -> dict[str, Any]:
+        settings = {k: getattr(self, k) for k in ("tau", "fmr", "alpha", "n_bootstrap", "seed", "min_pairs", "min_identities")}
+        return {**settings, "attributes": [a.to_record() for a in self.attributes]}
+
+    def scalars(self) -> dict[str, float]:
+        """``frx/differential/<attribute>/<summary>`` for every finite summary value."""
+        out = {}
+        for item in self.attributes:
+            for name in _SUMMARIES:
+                value = item.summary(name).value
+                if math.isfinite(value):
+                    out[f"frx/differential/{item.name}/{name}"] = float(value)
+        return out
+
+    def most_unequal(self) -> str | None:
+        """The attribute with the highest finite GARBE (the one to draw DET curves for), or ``None``."""
+        finite = [(a.garbe.value, a.name) for a in self.attributes if math.isfinite(a.garbe.value)]
+        return max(finite)[1] if finite else None
+
+
+def attribute_groups(attribute: Attribute, labels: torch.Tensor, bands: int = 4
+                     ) -> tuple[torch.Tensor, list[str], list[tuple[float, float]] | None]:
+    """(group of every sample (N,) int64 on the CPU, -1 where missing; group labels; band edges or ``None``).
+
+    Discrete attributes: the classes. Continuous ones: up to ``bands`` quantile bands [low, high)
+    of the labelled values (the last one includes its high, the largest value); tied quantiles
+    merge bands.
+    """
+    labels = labels.detach().to("cpu")
+    if attribute.discrete:
+        return labels.to(torch.int64), list(attribute.classes), None
+    if bands < 1:
+        raise AnalysisError(f"bands must be at least 1, got {bands}")
+    values = labels.to(torch.float64)
+    known = ~torch.isnan(values)
+    codes = torch.full(values.shape, -1, dtype=torch.int64, device="cpu")
+    if not bool(known.any()):
+        return codes, [], []
+    levels = torch.linspace(0.0, 1.0, bands + 1, dtype=torch.float64, device="cpu")
+    edges = torch.unique(torch.quantile(values[known], levels))
+    if edges.numel() == 1:  # one value: one band holding it
+        edges = torch.cat([edges, edges])
+    codes[known] = torch.bucketize(values[known], edges[1:-1].contiguous(), right=True)
+    spans = [(float(edges[b]), float(edges[b + 1])) for b in range(edges.numel() - 1)]
+    names = [f"[{low:.4g}, {high:.4g}" + ("]" if b == len(spans) - 1 else ")") for b, (low, high) in enumerate(spans)]
+    return codes, names, spans
+
+
+def _identity_weights(identity: torch.Tensor, seed: int, n_bootstrap: int, device: torch.device
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(identity index 0..K−1 of every sample on the CPU, (1 + R, K) float64 weights on ``device``: row 0 all ones)."""
+    unique, index = torch.unique(identity.to("cpu", torch.int64), return_inverse=True)
+    # the weights depend only on the label, so drawing them for the K labels gives the samples' columns
+    boot = poisson_bootstrap_weights(unique, seed, n_bootstrap)
+    ones = torch.ones(1, unique.numel(), dtype=torch.float64, device="cpu")
+    return index, torch.cat([ones, boot]).to(device)
+
+
+def _counts(z: torch.Tensor, identity: torch.Tensor, who: torch.Tensor, slots: torch.Tensor, n_slots: int,
+            weights: torch.Tensor, tau: float) -> dict[str, torch.Tensor]:
+    """Weighted pair counts per group slot in one blocked pass; see the module docstring.
+
+    ``who``: identity index per sample, ``slots``: (A, N) group slot of every sample for every
+    attribute (distinct ranges per attribute, -1 missing), both on ``z``'s device. Returns
+    (1 + R, S) float64 ``genuine``, ``misses``, ``impostor``, ``matches`` and the per-slot
+    identity counts ``genuine_identities``, ``impostor_identities`` and ``images``.
+    """
+    device, k = z.device, weights.shape[1]
+    first, second = genuine_pairs(identity)
+    scores, kept = [], []
+    # the bound a hair below τ whatever the scores' precision; the exact test is in float64 below
+    bound = tau - 1e-6 * max(1.0, abs(tau))
+    for genuine, impostor, pairs in score_blocks(z, identity, bound):
+        scores.append(genuine)
+        above = impostor.double() > tau
+        kept.append((pairs[0][above], pairs[1][above]))
+    genuine_scores = torch.cat(scores).double() if scores else torch.empty(0, dtype=torch.float64, device=device)
+
+    def per_identity(i: torch.Tensor, j: torch.Tensor, flag: torch.Tensor | None = None) -> torch.Tensor:
+        """(K, S) counts of the pairs (i, j) of one identity whose two images share a slot."""
+        same = (slots[:, i] == slots[:, j]) & (slots[:, i] >= 0)
+        if flag is not None:
+            same &= flag[None, :]
+        a, p = same.nonzero(as_tuple=True)
+        key = who[i[p]] * n_slots + slots[a, i[p]]
+        return torch.bincount(key, minlength=k * n_slots).view(k, n_slots).to(torch.float64)
+
+    pairs_k = per_identity(first, second)
+    misses_k = per_identity(first, second, genuine_scores <= tau)
+    attribute, sample = (slots >= 0).nonzero(as_tuple=True)
+    images_k = torch.bincount(who[sample] * n_slots + slots[attribute, sample], minlength=k * n_slots)
+    images_k = images_k.view(k, n_slots).to(torch.float64)
+    per_group = weights @ images_k
+    # (S, 1 + R) and (K, 1 + R): an identity's weights are one contiguous row to gather
+    matches = torch.zeros(n_slots, weights.shape[0], dtype=torch.float64, device=device)
+    by_identity = weights.T.contiguous()
+    for i, j in kept:
+        same = (slots[:, i] == slots[:, j]) & (slots[:, i] >= 0)
+        a, p = same.nonzero(as_tuple=True)
+        # one entry per (identity pair, slot): images of the same two people share their weight
+        key = (who[i[p]] * k + who[j[p]]) * n_slots + slots[a, i[p]]
+        key, count = torch.unique(key, return_counts=True)
+        step = max(1, _WEIGHT_ENTRIES // weights.shape[0])
+        for start in range(0, key.numel(), step):
+            part, times = key[start : start + step], count[start : start + step].to(torch.float64)
+            pair, slot = part // n_slots, part % n_slots
+            matches.index_add_(0, slot, by_identity[pair // k] * by_identity[pair % k] * times[:, None])
+    return {
+        "genuine": weights @ pairs_k,
+        "misses": weights @ misses_k,
+        "impostor": 0.5 * (per_group**2 - (weights**2) @ (images_k**2)),
+        "matches": matches.T,
+        "genuine_identities": (pairs_k > 0).sum(0),
+        "impostor_identities": (images_k > 0).sum(0),
+        "images": images_k.sum(0),
+    }
+
+
+def _spread(rates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(max/min ratio, max − min, corrected Gini) of each row of (1 + R, n) rates, n ≥ 2; NaN propagates."""
+    n = rates.shape[1]
+    high, low = rates.amax(1), rates.amin(1)
+    ratio = torch.where(low > 0, high / low, torch.where(high > 0, math.inf, math.nan))
+    differences = (rates[:, :, None] - rates[:, None, :]).abs().sum((1, 2))
+    mean = rates.mean(1)
+    gini = torch.where(mean > 0, n / (n - 1) * differences / (2 * n * n * mean), math.nan)
+    return ratio, high - low, gini
+
+
+def _estimate(values: torch.Tensor) -> MetricEstimate:
+    """Row 0 is the point value, the rest its bootstrap replicates (±∞ count as undefined)."""
+    values = values.to("cpu", torch.float64)
+    replicates = torch.where(torch.isinf(values[1:]), math.nan, values[1:])
+    return bootstrap_estimate(float(values[0]), replicates if replicates.numel() else None)
+
+
+def _too_small(pairs: int, identities: int, min_pairs: int, min_identities: int, kind: str) -> str | None:
+    if pairs < min_pairs:
+        return f"{pairs} {kind} pairs, fewer than the {min_pairs} needed"
+    if identities < min_identities:
+        return f"{kind} pairs from {identities} identities, fewer than the {min_identities} needed"
+    return None
+
+
+def _attribute_result(attribute: Attribute, names: list[str], spans, counts: dict[str, torch.Tensor], columns: slice,
+                      settings: dict[str, Any]) -> AttributeDifferentials:
+    """The groups and summaries of one attribute from its columns of the counts."""
+    c = {key: value[..., columns].to("cpu") for key, value in counts.items()}
+    fnmr = torch.where(c["genuine"] > 0, c["misses"] / c["genuine"].clamp_min(1e-300), math.nan)
+    fmr = torch.where(c["impostor"] > 0, c["matches"] / c["impostor"].clamp_min(1e-300), math.nan)
+    fmr_pairs = max(settings["min_pairs"], math.ceil(1.0 / settings["fmr"] - 1e-9))
+    groups, fnmr_ok, fmr_ok = [], [], []
+    for g, label in enumerate(names):
+        genuine, impostor = int(c["genuine"][0, g]), int(c["impostor"][0, g])
+        why_fnmr = _too_small(genuine, int(c["genuine_identities"][g]), settings["min_pairs"], settings["min_identities"], "genuine")
+        why_fmr = _too_small(impostor, int(c["impostor_identities"][g]), fmr_pairs, settings["min_identities"], "impostor")
+        if why_fmr is not None and impostor < fmr_pairs and fmr_pairs > settings["min_pairs"]:
+            why_fmr += f" (1/FMR = {1.0 / settings['fmr']:g})"
+        fnmr_ok.append(why_fnmr is None)
+        fmr_ok.append(why_fmr is None)
+        low, high = spans[g] if spans is not None else (None, None)
+        groups.append(GroupRates(
+            label=label, images=int(c["images"][g]), genuine_pairs=genuine, genuine_identities=int(c["genuine_identities"][g]),
+            false_non_matches=int(c["misses"][0, g]), impostor_pairs=impostor, impostor_identities=int(c["impostor_identities"][g]),
+            false_matches=int(c["matches"][0, g]), fnmr=_estimate(fnmr[:, g]) if why_fnmr is None else None,
+            fmr=_estimate(fmr[:, g]) if why_fmr is None else None, fnmr_too_small=why_fnmr, fmr_too_small=why_fmr,
+            low=low, high=high))
+    rows = fnmr.shape[0]
+    undefined = torch.full((rows,), math.nan, dtype=torch.float64, device="cpu")
+    fnmr_in, fmr_in = fnmr[:, torch.tensor(fnmr_ok, dtype=torch.bool, device="cpu")], fmr[:, torch.tensor(fmr_ok, dtype=torch.bool, device="cpu")]
+    fnmr_ratio, fnmr_spread, fnmr_gini = _spread(fnmr_in) if fnmr_in.shape[1] >= 2 else (undefined,) * 3
+    fmr_ratio, fmr_spread, fmr_gini = _spread(fmr_in) if fmr_in.shape[1] >= 2 else (undefined,) * 3
+    alpha = settings["alpha"]
+    fdr = 1.0 - (alpha * fmr_spread + (1.0 - alpha) * fnmr_spread)
+    garbe = alpha * fmr_gini + (1.0 - alpha) * fnmr_gini
+    summaries = {"fnmr_ratio": fnmr_ratio, "fmr_ratio": fmr_ratio, "fdr": fdr, "garbe": garbe}
+    replicates = {"fnmr": fnmr[1:], "fmr": fmr[1:], **{name: value[1:] for name, value in summaries.items()}}
+    return AttributeDifferentials(attribute.name, attribute.kind, groups, replicates=replicates,
+                                  **{name: _estimate(value) for name, value in summaries.items()})
+
+
+@torch.no_grad()
+def demographic_differentials(
+    embeddings: torch.Tensor,
+    identity: torch.Tensor,
+    labels: Mapping[str, torch.Tensor],
+    schema: AttributeSchema,
+    tau: float | Verification,
+    *,
+    fmr: float | None = None,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+    bands: int = 4,
+    min_pairs: int = 50,
+    min_identities: int = 10,
+    alpha: float = 0.5,
+) -> DemographicDifferentials:
+    """FNMR and FMR of every group of every attribute of ``schema`` at the global threshold, with summaries.
+
+    ``tau``: the global threshold, or the :class:`~frx_plugin.report.Verification` of these
+    embeddings (its threshold and target FMR). ``fmr``: the target FMR that τ was set at (needed
+    with a bare τ; it sets how many impostor pairs a group needs). ``labels``: name → (N,) labels on
+    the CPU. See the module docstring for the definitions, the too-small rules and the bootstrap.
+    Raises :class:`AnalysisError` for bad input.
+    """
+    if isinstance(tau, Verification):
+        fmr = tau.fmr if fmr is None else fmr
+        tau = tau.threshold
+    if fmr is None or not 0.0 < float(fmr) < 1.0:
+        raise AnalysisError(f"fmr must be the target FMR in (0, 1) at which τ was set, got {fmr!r}")
+    if not math.isfinite(float(tau)):
+        raise AnalysisError(f"tau must be a finite threshold, got {tau!r}")
+    if not 0.0 <= alpha <= 1.0 or n_bootstrap < 0 or min_pairs < 1 or min_identities < 1:
+        raise AnalysisError("need 0 ≤ alpha ≤ 1, n_bootstrap ≥ 0, min_pairs ≥ 1 and min_identities ≥ 1")
+    z, identity_on = prepare_embeddings(embeddings, identity)
+    schema.validate(labels, z.shape[0], "demographic_differentials")
+    who, weights = _identity_weights(identity, seed, n_bootstrap, z.device)
+    slots, layout, offset = [], [], 0
+    for attribute in schema:
+        codes, names, spans = attribute_groups(attribute, labels[attribute.name], bands)
+        slots.append(torch.where(codes >= 0, codes + offset, -1))
+        layout.append((attribute, names, spans, slice(offset, offset + len(names))))
+        offset += len(names)
+    slot_matrix = torch.stack(slots).to(z.device) if slots else torch.empty(0, z.shape[0], dtype=torch.int64, device=z.device)
+    counts = _counts(z, identity_on, who.to(z.device), slot_matrix, offset, weights, float(tau))
+    settings = {"fmr": float(fmr), "alpha": float(alpha), "min_pairs": int(min_pairs), "min_identities": int(min_identities)}
+    results = [_attribute_result(attribute, names, spans, counts, columns, settings) for attribute, names, spans, columns in layout]
+    return DemographicDifferentials(tau=float(tau), fmr=float(fmr), alpha=float(alpha), n_bootstrap=int(n_bootstrap), seed=int(seed),
+                                    min_pairs=int(min_pairs), min_identities=int(min_identities), attributes=results)
+
+
+@dataclass
+class GroupScoreCurves:
+    """Per-group FNMR(t) = P(genuine ≤ t) and FMR(t) = P(impostor > t) at the grid ``thresholds`` (T,).
+
+    ``genuine_at_or_below`` / ``impostor_above``: (G, T) pair counts; ``genuine_pairs`` /
+    ``impostor_pairs``: (G,) totals; all int64 on the CPU. Rates of a group without pairs are NaN.
+    """
+
+    attribute: str
+    groups: list[str]
+    thresholds: torch.Tensor
+    genuine_pairs: torch.Tensor
+    impostor_pairs: torch.Tensor
+    genuine_at_or_below: torch.Tensor
+    impostor_above: torch.Tensor
+
+    def fnmr(self) -> torch.Tensor:
+        return self.genuine_at_or_below.double() / self.genuine_pairs.double()[:, None]
+
+    def fmr(self) -> torch.Tensor:
+        return self.impostor_above.double() / self.impostor_pairs.double()[:, None]
+
+    def to_record(self) -> dict[str, Any]:
+        return {"attribute": self.attribute, "groups": list(self.groups), "thresholds": self.thresholds.tolist(),
+                "genuine_pairs": self.genuine_pairs.tolist(), "impostor_pairs": self.impostor_pairs.tolist(),
+                "genuine_at_or_below": self.genuine_at_or_below.tolist(), "impostor_above": self.impostor_above.tolist()}
+
+
+@torch.no_grad()
+def group_score_curves(embeddings: torch.Tensor, identity: torch.Tensor, labels: torch.Tensor, attribute: Attribute, *,
+                       thresholds: int = 201, bands: int = 4) -> GroupScoreCurves:
+    """Pair counts per group of ``attribute`` at ``thresholds`` evenly spaced cosine thresholds in [−1, 1]: DET curves.
+
+    One blocked pass over all pairs (each impostor score is binned, so this costs more than
+    :func:`demographic_differentials`; run it for the one attribute to be drawn). Groups as in
+    :func:`attribute_groups`; ``labels``: that attribute's (N,) labels on the CPU.
+    """
+    z, identity_on = prepare_embeddings(embeddings, identity)
+    codes, names, _ = attribute_groups(attribute, labels, bands)
+    codes = codes.to(z.device)
+    n, n_groups, device = z.shape[0], len(names), z.device
+    grid = torch.linspace(-1.0, 1.0, thresholds, dtype=torch.float64, device=device)
+    # cell c holds the scores s with grid[c−1] < s ≤ grid[c] (cell T: above the grid), so counts at or below grid[t] are exact
+    cells = thresholds + 1
+    impostor = torch.zeros(max(n_groups, 1) * cells, dtype=torch.int64, device=device)
+    first, second = genuine_pairs(identity_on)
+    genuine_scores = []
+    rows = max(1, 4_000_000 // max(n, 1))
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        scores = z[start:stop] @ z[start:].T
+        lo, hi = torch.searchsorted(first, torch.tensor([start, stop], device=device)).tolist()
+        genuine_scores.append(scores[first[lo:hi] - start, second[lo:hi] - start])
+        g_row, g_col = codes[start:stop], codes[start:]
+        upper = torch.arange(start, n, device=device)[None, :] > torch.arange(start, stop, device=device)[:, None]
+        keep = upper & (identity_on[start:stop, None] != identity_on[None, start:]) & (g_row[:, None] == g_col[None, :]) & (g_row[:, None] >= 0)
+        i, _ = keep.nonzero(as_tuple=True)
+        cell = torch.bucketize(scores[keep].double(), grid)
+        impostor += torch.bincount(g_row[i] * cells + cell, minlength=impostor.numel())
+    genuine_all = torch.cat(genuine_scores).double() if genuine_scores else torch.empty(0, dtype=torch.float64, device=device)
+    same = (codes[first] == codes[second]) & (codes[first] >= 0)
+    genuine = torch.bincount(codes[first[same]] * cells + torch.bucketize(genuine_all[same], grid), minlength=impostor.numel())
+    genuine, impostor = genuine.view(-1, cells)[:n_groups].cpu(), impostor.view(-1, cells)[:n_groups].cpu()
+    below = genuine.cumsum(1)[:, :thresholds]
+    above = impostor.sum(1, keepdim=True) - impostor.cumsum(1)[:, :thresholds]
+    return GroupScoreCurves(attribute.name, names, grid.cpu(), genuine.sum(1), impostor.sum(1), below, above)
