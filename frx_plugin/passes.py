@@ -51,7 +51,8 @@ MAX_ERROR_PAIRS = 8
 TIMING_KEYS = ("embed_s", "after_embed_s", "counterfactual_s", "two_stage_s")
 
 __all__ = [
-    "AnalysisConfig", "COUNTERFACTUAL_PATHS", "MAX_ERROR_PAIRS", "ON_ERROR", "SIGNIFICANCE_SAMPLES", "PassPlan", "PassResult", "analyze_probe", "prepare_two_stage", "run_pass", "scalar_metrics",
+    "AnalysisConfig", "COUNTERFACTUAL_PATHS", "MAX_ERROR_PAIRS", "ON_ERROR", "SIGNIFICANCE_SAMPLES", "PassPlan", "PassResult",
+    "analyze_probe", "prepare_two_stage", "probe_differentials", "run_pass", "scalar_metrics",
 ]
 
 
@@ -67,6 +68,14 @@ class AnalysisConfig:
     head: str = "ridge"
     C: float = 1.0
     min_class_samples: int = 20  # a discrete attribute with a class of fewer labelled samples gets no AUROC
+    #: demographic differentials (error rates per attribute group at the global τ) in the pass; continuous
+    #: attributes in ``differential_bands`` quantile bands; a group needs ``differential_min_pairs`` pairs from
+    #: ``differential_min_identities`` identities for a rate. Off by default for now: on the CPU they cost
+    #: about 2.5 verifications (0.9 s at 10,000 probe images), more than a training pass's budget
+    differentials: bool = False
+    differential_bands: int = 4
+    differential_min_pairs: int = 50
+    differential_min_identities: int = 10
 
     def __post_init__(self) -> None:
         from frx_plugin.leakage import HEADS
@@ -85,6 +94,11 @@ class AnalysisConfig:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if not isinstance(self.min_class_samples, int) or isinstance(self.min_class_samples, bool) or self.min_class_samples < 0:
             raise ValueError(f"min_class_samples must be a non-negative integer, got {self.min_class_samples!r}")
+        if not isinstance(self.differentials, bool):
+            raise ValueError(f"differentials must be True or False, got {self.differentials!r}")
+        check_positive("differential_bands", self.differential_bands)
+        check_positive("differential_min_pairs", self.differential_min_pairs)
+        check_positive("differential_min_identities", self.differential_min_identities)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,14 +222,41 @@ def probe_verification(embeddings: torch.Tensor, probe: ProbeSet, fmr: float):
     return verification(embeddings, probe.identity, fmr=fmr)
 
 
+def probe_differentials(embeddings: torch.Tensor, probe: ProbeSet, report: Report, config: AnalysisConfig) -> None:
+    """``report.differentials`` at the report's verification threshold (every pair of the probe set).
+
+    Skipped, with a warning in the report, for a probe set that lists its pairs (the rates would mix
+    its listed pairs' τ with all pairs) or has no attribute; bad data is a warning, never the pass's end.
+    """
+    if not config.differentials or report.verification is None or len(probe.schema) == 0:
+        return
+    if getattr(probe, "pairs", None) is not None:
+        report.warnings.append("demographic differentials skipped: the probe set lists its pairs (they need every pair)")
+        return
+    from frx_plugin.differentials import demographic_differentials
+
+    try:
+        result = demographic_differentials(
+            embeddings, probe.identity, probe.labels, probe.schema, report.verification, n_bootstrap=config.n_bootstrap,
+            seed=config.seed, bands=config.differential_bands, min_pairs=config.differential_min_pairs,
+            min_identities=config.differential_min_identities,
+        )
+    except AnalysisError as exc:
+        report.warnings.append(f"demographic differentials skipped: {exc}")
+        return
+    report.differentials = result.to_record()
+
+
 def analyze_probe(embeddings: torch.Tensor, probe: ProbeSet, config: AnalysisConfig = AnalysisConfig()) -> Report:
-    """Leakage of every attribute of ``probe`` and verification, from the embeddings of all its samples (one process).
+    """Leakage of every attribute of ``probe``, verification and demographic differentials, from the
+    embeddings of all its samples (one process).
 
     A probe set that lists its pairs (``probe.pairs``, as a verification file does) is verified on
     those pairs only; otherwise on all pairs.
     """
     report = probe_leakage(embeddings, probe, config)
     report.verification = probe_verification(embeddings, probe, config.fmr)
+    probe_differentials(embeddings, probe, report, config)
     return report
 
 
@@ -439,6 +480,7 @@ def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectiv
             report = probe_leakage(local, probe, plan.config, indices, collectives)
             embeddings = gather_rows(collectives, local, len(probe))  # verification compares every pair
         report.verification = probe_verification(embeddings, probe, plan.config.fmr)
+        probe_differentials(embeddings, probe, report, plan.config)  # the same on every rank: all embeddings everywhere
         if plan.counterfactuals is not None:
             start = now()
             _counterfactuals(model, probe, embeddings, report, plan, collectives)
@@ -471,6 +513,7 @@ def scalar_metrics(report: Report) -> dict[str, float]:
 
     ``frx/leakage/<attribute>`` (with ``/low`` and ``/high``), ``frx/<metric>/<attribute>``,
     ``frx/verification/tar_at_fmr_<fmr>``, ``frx/significance/<attribute>``, ``frx/errors/…``,
+    ``frx/differential/<attribute>/{fnmr_ratio, fmr_ratio, fdr, garbe}``,
     the two-stage path's ``frx/recovery/…`` and the pass's cost ``frx/time/<part>_s``.
     """
     out: dict[str, float] = {}
@@ -489,6 +532,10 @@ def scalar_metrics(report: Report) -> dict[str, float]:
         prefix = "frx/errors" if kind == "all" else f"frx/errors/{kind}"
         for name, share in shares.items():
             out[f"{prefix}/{name}"] = share
+    for item in (report.differentials or {}).get("attributes", []):
+        for summary in ("fnmr_ratio", "fmr_ratio", "fdr", "garbe"):
+            estimate = item.get(summary) or {}
+            out[f"frx/differential/{item['name']}/{summary}"] = estimate.get("value")
     if report.recovery is not None:
         from frx_plugin.two_stage import recovery_scalars
 

@@ -105,6 +105,9 @@ class Report:
     counterfactuals: str | None = None
     #: the two-stage path (decoder, estimator, R_k of both paths, spread; see :mod:`frx_plugin.two_stage`), or None
     recovery: dict[str, Any] | None = None
+    #: demographic differentials: FNMR and FMR per attribute group at the global τ, their ratios, FDR and
+    #: GARBE with intervals (:meth:`frx_plugin.differentials.DemographicDifferentials.to_record`), or None
+    differentials: dict[str, Any] | None = None
     #: the pass's cost in seconds: ``embed_s`` (probe data and forward pass), ``after_embed_s`` (leakage,
     #: verification), ``counterfactual_s`` and ``two_stage_s``; empty when not measured
     timing: dict[str, float] = field(default_factory=dict)
@@ -133,6 +136,7 @@ class Report:
             "significance": {k: {m: _clean(v) for m, v in d.items()} for k, d in self.significance.items()},
             "error_attribution": {k: {a: _clean(v) for a, v in d.items()} for k, d in self.error_attribution.items()},
             "recovery": json_safe(self.recovery),
+            "differentials": json_safe(self.differentials),
             "timing": {k: _clean(v) for k, v in self.timing.items()},
         }
 
@@ -156,5 +160,6 @@ class Report:
             },
             counterfactuals=record.get("counterfactuals"),
             recovery=record.get("recovery"),
+            differentials=record.get("differentials"),
             timing={k: (math.nan if v is None else v) for k, v in record.get("timing", {}).items()},
         )

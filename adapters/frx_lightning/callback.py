@@ -91,6 +91,10 @@ class AttributeRecoveryCallback(Callback):
         transform: the module's input from the probe's RGB in [0, 1]: a callable, ``"unit"``,
             ``"arcface"`` (``(x - 0.5) / 0.5``), ``"imagenet"`` or ``{"mean", "std", "scale",
             "channels"}``; default [0, 1] as given, with a warning once.
+        differentials: demographic differentials in every pass — FNMR and FMR per attribute group at the
+            pass's global τ, their max/min ratios, FDR and GARBE with identity-bootstrap intervals, logged
+            as ``frx/differential/<attribute>/{fnmr_ratio,fmr_ratio,fdr,garbe}``; off by default (on the
+            CPU about 2.5× a verification).
     """
 
     def __init__(
@@ -113,6 +117,7 @@ class AttributeRecoveryCallback(Callback):
         every_n_train_steps: int | None = None,
         embed: Any = None,
         transform: Any = None,
+        differentials: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(probe, ProbeSet):
@@ -134,7 +139,8 @@ class AttributeRecoveryCallback(Callback):
         # checked now (a bad option is an error at construction, not at the first pass)
         self.model_options = {"embed": embed, "transform": transform}
         ModelAdapter(torch.nn.Identity(), embed=embed if not isinstance(embed, str) else None, transform=transform)
-        self.config = AnalysisConfig(n_folds=n_folds, n_bootstrap=n_bootstrap, seed=seed, fmr=float(fmr), batch_size=batch_size)
+        self.config = AnalysisConfig(n_folds=n_folds, n_bootstrap=n_bootstrap, seed=seed, fmr=float(fmr), batch_size=batch_size,
+                                     differentials=differentials)
         # decided once: exact when a generator can render the probe set (an error now if "exact" cannot be had)
         self.plan = PassPlan.for_probe(probe, config=self.config, counterfactuals=counterfactuals,
                                        significance_samples=significance_samples, max_error_pairs=max_error_pairs, on_error=on_error)
