@@ -52,7 +52,7 @@ TIMING_KEYS = ("embed_s", "after_embed_s", "counterfactual_s", "two_stage_s")
 
 __all__ = [
     "AnalysisConfig", "COUNTERFACTUAL_PATHS", "MAX_ERROR_PAIRS", "ON_ERROR", "SIGNIFICANCE_SAMPLES", "PassPlan", "PassResult",
-    "analyze_probe", "prepare_two_stage", "probe_differentials", "run_pass", "scalar_metrics",
+    "analyze_probe", "prepare_two_stage", "probe_differentials", "record_differentials", "run_pass", "scalar_metrics",
 ]
 
 
@@ -233,12 +233,18 @@ def probe_differentials(embeddings: torch.Tensor, probe: ProbeSet, report: Repor
     if getattr(probe, "pairs", None) is not None:
         report.warnings.append("demographic differentials skipped: the probe set lists its pairs (they need every pair)")
         return
+    record_differentials(embeddings, probe.identity, probe.labels, probe.schema, report, config)
+
+
+def record_differentials(embeddings: torch.Tensor, identity: torch.Tensor, labels: Any, schema: Any, report: Report,
+                         config: AnalysisConfig) -> None:
+    """``report.differentials`` of these embeddings at ``report.verification``'s τ (bad data: a warning in the report)."""
     from frx_plugin.differentials import demographic_differentials
 
     try:
         result = demographic_differentials(
-            embeddings, probe.identity, probe.labels, probe.schema, report.verification, n_bootstrap=config.n_bootstrap,
-            seed=config.seed, bands=config.differential_bands, min_pairs=config.differential_min_pairs,
+            embeddings, identity, labels, schema, report.verification, n_bootstrap=config.n_bootstrap, seed=config.seed,
+            bands=config.differential_bands, min_pairs=config.differential_min_pairs,
             min_identities=config.differential_min_identities,
         )
     except AnalysisError as exc:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from frx_plugin.model import embed_probe_set
-from frx_plugin.passes import AnalysisConfig, PassPlan, probe_leakage, run_pass
+from frx_plugin.passes import AnalysisConfig, PassPlan, probe_leakage, record_differentials, run_pass
 from frx_plugin.history import atomic_write_text
 from frx_plugin.probe import ProbeSet
 from frx_plugin.errors import AnalysisError
@@ -31,7 +31,7 @@ from frx_plugin.leakage import analyze_embeddings
 from frx_plugin.report import Report
 from frx_plugin.verification import verification
 
-__all__ = ["analyze", "ANALYSIS_FORMAT", "CSV_COLUMNS", "leakage_rows", "format_leakage_table"]
+__all__ = ["analyze", "ANALYSIS_FORMAT", "CSV_COLUMNS", "leakage_rows", "format_differentials_table", "format_leakage_table"]
 
 ANALYSIS_FORMAT = "frx.analysis/1"
 CSV_COLUMNS = ("name", "kind", "group", "metric", "value", "low", "high", "leakage", "leakage_low", "leakage_high", "balanced_accuracy", "n", "reason")
@@ -147,6 +147,9 @@ def _analyze_file(
             report.verification = verification(torch.nn.functional.normalize(embeddings, dim=1), identity, fmr=config.fmr)
         except ValueError as exc:  # e.g. one image per identity: no genuine pairs; leakage is still defined
             report.warnings.append(f"verification skipped: {exc}")
+        if report.verification is not None and config.differentials:
+            _, _, labels = dataset.read(chunk_size)
+            record_differentials(embeddings, identity, labels, dataset.schema, report, config)
     elif with_verification:
         report.warnings.append(f"verification skipped: {dataset.n:,} samples is more than {VERIFICATION_MAX_SAMPLES:,} (it compares every pair)")
     if out_dir is not None:
@@ -227,4 +230,31 @@ def format_leakage_table(report: Report) -> str:
         lines.append(f"verification: TAR {v.tar:.3f} at FMR {v.fmr:g} ({v.genuine_pairs:,} genuine, {v.impostor_pairs:,} impostor pairs)")
     heads = "ridge heads" if report.head == "ridge" else "logistic heads (continuous attributes: ridge)"
     lines.append(f"{report.n_samples:,} samples, {report.n_identities:,} identities, {report.n_folds} identity-disjoint folds, {heads}")
+    return "\n".join(lines)
+
+
+def format_differentials_table(report: Report) -> str:
+    """A terminal table of the report's demographic differentials (empty without them): per attribute the
+    max/min ratios of FNMR and FMR over its groups, FDR and GARBE with their 95% intervals, and its groups."""
+    record = report.differentials
+    if not record or not record.get("attributes"):
+        return ""
+
+    def estimate(value: Any) -> str:
+        if not value or value.get("value") is None:
+            return "–"
+        low, high = value.get("low"), value.get("high")
+        bounds = "" if low is None or high is None else f" [{low:.2f}, {high:.2f}]"
+        return f"{value['value']:.2f}{bounds}"
+
+    width = max([16, *(len(a["name"]) for a in record["attributes"])])
+    heading = f"{'attribute':<{width}} {'FNMR max/min':<20} {'FMR max/min':<20} {'FDR':<18} {'GARBE':<18} groups"
+    lines = [f"demographic differentials at τ = {record['tau']:.4f} (FMR {record['fmr']:g}; 95% identity-bootstrap intervals)",
+             heading, "-" * len(heading)]
+    for item in record["attributes"]:
+        groups = item.get("groups", [])
+        small = sum(1 for g in groups if g.get("fnmr") is None and g.get("fmr") is None)
+        shown = f"{len(groups)}" + (f" ({small} too small)" if small else "")
+        lines.append(f"{item['name']:<{width}} {estimate(item.get('fnmr_ratio')):<20} {estimate(item.get('fmr_ratio')):<20} "
+                     f"{estimate(item.get('fdr')):<18} {estimate(item.get('garbe')):<18} {shown}")
     return "\n".join(lines)

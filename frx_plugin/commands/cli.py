@@ -23,11 +23,11 @@ def _analyze(args: argparse.Namespace) -> int:
     import csv
 
     from frx_plugin.passes import AnalysisConfig
-    from frx_plugin.commands.analyze import CSV_COLUMNS, analyze, format_leakage_table, leakage_rows
+    from frx_plugin.commands.analyze import CSV_COLUMNS, analyze, format_differentials_table, format_leakage_table, leakage_rows
 
     attributes = [a.strip() for a in args.attributes.split(",") if a.strip()] if args.attributes else None
     config = AnalysisConfig(n_folds=args.folds, n_bootstrap=args.bootstrap, seed=args.seed, fmr=args.fmr, head=args.head, C=args.C,
-                            min_class_samples=args.min_class_samples)
+                            min_class_samples=args.min_class_samples, differentials=not args.no_differentials)
     if (args.embeddings is None) == (args.backbone is None):
         raise ValueError("pass --embeddings FILE or --backbone SPEC (one of them)")
     if args.embeddings is not None:
@@ -49,6 +49,10 @@ def _analyze(args: argparse.Namespace) -> int:
         writer.writerows(leakage_rows(report))
     else:
         print(format_leakage_table(report))
+        differentials = format_differentials_table(report)
+        if differentials:
+            print()
+            print(differentials)
         print(f"wrote {Path(args.out) / 'analysis.json'}")
     return 0
 
@@ -158,6 +162,8 @@ def _add_analyze(sub) -> None:
     analyze.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates over identities (default 200)")
     analyze.add_argument("--fmr", type=float, default=1e-3, help="false-match rate of the verification threshold (default 1e-3)")
     analyze.add_argument("--no-verification", action="store_true", help="skip TAR at FMR (it holds every embedding in memory)")
+    analyze.add_argument("--no-differentials", action="store_true",
+                         help="skip the demographic differentials (FNMR and FMR per attribute group at the global threshold)")
     analyze.add_argument(
         "--head", choices=("ridge", "logistic"), default="ridge",
         help="heads of binary and categorical attributes: ridge (streamed, every epoch) or exact logistic (holds the file in memory)",

@@ -93,3 +93,32 @@ def test_a_backbone_pass_uses_the_logistic_heads_asked_for(tmp_path, capsys):
     assert max(abs(from_file[n] - ridge[n]) for n in discrete) > 1e-3  # the logistic heads are not the ridge ones
     assert max(abs(backbone[n] - ridge[n]) for n in discrete) > 1e-3
     assert not any(math.isnan(v) for v in backbone.values() if v is not None)
+
+
+# --------------------------------------------------------------------------- demographic differentials
+
+
+def test_analyze_prints_and_saves_the_differentials_of_a_direct_call(tmp_path, capsys):
+    from frx_plugin.differentials import demographic_differentials
+    from frx_plugin.verification import verification
+
+    schema = AttributeSchema([Attribute("glasses", "binary", group="nuisance"), Attribute("age", "continuous")])
+    g = torch.Generator().manual_seed(1)
+    identity = torch.arange(1200) // 4
+    glasses = torch.randint(0, 2, (300,), generator=g)[identity]  # a person wears them in every image or none
+    noise = torch.where(glasses.bool(), 1.4, 0.9)[:, None]  # noisier faces with glasses: more false non-matches
+    z = torch.nn.functional.normalize(torch.randn(300, 32, generator=g)[identity] + noise * torch.randn(1200, 32, generator=g), dim=1)
+    labels = {"glasses": glasses, "age": torch.rand(300, generator=g)[identity] * 60 + 18}
+    path = write_embedding_set(tmp_path / "set.safetensors", z, identity, labels, schema)
+    assert main(["analyze", "--embeddings", str(path), "--out", str(tmp_path / "out"), "--bootstrap", "20", "--fmr", "0.01"]) == 0
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / "out" / "analysis.json").read_text())["differentials"]
+    expected = demographic_differentials(z, identity, labels, schema, verification(z, identity, fmr=0.01), n_bootstrap=20).to_record()
+    assert saved == json.loads(json.dumps(expected))
+    table = out.split("demographic differentials at τ", 1)[1].splitlines()
+    glasses_row = next(line for line in table if line.startswith("glasses "))
+    ratio = saved["attributes"][0]["fnmr_ratio"]
+    assert ratio["value"] > 1.5 and f"{ratio['value']:.2f} [{ratio['low']:.2f}, {ratio['high']:.2f}]" in glasses_row
+    assert main(["analyze", "--embeddings", str(path), "--out", str(tmp_path / "off"), "--bootstrap", "0", "--no-differentials"]) == 0
+    assert "demographic differentials" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "off" / "analysis.json").read_text())["differentials"] is None
