@@ -8,6 +8,9 @@ from typing import Any
 
 __all__ = ["benchmark_csv", "benchmark_markdown"]
 
+#: The differentials' summaries in the tables (FDR stays in benchmark.json).
+_DIFFERENTIALS = ("garbe", "fnmr_ratio", "fmr_ratio")
+
 
 def _estimate(entry: Any) -> str:
     if not isinstance(entry, dict) or entry.get("value") is None:
@@ -35,6 +38,9 @@ def _per_attribute(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
         out.setdefault(name, {})["significance"] = estimate
     for name, share in ((analysis.get("error_attribution") or {}).get("all") or {}).items():
         out.setdefault(name, {})["errors"] = share
+    for item in (analysis.get("differentials") or {}).get("attributes", []):
+        for summary in ("garbe", "fnmr_ratio", "fmr_ratio"):
+            out.setdefault(item["name"], {})[summary] = item.get(summary)
     return out
 
 
@@ -45,9 +51,10 @@ def _summary_columns(document: dict[str, Any]) -> list[str]:
 
 
 def benchmark_csv(document: dict[str, Any]) -> str:
-    """One row per backbone: the headline numbers, then ``leakage.<a>``, ``significance.<a>``, ``errors.<a>``."""
+    """One row per backbone: the headline numbers, then ``leakage.<a>``, ``significance.<a>``, ``errors.<a>``,
+    and the demographic differentials ``garbe.<a>``, ``fnmr_ratio.<a>``, ``fmr_ratio.<a>``."""
     names = _attributes(document)
-    columns = _summary_columns(document) + [f"{m}.{n}" for m in ("leakage", "significance", "errors") for n in names]
+    columns = _summary_columns(document) + [f"{m}.{n}" for m in ("leakage", "significance", "errors") + _DIFFERENTIALS for n in names]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -67,6 +74,8 @@ def benchmark_csv(document: dict[str, Any]) -> str:
             line[f"leakage.{name}"] = (measures.get("leakage") or {}).get("value")
             line[f"significance.{name}"] = (measures.get("significance") or {}).get("value")
             line[f"errors.{name}"] = measures.get("errors")
+            for summary in _DIFFERENTIALS:
+                line[f"{summary}.{name}"] = (measures.get(summary) or {}).get("value")
         writer.writerow({k: ("" if v is None else v) for k, v in line.items()})
     return buffer.getvalue()
 
@@ -99,6 +108,10 @@ def benchmark_markdown(document: dict[str, Any]) -> str:
         ("Leakage ℓ per attribute", "leakage", "held-out recovery, normalised to [0, 1]; lower keeps less of it"),
         ("Identity significance S_k per attribute", "significance", "how far changing the attribute moves the identity score"),
         ("Share of errors each attribute explains", "errors", "explained errors that changing the attribute alone corrects"),
+        ("Demographic differentials: GARBE per attribute", "garbe",
+         "the Gini index of the groups' FMR and FNMR at the global threshold (0 = equal error rates); per group in benchmark.json"),
+        ("Demographic differentials: FNMR max/min over the groups", "fnmr_ratio",
+         "how many times more often the worst group's genuine pairs are rejected than the best group's, at the global threshold"),
     ):
         if not any(key in per[row["spec"]].get(n, {}) for row in good for n in names):
             continue

@@ -114,7 +114,13 @@ def test_benchmark_command_compares_backbones_and_keeps_going(tmp_path, capsys, 
     table = list(csv.DictReader((out / "benchmark.csv").open()))
     assert [r["spec"] for r in table] == [row["spec"] for row in document["backbones"]]
     assert float(table[0]["leakage.skin_tone"]) == pytest.approx(reference["skin_tone"].leakage, abs=1e-4)
+    # the demographic differentials side by side: each row's are those of its embeddings at its τ
+    expected = analyze_probe(z_first, probe, AnalysisConfig(n_bootstrap=20, differentials=True)).differentials
+    for row in (rows[specs[0]], rows[f"embeddings:{tmp_path / 'pre.safetensors'}"]):
+        assert row["analysis"]["differentials"] == json.loads(json.dumps(expected))
+    assert {f"garbe.{n}" for n in probe.schema.names} <= set(table[0]) and "fnmr_ratio.glasses" in table[0]
     markdown = (out / "benchmark.md").read_text()
+    assert "## Demographic differentials: GARBE per attribute" in markdown
     assert f"| `{specs[1]}` | 24 |" in markdown and "failed: TypeError" in markdown and "## Leakage ℓ per attribute" in markdown
     # the folder now holds a run: refused without --overwrite, nothing touched
     before = (out / "benchmark.json").read_bytes()
