@@ -137,7 +137,8 @@ def write_analysis_file(folder: Path) -> Path:
 
     z, identity, labels, schema = synthetic_embeddings(seed=7, strength=1.2)
     embeddings = write_embedding_set(folder / "embeddings.safetensors", z, identity, labels, schema)
-    analyze_file(embeddings, config=AnalysisConfig(n_bootstrap=20, fmr=0.01, n_folds=4), out_dir=folder)
+    analyze_file(embeddings, config=AnalysisConfig(n_bootstrap=20, fmr=0.01, n_folds=4, differentials=True, differential_curves=True,
+                                                   differential_min_pairs=20, differential_min_identities=5), out_dir=folder)
     return folder / "analysis.json"
 
 

@@ -129,6 +129,44 @@ def plot_counterfactuals(rows: Sequence[dict[str, Any]], path: Path, title: str 
     return _save(fig, path)
 
 
+def plot_det(curves: dict[str, Any], path: Path, groups: Sequence[dict[str, Any]] = (), title: str = "") -> Path:
+    """DET curves per group (FNMR against FMR, log axes) from a differentials record's ``curves``, each group's
+    operating point at the global τ marked (``groups``: the attribute's group records, with ``fnmr``/``fmr``)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    below = np.asarray(curves.get("genuine_at_or_below") or [], dtype=float)
+    above = np.asarray(curves.get("impostor_above") or [], dtype=float)
+    genuine = np.asarray(curves.get("genuine_pairs") or [], dtype=float)
+    impostor = np.asarray(curves.get("impostor_pairs") or [], dtype=float)
+    drawn = [g for g in range(len(curves.get("groups") or [])) if genuine[g] > 0 and impostor[g] > 0]
+    if not drawn:
+        raise ValueError("plot_det: no group with genuine and impostor pairs")
+    fig, ax = plt.subplots(figsize=(5.6, 4.4))
+    floor = 0.5 / max(1.0, float(impostor.max()))
+    points = {g.get("label"): g for g in groups if isinstance(g, dict)}
+    for g in drawn:
+        name = curves["groups"][g]
+        fmr, fnmr = np.maximum(above[g] / impostor[g], floor), np.maximum(below[g] / genuine[g], 0.5 / genuine[g])
+        (line,) = ax.plot(fmr, fnmr, label=f"{name} ({int(genuine[g]):,} genuine, {int(impostor[g]):,} impostor pairs)")
+        point = points.get(name) or {}
+        at = ((point.get("fmr") or {}).get("value"), (point.get("fnmr") or {}).get("value"))
+        if at[0] is not None and at[1] is not None:
+            ax.plot([max(at[0], floor)], [max(at[1], 0.5 / genuine[g])], "o", color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("FMR (same-group impostor pairs)")
+    ax.set_ylabel("FNMR (genuine pairs)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title or f"DET per group of {curves.get('attribute')} (dots: the global threshold)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def decoded_grid(originals, decoded, gap: int = 2):
     """One image ``(3, H', W')`` of held-out faces (first column) beside their decoder samples (the others).
 

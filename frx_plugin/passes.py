@@ -77,6 +77,8 @@ class AnalysisConfig:
     differential_bands: int = 4
     differential_min_pairs: int = 50
     differential_min_identities: int = 10
+    #: the per-group DET curves of the most unequal attribute in the record (one more pass over all pairs)
+    differential_curves: bool = False
 
     def __post_init__(self) -> None:
         from frx_plugin.leakage import HEADS
@@ -95,8 +97,9 @@ class AnalysisConfig:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if not isinstance(self.min_class_samples, int) or isinstance(self.min_class_samples, bool) or self.min_class_samples < 0:
             raise ValueError(f"min_class_samples must be a non-negative integer, got {self.min_class_samples!r}")
-        if not isinstance(self.differentials, bool):
-            raise ValueError(f"differentials must be True or False, got {self.differentials!r}")
+        for flag in ("differentials", "differential_curves"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         check_positive("differential_bands", self.differential_bands)
         check_positive("differential_min_pairs", self.differential_min_pairs)
         check_positive("differential_min_identities", self.differential_min_identities)
@@ -239,8 +242,9 @@ def probe_differentials(embeddings: torch.Tensor, probe: ProbeSet, report: Repor
 
 def record_differentials(embeddings: torch.Tensor, identity: torch.Tensor, labels: Any, schema: Any, report: Report,
                          config: AnalysisConfig) -> None:
-    """``report.differentials`` of these embeddings at ``report.verification``'s τ (bad data: a warning in the report)."""
-    from frx_plugin.differentials import demographic_differentials
+    """``report.differentials`` of these embeddings at ``report.verification``'s τ (bad data: a warning in the report);
+    with ``config.differential_curves`` also ``"curves"``: the DET data of the most unequal attribute."""
+    from frx_plugin.differentials import demographic_differentials, group_score_curves
 
     try:
         result = demographic_differentials(
@@ -252,6 +256,10 @@ def record_differentials(embeddings: torch.Tensor, identity: torch.Tensor, label
         report.warnings.append(f"demographic differentials skipped: {exc}")
         return
     report.differentials = result.to_record()
+    worst = result.most_unequal()
+    if config.differential_curves and worst is not None:
+        curves = group_score_curves(embeddings, identity, labels[worst], schema[worst], bands=config.differential_bands)
+        report.differentials["curves"] = curves.to_record()
 
 
 def analyze_probe(embeddings: torch.Tensor, probe: ProbeSet, config: AnalysisConfig = AnalysisConfig()) -> Report:

@@ -320,7 +320,8 @@ def run_benchmark(
     out = Path(out_dir)
     check_output_folder(out, overwrite)
     _check_sources(backbones, embedding_files)
-    config = AnalysisConfig(n_bootstrap=n_bootstrap, seed=seed, fmr=BENCHMARK_FMRS[0], differentials=True)
+    config = AnalysisConfig(n_bootstrap=n_bootstrap, seed=seed, fmr=BENCHMARK_FMRS[0], differentials=True,
+                            differential_curves=True)
     given = probe is not None or pairs is not None  # then opened first: its errors come before training any backbone
     probe_set = probe_for(None, probe, pairs, estimators, progress) if given else None
     opened = _open_backbones(backbones, say)

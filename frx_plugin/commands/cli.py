@@ -27,7 +27,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
     attributes = [a.strip() for a in args.attributes.split(",") if a.strip()] if args.attributes else None
     config = AnalysisConfig(n_folds=args.folds, n_bootstrap=args.bootstrap, seed=args.seed, fmr=args.fmr, head=args.head, C=args.C,
-                            min_class_samples=args.min_class_samples, differentials=not args.no_differentials)
+                            min_class_samples=args.min_class_samples, differentials=not args.no_differentials, differential_curves=not args.no_differentials)
     if (args.embeddings is None) == (args.backbone is None):
         raise ValueError("pass --embeddings FILE or --backbone SPEC (one of them)")
     if args.embeddings is not None:

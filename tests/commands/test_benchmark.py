@@ -121,6 +121,11 @@ def test_benchmark_command_compares_backbones_and_keeps_going(tmp_path, capsys, 
     assert {f"garbe.{n}" for n in probe.schema.names} <= set(table[0]) and "fnmr_ratio.glasses" in table[0]
     markdown = (out / "benchmark.md").read_text()
     assert "## Demographic differentials: GARBE per attribute" in markdown
+    from frx_plugin.commands.report import write_report
+
+    page = write_report(out, out=tmp_path / "page.html").read_text(encoding="utf-8")
+    assert "<h3>Demographic differentials per attribute</h3>" in page and f"demographic differentials of {specs[0]}" in page
+    assert 'id="benchmark-differentials-0"' in page
     assert f"| `{specs[1]}` | 24 |" in markdown and "failed: TypeError" in markdown and "## Leakage ℓ per attribute" in markdown
     # the folder now holds a run: refused without --overwrite, nothing touched
     before = (out / "benchmark.json").read_bytes()

@@ -175,9 +175,10 @@ def test_every_kind_in_one_page_self_contained_and_in_order(outputs, tmp_path):
     text, page = read_page(target)
     assert_self_contained(text, page)
     assert page.headings["h2"] == ["Training history", "Analysis", "Explanations", "Benchmark", "Provenance"]
-    # history: leakage, significance, attribution, recovery re-plotted + decoded.png; analysis: leakage bars;
-    # explanations: attribution + counterfactuals.png; benchmark: three comparisons
-    assert len(page.images) == 5 + 1 + 2 + 3
+    # history: leakage, significance, attribution, recovery re-plotted + decoded.png; analysis: leakage bars and the
+    # differentials' DET curves; explanations: attribution + counterfactuals.png; benchmark: three comparisons (its
+    # document records no differentials)
+    assert len(page.images) == 5 + 2 + 2 + 3
     # embedded files are embedded byte for byte
     sources = {base64.b64decode(i["src"].split(",", 1)[1]) for i in page.images}
     assert (outputs["all"] / "decoded.png").read_bytes() in sources
@@ -240,7 +241,19 @@ def test_analysis_section_matches_analysis_json(outputs):
     text, page = read_page(write_report(outputs["analysis"]))
     assert_self_contained(text, page)
     assert page.headings["h2"] == ["Analysis", "Provenance"]
-    assert len(page.images) == 1
+    differentials = document["differentials"]
+    assert differentials["curves"]["attribute"]  # the fixture's differentials hold the DET data of their most unequal attribute
+    assert len(page.images) == 2  # leakage bars and the DET curves
+    assert "Demographic differentials" in page.headings["h3"]
+    summary = page.rows("analysis-differentials-table")
+    for item in differentials["attributes"]:
+        assert summary[item["name"]][1:5] == [interval(item[k] or {"value": None}) for k in ("fnmr_ratio", "fmr_ratio", "fdr", "garbe")]
+    worst = next(a for a in differentials["attributes"] if a["name"] == differentials["curves"]["attribute"])
+    groups = page.rows("analysis-differentials-table-groups")
+    for group in worst["groups"]:
+        shown = groups[group["label"]]
+        assert shown[3] == (interval(group["fnmr"]) if group["fnmr"] else f"too small: {group['fnmr_too_small']}")
+        assert shown[5] == (interval(group["fmr"]) if group["fmr"] else f"too small: {group['fmr_too_small']}")
     rows = page.rows("analysis-table")
     for attribute in document["attributes"]:
         assert rows[attribute["name"]][5] == interval({"value": attribute["leakage"], "low": attribute["leakage_low"], "high": attribute["leakage_high"]})

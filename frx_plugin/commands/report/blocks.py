@@ -142,3 +142,42 @@ def recovery_block(page: Page, recovery: dict[str, Any], title: str) -> str:
     table = html_table(["attribute", "group", "two-stage R_k (95% CI)", "direct R_k (95% CI)", "estimator on real faces", "readable"],
                    rows, "recovery-table", [2, 3, 4])
     return figure + details("numbers", table) + warning_list(recovery.get("errors"))
+
+
+def differentials_block(page: Page, differentials: dict[str, Any], table_id: str) -> str:
+    """Demographic differentials: each attribute's max/min ratios, FDR and GARBE; the groups of the most
+    unequal one (FNMR and FMR with intervals, or why a group is too small) and their DET curves."""
+    from frx_plugin.figures import plot_det
+
+    items = [a for a in differentials.get("attributes") or [] if isinstance(a, dict)]
+    if not items:
+        return paragraph("no demographic differentials recorded", "note")
+    intro = paragraph(f"At the global threshold τ = {number(differentials.get('tau'), 4)} (FMR {fmr_text(differentials.get('fmr'))} over "
+                      "all impostor pairs): FNMR of each group's genuine pairs, FMR of its same-group impostor pairs; GARBE is 0 "
+                      "and FDR 1 where every group fares alike.")
+    summary = html_table(["attribute", "FNMR max/min (95% CI)", "FMR max/min (95% CI)", "FDR (95% CI)", "GARBE (95% CI)", "groups"],
+                         [[a.get("name", MISSING), estimate(a.get("fnmr_ratio")), estimate(a.get("fmr_ratio")), estimate(a.get("fdr")),
+                           estimate(a.get("garbe")), count(len(a.get("groups") or []))] for a in items], table_id, [1, 2, 3, 4, 5])
+    curves = differentials.get("curves") if isinstance(differentials.get("curves"), dict) else None
+    worst = next((a for a in items if curves and a.get("name") == curves.get("attribute")), None)
+    if worst is None:
+        finite_garbe = [a for a in items if isinstance(a.get("garbe"), dict) and a["garbe"].get("value") is not None]
+        worst = max(finite_garbe, key=lambda a: a["garbe"]["value"], default=None)
+    if worst is None:
+        return intro + summary
+    rows = []
+    for g in worst.get("groups") or []:
+        rows.append([g.get("label", MISSING), count(g.get("images")), count(g.get("genuine_pairs")),
+                     estimate(g.get("fnmr")) if g.get("fnmr") else f"too small: {g.get('fnmr_too_small') or MISSING}",
+                     count(g.get("impostor_pairs")),
+                     estimate(g.get("fmr")) if g.get("fmr") else f"too small: {g.get('fmr_too_small') or MISSING}"])
+    groups = html_table(["group", "images", "genuine pairs", "FNMR (95% CI)", "same-group impostor pairs", "FMR (95% CI)"],
+                        rows, f"{table_id}-groups", [1, 2, 3, 4, 5])
+    figure = ""
+    if curves:
+        figure = page.figure(lambda path: plot_det(curves, path, worst.get("groups") or []),
+                             f"DET curves per group of {worst.get('name')}",
+                             f"DET curves of the groups of {worst.get('name')}, the most unequal attribute (highest GARBE); "
+                             "dots: each group at the global threshold.")
+    return intro + summary + f"<h4>Groups of {worst.get('name')}</h4>" + figure + groups
+

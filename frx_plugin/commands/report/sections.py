@@ -10,6 +10,7 @@ from frx_plugin.commands.report.blocks import (
     attribute_label,
     attribution_block,
     attributes_table,
+    differentials_block,
     groups_of,
     leakage_bars,
     pass_line,
@@ -84,6 +85,11 @@ def history_section(page: Page) -> str:
             out.append(f"<h3>Error attribution (epoch {escape(record.get('epoch'))})</h3>")
             out.append(attribution_block(page, record["error_attribution"], record.get("attributes") or [],
                                           f"error attribution, epoch {record.get('epoch')}", "history-attribution-table"))
+        with_differentials = [r for r in records if isinstance(r.get("differentials"), dict)]
+        if with_differentials:
+            record = with_differentials[-1]
+            out.append(f"<h3>Demographic differentials (epoch {escape(record.get('epoch'))})</h3>")
+            out.append(differentials_block(page, record["differentials"], "history-differentials-table"))
         with_recovery = [r for r in records if isinstance(r.get("recovery"), dict)]
         if with_recovery:
             record = with_recovery[-1]
@@ -127,6 +133,9 @@ def analysis_section(page: Page, document: dict[str, Any]) -> str:
     if isinstance(document.get("recovery"), dict):
         out.append("<h3>Two-stage recovery</h3>")
         out.append(recovery_block(page, document["recovery"], ""))
+    if isinstance(document.get("differentials"), dict):
+        out.append("<h3>Demographic differentials</h3>")
+        out.append(differentials_block(page, document["differentials"], "analysis-differentials-table"))
     out.append("</section>")
     return "".join(out)
 
@@ -195,6 +204,12 @@ def _benchmark_table(rows: list[dict[str, Any]], fmrs: list[Any]) -> str:
     return html_table(headers, table_rows, "benchmark-table", range(1, len(headers)))
 
 
+def _garbe_of(row: dict[str, Any], name: str) -> Any:
+    """A backbone's GARBE of attribute ``name`` (its estimate), or ``None``."""
+    items = (row["analysis"].get("differentials") or {}).get("attributes") or []
+    return next((a.get("garbe") for a in items if isinstance(a, dict) and a.get("name") == name), None)
+
+
 def benchmark_section(page: Page, document: dict[str, Any]) -> str:
     from frx_plugin.figures import plot_estimates
 
@@ -244,6 +259,9 @@ def benchmark_section(page: Page, document: dict[str, Any]) -> str:
         ("Error attribution per attribute", "share of explained errors", (0.0, 1.05),
          lambda r, n: ((r["analysis"].get("error_attribution") or {}).get("all") or {}).get(n), "benchmark-errors",
          "Share of each backbone's explained verification errors that each attribute decides on its own."),
+        ("Demographic differentials per attribute", "GARBE", None, _garbe_of, "benchmark-garbe",
+         "GARBE per attribute and backbone: the Gini index of the groups' FMR and FNMR at the global threshold (0: equal), "
+         "with 95% intervals."),
     )
     for heading, ylabel, ylim, value_of, table_id, caption in measures:
         out.append(f"<h3>{escape(heading)}</h3>")
@@ -256,6 +274,10 @@ def benchmark_section(page: Page, document: dict[str, Any]) -> str:
                                f"{ylabel} per attribute, one bar per backbone", caption))
         numbers = [[n] + [estimate(series[s][i]) for s in specs] for i, n in enumerate(names)]
         out.append(details("numbers", html_table(["attribute"] + specs, numbers, table_id, range(1, len(specs) + 1))))
+    for spec, r in zip(specs, measured):
+        if isinstance(r["analysis"].get("differentials"), dict):
+            out.append(details(f"demographic differentials of {spec}",
+                               differentials_block(page, r["analysis"]["differentials"], f"benchmark-differentials-{specs.index(spec)}")))
     for spec, r in zip(specs, measured):
         notes = list(r["analysis"].get("warnings") or []) + list((r.get("verification") or {}).get("notes") or [])
         if notes:
