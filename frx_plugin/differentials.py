@@ -48,6 +48,10 @@ global τ is the operating point being audited, not re-estimated per replicate),
 show the sampling error of the rates at that operating point. The summaries are computed per
 replicate over the groups measured at the point estimate (NaN when one of them has no weight);
 the intervals are the percentiles of :func:`~frx_plugin.leakage.functional.bootstrap_estimate`.
+Max/min ratios and Gini indices of noisy rates are biased upward in the bootstrap (the replicates'
+extreme groups spread further than the sample's), so with small groups their percentile interval
+can lie above the point value; it is reported as it is (a bias-corrected interval over-corrects
+there), and the tables say so.
 
 Cost. One blocked pass over the upper triangle of the score matrix (as in
 :mod:`frx_plugin.verification`, never an N×N matrix): the genuine scores are read at their places

@@ -257,4 +257,9 @@ def format_differentials_table(report: Report) -> str:
         shown = f"{len(groups)}" + (f" ({small} too small)" if small else "")
         lines.append(f"{item['name']:<{width}} {estimate(item.get('fnmr_ratio')):<20} {estimate(item.get('fmr_ratio')):<20} "
                      f"{estimate(item.get('fdr')):<18} {estimate(item.get('garbe')):<18} {shown}")
+    above = [item["name"] for item in record["attributes"] for key in ("fnmr_ratio", "fmr_ratio", "garbe")
+             if (item.get(key) or {}).get("low") is not None and item[key]["low"] > item[key]["value"]]
+    if above:
+        lines.append(f"note: the bootstrap of max/min ratios and GARBE is biased upward with small groups; for "
+                     f"{', '.join(sorted(set(above)))} an interval lies above its value (read it as an upper range)")
     return "\n".join(lines)
