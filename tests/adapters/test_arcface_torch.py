@@ -195,3 +195,41 @@ def test_a_failed_pass_is_said_in_the_log_the_writer_the_wandb_run_and_the_histo
     assert [f["global_step"] for f in failures] == [2]
     with pytest.raises(TypeError, match="wandb_run must have log"):
         ArcFaceTorchCallback(make_probe(), wandb_run=object())
+
+
+def test_an_arcface_torch_loop_logs_the_differentials_it_asks_for(tmp_path):
+    """config=AnalysisConfig(differentials=True) in a train_v2-style loop: the history holds them, the writer gets
+    their summaries at each pass's step, equal to the history's numbers."""
+    import torch
+    import torch.nn.functional as F
+    from tensorboardX import SummaryWriter
+
+    from frx_plugin.models import ArcFaceHead, ResidualFaceNet
+    from frx_plugin.passes import AnalysisConfig
+    from frx_plugin.synthetic import SyntheticFaceDataset, SyntheticFaceWorld, SyntheticProbeSet
+
+    torch.manual_seed(0)
+    backbone = ResidualFaceNet(embedding_dim=16, widths=(8, 8, 16, 16), input_size=32)
+    head = ArcFaceHead(16, 12)
+    opt = torch.optim.SGD(list(backbone.parameters()) + list(head.parameters()), lr=0.05, momentum=0.9)
+    loader = torch.utils.data.DataLoader(SyntheticFaceDataset(SyntheticFaceWorld(12, 4, seed=0, size=32)), batch_size=8)
+    probe = SyntheticProbeSet(n_identities=40, images_per_identity=4, seed=0, size=32, first_identity=600_000)
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    config = AnalysisConfig(n_bootstrap=10, fmr=1e-2, differentials=True, differential_min_pairs=5, differential_min_identities=3)
+    frx = ArcFaceTorchCallback(probe, out_dir=tmp_path / "frx", every_n_steps=2, writer=writer, config=config, counterfactuals="off")
+    for global_step, (images, labels) in enumerate(loader, start=1):
+        loss = F.cross_entropy(head(backbone(images), labels), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        frx(global_step, backbone)
+        if global_step == 4:
+            break
+    writer.close()
+    records = json.loads((tmp_path / "frx" / "history.json").read_text())["records"]
+    assert [r["global_step"] for r in records] == [2, 4] and all(r["differentials"]["attributes"] for r in records)
+    tags = {k: v for k, v in summary_tags(tmp_path / "tb", kind="scalar").items() if k.startswith("frx/differential/")}
+    assert tags and all(steps == [2, 4] for steps in tags.values())
+    last = {f"frx/differential/{a['name']}/{s}": a[s]["value"] for a in records[-1]["differentials"]["attributes"]
+            for s in ("fnmr_ratio", "fmr_ratio", "fdr", "garbe") if (a.get(s) or {}).get("value") is not None}
+    assert set(tags) == set(last)
