@@ -263,20 +263,27 @@ def _counts(z: torch.Tensor, identity: torch.Tensor, who: torch.Tensor, slots: t
     images_k = torch.bincount(who[sample] * n_slots + slots[attribute, sample], minlength=k * n_slots)
     images_k = images_k.view(k, n_slots).to(torch.float64)
     per_group = weights @ images_k
-    # (S, 1 + R) and (K, 1 + R): an identity's weights are one contiguous row to gather
+    # matches[s, r] = Σ over (identity pair (k, l), slot s) entries of count · w_rk · w_rl: the weight product of each
+    # identity pair is made once (P × R), then summed into the slots by one sparse (S × P) product
     matches = torch.zeros(n_slots, weights.shape[0], dtype=torch.float64, device=device)
-    by_identity = weights.T.contiguous()
+    by_identity = weights.T.contiguous()  # (K, 1 + R): an identity's weights are one contiguous row to gather
+    keys = []
     for i, j in kept:
         same = (slots[:, i] == slots[:, j]) & (slots[:, i] >= 0)
         a, p = same.nonzero(as_tuple=True)
-        # one entry per (identity pair, slot): images of the same two people share their weight
-        key = (who[i[p]] * k + who[j[p]]) * n_slots + slots[a, i[p]]
-        key, count = torch.unique(key, return_counts=True)
+        keys.append((who[i[p]] * k + who[j[p]]) * n_slots + slots[a, i[p]])  # images of the same two people share a weight
+    if keys:
+        key, count = torch.unique(torch.cat(keys), return_counts=True)
+        pair, slot = key // n_slots, key % n_slots
+        pairs, column = torch.unique(pair, return_inverse=True)
         step = max(1, _WEIGHT_ENTRIES // weights.shape[0])
-        for start in range(0, key.numel(), step):
-            part, times = key[start : start + step], count[start : start + step].to(torch.float64)
-            pair, slot = part // n_slots, part % n_slots
-            matches.index_add_(0, slot, by_identity[pair // k] * by_identity[pair % k] * times[:, None])
+        for start in range(0, pairs.numel(), step):  # identity pairs in chunks of the products' memory
+            chunk = pairs[start : start + step]
+            product = by_identity[chunk // k] * by_identity[chunk % k]  # (P_chunk, 1 + R)
+            inside = (column >= start) & (column < start + chunk.numel())
+            entries = torch.sparse_coo_tensor(torch.stack([slot[inside], column[inside] - start]), count[inside].to(torch.float64),
+                                              (n_slots, chunk.numel()), device=device)
+            matches += torch.sparse.mm(entries, product)
     return {
         "genuine": weights @ pairs_k,
         "misses": weights @ misses_k,
