@@ -72,7 +72,7 @@ class AnalysisConfig:
     #: demographic differentials (error rates per attribute group at the global τ) in the pass; continuous
     #: attributes in ``differential_bands`` quantile bands; a group needs ``differential_min_pairs`` pairs from
     #: ``differential_min_identities`` identities for a rate. Off by default for now: on the CPU they cost
-    #: about 2.5 verifications (0.9 s at 10,000 probe images), more than a training pass's budget
+    #: about 1.6 verifications (0.4 s at 10,000 probe images), more than a training pass's budget
     differentials: bool = False
     differential_bands: int = 4
     differential_min_pairs: int = 50

@@ -94,7 +94,7 @@ class AttributeRecoveryCallback(Callback):
         differentials: demographic differentials in every pass — FNMR and FMR per attribute group at the
             pass's global τ, their max/min ratios, FDR and GARBE with identity-bootstrap intervals, logged
             as ``frx/differential/<attribute>/{fnmr_ratio,fmr_ratio,fdr,garbe}``; off by default (on the
-            CPU about 2.5× a verification).
+            CPU about 1.6× a verification).
     """
 
     def __init__(
