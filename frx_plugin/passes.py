@@ -226,24 +226,29 @@ def probe_verification(embeddings: torch.Tensor, probe: ProbeSet, fmr: float):
     return verification(embeddings, probe.identity, fmr=fmr)
 
 
-def probe_differentials(embeddings: torch.Tensor, probe: ProbeSet, report: Report, config: AnalysisConfig) -> None:
+def probe_differentials(embeddings: torch.Tensor, probe: ProbeSet, report: Report, config: AnalysisConfig,
+                        on_error: str = "raise") -> None:
     """``report.differentials`` at the report's verification threshold (every pair of the probe set).
 
     Skipped, with a warning in the report, for a probe set that lists its pairs (the rates would mix
-    its listed pairs' τ with all pairs) or has no attribute; bad data is a warning, never the pass's end.
+    its listed pairs' τ with all pairs) or has no attribute; see :func:`record_differentials` for failures.
     """
     if not config.differentials or report.verification is None or len(probe.schema) == 0:
         return
     if getattr(probe, "pairs", None) is not None:
         report.warnings.append("demographic differentials skipped: the probe set lists its pairs (they need every pair)")
         return
-    record_differentials(embeddings, probe.identity, probe.labels, probe.schema, report, config)
+    record_differentials(embeddings, probe.identity, probe.labels, probe.schema, report, config, on_error)
 
 
 def record_differentials(embeddings: torch.Tensor, identity: torch.Tensor, labels: Any, schema: Any, report: Report,
-                         config: AnalysisConfig) -> None:
-    """``report.differentials`` of these embeddings at ``report.verification``'s τ (bad data: a warning in the report);
-    with ``config.differential_curves`` also ``"curves"``: the DET data of the most unequal attribute."""
+                         config: AnalysisConfig, on_error: str = "raise") -> None:
+    """``report.differentials`` of these embeddings at ``report.verification``'s τ; with ``config.differential_curves``
+    also ``"curves"``: the DET data of the most unequal attribute.
+
+    Data that allows none (an :class:`AnalysisError`) is a warning in the report; any other failure
+    is raised with ``on_error="raise"``, else a warning too: the pass's leakage and verification stand.
+    """
     from frx_plugin.differentials import demographic_differentials, group_score_curves
 
     try:
@@ -252,14 +257,17 @@ def record_differentials(embeddings: torch.Tensor, identity: torch.Tensor, label
             bands=config.differential_bands, min_pairs=config.differential_min_pairs,
             min_identities=config.differential_min_identities,
         )
-    except AnalysisError as exc:
-        report.warnings.append(f"demographic differentials skipped: {exc}")
+        record = result.to_record()
+        worst = result.most_unequal()
+        if config.differential_curves and worst is not None:
+            record["curves"] = group_score_curves(embeddings, identity, labels[worst], schema[worst],
+                                                  bands=config.differential_bands).to_record()
+    except Exception as exc:  # noqa: BLE001 - the pass's other measures stand
+        if on_error == "raise" and not isinstance(exc, AnalysisError):
+            raise
+        report.warnings.append(f"demographic differentials skipped: {type(exc).__name__}: {exc}")
         return
-    report.differentials = result.to_record()
-    worst = result.most_unequal()
-    if config.differential_curves and worst is not None:
-        curves = group_score_curves(embeddings, identity, labels[worst], schema[worst], bands=config.differential_bands)
-        report.differentials["curves"] = curves.to_record()
+    report.differentials = record
 
 
 def analyze_probe(embeddings: torch.Tensor, probe: ProbeSet, config: AnalysisConfig = AnalysisConfig()) -> Report:
@@ -372,7 +380,7 @@ def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectiv
             report = probe_leakage(local, probe, plan.config, indices, collectives)
             embeddings = gather_rows(collectives, local, len(probe))  # verification compares every pair
         report.verification = probe_verification(embeddings, probe, plan.config.fmr)
-        probe_differentials(embeddings, probe, report, plan.config)  # the same on every rank: all embeddings everywhere
+        probe_differentials(embeddings, probe, report, plan.config, plan.on_error)  # the same on every rank: all embeddings everywhere
         if plan.counterfactuals is not None:
             start = now()
             _counterfactuals(model, probe, embeddings, report, plan, collectives)

@@ -142,13 +142,12 @@ def _analyze_file(
             min_class_samples=config.min_class_samples,
         )
     if with_verification and dataset.n <= VERIFICATION_MAX_SAMPLES:
-        embeddings, identity, _ = dataset.read(chunk_size)
+        embeddings, identity, labels = dataset.read(chunk_size)
         try:
             report.verification = verification(torch.nn.functional.normalize(embeddings, dim=1), identity, fmr=config.fmr)
         except ValueError as exc:  # e.g. one image per identity: no genuine pairs; leakage is still defined
             report.warnings.append(f"verification skipped: {exc}")
         if report.verification is not None and config.differentials:
-            _, _, labels = dataset.read(chunk_size)
             record_differentials(embeddings, identity, labels, dataset.schema, report, config)
     elif with_verification:
         report.warnings.append(f"verification skipped: {dataset.n:,} samples is more than {VERIFICATION_MAX_SAMPLES:,} (it compares every pair)")

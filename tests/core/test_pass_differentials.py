@@ -65,3 +65,20 @@ def test_the_lightning_callback_logs_the_differentials_and_keeps_them_in_the_his
         {k: v for k, v in scalar_metrics(callback.last_report).items() if k.startswith("frx/differential/")})
     assert last == records[-1]["differentials"]
     assert torch.isfinite(torch.tensor(list(logged.values()))).all()
+
+
+def test_a_failing_differentials_step_leaves_the_pass_standing_unless_asked_to_raise(monkeypatch):
+    import frx_plugin.differentials
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("planted failure")
+
+    monkeypatch.setattr(frx_plugin.differentials, "demographic_differentials", broken)
+    probe = make_probe(n_identities=40, per_identity=5)
+    model = TinyFaceModule().eval()
+    result = run_pass(model, probe, PassPlan.for_probe(probe, config=CONFIG, counterfactuals="off", on_error="warn"))
+    assert result.ok and result.report.leakage and result.report.verification is not None
+    assert result.report.differentials is None
+    assert any("demographic differentials skipped: RuntimeError: planted failure" in w for w in result.report.warnings)
+    with pytest.raises(RuntimeError, match="planted failure"):
+        run_pass(model, probe, PassPlan.for_probe(probe, config=CONFIG, counterfactuals="off", on_error="raise"))
