@@ -53,9 +53,11 @@ extreme groups spread further than the sample's), so with small groups their per
 can lie above the point value; it is reported as it is (a bias-corrected interval over-corrects
 there), and the tables say so.
 
-Cost. One blocked pass over the upper triangle of the score matrix (as in
-:mod:`frx_plugin.verification`, never an N×N matrix): the genuine scores are read at their places
-and only the impostor pairs with score > τ (a fraction about fmr of them) are kept. Every count is
+Cost. The scores of one blocked pass over the upper triangle of the score matrix (never an N×N
+matrix): the genuine scores at their places and only the impostor pairs with score > τ (a fraction
+about fmr of them). In a pass these come from the verification's own scoring pass
+(:func:`~frx_plugin.verification.scored_verification`), which keeps them; alone, the function
+makes that pass itself. Every count is
 accumulated per (identity, group), so the bootstrap is a few (R, K) × (K, G) products: the impostor
 pairs of a group in a replicate are ½[(Σ_k m_k n_kg)² − Σ_k m_k² n_kg²], n_kg the images of identity k
 in group g. Everything runs on the embeddings' device; labels and identities come from the host.
@@ -75,7 +77,7 @@ from frx_plugin.errors import AnalysisError
 from frx_plugin.leakage.functional import MetricEstimate, bootstrap_estimate
 from frx_plugin.randomness import poisson_bootstrap_weights
 from frx_plugin.report import Verification
-from frx_plugin.verification import genuine_pairs, prepare_embeddings, score_blocks
+from frx_plugin.verification import ScoredPairs, genuine_pairs, prepare_embeddings, score_blocks
 
 __all__ = ["AttributeDifferentials", "DemographicDifferentials", "GroupRates", "GroupScoreCurves",
            "attribute_groups", "demographic_differentials", "group_score_curves"]
@@ -86,12 +88,16 @@ _SUMMARIES = ("fnmr_ratio", "fmr_ratio", "fdr", "garbe")
 
 
 def _estimate_record(estimate: MetricEstimate | None) -> dict[str, Any] | None:
-    """A value and its interval for JSON: non-finite numbers as ``None``."""
+    """A value and its interval for JSON: non-finite numbers as ``None``; a max/min ratio whose least
+    rate is 0 (infinite) also says ``"infinite": true``."""
     if estimate is None:
         return None
     clean = lambda x: x if math.isfinite(x) else None
-    return {"value": clean(estimate.value), "low": clean(estimate.low), "high": clean(estimate.high),
-            "undefined": estimate.undefined, "replicates": estimate.replicates}
+    record = {"value": clean(estimate.value), "low": clean(estimate.low), "high": clean(estimate.high),
+              "undefined": estimate.undefined, "replicates": estimate.replicates}
+    if estimate.value == math.inf:
+        record["infinite"] = True
+    return record
 
 
 @dataclass
@@ -228,9 +234,28 @@ def _identity_weights(identity: torch.Tensor, seed: int, n_bootstrap: int, devic
     return index, torch.cat([ones, boot]).to(device)
 
 
+def _scored_at(z: torch.Tensor, identity: torch.Tensor, tau: float, scored: ScoredPairs | None):
+    """(every genuine score in :func:`genuine_pairs` order, float64; the impostor pairs (a, b) with score > τ, in parts).
+
+    From the verification pass's ``scored`` pairs when they cover τ, else from a blocked pass of their own.
+    """
+    if scored is not None and scored.n == z.shape[0] and tau >= scored.bound:
+        first, second, _ = scored.above(tau)
+        return scored.genuine.double(), [(first, second)]
+    scores, kept = [], []
+    # the bound a hair below τ whatever the scores' precision; the exact test is in float64 below
+    bound = tau - 1e-6 * max(1.0, abs(tau))
+    for genuine, impostor, pairs in score_blocks(z, identity, bound):
+        scores.append(genuine)
+        above = impostor.double() > tau
+        kept.append((pairs[0][above], pairs[1][above]))
+    genuine_scores = torch.cat(scores).double() if scores else torch.empty(0, dtype=torch.float64, device=z.device)
+    return genuine_scores, kept
+
+
 def _counts(z: torch.Tensor, identity: torch.Tensor, who: torch.Tensor, slots: torch.Tensor, n_slots: int,
-            weights: torch.Tensor, tau: float) -> dict[str, torch.Tensor]:
-    """Weighted pair counts per group slot in one blocked pass; see the module docstring.
+            weights: torch.Tensor, tau: float, scored: ScoredPairs | None = None) -> dict[str, torch.Tensor]:
+    """Weighted pair counts per group slot from one blocked pass (``scored``'s, when given); see the module docstring.
 
     ``who``: identity index per sample, ``slots``: (A, N) group slot of every sample for every
     attribute (distinct ranges per attribute, -1 missing), both on ``z``'s device. Returns
@@ -239,14 +264,7 @@ def _counts(z: torch.Tensor, identity: torch.Tensor, who: torch.Tensor, slots: t
     """
     device, k = z.device, weights.shape[1]
     first, second = genuine_pairs(identity)
-    scores, kept = [], []
-    # the bound a hair below τ whatever the scores' precision; the exact test is in float64 below
-    bound = tau - 1e-6 * max(1.0, abs(tau))
-    for genuine, impostor, pairs in score_blocks(z, identity, bound):
-        scores.append(genuine)
-        above = impostor.double() > tau
-        kept.append((pairs[0][above], pairs[1][above]))
-    genuine_scores = torch.cat(scores).double() if scores else torch.empty(0, dtype=torch.float64, device=device)
+    genuine_scores, kept = _scored_at(z, identity, tau, scored)
 
     def per_identity(i: torch.Tensor, j: torch.Tensor, flag: torch.Tensor | None = None) -> torch.Tensor:
         """(K, S) counts of the pairs (i, j) of one identity whose two images share a slot."""
@@ -282,7 +300,7 @@ def _counts(z: torch.Tensor, identity: torch.Tensor, who: torch.Tensor, slots: t
             product = by_identity[chunk // k] * by_identity[chunk % k]  # (P_chunk, 1 + R)
             inside = (column >= start) & (column < start + chunk.numel())
             entries = torch.sparse_coo_tensor(torch.stack([slot[inside], column[inside] - start]), count[inside].to(torch.float64),
-                                              (n_slots, chunk.numel()), device=device)
+                                              (n_slots, chunk.numel()), device=device, check_invariants=False)
             matches += torch.sparse.mm(entries, product)
     return {
         "genuine": weights @ pairs_k,
@@ -373,13 +391,16 @@ def demographic_differentials(
     min_pairs: int = 50,
     min_identities: int = 10,
     alpha: float = 0.5,
+    scored: ScoredPairs | None = None,
 ) -> DemographicDifferentials:
     """FNMR and FMR of every group of every attribute of ``schema`` at the global threshold, with summaries.
 
     ``tau``: the global threshold, or the :class:`~frx_plugin.report.Verification` of these
     embeddings (its threshold and target FMR). ``fmr``: the target FMR that τ was set at (needed
     with a bare τ; it sets how many impostor pairs a group needs). ``labels``: name → (N,) labels on
-    the CPU. See the module docstring for the definitions, the too-small rules and the bootstrap.
+    the CPU. ``scored``: the scores of the pass that set τ
+    (:func:`~frx_plugin.verification.scored_verification`), reused instead of scoring every pair again.
+    See the module docstring for the definitions, the too-small rules and the bootstrap.
     Raises :class:`AnalysisError` for bad input.
     """
     if isinstance(tau, Verification):
@@ -401,7 +422,7 @@ def demographic_differentials(
         layout.append((attribute, names, spans, slice(offset, offset + len(names))))
         offset += len(names)
     slot_matrix = torch.stack(slots).to(z.device) if slots else torch.empty(0, z.shape[0], dtype=torch.int64, device=z.device)
-    counts = _counts(z, identity_on, who.to(z.device), slot_matrix, offset, weights, float(tau))
+    counts = _counts(z, identity_on, who.to(z.device), slot_matrix, offset, weights, float(tau), scored)
     settings = {"fmr": float(fmr), "alpha": float(alpha), "min_pairs": int(min_pairs), "min_identities": int(min_identities)}
     results = [_attribute_result(attribute, names, spans, counts, columns, settings) for attribute, names, spans, columns in layout]
     return DemographicDifferentials(tau=float(tau), fmr=float(fmr), alpha=float(alpha), n_bootstrap=int(n_bootstrap), seed=int(seed),

@@ -37,7 +37,7 @@ from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet
 from frx_plugin.report import Report
 from frx_plugin.two_stage.in_pass import prepare_two_stage, two_stage_part
-from frx_plugin.verification import listed_pair_verification, verification
+from frx_plugin.verification import ScoredPairs, listed_pair_verification, scored_verification
 
 ON_ERROR = ("warn", "raise")
 #: Options of the counterfactual part of a pass.
@@ -71,9 +71,9 @@ class AnalysisConfig:
     min_class_samples: int = 20  # a discrete attribute with a class of fewer labelled samples gets no AUROC
     #: demographic differentials (error rates per attribute group at the global τ) in the pass; continuous
     #: attributes in ``differential_bands`` quantile bands; a group needs ``differential_min_pairs`` pairs from
-    #: ``differential_min_identities`` identities for a rate. Off by default for now: on the CPU they cost
-    #: about 1.6 verifications (0.4 s at 10,000 probe images), more than a training pass's budget
-    differentials: bool = False
+    #: ``differential_min_identities`` identities for a rate. They reuse the verification's scores
+    #: (0.1–0.2 s more at 10,000 probe images on 2 CPU cores), so they run in every pass by default
+    differentials: bool = True
     differential_bands: int = 4
     differential_min_pairs: int = 50
     differential_min_identities: int = 10
@@ -218,16 +218,24 @@ def probe_leakage(embeddings: torch.Tensor, probe: ProbeSet, config: AnalysisCon
     )
 
 
-def probe_verification(embeddings: torch.Tensor, probe: ProbeSet, fmr: float):
-    """Verification on the probe set's listed pairs (``probe.pairs``, a verification file), else on all pairs."""
+def probe_verification(embeddings: torch.Tensor, probe: ProbeSet, fmr: float, keep_pairs: bool = False):
+    """(verification, the scores of its pass or ``None``): on the probe set's listed pairs (``probe.pairs``,
+    a verification file), else on all pairs, where ``keep_pairs`` keeps the scores that the
+    differentials at its τ reuse (:func:`~frx_plugin.verification.scored_verification`)."""
     listed = getattr(probe, "pairs", None)
     if listed is not None:
-        return listed_pair_verification(embeddings, probe.identity, listed, fmr=fmr)
-    return verification(embeddings, probe.identity, fmr=fmr)
+        return listed_pair_verification(embeddings, probe.identity, listed, fmr=fmr), None
+    return scored_verification(embeddings, probe.identity, fmr=fmr, keep_pairs=keep_pairs)
+
+
+def verify_probe(embeddings: torch.Tensor, probe: ProbeSet, report: Report, config: AnalysisConfig, on_error: str = "raise") -> None:
+    """``report.verification`` and, with ``config.differentials``, ``report.differentials`` from the same scoring pass."""
+    report.verification, scored = probe_verification(embeddings, probe, config.fmr, keep_pairs=config.differentials)
+    probe_differentials(embeddings, probe, report, config, on_error, scored)
 
 
 def probe_differentials(embeddings: torch.Tensor, probe: ProbeSet, report: Report, config: AnalysisConfig,
-                        on_error: str = "raise") -> None:
+                        on_error: str = "raise", scored: ScoredPairs | None = None) -> None:
     """``report.differentials`` at the report's verification threshold (every pair of the probe set).
 
     Skipped, with a warning in the report, for a probe set that lists its pairs (the rates would mix
@@ -238,13 +246,14 @@ def probe_differentials(embeddings: torch.Tensor, probe: ProbeSet, report: Repor
     if getattr(probe, "pairs", None) is not None:
         report.warnings.append("demographic differentials skipped: the probe set lists its pairs (they need every pair)")
         return
-    record_differentials(embeddings, probe.identity, probe.labels, probe.schema, report, config, on_error)
+    record_differentials(embeddings, probe.identity, probe.labels, probe.schema, report, config, on_error, scored)
 
 
 def record_differentials(embeddings: torch.Tensor, identity: torch.Tensor, labels: Any, schema: Any, report: Report,
-                         config: AnalysisConfig, on_error: str = "raise") -> None:
+                         config: AnalysisConfig, on_error: str = "raise", scored: ScoredPairs | None = None) -> None:
     """``report.differentials`` of these embeddings at ``report.verification``'s τ; with ``config.differential_curves``
-    also ``"curves"``: the DET data of the most unequal attribute.
+    also ``"curves"``: the DET data of the most unequal attribute. ``scored``: the scores of the
+    verification's pass, reused (else the differentials score every pair themselves).
 
     Data that allows none (an :class:`AnalysisError`) is a warning in the report; any other failure
     is raised with ``on_error="raise"``, else a warning too: the pass's leakage and verification stand.
@@ -255,7 +264,7 @@ def record_differentials(embeddings: torch.Tensor, identity: torch.Tensor, label
         result = demographic_differentials(
             embeddings, identity, labels, schema, report.verification, n_bootstrap=config.n_bootstrap, seed=config.seed,
             bands=config.differential_bands, min_pairs=config.differential_min_pairs,
-            min_identities=config.differential_min_identities,
+            min_identities=config.differential_min_identities, scored=scored,
         )
         record = result.to_record()
         worst = result.most_unequal()
@@ -278,8 +287,7 @@ def analyze_probe(embeddings: torch.Tensor, probe: ProbeSet, config: AnalysisCon
     those pairs only; otherwise on all pairs.
     """
     report = probe_leakage(embeddings, probe, config)
-    report.verification = probe_verification(embeddings, probe, config.fmr)
-    probe_differentials(embeddings, probe, report, config)
+    verify_probe(embeddings, probe, report, config)
     return report
 
 
@@ -379,8 +387,7 @@ def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectiv
         else:
             report = probe_leakage(local, probe, plan.config, indices, collectives)
             embeddings = gather_rows(collectives, local, len(probe))  # verification compares every pair
-        report.verification = probe_verification(embeddings, probe, plan.config.fmr)
-        probe_differentials(embeddings, probe, report, plan.config, plan.on_error)  # the same on every rank: all embeddings everywhere
+        verify_probe(embeddings, probe, report, plan.config, plan.on_error)  # the same on every rank: all embeddings everywhere
         if plan.counterfactuals is not None:
             start = now()
             _counterfactuals(model, probe, embeddings, report, plan, collectives)

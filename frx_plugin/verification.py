@@ -32,7 +32,7 @@ import torch
 from frx_plugin.errors import AnalysisError
 from frx_plugin.report import Verification
 
-__all__ = ["verification", "listed_pair_verification", "pair_scores", "equal_error_rate", "decision_errors", "DecisionErrors",
+__all__ = ["verification", "scored_verification", "ScoredPairs", "listed_pair_verification", "pair_scores", "equal_error_rate", "decision_errors", "DecisionErrors",
            "prepare_embeddings", "genuine_pairs", "score_blocks"]
 
 #: Score-matrix entries per block.
@@ -150,6 +150,35 @@ def _lower_bound(z: torch.Tensor, identity: torch.Tensor, keep: int, n_impostor:
     return float(torch.topk(impostor, rank).values[-1])
 
 
+#: Impostor pairs a verification pass keeps, with their places, for measures at its threshold (16 bytes each).
+_KEPT_PAIRS_MAX = 16_000_000
+
+
+@dataclass
+class ScoredPairs:
+    """The scores one verification pass saw, for measures at its threshold without a pass of their own.
+
+    ``genuine``: the scores of every genuine pair, in the order of :func:`genuine_pairs`;
+    ``impostor_first`` / ``impostor_second`` / ``impostor``: every impostor pair (a < b) whose score
+    is ≥ ``bound``, with that score. ``bound`` ≤ the pass's τ, so every impostor pair accepted at τ
+    (or at any higher threshold) is among them. All on the embeddings' device; ``n``: the samples.
+    """
+
+    n: int
+    genuine: torch.Tensor
+    impostor_first: torch.Tensor
+    impostor_second: torch.Tensor
+    impostor: torch.Tensor
+    bound: float
+
+    def above(self, tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The impostor pairs (a, b) with score > ``tau`` (``tau`` ≥ ``bound``): (a, b, score)."""
+        if tau < self.bound:
+            raise AnalysisError(f"the kept impostor scores start at {self.bound:.6g}, above the threshold {tau:.6g}")
+        accepted = self.impostor.double() > tau
+        return self.impostor_first[accepted], self.impostor_second[accepted], self.impostor[accepted]
+
+
 @torch.no_grad()
 def verification(embeddings: torch.Tensor, identity: torch.Tensor, fmr: float = 1e-3) -> Verification:
     """TAR at false-match rate ``fmr`` over all pairs of ``embeddings`` (N, D), scored by cosine.
@@ -157,6 +186,17 @@ def verification(embeddings: torch.Tensor, identity: torch.Tensor, fmr: float = 
     See the module docstring for the threshold convention (τ = the (⌊fmr·n⌋+1)-th highest
     impostor score; accept when score > τ). Raises :class:`AnalysisError` when there are
     no genuine pairs (every identity has one image) or no impostor pairs (one identity).
+    """
+    return scored_verification(embeddings, identity, fmr, keep_pairs=False)[0]
+
+
+@torch.no_grad()
+def scored_verification(embeddings: torch.Tensor, identity: torch.Tensor, fmr: float = 1e-3, keep_pairs: bool = True
+                        ) -> tuple[Verification, ScoredPairs | None]:
+    """:func:`verification` and, with ``keep_pairs``, the :class:`ScoredPairs` its pass saw.
+
+    The scores are ``None`` where the pass kept no bound below τ (few pairs, a large ``fmr``, the
+    slow second pass) or more than 16 million impostor pairs above it; a measure then makes its own pass.
     """
     if not (isinstance(fmr, (int, float)) and 0.0 < float(fmr) < 1.0):
         raise AnalysisError(f"fmr must be a number in (0, 1), got {fmr!r}")
@@ -175,21 +215,30 @@ def verification(embeddings: torch.Tensor, identity: torch.Tensor, fmr: float = 
     k = int(math.floor(float(fmr) * n_impostor))
     keep = k + 1  # the k + 1 highest impostor scores decide τ
     bound = _lower_bound(z, identity, keep, n_impostor)
-    genuine_parts, kept = [], []
-    for genuine, impostor, _ in score_blocks(z, identity, bound):
+    genuine_parts, kept, places = [], [], []
+    held = 0
+    for genuine, impostor, pairs in score_blocks(z, identity, bound):
         genuine_parts.append(genuine)
         kept.append(impostor)
-    candidates = torch.cat(kept)
+        held += impostor.numel()
+        if keep_pairs and pairs is not None and held <= _KEPT_PAIRS_MAX:
+            places.append(pairs)
+    candidates, genuine = torch.cat(kept), torch.cat(genuine_parts)
+    scored = None
     if candidates.numel() < keep:  # the bound was too high: keep a running top k + 1 instead
         top = torch.empty(0, dtype=z.dtype, device=z.device)
         for _, impostor, _ in score_blocks(z, identity):
             merged = torch.cat([top, impostor])
             top = torch.topk(merged, keep).values if merged.numel() > keep else merged
         candidates = top
+    elif keep_pairs and bound != -math.inf and held <= _KEPT_PAIRS_MAX:
+        first = torch.cat([p[0] for p in places]) if places else torch.empty(0, dtype=torch.long, device=z.device)
+        second = torch.cat([p[1] for p in places]) if places else torch.empty(0, dtype=torch.long, device=z.device)
+        scored = ScoredPairs(n, genuine, first, second, candidates, bound)
     threshold = float(torch.topk(candidates, keep).values[k])
-    genuine = torch.cat(genuine_parts)
     tar = float((genuine > threshold).double().mean())
-    return Verification(tar=tar, fmr=float(fmr), threshold=threshold, genuine_pairs=n_genuine, impostor_pairs=n_impostor)
+    result = Verification(tar=tar, fmr=float(fmr), threshold=threshold, genuine_pairs=n_genuine, impostor_pairs=n_impostor)
+    return result, scored
 
 
 @torch.no_grad()
@@ -239,7 +288,8 @@ class DecisionErrors:
 
 @torch.no_grad()
 def decision_errors(
-    embeddings: torch.Tensor, identity: torch.Tensor, fmr: float = 1e-3, known: Verification | None = None
+    embeddings: torch.Tensor, identity: torch.Tensor, fmr: float = 1e-3, known: Verification | None = None,
+    scored: ScoredPairs | None = None,
 ) -> DecisionErrors:
     """Every false non-match (genuine, score ≤ τ) and false match (impostor, score > τ) at ``fmr``.
 
@@ -247,7 +297,8 @@ def decision_errors(
     :class:`AnalysisError` with the minimum when there are too few impostor pairs to set τ
     at ``fmr`` (fewer than 1/fmr: then τ would be the highest impostor score and the rate
     unmeasurable). ``known``: the :func:`verification` of these embeddings at ``fmr``, if already
-    computed (its τ is reused).
+    computed (its τ is reused); ``scored``: the scores of its pass (:func:`scored_verification`), so
+    that no pass of its own is needed.
     """
     result = known if known is not None and known.fmr == float(fmr) else verification(embeddings, identity, fmr)
     if result.impostor_pairs * float(fmr) < 1.0:
@@ -259,16 +310,21 @@ def decision_errors(
     z, identity = prepare_embeddings(embeddings, identity)
     tau = result.threshold
     first, second = genuine_pairs(identity)
-    genuine_scores, match_pairs, match_scores = [], [], []
-    for genuine, impostor, pairs in score_blocks(z, identity, math.nextafter(tau, math.inf)):
-        genuine_scores.append(genuine)
-        match_pairs.append(torch.stack(pairs, 1))
-        match_scores.append(impostor)
-    genuine = torch.cat(genuine_scores)
+    if scored is not None and scored.n == z.shape[0] and known is result:
+        genuine = scored.genuine
+        a, b, fm_score = scored.above(tau)
+        fm = torch.stack([a, b], 1)
+    else:
+        genuine_scores, match_pairs, match_scores = [], [], []
+        for genuine, impostor, pairs in score_blocks(z, identity, math.nextafter(tau, math.inf)):
+            genuine_scores.append(genuine)
+            match_pairs.append(torch.stack(pairs, 1))
+            match_scores.append(impostor)
+        genuine = torch.cat(genuine_scores)
+        fm, fm_score = torch.cat(match_pairs), torch.cat(match_scores)
     missed = genuine <= tau
     fnm = torch.stack([first[missed], second[missed]], 1)
     fnm_score = genuine[missed]
-    fm, fm_score = torch.cat(match_pairs), torch.cat(match_scores)
     fm_keep = fm_score > tau
     fm, fm_score = fm[fm_keep], fm_score[fm_keep]
     order = torch.argsort(fnm_score, stable=True)  # lowest genuine score first

@@ -93,8 +93,8 @@ class AttributeRecoveryCallback(Callback):
             "channels"}``; default [0, 1] as given, with a warning once.
         differentials: demographic differentials in every pass — FNMR and FMR per attribute group at the
             pass's global τ, their max/min ratios, FDR and GARBE with identity-bootstrap intervals, logged
-            as ``frx/differential/<attribute>/{fnmr_ratio,fmr_ratio,fdr,garbe}``; off by default (on the
-            CPU about 1.6× a verification).
+            as ``frx/differential/<attribute>/{fnmr_ratio,fmr_ratio,fdr,garbe}`` (a ratio whose least rate
+            is 0 is ∞: in the history, not logged); on by default (they reuse the verification's scores).
     """
 
     def __init__(
@@ -117,7 +117,7 @@ class AttributeRecoveryCallback(Callback):
         every_n_train_steps: int | None = None,
         embed: Any = None,
         transform: Any = None,
-        differentials: bool = False,
+        differentials: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(probe, ProbeSet):

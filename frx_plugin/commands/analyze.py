@@ -29,7 +29,7 @@ from frx_plugin.probe import ProbeSet
 from frx_plugin.errors import AnalysisError
 from frx_plugin.leakage import analyze_embeddings
 from frx_plugin.report import Report
-from frx_plugin.verification import verification
+from frx_plugin.verification import scored_verification
 
 __all__ = ["analyze", "ANALYSIS_FORMAT", "CSV_COLUMNS", "leakage_rows", "format_differentials_table", "format_leakage_table"]
 
@@ -143,12 +143,14 @@ def _analyze_file(
         )
     if with_verification and dataset.n <= VERIFICATION_MAX_SAMPLES:
         embeddings, identity, labels = dataset.read(chunk_size)
+        scored = None
         try:
-            report.verification = verification(torch.nn.functional.normalize(embeddings, dim=1), identity, fmr=config.fmr)
+            report.verification, scored = scored_verification(torch.nn.functional.normalize(embeddings, dim=1), identity, fmr=config.fmr,
+                                                              keep_pairs=config.differentials)
         except ValueError as exc:  # e.g. one image per identity: no genuine pairs; leakage is still defined
             report.warnings.append(f"verification skipped: {exc}")
         if report.verification is not None and config.differentials:
-            record_differentials(embeddings, identity, labels, dataset.schema, report, config)
+            record_differentials(embeddings, identity, labels, dataset.schema, report, config, scored=scored)
     elif with_verification:
         report.warnings.append(f"verification skipped: {dataset.n:,} samples is more than {VERIFICATION_MAX_SAMPLES:,} (it compares every pair)")
     if out_dir is not None:
@@ -240,11 +242,11 @@ def format_differentials_table(report: Report) -> str:
         return ""
 
     def estimate(value: Any) -> str:
-        if not value or value.get("value") is None:
+        if not value or (value.get("value") is None and not value.get("infinite")):
             return "–"
         low, high = value.get("low"), value.get("high")
         bounds = "" if low is None or high is None else f" [{low:.2f}, {high:.2f}]"
-        return f"{value['value']:.2f}{bounds}"
+        return ("∞" if value.get("infinite") else f"{value['value']:.2f}") + bounds
 
     width = max([16, *(len(a["name"]) for a in record["attributes"])])
     heading = f"{'attribute':<{width}} {'FNMR max/min':<20} {'FMR max/min':<20} {'FDR':<18} {'GARBE':<18} groups"
@@ -257,7 +259,10 @@ def format_differentials_table(report: Report) -> str:
         lines.append(f"{item['name']:<{width}} {estimate(item.get('fnmr_ratio')):<20} {estimate(item.get('fmr_ratio')):<20} "
                      f"{estimate(item.get('fdr')):<18} {estimate(item.get('garbe')):<18} {shown}")
     above = [item["name"] for item in record["attributes"] for key in ("fnmr_ratio", "fmr_ratio", "garbe")
-             if (item.get(key) or {}).get("low") is not None and item[key]["low"] > item[key]["value"]]
+             if (item.get(key) or {}).get("low") is not None and item[key].get("value") is not None
+             and item[key]["low"] > item[key]["value"]]
+    if any((item.get(key) or {}).get("infinite") for item in record["attributes"] for key in ("fnmr_ratio", "fmr_ratio")):
+        lines.append("note: ∞ is a max/min ratio whose least rate is 0 (a group without a false non-match or false match at τ)")
     if above:
         lines.append(f"note: the bootstrap of max/min ratios and GARBE is biased upward with small groups; for "
                      f"{', '.join(sorted(set(above)))} an interval lies above its value (read it as an upper range)")

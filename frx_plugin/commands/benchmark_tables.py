@@ -13,11 +13,11 @@ _DIFFERENTIALS = ("garbe", "fnmr_ratio", "fmr_ratio")
 
 
 def _estimate(entry: Any) -> str:
-    if not isinstance(entry, dict) or entry.get("value") is None:
+    if not isinstance(entry, dict) or (entry.get("value") is None and not entry.get("infinite")):
         return "—"
     low, high = entry.get("low"), entry.get("high")
     interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
-    return f"{entry['value']:.3f}{interval}"
+    return ("∞" if entry.get("infinite") else f"{entry['value']:.3f}") + interval  # ∞: a max/min ratio whose least rate is 0
 
 
 def _attributes(document: dict[str, Any]) -> list[str]:
@@ -75,7 +75,8 @@ def benchmark_csv(document: dict[str, Any]) -> str:
             line[f"significance.{name}"] = (measures.get("significance") or {}).get("value")
             line[f"errors.{name}"] = measures.get("errors")
             for summary in _DIFFERENTIALS:
-                line[f"{summary}.{name}"] = (measures.get(summary) or {}).get("value")
+                entry = measures.get(summary) or {}
+                line[f"{summary}.{name}"] = "inf" if entry.get("infinite") else entry.get("value")
         writer.writerow({k: ("" if v is None else v) for k, v in line.items()})
     return buffer.getvalue()
 

@@ -56,7 +56,7 @@ def test_frx_analyze_on_the_same_model_gives_the_same_record(trained, tmp_path, 
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     probe_spec = "synthetic," + ",".join(f"{k}={v}" for k, v in PROBE.items())
     code = main(["analyze", "--backbone", f"torch:tests.lightning_helpers:TinyFaceModule@{weights}", "--probe", probe_spec,
-                 "--bootstrap", "20", "--counterfactuals", "auto", "--no-differentials",  # as the callback ran
+                 "--bootstrap", "20", "--counterfactuals", "auto",
                  "--out", str(tmp_path / "analyze")])
     assert code == 0, capsys.readouterr().err
     document = json.loads((tmp_path / "analyze" / "analysis.json").read_text())

@@ -176,9 +176,10 @@ def test_every_kind_in_one_page_self_contained_and_in_order(outputs, tmp_path):
     assert_self_contained(text, page)
     assert page.headings["h2"] == ["Training history", "Analysis", "Explanations", "Benchmark", "Provenance"]
     # history: leakage, significance, attribution, recovery re-plotted + decoded.png; analysis: leakage bars and the
-    # differentials' DET curves; explanations: attribution + counterfactuals.png; benchmark: three comparisons (its
-    # document records no differentials)
-    assert len(page.images) == 5 + 2 + 2 + 3
+    # differentials' DET curves; explanations: attribution + counterfactuals.png; benchmark: four comparisons (leakage,
+    # significance, errors and GARBE: its analysis records hold the differentials, as every pass now measures them)
+    assert len(page.images) == 5 + 2 + 2 + 4
+    assert sum("GARBE" in (i.get("alt") or "") for i in page.images) == 1
     # embedded files are embedded byte for byte
     sources = {base64.b64decode(i["src"].split(",", 1)[1]) for i in page.images}
     assert (outputs["all"] / "decoded.png").read_bytes() in sources
@@ -208,8 +209,9 @@ def test_history_section_matches_the_history_files(outputs):
     text, page = read_page(path)
     assert_self_contained(text, page)
     assert page.headings["h2"] == ["Training history", "Provenance"]
-    assert page.headings["h3"][:5] == ["Leakage across epochs", "Last pass", "Identity significance (epoch 2)",
-                                       "Error attribution (epoch 2)", "Two-stage recovery (epoch 2)"]
+    assert page.headings["h3"][:6] == ["Leakage across epochs", "Last pass", "Identity significance (epoch 2)",
+                                       "Error attribution (epoch 2)", "Demographic differentials (epoch 2)",
+                                       "Two-stage recovery (epoch 2)"]
     assert "Decoded faces" in page.headings["h3"]
     assert len(page.images) == 5  # leakage.png / recovery.png are re-plotted, not embedded twice
     _, records, _ = read_history(outputs["history"])
@@ -230,6 +232,12 @@ def test_history_section_matches_the_history_files(outputs):
     assert page.table("history-attribution-table")[0] == ["attribute", "all errors", "false non-match", "false match"]
     for name, share in last["error_attribution"]["all"].items():
         assert attribution[name][1] == fmt(share)
+    differentials = page.rows("history-differentials-table")  # every pass measures them: the last one's are shown
+    assert list(differentials) == [a["name"] for a in last["differentials"]["attributes"]]
+    for item in last["differentials"]["attributes"]:
+        for column, key in ((1, "fnmr_ratio"), (2, "fmr_ratio"), (3, "fdr"), (4, "garbe")):
+            expected = "∞" if (item[key] or {}).get("infinite") else interval(item[key] or {})
+            assert differentials[item["name"]][column].startswith(expected), (item["name"], key)
     recovery = page.rows("recovery-table")
     smile = last["recovery"]["attributes"]["smile"]
     assert recovery["smile"][2] == interval(smile["two_stage"]) and recovery["smile"][3] == fmt(smile["direct"]["value"])
@@ -291,8 +299,9 @@ def test_benchmark_section_matches_benchmark_json_and_shows_nulls_and_failures(o
     text, page = read_page(write_report(outputs["benchmark"]))
     assert_self_contained(text, page)
     assert page.headings["h2"] == ["Benchmark", "Provenance"]
-    assert page.headings["h3"][:3] == ["Leakage per attribute", "Identity significance per attribute", "Error attribution per attribute"]
-    assert len(page.images) == 3
+    assert page.headings["h3"][:4] == ["Leakage per attribute", "Identity significance per attribute", "Error attribution per attribute",
+                                       "Demographic differentials per attribute"]
+    assert len(page.images) == 4  # the fourth: GARBE side by side (the analysis records hold the differentials)
     table = page.table("benchmark-table")
     assert table[0] == ["backbone", "D", "parameters", "ms / image", "TAR @ FMR 0.001 (95% CI)", "TAR @ FMR 0.0001 (95% CI)", "EER (95% CI)"]
     good, large, bad = document["backbones"]
@@ -368,7 +377,8 @@ def test_every_figure_loads_in_headless_chromium(outputs, tmp_path):
     page = write_report(outputs["all"], out=tmp_path / "report.html")
     passed, message = browser_check(page, tmp_path / "shot.png")
     assert passed, message
-    assert "11/11" in message
+    images = len(read_page(page)[1].images)
+    assert images == 5 + 2 + 2 + 4 and f"data-figures {images}/{images}" in message  # every <img> decoded, the DET curves too
     from PIL import Image
 
     with Image.open(tmp_path / "shot.png") as shot:

@@ -327,3 +327,51 @@ def test_synthetic_world_smoke():
     assert len(scalars) >= 4 * 10
     assert result.most_unequal() in probe.schema.names
     json.dumps(result.to_record(), allow_nan=False)
+
+
+def test_the_verification_pass_scores_serve_the_differentials_and_the_errors_unchanged():
+    """scored_verification keeps every genuine score and every impostor pair above its τ (brute force), and the
+    differentials and decision errors computed from them equal those that score every pair themselves."""
+    from frx_plugin.verification import decision_errors, scored_verification
+
+    z, identity, labels = planted_world(80, 4)
+    fmr = 1e-2
+    result, scored = scored_verification(z, identity, fmr)
+    assert result == verification(z, identity, fmr) and scored is not None and scored.bound <= result.threshold
+    scores, i, j, same = all_pairs(z, identity)
+    accepted = {(a, b) for a, b, s, g in zip(i.tolist(), j.tolist(), scores.tolist(), same.tolist()) if not g and s > result.threshold}
+    first, second, kept = scored.above(result.threshold)
+    assert set(zip(first.tolist(), second.tolist())) == accepted and bool((kept > result.threshold).all())
+    reference = torch.sort(torch.as_tensor(scores[same], dtype=torch.float64)).values
+    assert torch.allclose(torch.sort(scored.genuine.double()).values, reference, rtol=0, atol=1e-12)
+    kwargs = dict(n_bootstrap=30, min_pairs=10, min_identities=3)
+    alone = demographic_differentials(z, identity, labels, SCHEMA, result, **kwargs).to_record()
+    assert demographic_differentials(z, identity, labels, SCHEMA, result, scored=scored, **kwargs).to_record() == alone
+    plain, reused = decision_errors(z, identity, fmr, known=result), decision_errors(z, identity, fmr, known=result, scored=scored)
+    for field_name in ("false_non_match", "false_non_match_score", "false_match", "false_match_score"):
+        assert torch.equal(getattr(plain, field_name), getattr(reused, field_name)), field_name
+    with pytest.raises(ValueError, match="above the threshold"):
+        scored.above(scored.bound - 0.1)
+
+
+def test_a_ratio_whose_least_rate_is_zero_is_infinite_in_the_record_and_the_tables():
+    """A group without a false non-match at τ: FNMR max/min is ∞ — "infinite" in the record, ∞ in frx analyze's
+    table and benchmark.md, "inf" in benchmark.csv — not a missing value."""
+    from frx_plugin.commands.analyze import format_differentials_table
+    from frx_plugin.commands.benchmark_tables import _estimate
+    from frx_plugin.report import Report
+
+    z, identity, labels = planted_world(80, 4, sigma=(0.2, 1.2))  # sex 0's genuine pairs are nearly identical
+    result = demographic_differentials(z, identity, labels, SCHEMA, verification(z, identity, 1e-2), n_bootstrap=20,
+                                       min_pairs=10, min_identities=3)
+    sex = result["sex"]
+    assert sex.groups[0].false_non_matches == 0 and sex.groups[1].false_non_matches > 0
+    record = result.to_record()
+    entry = next(a for a in record["attributes"] if a["name"] == "sex")["fnmr_ratio"]
+    assert entry["value"] is None and entry["infinite"] is True
+    assert "frx/differential/sex/fnmr_ratio" not in result.scalars()
+    report = Report(leakage=[], n_samples=len(identity), n_identities=80, n_folds=5)
+    report.differentials = record
+    line = next(row for row in format_differentials_table(report).splitlines() if row.startswith("sex "))
+    assert line.split()[1] == "∞" and "∞ is a max/min ratio whose least rate is 0" in format_differentials_table(report)
+    assert _estimate(entry).startswith("∞")

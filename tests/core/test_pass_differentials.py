@@ -42,9 +42,13 @@ def test_a_pass_records_the_differentials_of_a_direct_call_and_logs_their_summar
     assert Report.from_record(report.to_record()).differentials == expected
 
 
-def test_differentials_are_off_by_default_and_a_bad_option_is_refused():
+def test_differentials_are_on_by_default_off_when_asked_and_a_bad_option_is_refused():
     probe = make_probe()
-    report = run_pass(TinyFaceModule().eval(), probe, PassPlan.for_probe(probe, counterfactuals="off", on_error="raise")).report
+    model = TinyFaceModule().eval()
+    report = run_pass(model, probe, PassPlan.for_probe(probe, counterfactuals="off", on_error="raise")).report
+    assert report.differentials["attributes"] and any(k.startswith("frx/differential/") for k in scalar_metrics(report))
+    off = AnalysisConfig(differentials=False)
+    report = run_pass(model, probe, PassPlan.for_probe(probe, config=off, counterfactuals="off", on_error="raise")).report
     assert report.differentials is None and not any(k.startswith("frx/differential/") for k in scalar_metrics(report))
     with pytest.raises(ValueError, match="differential_bands must be a positive integer"):
         AnalysisConfig(differential_bands=0)
@@ -53,7 +57,7 @@ def test_differentials_are_off_by_default_and_a_bad_option_is_refused():
 def test_the_lightning_callback_logs_the_differentials_and_keeps_them_in_the_history(tmp_path):
     probe = make_probe(n_identities=40, per_identity=5)
     callback = AttributeRecoveryCallback(probe, out_dir=tmp_path / "frx", n_bootstrap=10, fmr=1e-2, counterfactuals="off",
-                                         on_error="raise", differentials=True)
+                                         on_error="raise")  # differentials are on by default
     trainer = Trainer(max_epochs=1, accelerator="cpu", devices=1, callbacks=[callback], logger=False, enable_progress_bar=False,
                       enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
     trainer.fit(TinyFaceModule(), make_train_loader())

@@ -49,7 +49,7 @@ def estimate(entry: Any, digits: int = 3) -> str:
     """``value [low, high]`` of an ``{"value", "low", "high"}`` entry (or a bare number); "—" when missing."""
     if not isinstance(entry, dict):
         return number(entry, digits)
-    value = number(entry.get("value"), digits)
+    value = "∞" if entry.get("infinite") else number(entry.get("value"), digits)  # a max/min ratio whose least rate is 0
     if value == MISSING:
         return MISSING
     low, high = finite(entry.get("low")), finite(entry.get("high"))
