@@ -218,3 +218,29 @@ def test_an_undecodable_image_is_named_without_a_buffer(tmp_path):
     with pytest.raises(DataFormatError) as caught:
         read_verification_bin(path)
     assert str(caught.value).startswith(f"{path}: image entry 3: the image cannot be decoded") and "BytesIO" not in str(caught.value)
+
+
+def test_kinds_on_the_command_line(tmp_path, capsys):
+    """``frx analyze --probe image-folder:DIR --kinds ...``: the kinds reach the probe set and the analysis."""
+    from frx_plugin.commands.cli import main
+
+    rows = ["path,identity,age,glasses"] + [f"{k}.png,p{k % 8},{20 + k % 5},{k % 2}" for k in range(40)]
+    folder = _folder(tmp_path, rows)
+    out = tmp_path / "analysis"
+    probe = f"image-folder:{folder},align=none,size=64"
+    common = ["analyze", "--backbone", "resnet-small,embedding_dim=16", "--bootstrap", "0", "--folds", "2", "--format", "json"]
+    code = main([*common, "--probe", probe, "--kinds", "age:categorical;glasses:binary", "--out", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    kinds = {a["name"]: a["kind"] for a in json.loads(printed.out)["attributes"]}
+    assert kinds == {"age": "categorical", "glasses": "binary"}  # age would be continuous inferred
+    assert "inferred" not in printed.err
+    for arguments, message in [
+        (["--kinds", "age:categorical"], "--kinds age:categorical: goes with --probe SPEC"),
+        (["--probe", probe, "--kinds", "age:categorical,glasses:binary"], "join the columns with ';', not ','"),
+        (["--probe", probe + ",kinds=age:continuous", "--kinds", "age:categorical"], "both give the kinds; give one"),
+        (["--probe", probe, "--kinds", "age:size"], "column 'age': kind 'size' is not one of binary, categorical, continuous"),
+    ]:
+        assert main([*common, *arguments, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
