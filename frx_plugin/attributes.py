@@ -67,9 +67,14 @@ class Attribute:
         """Boolean mask of the missing entries of ``labels``."""
         return labels < 0 if self.discrete else torch.isnan(labels)
 
-    def validate_labels(self, labels: torch.Tensor, source: str = "labels") -> None:
-        """Raise :class:`SchemaError` naming the attribute if ``labels`` do not fit."""
+    def validate_labels(self, labels: torch.Tensor, source: str = "labels", first_row: int = 0) -> None:
+        """Raise :class:`SchemaError` naming the attribute, and the row (``first_row`` is the first label's) of a bad label."""
         where = f"{source}: attribute {self.name!r}"
+
+        def rows(bad: torch.Tensor) -> str:
+            count = int(bad.sum())
+            return f"at row {first_row + int(bad.nonzero()[0])}" + (f" (and {count - 1} more row{'s' if count > 2 else ''})" if count > 1 else "")
+
         if labels.ndim != 1:
             raise SchemaError(f"{where}: labels must be 1-D, got shape {tuple(labels.shape)}")
         if self.discrete:
@@ -79,13 +84,14 @@ class Attribute:
             if bool(bad.any()):
                 value = int(labels[bad][0])
                 raise SchemaError(
-                    f"{where}: label {value} out of range; {self.kind} labels are 0..{self.num_classes - 1} or -1 for missing"
+                    f"{where}: label {value} out of range {rows(bad)}; {self.kind} labels are 0..{self.num_classes - 1} or -1 for missing"
                 )
         else:
             if not labels.dtype.is_floating_point:
                 raise SchemaError(f"{where}: continuous labels must be floating point (NaN for missing), got {labels.dtype}")
-            if bool(torch.isinf(labels).any()):
-                raise SchemaError(f"{where}: continuous labels contain infinity")
+            infinite = torch.isinf(labels)
+            if bool(infinite.any()):
+                raise SchemaError(f"{where}: continuous labels contain infinity {rows(infinite)}; NaN marks a missing label")
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind}
@@ -161,13 +167,13 @@ class AttributeSchema(Sequence[Attribute]):
     def select(self, names: Iterable[str]) -> "AttributeSchema":
         return AttributeSchema(self[n] for n in names)
 
-    def validate(self, labels: Mapping[str, torch.Tensor], n: int, source: str = "labels") -> None:
-        """Check that every attribute has a label tensor of length ``n`` that fits its kind."""
+    def validate(self, labels: Mapping[str, torch.Tensor], n: int, source: str = "labels", first_row: int = 0) -> None:
+        """Check that every attribute has a label tensor of length ``n`` that fits its kind (errors name the row, counting from ``first_row``)."""
         for attribute in self._attributes:
             if attribute.name not in labels:
                 raise SchemaError(f"{source}: no labels for attribute {attribute.name!r}")
             tensor = labels[attribute.name]
-            attribute.validate_labels(tensor, source)
+            attribute.validate_labels(tensor, source, first_row)
             if tensor.shape[0] != n:
                 raise SchemaError(
                     f"{source}: attribute {attribute.name!r} has {tensor.shape[0]} labels for {n} samples"

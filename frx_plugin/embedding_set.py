@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import warnings
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -112,6 +113,9 @@ class EmbeddingSet:
             raise EmbeddingSetError(f"{self.path}: not a readable safetensors file ({exc})") from None
         self.schema = self._schema(metadata, attributes)
         self.n, self.dim = self._check_shapes(shapes)
+        #: rows whose embedding is all zero, counted by the last full pass of :meth:`chunks` (None before one)
+        self.zero_rows: int | None = None
+        self._zero_warned = False
 
     # -- header ---------------------------------------------------------------------
     def _schema(self, metadata: dict[str, str], attributes: list[str] | None) -> AttributeSchema:
@@ -161,6 +165,7 @@ class EmbeddingSet:
         """Yield ``(embeddings, identity, labels)`` for consecutive row ranges, each chunk validated."""
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        zero, first_zero = 0, 0
         with _RowReader(self.path) as reader:
             for start in range(0, self.n, chunk_size):
                 stop = min(self.n, start + chunk_size)
@@ -172,16 +177,24 @@ class EmbeddingSet:
                         f"{self.path}: tensor {EMBEDDINGS!r} has NaN or infinite values in {int(bad.sum())} rows of "
                         f"{start}..{stop - 1} (first: row {row}); a diverged model?"
                     )
+                empty = (z == 0).all(1)
+                if bool(empty.any()):
+                    first_zero = start + int(empty.nonzero()[0]) if zero == 0 else first_zero
+                    zero += int(empty.sum())
                 identity = reader.rows(IDENTITY, start, stop).to(torch.int64)
                 labels = {}
                 for attribute in self.schema:
                     raw = reader.rows(ATTRIBUTE_PREFIX + attribute.name, start, stop)
                     labels[attribute.name] = raw.to(torch.int64 if attribute.discrete else torch.float32)
                 try:
-                    self.schema.validate(labels, stop - start, source=f"{self.path} rows {start}..{stop - 1}")
+                    self.schema.validate(labels, stop - start, source=str(self.path), first_row=start)
                 except SchemaError as exc:
                     raise EmbeddingSetError(str(exc)) from None
                 yield z, identity, labels
+        self.zero_rows = zero
+        if zero and not self._zero_warned:  # once per file opened, after the first full pass found them
+            self._zero_warned = True
+            warnings.warn(zero_rows_notice(zero, self.n, first_zero, str(self.path)), UserWarning, stacklevel=2)
 
     def identity(self) -> torch.Tensor:
         """The identity column alone (N int64), without reading the embeddings."""
@@ -207,6 +220,13 @@ class EmbeddingSet:
         identity = torch.cat([p[1] for p in parts])
         labels = {name: torch.cat([p[2][name] for p in parts]) for name in self.schema.names}
         return z, identity, labels
+
+
+def zero_rows_notice(count: int, total: int, first: int, what: str) -> str:
+    """The warning for ``count`` of ``total`` embeddings that are all zero (``first`` the first such row) in ``what``."""
+    return (f"{what}: {count:,} of {total:,} embeddings are all zero (first: row {first}); a zero vector has no direction, so "
+            "its cosine scores are undefined. frx keeps these rows as they are: verification scores each of their pairs 0 "
+            "and the leakage heads see the zero vector (a broken export, or a model that outputs nothing for these faces?)")
 
 
 def read_embedding_set(path: str | Path, attributes: list[str] | None = None):

@@ -31,6 +31,10 @@ class EstimatorError(AnalysisError):
     """An estimator that cannot be used as asked (wrong input shape, broken output, failed training)."""
 
 
+class ModelInputError(AnalysisError):
+    """Probe images a model cannot take (another image size or channel count than it was built for)."""
+
+
 class DecoderError(AnalysisError):
     """A decoder that cannot be used as asked (wrong shapes, bad options)."""
 
@@ -41,5 +45,5 @@ class DecoderDiverged(DecoderError):
 
 __all__ = [
     "AnalysisError", "CounterfactualError", "DecoderDiverged", "DecoderError", "EmbeddingSetError", "EstimatorError",
-    "PluginError", "SchemaError",
+    "ModelInputError", "PluginError", "SchemaError",
 ]

@@ -23,12 +23,14 @@ mode back; calling the adapter is the differentiable forward (the two-stage path
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 
+from frx_plugin.errors import ModelInputError
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet
 
@@ -129,6 +131,11 @@ def _describe(out: Any) -> str:
     return f"a {type(out).__name__}"
 
 
+#: what torch says when a forward gets inputs of a shape its layers were not built for
+_SHAPE_ERROR = re.compile(r"shapes cannot be multiplied|size mismatch|must match the size of tensor|is invalid for input of size|"
+                          r"expected input\[|to have \d+ channels|Kernel size can't be greater|Output size is too small")
+
+
 def _check_embedding(z: Any, where: str) -> torch.Tensor:
     if not isinstance(z, torch.Tensor) or z.ndim != 2:
         raise TypeError(f"{where} gave {_describe(z)}; expected embeddings (B, D): pass embed= (a callable "
@@ -156,6 +163,7 @@ class ModelAdapter:
         self.transform = make_transform(transform)
         self._warn = warn or (lambda message: warnings.warn(message, UserWarning, stacklevel=3))
         self._warned: set[str] = set()
+        self._fitting_shapes: set[tuple[int, ...]] = set()  # image shapes (C, H, W) the forward has taken
         #: the context the module's forward runs in (a training loop's autocast: Lightning's
         #: ``precision_plugin.forward_context``), so frx embeds in the precision the model trains in;
         #: only the forward: the analysis after it stays in float32/float64
@@ -243,9 +251,27 @@ class ModelAdapter:
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised embeddings ``(B, D)`` float32 on the model's device, without gradients, in eval mode (then put back)."""
+        """L2-normalised embeddings ``(B, D)`` float32 on the model's device, without gradients, in eval mode (then put back).
+
+        Images of a shape the model has not yet embedded that its forward refuses for their shape
+        (a ``Linear`` built for another size: "mat1 and mat2 shapes cannot be multiplied") are a
+        :class:`~frx_plugin.errors.ModelInputError` naming the image shape and the model; any other
+        error is raised as it is.
+        """
+        shape = tuple(images.shape[1:])
         with eval_mode(self.module):
-            return F.normalize(self(images).detach().float(), dim=1)
+            try:
+                z = self(images)
+            except RuntimeError as exc:
+                if shape in self._fitting_shapes or not _SHAPE_ERROR.search(str(exc)):
+                    raise
+                raise ModelInputError(
+                    f"the model ({type(self.module).__name__}) cannot take images of {'×'.join(map(str, shape))} "
+                    f"(its forward fails: {str(exc).splitlines()[0]}); it expects another image size or channel count: give "
+                    "the probe set the size the model takes (its size= option, e.g. image-folder:DIR,size=112)"
+                ) from exc
+            self._fitting_shapes.add(shape)
+            return F.normalize(z.detach().float(), dim=1)
 
 
 @contextlib.contextmanager
@@ -283,7 +309,10 @@ def embed_probe_set(model: Any, probe: ProbeSet, indices: torch.Tensor | None = 
     embed = hook_embedder(model)
     chunks, done = [], 0
     for chunk, images in probe.batches(indices, batch_size):
-        chunks.append(embed(images))
+        try:
+            chunks.append(embed(images))
+        except ModelInputError as exc:  # name the probe set whose images these are
+            raise ModelInputError(f"{probe.source}: {exc}") from exc.__cause__
         done += chunk.numel()
         if progress is not None:
             progress(done, indices.numel(), "embedding")

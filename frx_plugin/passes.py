@@ -32,6 +32,7 @@ from frx_plugin.counterfactual.sharded import sharded_exact_embedder
 from frx_plugin.collectives import Collectives, SingleProcess, gather_rows, metric_sync, shard_indices
 from frx_plugin.errors import AnalysisError
 from frx_plugin.leakage import analyze_embeddings
+from frx_plugin.embedding_set import zero_rows_notice
 from frx_plugin.model import ModelAdapter, embed_probe_set
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet
@@ -387,6 +388,10 @@ def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectiv
         else:
             report = probe_leakage(local, probe, plan.config, indices, collectives)
             embeddings = gather_rows(collectives, local, len(probe))  # verification compares every pair
+        empty = (embeddings == 0).all(1)
+        if bool(empty.any()):  # the same on every rank: every rank holds every embedding
+            first = int(empty.nonzero()[0])
+            report.warnings.append(zero_rows_notice(int(empty.sum()), len(probe), first, f"the model's embeddings of {probe.source}"))
         verify_probe(embeddings, probe, report, plan.config, plan.on_error)  # the same on every rank: all embeddings everywhere
         if plan.counterfactuals is not None:
             start = now()

@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 from frx_plugin.options import check_options
 from frx_plugin.plugins import PluginError, Registration, backbones, estimators, probe_sets, require_estimator
 
-__all__ = ["Spec", "parse_spec", "open_backbone", "open_probe", "open_estimator", "probe_for"]
+__all__ = ["Spec", "parse_spec", "open_backbone", "open_probe", "open_estimator", "probe_for", "probe_with_kinds"]
 
 _OPTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
@@ -73,6 +73,8 @@ def parse_spec(text: str, what: str = "spec") -> Spec:
         raise ValueError(f"{what}: an empty spec; expected KIND[:ARGUMENT][,KEY=VALUE...]")
     text = text.strip()
     head, colon, rest = text.partition(":")
+    if colon and "," in head:  # the first ':' is in an option's value (kinds=age:continuous), not after the kind
+        head, colon, rest = text, "", ""
     parts = rest.split(",") if colon else head.split(",")
     kind = head if colon else parts.pop(0)
     if not kind:
@@ -178,6 +180,19 @@ def open_probe(text: str) -> Any:
         return registration.factory(**options)
     except TypeError as exc:  # a wrong option name: say which ones there are
         raise ValueError(f"probe set {spec.text!r}: {exc}; {spec.kind} takes {inspect.signature(registration.factory)}") from None
+
+
+def probe_with_kinds(probe: str | None, kinds: str | None) -> str | None:
+    """The probe spec with ``--kinds`` as its ``kinds=`` option (the kinds of an image folder's CSV columns)."""
+    if kinds is None:
+        return probe
+    if probe is None:
+        raise ValueError(f"--kinds {kinds}: goes with --probe SPEC, the probe set whose CSV columns it types (e.g. image-folder:DIR)")
+    if "," in kinds:
+        raise ValueError(f"--kinds {kinds}: join the columns with ';', not ',' (e.g. age:continuous;glasses:binary)")
+    if "kinds" in parse_spec(probe, "probe set").options:
+        raise ValueError(f"--kinds {kinds} and the probe spec's kinds= option both give the kinds; give one")
+    return f"{probe},kinds={kinds}"
 
 
 def open_estimator(text: str, probe: Any) -> Any:

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from frx_insightface.columns import read_utf8
 from frx_insightface.errors import DataFormatError
 
 #: the five points, in the order of ``arcface_dst`` and of InsightFace's ``face.kps``
@@ -74,7 +75,7 @@ def read_celeba_landmarks(path: str | Path) -> dict[str, tuple[int, np.ndarray]]
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no landmark file at {path}")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_utf8(path).splitlines()
     try:
         declared = int(lines[0].strip())
     except (IndexError, ValueError):

@@ -11,7 +11,7 @@ def frx_register_probe_sets(register) -> None:
 
     register("insightface-bin", VerificationProbeSet, "an InsightFace verification .bin (lfw, cfp_fp, agedb_30): path=FILE")
     register("image-folder", ImageFolderProbeSet, "a folder of images with a CSV of path, identity, attribute and optional landmark columns: "
-             "folder=, csv_path=, align=auto|landmarks|none")
+             "folder=, csv_path=, size=, align=auto|landmarks|none, kinds=NAME:KIND;... (binary, categorical, continuous)")
     register("celeba", CelebAProbeSet, "CelebA images with 40 binary attributes: root=FOLDER, partition=, size=, limit=, "
              "align=auto|landmarks|none, images=img_align_celeba|img_celeba")
 

@@ -19,15 +19,16 @@ Images are decoded with Pillow (which matplotlib already brings). Every problem 
 from __future__ import annotations
 
 import io
-import math
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from frx_insightface.alignment import LANDMARK_COLUMNS, align_face, celeba_landmarks, choose_alignment, csv_landmarks
+from frx_insightface.columns import KINDS_MARKER, column_schema, kinds_row, parse_kinds, parse_label, read_schema_file, read_utf8, schema_file
 from frx_insightface.errors import DataFormatError
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.probe import ProbeSet
@@ -104,8 +105,12 @@ def decode_image(data: bytes, source: str, size: int | None = None, centre_crop:
                 image = image.resize((size, size), Image.BILINEAR)
             raw = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
             width, height = image.size
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataFormatError(f"{source}: the image cannot be decoded ({exc})") from None
+    except UnidentifiedImageError:
+        raise DataFormatError(f"{source}: the image cannot be decoded: its {len(data):,} bytes are in no image format Pillow "
+                              "reads (a damaged or truncated file, or not an image)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # Pillow raises SyntaxError for a broken PNG
+        reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the image", str(exc))  # the buffer means nothing to the user
+        raise DataFormatError(f"{source}: the image cannot be decoded ({reason})") from None
     return raw.view(height, width, 3).permute(2, 0, 1).contiguous()
 
 
@@ -209,14 +214,13 @@ def _rows(path: Path, width: int, skip: int = 0) -> list[tuple[int, list[str]]]:
     if not path.is_file():
         raise FileNotFoundError(f"no file at {path}")
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if number <= skip or not line.strip():
-                continue
-            fields = line.split()
-            if len(fields) != width:
-                raise DataFormatError(f"{path}: line {number} has {len(fields)} fields, expected {width}")
-            out.append((number, fields))
+    for number, line in enumerate(read_utf8(path).splitlines(), 1):
+        if number <= skip or not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != width:
+            raise DataFormatError(f"{path}: line {number} has {len(fields)} fields, expected {width}")
+        out.append((number, fields))
     return out
 
 
@@ -232,8 +236,7 @@ def read_celeba_labels(root: str | Path, partition: str | None = None) -> tuple[
     attributes_path = root / CELEBA_ATTRIBUTES_FILE
     if not attributes_path.is_file():
         raise FileNotFoundError(f"no {CELEBA_ATTRIBUTES_FILE} in {root}")
-    with open(attributes_path, encoding="utf-8") as fh:
-        head = [fh.readline(), fh.readline()]
+    head = (read_utf8(attributes_path).splitlines() + ["", ""])[:2]
     try:
         declared = int(head[0].strip())
     except ValueError:
@@ -341,62 +344,21 @@ def _square(image: torch.Tensor, size: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- a folder of images with a CSV
 
 
-def _infer_attribute(name: str, values: list[str]) -> Attribute:
-    """The kind of a CSV column from its non-empty values: 0/1 (or true/false) binary, numbers continuous, else categorical."""
-    present = [v for v in values if v != ""]
-    if not present:
-        return Attribute(name, "continuous")  # every label missing
-    lowered = {v.lower() for v in present}
-    if lowered <= {"0", "1"} or lowered <= {"true", "false"}:
-        return Attribute(name, "binary")
-    try:
-        numbers = [float(v) for v in present]
-    except ValueError:
-        numbers = None
-    if numbers is not None:
-        return Attribute(name, "continuous")
-    classes = tuple(sorted(set(present)))
-    if len(classes) == 1:  # a text column with one value: binary, everything present in its "yes" class
-        return Attribute(name, "binary", classes=(f"not {classes[0]}", classes[0]))
-    return Attribute(name, "categorical", classes=classes)
-
-
-def _parse_label(attribute: Attribute, text: str, where: str) -> float | int:
-    if text == "":
-        return -1 if attribute.discrete else math.nan
-    if attribute.kind == "binary":
-        if text in attribute.classes:
-            return attribute.classes.index(text)
-        lowered = text.lower()
-        if lowered in ("1", "true"):
-            return 1
-        if lowered in ("0", "false"):
-            return 0
-        raise DataFormatError(
-            f"{where}: {text!r} is not 0/1, true/false or one of the classes {list(attribute.classes)} (binary attribute {attribute.name!r})"
-        )
-    if attribute.kind == "categorical":
-        if text not in attribute.classes:
-            raise DataFormatError(f"{where}: {text!r} is not one of the classes {list(attribute.classes)} of {attribute.name!r}")
-        return attribute.classes.index(text)
-    try:
-        value = float(text)
-    except ValueError:
-        raise DataFormatError(f"{where}: {text!r} is not a number (continuous attribute {attribute.name!r})") from None
-    if not math.isfinite(value):
-        raise DataFormatError(f"{where}: {text!r} is not a finite number (continuous attribute {attribute.name!r})")
-    return value
-
-
 class ImageFolderProbeSet(ProbeSet):
     """A folder of face images and a CSV with an image-path column, an identity column and attribute columns.
 
-    ``csv_path`` (default ``folder/labels.csv``): a header row, then one row per image. ``path``
+    ``csv_path`` (default ``folder/labels.csv``, UTF-8): a header row, then one row per image. ``path``
     (relative to ``folder``) and ``identity`` (any text or integer) are required; every other column
-    is an attribute whose kind is inferred from its values (0/1 or true/false: binary; numbers:
-    continuous; anything else: categorical, classes in sorted order) unless ``schema`` gives it. An
-    empty cell is a missing label. Images are decoded with Pillow. Errors name the file, the line
-    and the column.
+    is an attribute, ``binary``, ``categorical`` or ``continuous``. Its kind comes from ``kinds``
+    (``"age:continuous;glasses:binary"``, or a mapping of column to kind), a JSON sidecar
+    (``labels.csv.schema.json`` or ``frx-schema.json``) or a ``#kinds`` row right after the header,
+    in that order (:mod:`frx_insightface.columns`); a column none of them names gets the kind most of
+    its values fit (0/1 or true/false binary, numbers continuous, anything else categorical, classes
+    in sorted order), and the inferred kinds are printed in one warning. A value that does not fit
+    its column's kind is an error: a typo never changes a kind. ``schema`` (an
+    :class:`~frx_plugin.attributes.AttributeSchema`) instead names the attribute columns and their
+    kinds outright. An empty cell is a missing label. Images are decoded with Pillow. Errors name
+    the file, the line and the column.
 
     Landmark columns (optional; all ten or none, never attributes): ``lefteye_x, lefteye_y,
     righteye_x, righteye_y, nose_x, nose_y, leftmouth_x, leftmouth_y, rightmouth_x, rightmouth_y``
@@ -411,41 +373,61 @@ class ImageFolderProbeSet(ProbeSet):
     """
 
     def __init__(self, folder: str | Path, csv_path: str | Path | None = None, schema: AttributeSchema | None = None,
-                 size: int = 112, path_column: str = "path", identity_column: str = "identity", align: str = "auto") -> None:
+                 size: int = 112, path_column: str = "path", identity_column: str = "identity", align: str = "auto",
+                 kinds: str | Mapping[str, str] | None = None) -> None:
         import csv
 
         self.folder = Path(folder)
         csv_path = Path(csv_path) if csv_path is not None else self.folder / "labels.csv"
         if not csv_path.is_file():
             raise FileNotFoundError(f"no CSV of labels at {csv_path}")
-        with open(csv_path, newline="", encoding="utf-8") as fh:
-            reader = csv.reader(fh)
-            try:
-                header = [h.strip() for h in next(reader)]
-            except StopIteration:
-                raise DataFormatError(f"{csv_path}: the file is empty; it needs a header row") from None
-            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+        if schema is not None and kinds is not None:
+            raise ValueError(f"{csv_path}: pass schema or kinds, not both")
+        reader = csv.reader(io.StringIO(read_utf8(csv_path), newline=""))
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise DataFormatError(f"{csv_path}: the file is empty; it needs a header row") from None
+        rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
         for column in (path_column, identity_column):
             if column not in header:
                 raise DataFormatError(f"{csv_path}: no {column!r} column (the header has {header})")
         for number, row in rows:
             if len(row) != len(header):
                 raise DataFormatError(f"{csv_path}: line {number} has {len(row)} fields, the header has {len(header)}")
+        names = [h for h in header if h not in (path_column, identity_column) and h not in LANDMARK_COLUMNS]
+        kinds_row_at = header.index(path_column)
+        marked = [(k, number) for k, (number, row) in enumerate(rows) if row[kinds_row_at].strip() == KINDS_MARKER]
+        declared = {}
+        if marked and marked[0][0] == 0:
+            declared = kinds_row(csv_path, rows[0][0], header, rows[0][1], names)
+            rows, marked = rows[1:], marked[1:]
+        if marked:
+            raise DataFormatError(f"{csv_path}: line {marked[0][1]}: a {KINDS_MARKER} row must come right after the header")
         if not rows:
             raise DataFormatError(f"{csv_path}: no rows after the header")
         columns = {name: [row[i].strip() for _, row in rows] for i, name in enumerate(header)}
-        names = [h for h in header if h not in (path_column, identity_column) and h not in LANDMARK_COLUMNS]
+        lines = [number for number, _ in rows]
         if schema is None:
-            schema = AttributeSchema(_infer_attribute(name, columns[name]) for name in names)
+            sidecar = schema_file(csv_path)
+            declared.update(read_schema_file(sidecar) if sidecar is not None else {})
+            declared.update(parse_kinds(kinds) if kinds is not None else {})
+            for name, declaration in declared.items():
+                if name not in names:
+                    role = ("the image-path column" if name == path_column else "the identity column" if name == identity_column
+                            else "a landmark column" if name in LANDMARK_COLUMNS else "not a column of the CSV")
+                    raise DataFormatError(f"{declaration.source}: column {name!r} is {role}; the attribute columns of {csv_path} "
+                                          f"are {names}")
+            schema, labels = column_schema(csv_path, names, columns, lines, declared)
         else:
             unknown = [a.name for a in schema if a.name not in columns]
             if unknown:
                 raise DataFormatError(f"{csv_path}: no column for attribute(s) {unknown}")
-        labels = {}
-        for attribute in schema:
-            values = [_parse_label(attribute, text, f"{csv_path}: line {number}, column {attribute.name!r}")
-                      for (number, _), text in zip(rows, columns[attribute.name])]
-            labels[attribute.name] = torch.tensor(values, dtype=torch.int64 if attribute.discrete else torch.float32)
+            labels = {}
+            for attribute in schema:
+                values = [parse_label(attribute, text, f"{csv_path}: line {number}, column {attribute.name!r}")
+                          for number, text in zip(lines, columns[attribute.name])]
+                labels[attribute.name] = torch.tensor(values, dtype=torch.int64 if attribute.discrete else torch.float32)
         ids: dict[str, int] = {}
         identity = torch.tensor([ids.setdefault(text, len(ids)) for text in columns[identity_column]], dtype=torch.int64)
         self.files = []
@@ -455,7 +437,7 @@ class ImageFolderProbeSet(ProbeSet):
                 raise DataFormatError(f"{csv_path}: line {number}: no image {path}")
             self.files.append(path)
         self.identity_names = list(ids)
-        self.size, self.csv_path, self.lines = size, csv_path, [number for number, _ in rows]
+        self.size, self.csv_path, self.lines = size, csv_path, lines
         source = f"image folder {self.folder}"
         self.landmarks = csv_landmarks(csv_path, header, rows, columns, align, source)
         if self.landmarks is not None:

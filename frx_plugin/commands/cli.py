@@ -14,6 +14,7 @@ from frx_plugin import __version__
 from frx_plugin.commands.common import command_line, open_model_and_probe, progress_bar
 from frx_plugin.commands.registry import OPTIONAL_COMMANDS, missing_command_message, plugin_commands
 from frx_plugin.plugins import backbones, estimators, failed_plugins, get_plugin_manager, probe_sets
+from frx_plugin.specs import probe_with_kinds
 
 #: frx's own subcommands (a plugin cannot register these names).
 CORE_COMMANDS = ("analyze", "explain", "benchmark", "report", "plugins")
@@ -25,6 +26,7 @@ def _analyze(args: argparse.Namespace) -> int:
     from frx_plugin.passes import AnalysisConfig
     from frx_plugin.commands.analyze import CSV_COLUMNS, analyze, format_differentials_table, format_leakage_table, leakage_rows
 
+    args.probe = probe_with_kinds(args.probe, args.kinds)
     attributes = [a.strip() for a in args.attributes.split(",") if a.strip()] if args.attributes else None
     config = AnalysisConfig(n_folds=args.folds, n_bootstrap=args.bootstrap, seed=args.seed, fmr=args.fmr, head=args.head, C=args.C,
                             min_class_samples=args.min_class_samples, differentials=not args.no_differentials, differential_curves=not args.no_differentials)
@@ -60,6 +62,7 @@ def _analyze(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     from frx_plugin.commands.explain import FIGURE_FILE, explain
 
+    args.probe = probe_with_kinds(args.probe, args.kinds)
     model = probe = None
     if args.backbone is not None:
         if args.embeddings is not None:
@@ -149,6 +152,9 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                         help="with --backbone: a verification file (lfw.bin, cfp_fp.bin, ...), judged on its listed pairs")
     parser.add_argument("--estimator", action="append", default=None, metavar="SPEC",
                         help="with --backbone: read attributes off the probe images, e.g. insightface:genderage.onnx (repeatable)")
+    parser.add_argument("--kinds", default=None, metavar="NAME:KIND;...",
+                        help="with --probe image-folder:...: each CSV column's kind (binary, categorical, continuous), e.g. "
+                             "'age:continuous;glasses:binary' (the probe spec's kinds= option)")
 
 
 def _add_analyze(sub) -> None:

@@ -131,12 +131,12 @@ def test_a_planted_face_lands_on_the_arcface_template(tmp_path, scale, degrees, 
     Image.fromarray(pixels).save(folder / "planted.png")
     cells = ",".join(f"{v:.4f}" for v in points.reshape(-1))
     (folder / "labels.csv").write_text(f"path,identity,glasses,{','.join(LANDMARK_COLUMNS)}\nplanted.png,alice,1,{cells}\n")
-    probe = ImageFolderProbeSet(folder)
+    probe = ImageFolderProbeSet(folder, kinds="glasses:binary")
     assert probe.alignment == "landmarks" and probe.schema.names == ("glasses",)  # landmark columns are no attributes
     marks = _marks(probe.images(torch.tensor([0]))[0], colours)
     assert np.abs(marks - arcface_dst).max() <= 1.5, (marks, arcface_dst)
     # resized instead of aligned, the marks are elsewhere (the check above has teeth)
-    resized = ImageFolderProbeSet(folder, align="none").images(torch.tensor([0]))[0]
+    resized = ImageFolderProbeSet(folder, kinds="glasses:binary", align="none").images(torch.tensor([0]))[0]
     assert resized.shape == (3, 112, 112)
     assert not torch.allclose(resized, probe.images(torch.tensor([0]))[0], atol=0.1)
 
@@ -156,7 +156,7 @@ def test_image_folder_landmark_columns_equal_norm_crop(tmp_path):
     folder = _csv_folder(tmp_path, header, [f"{k}.png,p{k},{k}," + ",".join(map(str, row)) for k, row in enumerate(landmarks)])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # aligning warns about nothing
-        probe = ImageFolderProbeSet(folder)
+        probe = ImageFolderProbeSet(folder, kinds="glasses:binary")
         images = probe.images(torch.tensor([1, 0]))
     assert probe.alignment == "landmarks" and probe.schema.names == ("glasses",)
     assert probe.source == f"image folder {folder}, aligned to the ArcFace template by the landmark columns of labels.csv"
@@ -166,7 +166,7 @@ def test_image_folder_landmark_columns_equal_norm_crop(tmp_path):
     # align="none": today's centre crop and resize, the landmark columns still no attributes
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        plain = ImageFolderProbeSet(folder, align="none", size=64)
+        plain = ImageFolderProbeSet(folder, kinds="glasses:binary", align="none", size=64)
     assert plain.alignment == "none" and plain.source == f"image folder {folder}" and plain.schema.names == ("glasses",)
     want = decode_image((folder / "0.png").read_bytes(), "0.png", 64, centre_crop=True).float() / 255
     assert torch.equal(plain.images(torch.tensor([0]))[0], want)

@@ -96,7 +96,7 @@ def test_bad_rows_are_found_while_streaming(tmp_path):
     tensors = _valid_tensors()
     tensors["attr.hair"][100] = 7
     path = _write_raw(tmp_path / "labels.safetensors", tensors, SCHEMA_JSON)
-    with pytest.raises(EmbeddingSetError, match=r"rows 96\.\.119: attribute 'hair': label 7 out of range; categorical labels are 0\.\.2"):
+    with pytest.raises(EmbeddingSetError, match=r"labels\.safetensors: attribute 'hair': label 7 out of range at row 100; categorical labels are 0\.\.2"):
         list(EmbeddingSet(path).chunks(32))
     tensors = _valid_tensors()
     tensors["embeddings"][50, 2] = math.inf
