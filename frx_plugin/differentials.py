@@ -284,7 +284,6 @@ def _counts(z: torch.Tensor, identity: torch.Tensor, who: torch.Tensor, slots: t
     # matches[s, r] = Σ over (identity pair (k, l), slot s) entries of count · w_rk · w_rl: the weight product of each
     # identity pair is made once (P × R), then summed into the slots by one sparse (S × P) product
     matches = torch.zeros(n_slots, weights.shape[0], dtype=torch.float64, device=device)
-    by_identity = weights.T.contiguous()  # (K, 1 + R): an identity's weights are one contiguous row to gather
     keys = []
     for i, j in kept:
         same = (slots[:, i] == slots[:, j]) & (slots[:, i] >= 0)
@@ -294,14 +293,19 @@ def _counts(z: torch.Tensor, identity: torch.Tensor, who: torch.Tensor, slots: t
         key, count = torch.unique(torch.cat(keys), return_counts=True)
         pair, slot = key // n_slots, key % n_slots
         pairs, column = torch.unique(pair, return_inverse=True)
+        # the weights are whole numbers: float32 (half the memory traffic) holds every product and every sum exactly
+        # while the largest possible sum, (max weight)² · Σ count, stays below 2^24
+        exact = float(weights.max()) ** 2 * float(count.sum()) < 2.0**24
+        dtype = torch.float32 if exact else torch.float64
+        by_identity = weights.T.to(dtype).contiguous()  # (K, 1 + R): an identity's weights are one contiguous row to gather
         step = max(1, _WEIGHT_ENTRIES // weights.shape[0])
         for start in range(0, pairs.numel(), step):  # identity pairs in chunks of the products' memory
             chunk = pairs[start : start + step]
-            product = by_identity[chunk // k] * by_identity[chunk % k]  # (P_chunk, 1 + R)
+            product = by_identity[chunk // k].mul_(by_identity[chunk % k])  # (P_chunk, 1 + R)
             inside = (column >= start) & (column < start + chunk.numel())
-            entries = torch.sparse_coo_tensor(torch.stack([slot[inside], column[inside] - start]), count[inside].to(torch.float64),
+            entries = torch.sparse_coo_tensor(torch.stack([slot[inside], column[inside] - start]), count[inside].to(dtype),
                                               (n_slots, chunk.numel()), device=device, check_invariants=False)
-            matches += torch.sparse.mm(entries, product)
+            matches += torch.sparse.mm(entries, product).double()
     return {
         "genuine": weights @ pairs_k,
         "misses": weights @ misses_k,
