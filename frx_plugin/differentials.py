@@ -85,6 +85,8 @@ __all__ = ["AttributeDifferentials", "DemographicDifferentials", "GroupRates", "
 #: Bootstrap-weighted pair entries held at once while the false matches are counted.
 _WEIGHT_ENTRIES = 4_000_000
 _SUMMARIES = ("fnmr_ratio", "fmr_ratio", "fdr", "garbe")
+#: Whole numbers up to this are exact in float32 (the weight products are summed in float32 below it).
+_FLOAT32_EXACT = 2.0**24
 
 
 def _estimate_record(estimate: MetricEstimate | None) -> dict[str, Any] | None:
@@ -295,7 +297,7 @@ def _counts(z: torch.Tensor, identity: torch.Tensor, who: torch.Tensor, slots: t
         pairs, column = torch.unique(pair, return_inverse=True)
         # the weights are whole numbers: float32 (half the memory traffic) holds every product and every sum exactly
         # while the largest possible sum, (max weight)² · Σ count, stays below 2^24
-        exact = float(weights.max()) ** 2 * float(count.sum()) < 2.0**24
+        exact = float(weights.max()) ** 2 * float(count.sum()) < _FLOAT32_EXACT
         dtype = torch.float32 if exact else torch.float64
         by_identity = weights.T.to(dtype).contiguous()  # (K, 1 + R): an identity's weights are one contiguous row to gather
         step = max(1, _WEIGHT_ENTRIES // weights.shape[0])

@@ -375,3 +375,16 @@ def test_a_ratio_whose_least_rate_is_zero_is_infinite_in_the_record_and_the_tabl
     line = next(row for row in format_differentials_table(report).splitlines() if row.startswith("sex "))
     assert line.split()[1] == "∞" and "∞ is a max/min ratio whose least rate is 0" in format_differentials_table(report)
     assert _estimate(entry).startswith("∞")
+
+
+def test_the_float64_weight_products_give_the_float32_numbers(monkeypatch):
+    """Above float32's exact range the identity pairs' weight products are summed in float64: the same record."""
+    import frx_plugin.differentials as differentials
+
+    z, identity, labels = planted_world(60, 4)
+    result = verification(z, identity, 1e-2)
+    fast = demographic_differentials(z, identity, labels, SCHEMA, result, n_bootstrap=30, min_pairs=10, min_identities=3)
+    monkeypatch.setattr(differentials, "_FLOAT32_EXACT", 0.0)
+    wide = demographic_differentials(z, identity, labels, SCHEMA, result, n_bootstrap=30, min_pairs=10, min_identities=3)
+    assert wide.to_record() == fast.to_record()
+    assert any(g.false_matches for a in fast.attributes for g in a.groups)  # the products were summed at all
