@@ -151,6 +151,8 @@ class HistoryRecorder:
         self.run = 0
         self._restored = False
         self._opened = False
+        #: the entry (record or failure) of the newest pass, which a failed write marks
+        self._newest: dict[str, Any] | None = None
 
     @property
     def path(self) -> Path:
@@ -221,7 +223,8 @@ class HistoryRecorder:
         """
         self._drop_from(_order(record))
         index = len(self.records)
-        self.records.append(dict(record, pass_index=index, run=self.run))
+        self._newest = dict(record, pass_index=index, run=self.run)
+        self.records.append(self._newest)
         for name, value in tensors.items():
             self.tensors[tensor_key(index, name)] = value.detach().to("cpu", torch.float32).contiguous()
         return index
@@ -229,10 +232,19 @@ class HistoryRecorder:
     def add_failure(self, failure: dict[str, Any]) -> None:
         """Keep a pass that failed (its ``epoch``, ``global_step`` and ``error``) in the history's ``failures``."""
         self._drop_from(_order(failure))
-        self.failures.append(dict(failure, run=self.run))
+        self._newest = dict(failure, run=self.run)
+        self.failures.append(self._newest)
 
     def write(self) -> None:
         write_history(self.out_dir, self.schema, self.records, self.tensors, self.failures)
+
+    def mark_write_error(self, message: str) -> None:
+        """Say in the newest pass's entry (record or failure) that its files could not be written: ``write_error``.
+
+        The pass stays; the next write holds it with that field, so the history tells which passes were late.
+        """
+        if self._newest is not None:
+            self._newest["write_error"] = message
 
     def state_dict(self) -> dict[str, Any]:
         # plain containers and tensors only: loadable with torch.load(weights_only=True)
