@@ -30,11 +30,12 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        # mkstemp makes the file private (0600); the result gets the mode any new file would (0666 less the umask)
+        write(Path(tmp))
+        # the mode any new file gets (0666 less the umask), set once written: mkstemp's file is private (0600),
+        # and a writer may put a file of its own in its place (safetensors' save_file renames its own 0600 file)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        write(Path(tmp))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
