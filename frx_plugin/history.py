@@ -30,11 +30,12 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        # mkstemp makes the file private (0600); the result gets the mode any new file would (0666 less the umask)
+        write(Path(tmp))
+        # the mode any new file gets (0666 less the umask), set once written: mkstemp's file is private (0600),
+        # and a writer may put a file of its own in its place (safetensors' save_file renames its own 0600 file)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        write(Path(tmp))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -151,6 +152,8 @@ class HistoryRecorder:
         self.run = 0
         self._restored = False
         self._opened = False
+        #: the entry (record or failure) of the newest pass, which a failed write marks
+        self._newest: dict[str, Any] | None = None
 
     @property
     def path(self) -> Path:
@@ -221,7 +224,8 @@ class HistoryRecorder:
         """
         self._drop_from(_order(record))
         index = len(self.records)
-        self.records.append(dict(record, pass_index=index, run=self.run))
+        self._newest = dict(record, pass_index=index, run=self.run)
+        self.records.append(self._newest)
         for name, value in tensors.items():
             self.tensors[tensor_key(index, name)] = value.detach().to("cpu", torch.float32).contiguous()
         return index
@@ -229,10 +233,19 @@ class HistoryRecorder:
     def add_failure(self, failure: dict[str, Any]) -> None:
         """Keep a pass that failed (its ``epoch``, ``global_step`` and ``error``) in the history's ``failures``."""
         self._drop_from(_order(failure))
-        self.failures.append(dict(failure, run=self.run))
+        self._newest = dict(failure, run=self.run)
+        self.failures.append(self._newest)
 
     def write(self) -> None:
         write_history(self.out_dir, self.schema, self.records, self.tensors, self.failures)
+
+    def mark_write_error(self, message: str) -> None:
+        """Say in the newest pass's entry (record or failure) that its files could not be written: ``write_error``.
+
+        The pass stays; the next write holds it with that field, so the history tells which passes were late.
+        """
+        if self._newest is not None:
+            self._newest["write_error"] = message
 
     def state_dict(self) -> dict[str, Any]:
         # plain containers and tensors only: loadable with torch.load(weights_only=True)

@@ -14,6 +14,9 @@ from frx_plugin.history import HistoryRecorder
 from frx_plugin.model import ModelAdapter
 from frx_plugin.probe import ProbeSet
 
+#: The scalar the adapters log (1.0, at the pass's step) when a pass's history files could not be written.
+HISTORY_WRITE_FAILED = "frx/history_write_failed"
+
 
 class LoopState:
     """The adapters' state across passes: ``history``, ``two_stage`` and the module's :class:`ModelAdapter`."""
@@ -25,6 +28,7 @@ class LoopState:
         self.two_stage: Any = None
         self._two_stage_state: dict[str, Any] = {}
         self._adapter: ModelAdapter | None = None
+        self._unwritten = 0  # passes written late: the next write that succeeds says so
 
     def model(self, module: Any, warn: Callable[[str], Any]) -> ModelAdapter:
         """``module`` with its contract: one adapter per module, so a guess warns once per run."""
@@ -52,10 +56,33 @@ class LoopState:
         if self.two_stage is not None and self._two_stage_state:
             self.two_stage.load_state_dict(self._two_stage_state)
 
-    def write_history(self, warn: Callable[[str], Any]) -> None:
-        """Write the history; a folder that cannot be written is a warning (the pass stays in memory and logged)."""
+    def write_history(self, warn: Callable[[str], Any], raising: bool = False) -> OSError | None:
+        """Write the history, after the loggers have the pass; returns the ``OSError`` of a write that failed.
+
+        A folder that cannot be written costs no pass: the warning names the folder and the error, the
+        pass's entry in memory gets ``write_error``, and the next pass writes the files again (every pass,
+        the late ones with their ``write_error``). The adapter applies its ``on_error`` to the result;
+        ``raising`` (``on_error="raise"``: the error it raises says it all) leaves out the warning.
+        """
         try:
             self.history.write()
         except OSError as exc:
-            warn(f"frx: the history could not be written to {self.history.out_dir} ({exc}); the pass is kept in memory "
-                 "and the loggers have it")
+            message = f"the history could not be written to {self.history.out_dir}: {type(exc).__name__}: {exc}"
+            self.history.mark_write_error(message)
+            self._unwritten += 1
+            if not raising:
+                warn(f"frx: {message}; the pass is kept (in memory, in checkpoints and in the loggers, which get "
+                     f"{HISTORY_WRITE_FAILED}) and the files are written again at the next pass")
+            return exc
+        if self._unwritten:
+            warn(f"frx: the history is written again to {self.history.out_dir}: it holds every pass, the {self._unwritten} "
+                 "written late with their write_error")
+            self._unwritten = 0
+        return None
+
+    def history_error(self, exc: OSError | None) -> OSError:
+        """What ``on_error="raise"`` raises for a history that could not be written (``None``: on another process)."""
+        where = f"the history could not be written to {self.history.out_dir}"
+        if exc is None:
+            return OSError(f"{where} by the process that writes it (on_error='raise'; the loggers have the pass)")
+        return OSError(f"{where}: {type(exc).__name__}: {exc} (on_error='raise'; the loggers have the pass)")

@@ -24,7 +24,9 @@ scalars to it under the Lightning adapter's names (``frx/leakage/<attribute>``, 
 The collectives travel on a device the process group supports (the current CUDA device under
 NCCL; see :class:`frx_plugin.collectives.TorchDistributed`). A pass that fails (NaN embeddings, an
 exception on any rank) is skipped on every rank, logged, and kept in the history's ``failures``;
-training goes on, unless ``on_error="raise"``.
+training goes on, unless ``on_error="raise"``. A history folder that cannot be written costs no pass:
+the writer and the log have it first, the writer gets ``frx/history_write_failed``, the log a warning
+naming the folder and the error, the pass's record ``write_error``; the next pass writes every pass.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import torch
 
 from frx_plugin.collectives import Collectives, default_collectives
 from frx_plugin.history import HistoryRecorder
-from frx_plugin.loop import LoopState
+from frx_plugin.loop import HISTORY_WRITE_FAILED, LoopState
 from frx_plugin.model import ModelAdapter, model_device, unwrap
 from frx_plugin.passes import (
     COUNTERFACTUAL_PATHS,
@@ -68,7 +70,8 @@ class ArcFaceTorchCallback:
         writer: any object with ``add_scalar(tag, value, step)`` (``SummaryWriter``, tensorboardX's), or ``None``.
         wandb_run: a Weights & Biases run (anything with ``log(metrics, step=...)``), or ``None``.
         config: the leakage and verification options (:class:`frx_plugin.passes.AnalysisConfig`).
-        on_error: "warn" (a failed pass is logged and skipped) or "raise".
+        on_error: "warn" (a failed pass is logged and skipped; a history that cannot be written is logged
+            and written at the next pass) or "raise" (either raises, a history write after the writer has the pass).
         counterfactuals: "auto", "exact", "latent" or "off" (identity significance and error attribution).
         significance_samples: probe samples whose counterfactuals a pass makes (default 64; more
             narrows S_k's interval, each costing one face per attribute).
@@ -199,8 +202,14 @@ class ArcFaceTorchCallback:
             self.history.add(report.to_record(), report.tensors)
             if collectives.rank == 0:
                 self._publish(report, global_step)
-        if collectives.rank == 0:
-            self.loop.write_history(self._warn)
+        unwritten = None
+        if collectives.rank == 0:  # after the writer and the log have the pass: a file error never costs them
+            unwritten = self.loop.write_history(self._warn, raising=self.on_error == "raise")
+            if unwritten is not None:
+                self._scalars({HISTORY_WRITE_FAILED: 1.0}, global_step)
+        # on_error="raise": every rank stops alike (rank 0 writes, the others wait for it)
+        if self.on_error == "raise" and collectives.any(unwritten is not None):
+            raise self.loop.history_error(unwritten)
         collectives.barrier()
         return report
 

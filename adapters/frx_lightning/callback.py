@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from frx_lightning.collectives import LightningCollectives
 from frx_plugin.history import HistoryRecorder
-from frx_plugin.loop import LoopState
+from frx_plugin.loop import HISTORY_WRITE_FAILED, LoopState
 from frx_plugin.model import ModelAdapter
 from frx_plugin.passes import (
     COUNTERFACTUAL_PATHS,
@@ -57,6 +57,9 @@ class AttributeRecoveryCallback(Callback):
     each pass to ``out_dir/history.json`` and ``history.safetensors`` after the loggers have it;
     an ``out_dir`` that already holds a history is continued (a new run's passes follow the old
     ones; a run resumed from a checkpoint replaces only the passes after it), never overwritten.
+    A folder that cannot be written costs no pass: the loggers still get its scalars and
+    ``frx/history_write_failed``, a warning names the folder and the error, the pass's record gets
+    ``write_error``, and the next pass writes the files again with every pass in them.
 
     Under DDP each rank embeds its own disjoint shard; the probe statistics are summed across ranks
     through the strategy (tensors on its device: the GPU under NCCL), and the embeddings are
@@ -74,7 +77,9 @@ class AttributeRecoveryCallback(Callback):
         fmr: the false-match rate that sets the verification threshold.
         batch_size: probe images embedded at once.
         seed: seed of the folds and the bootstrap.
-        on_error: "warn" (a failed pass is reported and skipped) or "raise".
+        on_error: "warn" (a failed pass is reported and skipped; a history that cannot be written is
+            reported and written at the next pass) or "raise" (either raises, a history write after the
+            loggers have the pass).
         run_before_training: the epoch-0 pass before the first training step.
         counterfactuals: "auto" (exact where a generator registered through
             ``frx_register_generators`` renders the probe set, latent otherwise), "exact" (an error
@@ -260,11 +265,12 @@ class AttributeRecoveryCallback(Callback):
         result = run_pass(model, self.probe, self.plan, LightningCollectives(trainer),
                           two_stage=self.two_stage if decode else None, context=context)
         self.last_timing = dict(result.timing)
+        unwritten: OSError | None = None
         if result.report is None:
             self.history.add_failure({"epoch": epoch, "global_step": trainer.global_step, "error": result.failure})
             rank_zero_warn(f"frx: the analysis pass at epoch {epoch} failed and is skipped; training goes on. {result.failure}")
             if trainer.is_global_zero:
-                self._publish(trainer, {"frx/pass_failed": 1.0, "frx/epoch": float(epoch)})  # the loggers say so too
+                unwritten = self._publish(trainer, {"frx/pass_failed": 1.0, "frx/epoch": float(epoch)})  # the loggers say so too
         else:
             report = result.report
             report.epoch, report.global_step = epoch, trainer.global_step
@@ -278,9 +284,12 @@ class AttributeRecoveryCallback(Callback):
                 del trainer.callback_metrics[stale]  # a measure this pass has not (NaN) is not the last pass's
             trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
             if trainer.is_global_zero:
-                self._publish(trainer, metrics)
+                unwritten = self._publish(trainer, metrics)
                 if result.decoded is not None:
                     self._publish_decoded(trainer, report, result.decoded, epoch)
+        # on_error="raise": every rank stops alike (the global-zero rank writes, the others wait for it)
+        if self.on_error == "raise" and LightningCollectives(trainer).any(unwritten is not None):
+            raise self.loop.history_error(unwritten)
         trainer.strategy.barrier("frx_history_written")
 
     def _publish_decoded(self, trainer: Trainer, report: Report, decoded, epoch: int) -> None:
@@ -288,22 +297,30 @@ class AttributeRecoveryCallback(Callback):
         from frx_plugin.figures import decoded_grid, plot_decoded, plot_recovery
 
         originals, faces, similarity = decoded
-        try:
-            plot_decoded(originals, faces, self.out_dir / "decoded.png", similarity=similarity,
-                         title=f"epoch {epoch}: held-out faces and samples of G(z) (decoder trained on other identities)")
-            if report.recovery is not None:
-                plot_recovery(report.recovery, self.out_dir / "recovery.png", title=f"epoch {epoch}")
+        try:  # the image loggers first: a folder that cannot be written never costs them the faces
             grid = decoded_grid(originals, faces)
             for logger in trainer.loggers:
                 add_image = getattr(getattr(logger, "experiment", None), "add_image", None)
                 if callable(add_image):
                     add_image("frx/decoded", grid, global_step=trainer.global_step, dataformats="CHW")
+            plot_decoded(originals, faces, self.out_dir / "decoded.png", similarity=similarity,
+                         title=f"epoch {epoch}: held-out faces and samples of G(z) (decoder trained on other identities)")
+            if report.recovery is not None:
+                plot_recovery(report.recovery, self.out_dir / "recovery.png", title=f"epoch {epoch}")
         except Exception as exc:  # noqa: BLE001 - a figure never costs the pass
             report.warnings.append(f"two-stage figures not written: {type(exc).__name__}: {exc}")
-            rank_zero_warn(f"frx: the two-stage figures were not written: {exc}")
+            rank_zero_warn(f"frx: the two-stage figures were not written to {self.out_dir}: {type(exc).__name__}: {exc}")
 
-    def _publish(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        """Global-zero only: log the scalars first, then write the history (a file error never costs the loggers)."""
+    def _publish(self, trainer: Trainer, metrics: dict[str, float]) -> OSError | None:
+        """Global-zero only: log the scalars first, then write the history (a file error never costs the loggers).
+
+        A history that cannot be written is a warning naming the folder, ``frx/history_write_failed`` in the
+        loggers at the pass's step and ``write_error`` in the pass's record; returns that error.
+        """
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
-        self.loop.write_history(rank_zero_warn)
+        unwritten = self.loop.write_history(rank_zero_warn, raising=self.on_error == "raise")
+        if unwritten is not None:
+            for logger in trainer.loggers:
+                logger.log_metrics({HISTORY_WRITE_FAILED: 1.0}, step=trainer.global_step)
+        return unwritten

@@ -12,6 +12,7 @@ from frx_plugin.commands.cli import main
 from frx_plugin.errors import PluginError
 from frx_plugin.hookspecs import hookimpl
 from frx_plugin.plugins import get_plugin_manager
+from tests.ddp_launch import HANG_LIMIT_S
 
 
 class _GreetPlugin:
@@ -57,5 +58,5 @@ def test_a_plugin_cannot_take_a_name_of_frx_own_commands(fresh_plugins):
 def test_the_console_script_and_the_module_run_main():
     text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     assert 'frx = "frx_plugin.commands.cli:main"' in text
-    proc = subprocess.run([sys.executable, "-m", "frx_plugin", "--version"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "frx_plugin", "--version"], capture_output=True, text=True, timeout=HANG_LIMIT_S)
     assert proc.returncode == 0 and proc.stdout.startswith("frx "), proc.stderr

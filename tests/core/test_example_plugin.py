@@ -19,6 +19,7 @@ import torch
 from frx_plugin import plugins
 from frx_plugin.plugins import find_estimator, get_plugin_manager
 from frx_plugin.specs import open_estimator, open_probe, probe_for
+from tests.ddp_launch import HANG_LIMIT_S
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "frx_example_plugin"
 
@@ -34,7 +35,7 @@ def installed(tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
          "--target", str(target), str(source)],
-        capture_output=True, text=True, env=env, cwd=work, timeout=300,
+        capture_output=True, text=True, env=env, cwd=work, timeout=HANG_LIMIT_S,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert list(target.glob("frx_example_plugin-0.1.0.dist-info/entry_points.txt"))

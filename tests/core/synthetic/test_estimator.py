@@ -1,7 +1,6 @@
 """The built-in synthetic attribute estimator: what it reads, its reported accuracy, its on-disk cache, the hook."""
 
 import json
-import time
 import warnings
 
 import pytest
@@ -49,12 +48,10 @@ def trained(cache, one_thread):
     """The SMALL estimator, trained once through the cache (so the cache file exists afterwards)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FRX_CACHE_DIR", str(cache))
-        started = time.perf_counter()
         estimator = load_or_train_synthetic_estimator(**SMALL)
-        seconds = time.perf_counter() - started
         path = synthetic_estimator_path(**SMALL)
     assert path.is_file()
-    return estimator, path, seconds
+    return estimator, path
 
 
 @pytest.fixture
@@ -80,7 +77,7 @@ def _quantized(images: torch.Tensor) -> torch.Tensor:
 
 
 def test_it_reads_the_visible_attributes_of_new_identities(trained):
-    estimator, _, _ = trained
+    estimator, _ = trained
     assert isinstance(estimator, AttributeEstimator)
     assert estimator.input_shape == (3, 32, 32) and estimator.attributes == SYNTHETIC_SCHEMA.names
     # other identities (and another seed: other people, other noise textures) than it was trained on
@@ -106,7 +103,7 @@ def test_it_reads_the_visible_attributes_of_new_identities(trained):
 
 
 def test_reported_accuracy_is_that_of_the_held_out_identities(trained):
-    estimator, _, _ = trained
+    estimator, _ = trained
     world = estimator.training_world
     held = estimator.held_out_indices()
     held_ids = set(estimator.held_out_identities)
@@ -127,7 +124,7 @@ def test_reported_accuracy_is_that_of_the_held_out_identities(trained):
 
 
 def test_estimate_rejects_images_of_another_shape_naming_both(trained):
-    estimator, _, _ = trained
+    estimator, _ = trained
     with pytest.raises(EstimatorError, match=r"\(3, 32, 32\).*\(2, 3, 64, 64\)"):
         estimator.estimate(torch.rand(2, 3, 64, 64))
     with pytest.raises(EstimatorError, match=r"\(3, 32, 32\).*\(2, 1, 32, 32\)"):
@@ -138,7 +135,7 @@ def test_estimate_rejects_images_of_another_shape_naming_both(trained):
 
 
 def test_estimate_reads_in_batches_the_same_as_at_once(trained):
-    estimator, _, _ = trained
+    estimator, _ = trained
     images = SyntheticFaceWorld(80, 4, size=32, first_identity=100_000).render(torch.arange(300))
     whole = estimator.estimate(images)
     parts = [estimator.estimate(images[i : i + 7]) for i in range(0, 300, 7)]
@@ -187,11 +184,9 @@ def test_bad_configurations_are_errors_naming_the_setting():
 
 
 def test_a_second_call_loads_the_cached_estimator(trained, in_cache, no_training):
-    estimator, path, seconds = trained
+    estimator, path = trained
     assert path.parent == in_cache / "estimators" and path.name.startswith("synthetic-") and path.suffix == ".safetensors"
-    started = time.perf_counter()
-    again = load_or_train_synthetic_estimator(**SMALL)
-    assert time.perf_counter() - started < seconds / 2
+    again = load_or_train_synthetic_estimator(**SMALL)  # no_training: a retraining fails the test (no clock needed)
     assert again.config == estimator.config and again.accuracy == estimator.accuracy
     assert again.held_out_identities == estimator.held_out_identities
     images = SyntheticFaceWorld(20, 2, size=32, first_identity=100_000).render(torch.arange(40))
@@ -204,7 +199,7 @@ def test_a_second_call_loads_the_cached_estimator(trained, in_cache, no_training
 
 
 def test_another_configuration_is_another_file(trained, in_cache):
-    _, path, _ = trained
+    _, path = trained
     others = {synthetic_estimator_path(**{**SMALL, key: value})
               for key, value in [("epochs", 14), ("seed", 1), ("size", 64), ("lr", 1e-3), ("held_out_fraction", 0.25)]}
     assert len(others) == 5 and path not in others
@@ -214,7 +209,7 @@ def test_another_configuration_is_another_file(trained, in_cache):
 def test_the_cache_file_has_no_pickle_and_a_json_description(trained):
     from safetensors import safe_open
 
-    _, path, _ = trained
+    _, path = trained
     with safe_open(str(path), framework="pt") as handle:
         description = json.loads(handle.metadata()[est.ESTIMATOR_METADATA])
         keys = set(handle.keys())
@@ -226,7 +221,7 @@ def test_the_cache_file_has_no_pickle_and_a_json_description(trained):
 
 def _copy_cache(trained, tmp_path, monkeypatch):
     """A private cache holding a copy of the trained file (so the tests can damage it)."""
-    _, path, _ = trained
+    _, path = trained
     monkeypatch.setenv("FRX_CACHE_DIR", str(tmp_path))
     copy = synthetic_estimator_path(**SMALL)
     copy.parent.mkdir(parents=True)
