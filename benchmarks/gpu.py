@@ -74,7 +74,7 @@ for _path in (_ROOT / "adapters", _ROOT):  # this checkout's frx first, whatever
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-import torch
+import torch  # noqa: E402 - after the path set-up above
 
 MIB = 2**20
 #: what two runs of the same pass may differ in besides the measures

@@ -94,7 +94,9 @@ def _estimate_record(estimate: MetricEstimate | None) -> dict[str, Any] | None:
     rate is 0 (infinite) also says ``"infinite": true``."""
     if estimate is None:
         return None
-    clean = lambda x: x if math.isfinite(x) else None
+    def clean(x: float) -> float | None:
+        return x if math.isfinite(x) else None
+
     record = {"value": clean(estimate.value), "low": clean(estimate.low), "high": clean(estimate.high),
               "undefined": estimate.undefined, "replicates": estimate.replicates}
     if estimate.value == math.inf:

@@ -100,7 +100,9 @@ def reference_summaries(fnmr, fmr, alpha=0.5):
         total = sum(abs(a - b) for a in x for b in x)
         return n / (n - 1) * total / (2 * n * n * np.mean(x))
 
-    spread = lambda x: max(abs(a - b) for a in x for b in x)
+    def spread(x):
+        return max(abs(a - b) for a in x for b in x)
+
     return {"fnmr_ratio": max(fnmr) / min(fnmr), "fmr_ratio": max(fmr) / min(fmr),
             "fdr": 1 - (alpha * spread(fmr) + (1 - alpha) * spread(fnmr)), "garbe": alpha * gini(fmr) + (1 - alpha) * gini(fnmr)}
 
@@ -272,11 +274,13 @@ def test_continuous_bands_and_missing_labels():
 def test_differentials_make_no_tensor_on_the_default_device():
     z, identity, labels = planted_world(50, 4)
     ver = verification(z.float(), identity, 1e-2)
-    call = lambda: demographic_differentials(z.float(), identity, labels, SCHEMA, ver, n_bootstrap=16, min_pairs=5)
+    def call():
+        return demographic_differentials(z.float(), identity, labels, SCHEMA, ver, n_bootstrap=16, min_pairs=5)
     with torch.device("meta"):
         on_meta = call()
     assert on_meta.to_record() == call().to_record()
-    curves = lambda: group_score_curves(z.float(), identity, labels["hair"], SCHEMA["hair"]).to_record()
+    def curves():
+        return group_score_curves(z.float(), identity, labels["hair"], SCHEMA["hair"]).to_record()
     with torch.device("meta"):
         curves_on_meta = curves()
     assert curves_on_meta == curves()
