@@ -74,7 +74,7 @@ import torch
 
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.errors import AnalysisError
-from frx_plugin.leakage.functional import MetricEstimate, bootstrap_estimate
+from frx_plugin.leakage.functional import MetricEstimate
 from frx_plugin.randomness import poisson_bootstrap_weights
 from frx_plugin.report import Verification
 from frx_plugin.verification import ScoredPairs, genuine_pairs, prepare_embeddings, score_blocks
@@ -296,7 +296,7 @@ def _counts(z: torch.Tensor, identity: torch.Tensor, who: torch.Tensor, slots: t
     if keys:
         key, count = torch.unique(torch.cat(keys), return_counts=True)
         pair, slot = key // n_slots, key % n_slots
-        pairs, column = torch.unique(pair, return_inverse=True)
+        pairs, column = torch.unique_consecutive(pair, return_inverse=True)  # the keys are sorted, so their pairs are
         # the weights are whole numbers: float32 (half the memory traffic) holds every product and every sum exactly
         # while the largest possible sum, (max weight)² · Σ count, stays below 2^24
         exact = float(weights.max()) ** 2 * float(count.sum()) < _FLOAT32_EXACT
@@ -332,11 +332,22 @@ def _spread(rates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return ratio, high - low, gini
 
 
-def _estimate(values: torch.Tensor) -> MetricEstimate:
-    """Row 0 is the point value, the rest its bootstrap replicates (±∞ count as undefined)."""
-    values = values.to("cpu", torch.float64)
-    replicates = torch.where(torch.isinf(values[1:]), math.nan, values[1:])
-    return bootstrap_estimate(float(values[0]), replicates if replicates.numel() else None)
+def _estimates(columns: torch.Tensor) -> list[MetricEstimate]:
+    """One estimate per column of (1 + R, M) values: row 0 the point value, the rest its bootstrap replicates.
+
+    As :func:`~frx_plugin.leakage.functional.bootstrap_estimate` column by column (±∞ replicates count as
+    undefined; no interval with fewer than half of them finite), in one quantile call for all M.
+    """
+    values = columns.to("cpu", torch.float64)
+    points, replicates = values[0].tolist(), torch.where(torch.isinf(values[1:]), math.nan, values[1:])
+    total = replicates.shape[0]
+    if total == 0:
+        return [MetricEstimate(point, math.nan, math.nan, 0, 0) for point in points]
+    finite = (~torch.isnan(replicates)).sum(0).tolist()
+    quantiles = torch.tensor([0.025, 0.975], dtype=torch.float64, device="cpu")
+    low, high = torch.nanquantile(replicates, quantiles, dim=0).tolist()
+    return [MetricEstimate(point, lo if n and n >= 0.5 * total else math.nan, hi if n and n >= 0.5 * total else math.nan,
+                           total - n, total) for point, lo, hi, n in zip(points, low, high, finite)]
 
 
 def _too_small(pairs: int, identities: int, min_pairs: int, min_identities: int, kind: str) -> str | None:
@@ -354,6 +365,7 @@ def _attribute_result(attribute: Attribute, names: list[str], spans, counts: dic
     fnmr = torch.where(c["genuine"] > 0, c["misses"] / c["genuine"].clamp_min(1e-300), math.nan)
     fmr = torch.where(c["impostor"] > 0, c["matches"] / c["impostor"].clamp_min(1e-300), math.nan)
     fmr_pairs = max(settings["min_pairs"], math.ceil(1.0 / settings["fmr"] - 1e-9))
+    fnmr_estimates, fmr_estimates = _estimates(fnmr), _estimates(fmr)
     groups, fnmr_ok, fmr_ok = [], [], []
     for g, label in enumerate(names):
         genuine, impostor = int(c["genuine"][0, g]), int(c["impostor"][0, g])
@@ -367,8 +379,8 @@ def _attribute_result(attribute: Attribute, names: list[str], spans, counts: dic
         groups.append(GroupRates(
             label=label, images=int(c["images"][g]), genuine_pairs=genuine, genuine_identities=int(c["genuine_identities"][g]),
             false_non_matches=int(c["misses"][0, g]), impostor_pairs=impostor, impostor_identities=int(c["impostor_identities"][g]),
-            false_matches=int(c["matches"][0, g]), fnmr=_estimate(fnmr[:, g]) if why_fnmr is None else None,
-            fmr=_estimate(fmr[:, g]) if why_fmr is None else None, fnmr_too_small=why_fnmr, fmr_too_small=why_fmr,
+            false_matches=int(c["matches"][0, g]), fnmr=fnmr_estimates[g] if why_fnmr is None else None,
+            fmr=fmr_estimates[g] if why_fmr is None else None, fnmr_too_small=why_fnmr, fmr_too_small=why_fmr,
             low=low, high=high))
     rows = fnmr.shape[0]
     undefined = torch.full((rows,), math.nan, dtype=torch.float64, device="cpu")
@@ -381,7 +393,7 @@ def _attribute_result(attribute: Attribute, names: list[str], spans, counts: dic
     summaries = {"fnmr_ratio": fnmr_ratio, "fmr_ratio": fmr_ratio, "fdr": fdr, "garbe": garbe}
     replicates = {"fnmr": fnmr[1:], "fmr": fmr[1:], **{name: value[1:] for name, value in summaries.items()}}
     return AttributeDifferentials(attribute.name, attribute.kind, groups, replicates=replicates,
-                                  **{name: _estimate(value) for name, value in summaries.items()})
+                                  **dict(zip(summaries, _estimates(torch.stack(list(summaries.values()), 1)))))
 
 
 @torch.no_grad()
