@@ -51,6 +51,9 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "overwrite": False,
 }
 
+#: The identity-disjoint folds of the demo's analysis passes (the callback's default).
+DEMO_FOLDS = 5
+
 #: What ``frx demo`` writes into its folder (an earlier run's are refused unless --overwrite); Lightning's CSV logs
 #: go to ``logs/version_N``, a new version per run.
 DEMO_RESULTS = (HISTORY_JSON, HISTORY_TENSORS, BACKBONE_FILE, "leakage.png", "decoded.png", "recovery.png", "report.html")
@@ -188,9 +191,12 @@ def check_demo_options(opts: dict[str, Any]) -> None:
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {opts[key]}")
     if opts["identities"] < 2:
         raise ValueError("--identities must be at least 2")
-    if opts["probe_identities"] < 2 or opts["probe_images_per_identity"] < 2:
-        raise ValueError(f"--probe-identities and --probe-images-per-identity must be at least 2 (verification needs pairs of the same "
-                         f"person and of different people), got {opts['probe_identities']} and {opts['probe_images_per_identity']}")
+    if opts["probe_identities"] < DEMO_FOLDS:
+        raise ValueError(f"--probe-identities must be at least {DEMO_FOLDS} (each of the {DEMO_FOLDS} identity-disjoint folds of "
+                         f"the leakage heads needs its own), got {opts['probe_identities']}")
+    if opts["probe_images_per_identity"] < 2:
+        raise ValueError(f"--probe-images-per-identity must be at least 2 (verification needs pairs of the same person), "
+                         f"got {opts['probe_images_per_identity']}")
     if isinstance(opts["n_bootstrap"], bool) or not isinstance(opts["n_bootstrap"], int) or opts["n_bootstrap"] < 0:
         raise ValueError(f"--n-bootstrap must be at least 0 (0: no intervals), got {opts['n_bootstrap']}")
     if not isinstance(opts["size"], int) or opts["size"] < 32 or opts["size"] % 32:

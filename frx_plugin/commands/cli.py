@@ -20,6 +20,7 @@ from frx_plugin.commands.common import (
     check_output_folder,
     command_line,
     describe_kept,
+    end_progress_line,
     forget_outputs,
     ignore_signals,
     open_model_and_probe,
@@ -377,9 +378,11 @@ def run_command(name: str, run: Callable[[], Any]) -> int:
         except (Interrupted, KeyboardInterrupt) as exc:
             ignore_signals()  # a second Ctrl-C does not cut the line short
             stopped = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+            end_progress_line()
             print(f"frx {name}: interrupted ({stopped.signal_name}); {describe_kept()}", file=sys.stderr, flush=True)
             return stopped.exit_code
         except Exception as exc:  # noqa: BLE001 - sorted below: one line, or a traceback for a bug
+            end_progress_line()
             line = error_line(exc)
             if line is None:
                 traceback.print_exc()

@@ -17,6 +17,9 @@ from typing import Any, Callable, Iterator, Sequence
 from frx_plugin.errors import OutputError
 
 
+_bar = {"open": False}  # a progress bar is drawn on stderr's current line
+
+
 def progress_bar():
     """A one-line progress bar on stderr when it is a terminal; None otherwise."""
     if not sys.stderr.isatty():
@@ -26,8 +29,16 @@ def progress_bar():
         filled = int(30 * done / max(total, 1))
         end = "\n" if done >= total else ""
         print(f"\r{stage:<16} [{'#' * filled}{'.' * (30 - filled)}] {done:,}/{total:,}", end=end, file=sys.stderr, flush=True)
+        _bar["open"] = done < total
 
     return show
+
+
+def end_progress_line() -> None:
+    """End a progress bar's unfinished line, so that a message after it starts a line of its own."""
+    if _bar["open"]:
+        print(file=sys.stderr, flush=True)
+        _bar["open"] = False
 
 
 def open_model_and_probe(backbone: str, probe: str | None = None, pairs: str | None = None,
