@@ -37,14 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from frx_plugin.options import check_options
-from frx_plugin.plugins import (
-    PluginError,
-    Registration,
-    backbones,
-    estimators,
-    probe_sets,
-    require_estimator,
-)
+from frx_plugin.plugins import PluginError, Registration, backbones, estimators, probe_sets, require_estimator
 
 __all__ = ["Spec", "parse_spec", "open_backbone", "open_probe", "open_estimator", "probe_for", "OPTIONAL_MODULES",
            "missing_module_message"]

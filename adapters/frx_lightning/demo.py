@@ -23,11 +23,7 @@ from frx_plugin.hookspecs import hookimpl
 from frx_plugin.models import BACKBONE_FILE, ArcFaceHead, ResidualFaceNet, save_backbone
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.report import Report
-from frx_plugin.synthetic import (
-    SyntheticFaceDataset,
-    SyntheticFaceWorld,
-    SyntheticProbeSet,
-)
+from frx_plugin.synthetic import SyntheticFaceDataset, SyntheticFaceWorld, SyntheticProbeSet
 from frx_plugin.two_stage import TwoStageConfig
 
 DEMO_DEFAULTS: dict[str, Any] = {
@@ -249,10 +245,7 @@ def run_demo(options: dict[str, Any]) -> int:
     )
     two_stage = {}
     if opts["two_stage"]:
-        from frx_plugin.synthetic.estimator import (
-            SYNTHETIC_ESTIMATOR_DEFAULTS,
-            synthetic_estimator_path,
-        )
+        from frx_plugin.synthetic.estimator import SYNTHETIC_ESTIMATOR_DEFAULTS, synthetic_estimator_path
 
         cached = synthetic_estimator_path(**dict(SYNTHETIC_ESTIMATOR_DEFAULTS, size=opts["size"]))
         if not cached.exists():

@@ -49,11 +49,7 @@ import torch
 
 from frx_plugin.commands.benchmark_tables import benchmark_csv, benchmark_markdown
 from frx_plugin.commands.common import check_output_folder
-from frx_plugin.counterfactual.measures import (
-    choose_counterfactual_path,
-    counterfactual_embedder,
-    counterfactual_measures,
-)
+from frx_plugin.counterfactual.measures import choose_counterfactual_path, counterfactual_embedder, counterfactual_measures
 from frx_plugin.errors import AnalysisError
 from frx_plugin.history import atomic_write_text
 from frx_plugin.model import hook_embedder
@@ -381,8 +377,7 @@ def _analysed(probe_set: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _check_sources(backbones: Sequence[str], embedding_files: Sequence[str]) -> None:
     """Every spec's kind is installed (an unknown kind lists the installed ones) and every embedding file exists."""
-    from frx_plugin.plugins import PluginError
-    from frx_plugin.plugins import backbones as backbone_kinds
+    from frx_plugin.plugins import PluginError, backbones as backbone_kinds
     from frx_plugin.specs import parse_spec
 
     kinds = backbone_kinds()

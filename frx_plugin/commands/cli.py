@@ -28,18 +28,8 @@ from frx_plugin.commands.common import (
     stop_on_signals,
     watched_folders,
 )
-from frx_plugin.commands.registry import (
-    OPTIONAL_COMMANDS,
-    missing_command_message,
-    plugin_commands,
-)
-from frx_plugin.plugins import (
-    backbones,
-    estimators,
-    failed_plugins,
-    get_plugin_manager,
-    probe_sets,
-)
+from frx_plugin.commands.registry import OPTIONAL_COMMANDS, missing_command_message, plugin_commands
+from frx_plugin.plugins import backbones, estimators, failed_plugins, get_plugin_manager, probe_sets
 
 #: frx's own subcommands (a plugin cannot register these names).
 CORE_COMMANDS = ("analyze", "explain", "benchmark", "report", "plugins")
@@ -71,14 +61,7 @@ def _analysis_config(**fields: Any):
 def _analyze(args: argparse.Namespace) -> int:
     import csv
 
-    from frx_plugin.commands.analyze import (
-        ANALYSIS_FILE,
-        CSV_COLUMNS,
-        analyze,
-        format_differentials_table,
-        format_leakage_table,
-        leakage_rows,
-    )
+    from frx_plugin.commands.analyze import ANALYSIS_FILE, CSV_COLUMNS, analyze, format_differentials_table, format_leakage_table, leakage_rows
 
     attributes = attribute_list("--attributes", args.attributes)
     config = _analysis_config(n_folds=args.folds, n_bootstrap=args.bootstrap, seed=args.seed, fmr=args.fmr, head=args.head, C=args.C,
@@ -121,12 +104,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from frx_plugin.commands.explain import (
-        EXPLANATIONS_FILE,
-        FIGURE_FILE,
-        check_options,
-        explain,
-    )
+    from frx_plugin.commands.explain import EXPLANATIONS_FILE, FIGURE_FILE, check_options, explain
 
     check_options(args.fmr, args.max_pairs, args.path, args.latent_mode, 4, flags=True)
     if args.backbone is not None and args.embeddings is not None:

@@ -9,13 +9,13 @@ import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from frx_plugin.errors import OutputError
-
 
 _bar = {"open": False}  # a progress bar is drawn on stderr's current line
 
@@ -28,6 +28,7 @@ def progress_bar():
     def show(done: int, total: int, stage: str) -> None:
         filled = int(30 * done / max(total, 1))
         end = "\n" if done >= total else ""
+        _bar["open"] = True  # before drawing: a signal may arrive as soon as the line is out
         print(f"\r{stage:<16} [{'#' * filled}{'.' * (30 - filled)}] {done:,}/{total:,}", end=end, file=sys.stderr, flush=True)
         _bar["open"] = done < total
 

@@ -36,18 +36,8 @@ from typing import Any, Callable
 
 import torch
 
-from frx_plugin.counterfactual import (
-    CounterfactualError,
-    PairExplanation,
-    error_attribution,
-    explain_errors,
-    pair_values,
-)
-from frx_plugin.counterfactual.measures import (
-    choose_counterfactual_path,
-    counterfactual_embedder,
-    probe_decision_errors,
-)
+from frx_plugin.counterfactual import CounterfactualError, PairExplanation, error_attribution, explain_errors, pair_values
+from frx_plugin.counterfactual.measures import choose_counterfactual_path, counterfactual_embedder, probe_decision_errors
 from frx_plugin.errors import OutputError
 from frx_plugin.history import atomic_write_text
 from frx_plugin.model import embed_probe_set
@@ -94,7 +84,8 @@ def _trained_backbone(demo_dir: Path, say: Callable[[str], None]):
         try:
             code = run_plugin_command("demo", ["--out", str(demo_dir)])  # the command a training adapter registers
         except OutputError as exc:  # checked before it trains: say it for --demo-dir
-            raise OutputError(f"--demo-dir {demo_dir} has no {BACKBONE_FILE}, and frx demo cannot train one there: {exc}") from None
+            raise OutputError(f"--demo-dir {demo_dir} has no {BACKBONE_FILE}, and frx demo cannot train one there ({exc}); "
+                              f"run frx demo --out {demo_dir} --overwrite, or pick another --demo-dir") from None
         if code is None:
             raise FileNotFoundError(
                 f"no trained backbone at {path}, and no training adapter to make one: "

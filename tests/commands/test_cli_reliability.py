@@ -240,9 +240,21 @@ def test_demo_refuses_an_earlier_run_and_overwrite_replaces_it_whole(tmp_path, f
     assert {name: (out / name).read_bytes() for name in before} == before
     replaced = frx("demo", "--out", out, "--epochs", "2", *TINY_DEMO, "--overwrite")
     assert replaced.returncode == 0, replaced.stderr[-2000:]
-    assert f"removed the earlier run's history.json, history.safetensors, backbone.safetensors" in replaced.stderr
+    assert "removed the earlier run's history.json, history.safetensors, backbone.safetensors" in replaced.stderr
     records = json.loads((out / "history.json").read_text())["records"]
     assert [r["epoch"] for r in records] == [0, 1, 2]  # this run's passes only, not appended to the first run's
+
+
+def test_explain_does_not_train_its_demo_over_an_earlier_demo_run(tmp_path, frx):
+    """A demo folder with an interrupted run's history and no backbone: frx explain says so instead of training there."""
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "history.json").write_text('{"an": "earlier run"}')
+    proc = frx("explain", "--demo-dir", demo, "--out", tmp_path / "explained")
+    assert proc.returncode == 2
+    line = one_line(proc.stderr.split("\n", 1)[1])  # after the line that says it would train one
+    assert line.startswith(f"frx explain: error: --demo-dir {demo} has no backbone.safetensors") and "already holds results (history.json)" in line
+    assert (demo / "history.json").read_text() == '{"an": "earlier run"}' and not (tmp_path / "explained").exists()
 
 
 # --------------------------------------------------------------------------- signals
@@ -261,7 +273,7 @@ def test_sigterm_stops_demo_with_a_nonzero_code_and_says_what_it_kept(tmp_path):
         assert time.monotonic() < deadline, "the demo wrote no history"
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=HANG_LIMIT_S)
+    _, stderr = proc.communicate(timeout=HANG_LIMIT_S)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     records = json.loads((out / "history.json").read_text())["records"]  # valid JSON: written atomically
     last = stderr.strip().splitlines()[-1]
@@ -274,7 +286,7 @@ def test_sigint_stops_analyze_and_leaves_the_earlier_analysis_as_it_was(tmp_path
     out = tmp_path / "out"
     small = embedding_file(tmp_path / "small.safetensors")
     assert subprocess.run([sys.executable, "-m", "frx_plugin", "analyze", "--embeddings", str(small), "--out", str(out), "--bootstrap", "5"],
-                          capture_output=True, timeout=HANG_LIMIT_S).returncode == 0
+                          capture_output=True, timeout=HANG_LIMIT_S, check=False).returncode == 0
     earlier = (out / "analysis.json").read_bytes()
     # 60,000 samples: the verification of every pair keeps it busy long after its first progress line
     big = embedding_file(tmp_path / "big.safetensors", n_identities=15_000, per_identity=4, dim=32)
@@ -329,7 +341,8 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _without_insightface(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", WITHOUT_INSIGHTFACE, *map(str, args)], capture_output=True, text=True, timeout=HANG_LIMIT_S)
+    return subprocess.run([sys.executable, "-c", WITHOUT_INSIGHTFACE, *map(str, args)], capture_output=True, text=True, timeout=HANG_LIMIT_S,
+                          check=False)
 
 
 def test_an_insightface_spec_without_the_extra_names_what_to_install(tmp_path):
