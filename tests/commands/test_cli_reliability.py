@@ -282,11 +282,9 @@ def test_sigterm_stops_demo_with_a_nonzero_code_and_says_what_it_kept(tmp_path):
     assert "Traceback" not in stderr and not (out / "backbone.safetensors").exists()
 
 
-def test_sigint_stops_analyze_and_leaves_the_earlier_analysis_as_it_was(tmp_path):
+def test_sigint_stops_analyze_and_leaves_the_earlier_analysis_as_it_was(tmp_path, frx):
     out = tmp_path / "out"
-    small = embedding_file(tmp_path / "small.safetensors")
-    assert subprocess.run([sys.executable, "-m", "frx_plugin", "analyze", "--embeddings", str(small), "--out", str(out), "--bootstrap", "5"],
-                          capture_output=True, timeout=HANG_LIMIT_S, check=False).returncode == 0
+    assert frx("analyze", "--embeddings", embedding_file(tmp_path / "small.safetensors"), "--out", out, "--bootstrap", "5").returncode == 0
     earlier = (out / "analysis.json").read_bytes()
     # 60,000 samples: the verification of every pair keeps it busy long after its first progress line
     big = embedding_file(tmp_path / "big.safetensors", n_identities=15_000, per_identity=4, dim=32)
