@@ -79,7 +79,7 @@ def main() -> None:
     demo = out / "demo"
     started = time.perf_counter()
     if not (args.reuse and (demo / BACKBONE_FILE).is_file()):
-        subprocess.run([sys.executable, "-m", "frx_plugin", "demo", "--out", str(demo)], check=True)
+        subprocess.run([sys.executable, "-m", "frx_plugin", "demo", "--out", str(demo), "--overwrite"], check=True)
     trained = time.perf_counter()
     model, description = load_backbone(demo / BACKBONE_FILE)
     probe = SyntheticProbeSet(**description["probe"])

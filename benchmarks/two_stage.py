@@ -63,7 +63,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     demo = args.demo_dir or out / "demo"
     if not (demo / BACKBONE_FILE).is_file():
-        subprocess.run([sys.executable, "-m", "frx_plugin", "demo", "--out", str(demo)], check=True)
+        subprocess.run([sys.executable, "-m", "frx_plugin", "demo", "--out", str(demo), "--overwrite"], check=True)
     model, description = load_backbone(demo / BACKBONE_FILE)
     probe = SyntheticProbeSet(**description["probe"])
 

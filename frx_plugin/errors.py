@@ -43,7 +43,12 @@ class DecoderDiverged(DecoderError):
     """A decoder whose training loss became NaN or infinite; its weights are left as before the fit."""
 
 
+class OutputError(ValueError):
+    """An output location that cannot take a command's results: a file where a folder is wanted, a path
+    under a file, a place that cannot be written, or one that holds an earlier run's results."""
+
+
 __all__ = [
     "AnalysisError", "CounterfactualError", "DecoderDiverged", "DecoderError", "EmbeddingSetError", "EstimatorError",
-    "ModelInputError", "PluginError", "SchemaError",
+    "ModelInputError", "OutputError", "PluginError", "SchemaError",
 ]

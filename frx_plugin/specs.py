@@ -31,16 +31,44 @@ from __future__ import annotations
 
 import inspect
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from frx_plugin.options import check_options
 from frx_plugin.plugins import PluginError, Registration, backbones, estimators, probe_sets, require_estimator
 
-__all__ = ["Spec", "parse_spec", "open_backbone", "open_probe", "open_estimator", "probe_for", "probe_with_kinds"]
+__all__ = ["Spec", "parse_spec", "open_backbone", "open_probe", "open_estimator", "probe_for", "probe_with_kinds",
+           "OPTIONAL_MODULES", "missing_module_message"]
 
 _OPTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+#: Modules that frx's optional extras install, by top-level name: the extra (``pip install 'frx[EXTRA]'``).
+OPTIONAL_MODULES = {"insightface": "insightface", "onnx": "insightface", "onnxruntime": "insightface", "lightning": "lightning"}
+
+
+def missing_module_message(exc: ModuleNotFoundError) -> str | None:
+    """One line for a module a part needs and the environment lacks (with the extra that installs it); None for
+    a module of frx itself (a broken install or a bug, which keeps its traceback)."""
+    name = (exc.name or "").split(".")[0]
+    if not name or name.startswith("frx"):
+        return None
+    extra = OPTIONAL_MODULES.get(name)
+    how = f"pip install 'frx[{extra}]'" if extra else "install the Python package that provides it"
+    return f"needs the Python module {name!r}, which is not installed: {how}"
+
+
+@contextmanager
+def _opening(what: str, text: str) -> Iterator[None]:
+    """A module missing while a part opens is a one-line PluginError naming the spec and what to install."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        message = missing_module_message(exc)
+        if message is None:
+            raise
+        raise PluginError(f"{what} {text!r}: {message}") from None
 
 
 @dataclass(frozen=True)
@@ -152,7 +180,8 @@ def open_backbone(text: str) -> tuple[Any, dict[str, Any]]:
         own = set()
     contract = {k: spec.options[k] for k in CONTRACT_OPTIONS if k in spec.options and k not in own}
     spec = replace(spec, options={k: v for k, v in spec.options.items() if k not in contract})
-    opened = registration.factory(**_options("backbone", spec, registration))
+    with _opening("backbone", text):
+        opened = registration.factory(**_options("backbone", spec, registration))
     model, facts = opened if isinstance(opened, tuple) else (opened, {})
     if contract:
         try:
@@ -170,14 +199,16 @@ def open_probe(text: str) -> Any:
         path = Path(text)
         readers = [reg for reg in registry.values() if path.suffix and path.suffix in getattr(reg.factory, "suffixes", ())]
         if readers and path.exists():
-            return readers[0].factory(str(path))
+            with _opening("probe set", text):
+                return readers[0].factory(str(path))
         if readers:
             raise FileNotFoundError(f"probe set {text!r}: no such file")
         raise _unknown("probe set", spec, registry)
     registration = registry[spec.kind]
     options = _options("probe set", spec, registration)
     try:
-        return registration.factory(**options)
+        with _opening("probe set", text):
+            return registration.factory(**options)
     except TypeError as exc:  # a wrong option name: say which ones there are
         raise ValueError(f"probe set {spec.text!r}: {exc}; {spec.kind} takes {inspect.signature(registration.factory)}") from None
 
@@ -204,7 +235,8 @@ def open_estimator(text: str, probe: Any) -> Any:
     """
     spec = parse_spec(text, "estimator")
     registration = _registration("estimator", spec, estimators())
-    return require_estimator(probe, spec.kind, _options("estimator", spec, registration, probe))[1]
+    with _opening("estimator", text):
+        return require_estimator(probe, spec.kind, _options("estimator", spec, registration, probe))[1]
 
 
 def probe_for(facts: dict[str, Any] | None = None, probe: Any = None, pairs: str | None = None,

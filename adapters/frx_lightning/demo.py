@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer, seed_everything
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
 from frx_lightning.callback import AttributeRecoveryCallback
+from frx_plugin.commands.common import Interrupted, check_output_folder
 from frx_plugin.figures import plot_leakage_history
+from frx_plugin.history import HISTORY_JSON, HISTORY_TENSORS
 from frx_plugin.hookspecs import hookimpl
 from frx_plugin.models import BACKBONE_FILE, ArcFaceHead, ResidualFaceNet, save_backbone
 from frx_plugin.plugins import get_plugin_manager
@@ -41,7 +44,15 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "two_stage": False,
     "decode_every_n_epochs": 6,
     "decoder_steps": 200,
+    "overwrite": False,
 }
+
+#: The identity-disjoint folds of the demo's analysis passes (the callback's default).
+DEMO_FOLDS = 5
+
+#: What ``frx demo`` writes into its folder (an earlier run's are refused unless --overwrite); Lightning's CSV logs
+#: go to ``logs/version_N``, a new version per run.
+DEMO_RESULTS = (HISTORY_JSON, HISTORY_TENSORS, BACKBONE_FILE, "leakage.png", "decoded.png", "recovery.png", "report.html")
 
 
 class FaceRecognitionModule(LightningModule):
@@ -168,21 +179,51 @@ def format_recovery_table(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(options: dict[str, Any]) -> int:
-    opts = dict(DEMO_DEFAULTS, **{k: v for k, v in options.items() if v is not None})
+def check_demo_options(opts: dict[str, Any]) -> None:
+    """A ``ValueError`` naming the first of ``frx demo``'s options out of its range (before anything is built)."""
     for key in ("epochs", "identities", "images_per_identity", "probe_identities", "probe_images_per_identity", "devices",
-                "decode_every_n_epochs", "decoder_steps"):
-        if int(opts[key]) < 1:
-            raise ValueError(f"frx demo: --{key.replace('_', '-')} must be at least 1, got {opts[key]}")
+                "every_n_epochs", "decode_every_n_epochs", "decoder_steps", "embedding_dim", "batch_size"):
+        if isinstance(opts[key], bool) or not isinstance(opts[key], int) or opts[key] < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {opts[key]}")
     if opts["identities"] < 2:
-        raise ValueError("frx demo: --identities must be at least 2")
+        raise ValueError("--identities must be at least 2")
+    if opts["probe_identities"] < DEMO_FOLDS:
+        raise ValueError(f"--probe-identities must be at least {DEMO_FOLDS} (each of the {DEMO_FOLDS} identity-disjoint folds of "
+                         f"the leakage heads needs its own), got {opts['probe_identities']}")
+    if opts["probe_images_per_identity"] < 2:
+        raise ValueError(f"--probe-images-per-identity must be at least 2 (verification needs pairs of the same person), "
+                         f"got {opts['probe_images_per_identity']}")
+    if isinstance(opts["n_bootstrap"], bool) or not isinstance(opts["n_bootstrap"], int) or opts["n_bootstrap"] < 0:
+        raise ValueError(f"--n-bootstrap must be at least 0 (0: no intervals), got {opts['n_bootstrap']}")
+    if not isinstance(opts["size"], int) or opts["size"] < 32 or opts["size"] % 32:
+        raise ValueError(f"--size must be a positive multiple of 32 (the backbone halves it five times), got {opts['size']}")
+    if opts["two_stage"] and opts["decode_every_n_epochs"] % opts["every_n_epochs"]:
+        raise ValueError(f"--decode-every-n-epochs ({opts['decode_every_n_epochs']}) must be a multiple of --every-n-epochs "
+                         f"({opts['every_n_epochs']}): a two-stage pass runs inside an analysis pass")
     n_train = opts["identities"] * opts["images_per_identity"]
     if n_train // opts["devices"] < opts["batch_size"]:
         raise ValueError(
-            f"frx demo: {opts['identities']} identities × {opts['images_per_identity']} images = {n_train} training images "
+            f"{opts['identities']} identities × {opts['images_per_identity']} images = {n_train} training images "
             f"give fewer than one batch of {opts['batch_size']} per device on {opts['devices']} device(s); raise --identities"
         )
-    out = Path(opts["out"])
+
+
+def run_demo(options: dict[str, Any]) -> int:
+    """``frx demo`` with ``options`` (its command-line options by name; ``None`` takes :data:`DEMO_DEFAULTS`): exit code.
+
+    Every option and the output folder are checked first; a folder that holds an earlier run's
+    results (:data:`DEMO_RESULTS`) is refused unless ``overwrite``, which removes them before training
+    (the callback would otherwise continue their history). SIGTERM during training is an
+    :class:`~frx_plugin.commands.common.Interrupted`, never Lightning's exit with code 0.
+    """
+    opts = dict(DEMO_DEFAULTS, **{k: v for k, v in options.items() if v is not None})
+    check_demo_options(opts)
+    out = check_output_folder(opts["out"], "--out", DEMO_RESULTS, overwrite=bool(opts["overwrite"]))
+    earlier = [name for name in DEMO_RESULTS if (out / name).is_file()]
+    if earlier:  # --overwrite: asked to replace them
+        for name in earlier:
+            (out / name).unlink()
+        print(f"frx demo: --overwrite: removed the earlier run's {', '.join(earlier)} from {out}", file=sys.stderr, flush=True)
     seed_everything(opts["seed"], workers=True, verbose=False)
 
     train_world = SyntheticFaceWorld(opts["identities"], opts["images_per_identity"], seed=opts["seed"], size=opts["size"])
@@ -234,7 +275,10 @@ def run_demo(options: dict[str, Any]) -> int:
             deterministic=False,
         )
         started = time.perf_counter()
-        trainer.fit(model, loader)
+        try:
+            trainer.fit(model, loader)
+        except SIGTERMException:  # Lightning's way out after SIGTERM is a SystemExit with code 0: say it was stopped
+            raise Interrupted(signal.SIGTERM) from None
         elapsed = time.perf_counter() - started
     finally:
         pm.unregister(printer)

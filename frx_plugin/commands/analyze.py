@@ -31,9 +31,10 @@ from frx_plugin.leakage import analyze_embeddings
 from frx_plugin.report import Report
 from frx_plugin.verification import scored_verification
 
-__all__ = ["analyze", "ANALYSIS_FORMAT", "CSV_COLUMNS", "leakage_rows", "format_differentials_table", "format_leakage_table"]
+__all__ = ["analyze", "ANALYSIS_FILE", "ANALYSIS_FORMAT", "CSV_COLUMNS", "leakage_rows", "format_differentials_table", "format_leakage_table"]
 
 ANALYSIS_FORMAT = "frx.analysis/1"
+ANALYSIS_FILE = "analysis.json"
 CSV_COLUMNS = ("name", "kind", "group", "metric", "value", "low", "high", "leakage", "leakage_low", "leakage_high", "balanced_accuracy", "n", "reason")
 
 
@@ -88,7 +89,7 @@ def _write_analysis(out_dir: str | Path, source: str, config: AnalysisConfig, re
     document = {"format": ANALYSIS_FORMAT, "source": source, "options": config.to_json(), **report.to_record()}
     if estimated:
         document["estimated"] = dict(estimated)
-    atomic_write_text(Path(out_dir) / "analysis.json", json.dumps(document, indent=1, allow_nan=False))
+    atomic_write_text(Path(out_dir) / ANALYSIS_FILE, json.dumps(document, indent=1, allow_nan=False))
 
 
 def _analyze_file(

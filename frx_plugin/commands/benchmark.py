@@ -8,8 +8,10 @@ the cost of embedding (seconds per image, parameters, embedding size D). Writes,
 - ``benchmark.json`` (layout ``frx.benchmark/1``)::
 
     {"format": "frx.benchmark/1", "command": "...", "versions": {...}, "machine": "...",
-     "probe": "<source>", "n_samples": N, "n_identities": K, "fmrs": [0.001, 0.0001], "n_bootstrap": B,
-     "backbones": [{"spec": "...", "embedding_dim": D, "parameters": P | null,
+     "probe": "<what was analysed>", "n_samples": N, "n_identities": K, "attributes": [...],
+     "fmrs": [0.001, 0.0001], "n_bootstrap": B,
+     "backbones": [{"spec": "...", "data": {"source", "n_samples", "n_identities", "attributes"},
+                    "embedding_dim": D, "parameters": P | null,
                     "embed_seconds_per_image": s | null,
                     "verification": {"tar": {"0.001": {"value", "low", "high"}, ...}, "eer": {"value", "low", "high"}},
                     "analysis": <the pass's Report record>, "seconds": total, "error": null | "message"}, ...]}
@@ -19,7 +21,10 @@ the cost of embedding (seconds per image, parameters, embedding size D). Writes,
 - ``benchmark.md``: the same as tables (one row per backbone; one row per attribute with a column
   per backbone).
 
-A backbone whose analysis fails gets its ``error`` and the others go on.
+A backbone whose analysis fails gets its ``error`` and the others go on. ``probe``, ``n_samples``,
+``n_identities`` and ``attributes`` describe what was analysed: the probe set the backbones were
+embedded on, or, when only embedding files are compared, the file(s) (``null`` counts when files
+differ); each row's ``data`` says the same of that row (an embedding file: its own samples).
 
 Intervals of verification: every identity gets a Poisson(1) multiplicity per replicate (the
 hashed bootstrap of :mod:`frx_plugin.randomness`); an impostor pair weighs the product of its two
@@ -42,15 +47,16 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from frx_plugin.commands.benchmark_tables import benchmark_csv, benchmark_markdown
+from frx_plugin.commands.common import check_output_folder
 from frx_plugin.counterfactual.measures import choose_counterfactual_path, counterfactual_embedder, counterfactual_measures
+from frx_plugin.errors import AnalysisError
+from frx_plugin.history import atomic_write_text
 from frx_plugin.model import hook_embedder
 from frx_plugin.passes import AnalysisConfig, analyze_probe
-from frx_plugin.commands.benchmark_tables import benchmark_csv, benchmark_markdown
-from frx_plugin.history import atomic_write_text
-from frx_plugin.errors import AnalysisError
 from frx_plugin.report import json_safe
 
-__all__ = ["BENCHMARK_FORMAT", "BENCHMARK_FMRS", "verification_with_intervals", "run_benchmark", "check_output_folder"]
+__all__ = ["BENCHMARK_FORMAT", "BENCHMARK_FMRS", "verification_with_intervals", "run_benchmark"]
 
 BENCHMARK_FORMAT = "frx.benchmark/1"
 BENCHMARK_FMRS = (1e-3, 1e-4)
@@ -230,17 +236,6 @@ def verification_with_intervals(
     return out
 
 
-def check_output_folder(out: Path, overwrite: bool) -> None:
-    """Refuse a folder that already holds files (another run's) unless ``overwrite``; names some of them."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and not overwrite:
-        present = sorted(p.name for p in out.iterdir())
-        if present:
-            shown = ", ".join(present[:5]) + (" …" if len(present) > 5 else "")
-            raise ValueError(f"--out {out} already holds files ({shown}), perhaps another run's; pick an empty folder or pass --overwrite")
-
-
 def _parameters(model: Any) -> int | None:
     try:
         return int(sum(p.numel() for p in model.parameters()))
@@ -317,28 +312,33 @@ def run_benchmark(
 
     if not backbones and not embedding_files:
         raise ValueError("nothing to compare: pass at least one --backbone SPEC (or --embeddings FILE)")
+    if not backbones and (probe is not None or pairs is not None or estimators):
+        raise ValueError("--probe, --pairs and --estimator set what the backbones are embedded on; an embedding file is compared "
+                         "as it is: pass them with --backbone SPEC")
     out = Path(out_dir)
-    check_output_folder(out, overwrite)
+    check_output_folder(out, "--out", OUTPUT_FILES, overwrite=overwrite, any_file=True)
     _check_sources(backbones, embedding_files)
     config = AnalysisConfig(n_bootstrap=n_bootstrap, seed=seed, fmr=BENCHMARK_FMRS[0], differentials=True,
                             differential_curves=True)
-    given = probe is not None or pairs is not None  # then opened first: its errors come before training any backbone
-    probe_set = probe_for(None, probe, pairs, estimators, progress) if given else None
-    opened = _open_backbones(backbones, say)
-    if probe_set is None:
-        named = next((facts for _, _, facts, _ in opened if facts.get("probe")), None)
-        probe_set = probe_for(named, estimators=estimators, progress=progress)
-    rows = [_backbone_row(text, model, facts, open_seconds, probe_set, config, max_error_pairs, progress, say)
-            for text, model, facts, open_seconds in opened]
+    probe_set = None
+    if backbones:
+        given = probe is not None or pairs is not None  # then opened first: its errors come before training any backbone
+        probe_set = probe_for(None, probe, pairs, estimators, progress) if given else None
+        opened = _open_backbones(backbones, say)
+        if probe_set is None:
+            named = next((facts for _, _, facts, _ in opened if facts.get("probe")), None)
+            probe_set = probe_for(named, estimators=estimators, progress=progress)
+        rows = [_backbone_row(text, model, facts, open_seconds, probe_set, config, max_error_pairs, progress, say)
+                for text, model, facts, open_seconds in opened]
+    else:
+        rows = []
     rows += [_embedding_file_row(path, config, max_error_pairs, say) for path in embedding_files]
     document = {
         "format": BENCHMARK_FORMAT,
         "command": command,
         "versions": _versions(),
         "machine": _machine(),
-        "probe": probe_set.source,
-        "n_samples": len(probe_set),
-        "n_identities": int(torch.unique(probe_set.identity).numel()),
+        **_analysed(probe_set, rows),
         "fmrs": list(BENCHMARK_FMRS),
         "n_bootstrap": n_bootstrap,
         "estimated": dict(getattr(probe_set, "estimated", {}) or {}),
@@ -351,6 +351,28 @@ def run_benchmark(
     atomic_write_text(out / "benchmark.md", benchmark_markdown(document))
     document["files"] = [str(out / name) for name in ("benchmark.json", "benchmark.csv", "benchmark.md")]
     return document
+
+
+def _data(source: str, identity: torch.Tensor, names: Sequence[str]) -> dict[str, Any]:
+    """What one row analysed: its source, samples, identities and attributes."""
+    return {"source": source, "n_samples": int(identity.numel()), "n_identities": int(torch.unique(identity).numel()),
+            "attributes": list(names)}
+
+
+def _analysed(probe_set: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The document's description of what was analysed: the backbones' probe set, else the embedding file(s) as read."""
+    if probe_set is not None:
+        return {"probe": probe_set.source, **{k: v for k, v in _data(probe_set.source, probe_set.identity, probe_set.schema.names).items()
+                                              if k != "source"}}
+    data = [row["data"] for row in rows if row.get("data")]
+    paths = [row["spec"].removeprefix("embeddings:") for row in rows]
+    source = ("embedding-set file " if len(paths) == 1 else "embedding-set files ") + ", ".join(paths)
+
+    def agreed(key: str) -> Any:
+        values = {repr(d[key]) for d in data}
+        return data[0][key] if data and len(values) == 1 and len(data) == len(rows) else None
+
+    return {"probe": source, "n_samples": agreed("n_samples"), "n_identities": agreed("n_identities"), "attributes": agreed("attributes")}
 
 
 def _check_sources(backbones: Sequence[str], embedding_files: Sequence[str]) -> None:
@@ -386,7 +408,7 @@ def _backbone_row(text: str, model: Any, facts: dict, open_seconds: float, probe
                   max_error_pairs: int, progress: Callable | None, say: Callable[[str], None]) -> dict[str, Any]:
     """One backbone's row: its embedding cost and analysis, or its ``error`` (the others go on)."""
     start = time.perf_counter()
-    row: dict[str, Any] = {"spec": text, "error": None}
+    row: dict[str, Any] = {"spec": text, "data": _data(probe_set.source, probe_set.identity, probe_set.schema.names), "error": None}
     try:
         z, seconds = _embed(model, probe_set, config.batch_size, progress, f"embedding {text}")
         row.update(embedding_dim=int(z.shape[1]), parameters=_parameters(model), embed_seconds_per_image=seconds / len(probe_set))
@@ -410,6 +432,7 @@ def _embedding_file_row(path: str, config: AnalysisConfig, max_error_pairs: int,
         from frx_plugin.probe import ProbeSet
 
         z, identity, labels, schema = read_embedding_set(path)
+        row["data"] = _data(f"embedding-set file {path}", identity, schema.names)
         z = torch.nn.functional.normalize(z.to(torch.float32), dim=1)
         row["embedding_dim"] = int(z.shape[1])
         as_probe = ProbeSet(schema, identity, labels, source=str(path))

@@ -81,11 +81,25 @@ def benchmark_csv(document: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
+def _counts(data: dict[str, Any]) -> str:
+    attributes = data.get("attributes")
+    named = f" ({len(attributes)} attributes: {', '.join(attributes)})" if attributes else ""
+    return f"{data['n_samples']:,} samples of {data['n_identities']:,} identities{named}"
+
+
+def _analysed_line(document: dict[str, Any]) -> str:
+    """The first line under the title: what was analysed (the counts, or that the files differ) and the intervals."""
+    n, k = document.get("n_samples"), document.get("n_identities")
+    counts = f"{n:,} samples of {k:,} identities" if n is not None and k is not None else "the files differ in their samples (below)"
+    return f"{counts}; intervals are 95% over {document['n_bootstrap']} identity-bootstrap replicates."
+
+
 def benchmark_markdown(document: dict[str, Any]) -> str:
     """The comparison as Markdown: a summary table, then leakage, significance and error share per attribute."""
-    lines = [f"# frx benchmark on {document['probe']}", "",
-             f"{document['n_samples']:,} samples of {document['n_identities']:,} identities; intervals are 95% over "
-             f"{document['n_bootstrap']} identity-bootstrap replicates.", ""]
+    lines = [f"# frx benchmark on {document['probe']}", "", _analysed_line(document), ""]
+    files = [row for row in document["backbones"] if row["spec"].startswith("embeddings:") and row.get("data")]
+    if files and (len(files) > 1 or len(files) < len(document["backbones"])):  # then each file says what it holds
+        lines += [f"- `{row['spec']}`: {_counts(row['data'])}" for row in files] + [""]
     fmrs = document["fmrs"]
     lines.append("| backbone | D | parameters | ms / image | " + " | ".join(f"TAR @ FMR {f:g}" for f in fmrs) + " | EER |")
     lines.append("|---|---:|---:|---:|" + "---|" * (len(fmrs) + 1))

@@ -6,12 +6,28 @@ Plugins add subcommands through the ``frx_register_commands`` hook (:mod:`frx_pl
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from frx_plugin import __version__
-from frx_plugin.commands.common import command_line, open_model_and_probe, progress_bar
+from frx_plugin.commands.common import (
+    Interrupted,
+    attribute_list,
+    check_output_file,
+    check_output_folder,
+    command_line,
+    describe_kept,
+    end_progress_line,
+    forget_outputs,
+    ignore_signals,
+    open_model_and_probe,
+    progress_bar,
+    stop_on_signals,
+    watched_folders,
+)
 from frx_plugin.commands.registry import OPTIONAL_COMMANDS, missing_command_message, plugin_commands
 from frx_plugin.plugins import backbones, estimators, failed_plugins, get_plugin_manager, probe_sets
 from frx_plugin.specs import probe_with_kinds
@@ -19,26 +35,56 @@ from frx_plugin.specs import probe_with_kinds
 #: frx's own subcommands (a plugin cannot register these names).
 CORE_COMMANDS = ("analyze", "explain", "benchmark", "report", "plugins")
 
+#: Failures a command answers with one line and exit code 2: bad input or options, a missing file or
+#: module, a place it cannot write (a full disk, no permission, a read-only filesystem), a failed run.
+#: Any other exception is a bug: its traceback is printed, then a line asking to report it (exit code 1).
+EXPECTED_ERRORS = (OSError, ValueError, KeyError, RuntimeError, MemoryError)
+BUG_HINT = ("this is a bug in frx or in a plugin, not a mistake in the input; please report it on the project's issue tracker "
+            "with the command line and the traceback above")
+
+#: The AnalysisConfig fields that frx analyze's options set, and the options.
+_CONFIG_OPTIONS = {"n_folds": "--folds", "n_bootstrap": "--bootstrap", "fmr": "--fmr", "C": "--C",
+                   "min_class_samples": "--min-class-samples", "head": "--head"}
+
+
+def _analysis_config(**fields: Any):
+    """The AnalysisConfig of frx analyze's options; a value it refuses is a ValueError that also names the option."""
+    from frx_plugin.passes import AnalysisConfig
+
+    try:
+        return AnalysisConfig(**fields)
+    except ValueError as exc:
+        text = str(exc)
+        option = next((flag for name, flag in _CONFIG_OPTIONS.items() if text.startswith((f"{name} ", f"{name}:"))), None)
+        raise ValueError(f"{text} (option {option})" if option else text) from None
+
 
 def _analyze(args: argparse.Namespace) -> int:
     import csv
 
-    from frx_plugin.passes import AnalysisConfig
-    from frx_plugin.commands.analyze import CSV_COLUMNS, analyze, format_differentials_table, format_leakage_table, leakage_rows
+    from frx_plugin.commands.analyze import ANALYSIS_FILE, CSV_COLUMNS, analyze, format_differentials_table, format_leakage_table, leakage_rows
 
     args.probe = probe_with_kinds(args.probe, args.kinds)
-    attributes = [a.strip() for a in args.attributes.split(",") if a.strip()] if args.attributes else None
-    config = AnalysisConfig(n_folds=args.folds, n_bootstrap=args.bootstrap, seed=args.seed, fmr=args.fmr, head=args.head, C=args.C,
-                            min_class_samples=args.min_class_samples, differentials=not args.no_differentials, differential_curves=not args.no_differentials)
+    attributes = attribute_list("--attributes", args.attributes)
+    config = _analysis_config(n_folds=args.folds, n_bootstrap=args.bootstrap, seed=args.seed, fmr=args.fmr, head=args.head, C=args.C,
+                              min_class_samples=args.min_class_samples, differentials=not args.no_differentials,
+                              differential_curves=not args.no_differentials)
     if (args.embeddings is None) == (args.backbone is None):
         raise ValueError("pass --embeddings FILE or --backbone SPEC (one of them)")
+    if args.embeddings is not None and (args.probe or args.pairs or args.estimator or args.counterfactuals != "off"):
+        raise ValueError("--probe, --pairs, --estimator and --counterfactuals go with --backbone; an embedding file is analysed as it is")
+    check_output_folder(args.out, "--out", (ANALYSIS_FILE,), overwrite=args.overwrite)
     if args.embeddings is not None:
-        if args.probe or args.pairs or args.estimator or args.counterfactuals != "off":
-            raise ValueError("--probe, --pairs, --estimator and --counterfactuals go with --backbone; an embedding file is analysed as it is")
         report = analyze(args.embeddings, attributes=attributes, config=config, out_dir=args.out, progress=progress_bar(),
                          with_verification=not args.no_verification)
     else:
-        model, probe = open_model_and_probe(args.backbone, args.probe, args.pairs, args.estimator or (), progress_bar())
+        from frx_plugin.probe import select_attributes
+
+        def check(probe) -> None:  # an unknown attribute is named before the model is opened (when the probe set is given)
+            if attributes is not None:
+                select_attributes(probe, attributes)
+
+        model, probe = open_model_and_probe(args.backbone, args.probe, args.pairs, args.estimator or (), progress_bar(), check=check)
         report = analyze(model, probe, attributes=attributes, config=config, out_dir=args.out, model_name=args.backbone,
                          with_verification=not args.no_verification, progress=progress_bar(), counterfactuals=args.counterfactuals)
     for message in report.warnings:
@@ -55,21 +101,23 @@ def _analyze(args: argparse.Namespace) -> int:
         if differentials:
             print()
             print(differentials)
-        print(f"wrote {Path(args.out) / 'analysis.json'}")
+        print(f"wrote {Path(args.out) / ANALYSIS_FILE}")
     return 0
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from frx_plugin.commands.explain import FIGURE_FILE, explain
+    from frx_plugin.commands.explain import EXPLANATIONS_FILE, FIGURE_FILE, check_options, explain
 
     args.probe = probe_with_kinds(args.probe, args.kinds)
+    check_options(args.fmr, args.max_pairs, args.path, args.latent_mode, 4, flags=True)
+    if args.backbone is not None and args.embeddings is not None:
+        raise ValueError("pass --embeddings FILE or --backbone SPEC, not both")
+    if args.backbone is None and (args.probe or args.pairs or args.estimator):
+        raise ValueError("--probe, --pairs and --estimator go with --backbone SPEC")
+    check_output_folder(args.out, "--out", (EXPLANATIONS_FILE, FIGURE_FILE), overwrite=args.overwrite)
     model = probe = None
     if args.backbone is not None:
-        if args.embeddings is not None:
-            raise ValueError("pass --embeddings FILE or --backbone SPEC, not both")
         model, probe = open_model_and_probe(args.backbone, args.probe, args.pairs, args.estimator or (), progress_bar())
-    elif args.probe or args.pairs or args.estimator:
-        raise ValueError("--probe, --pairs and --estimator go with --backbone SPEC")
     document = explain(
         model, probe, demo_dir=args.demo_dir, embeddings_file=args.embeddings, out_dir=args.out, fmr=args.fmr,
         max_pairs=args.max_pairs, path=args.path, latent_mode=args.latent_mode, model_name=args.backbone,
@@ -101,7 +149,9 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _benchmark(args: argparse.Namespace) -> int:
     from frx_plugin.commands.benchmark import run_benchmark
+    from frx_plugin.commands.common import check_count
 
+    check_count("--bootstrap", args.bootstrap, 0)
     document = run_benchmark(
         args.backbone or (), args.probe, pairs=args.pairs, embedding_files=args.embeddings or (), estimators=args.estimator or (),
         out_dir=args.out, overwrite=args.overwrite, n_bootstrap=args.bootstrap, seed=args.seed, command=command_line(),
@@ -118,9 +168,11 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from frx_plugin.commands.report import write_report
+    from frx_plugin.commands.report import REPORT_FILE, write_report
 
-    path = write_report(args.folder, out=args.out)  # the command that made the results is the one the files record
+    target = Path(args.out) if args.out is not None else Path(args.folder) / REPORT_FILE
+    check_output_file(target, "--out" if args.out is not None else None, overwrite=args.overwrite)
+    path = write_report(args.folder, out=target)  # the command that made the results is the one the files record
     print(f"wrote {path}")
     return 0
 
@@ -163,6 +215,7 @@ def _add_analyze(sub) -> None:
                               "attribute, and the header entry frx.attributes (a JSON list of {name, kind, classes?, group?})")
     _model_options(analyze)
     analyze.add_argument("--out", required=True, help="output folder for analysis.json")
+    analyze.add_argument("--overwrite", action="store_true", help="replace the analysis.json of an earlier run in --out")
     analyze.add_argument("--folds", type=int, default=5, help="identity-disjoint folds (default 5)")
     analyze.add_argument("--seed", type=int, default=0, help="seed of the folds and the bootstrap (default 0)")
     analyze.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates over identities (default 200)")
@@ -192,6 +245,7 @@ def _add_explain(sub) -> None:
     explain.add_argument("--embeddings", default=None, help="explain an embedding-set file instead (latent path, no figure)")
     _model_options(explain)
     explain.add_argument("--out", default="frx-explain", help="output folder for explanations.json and counterfactuals.png (default ./frx-explain)")
+    explain.add_argument("--overwrite", action="store_true", help="replace the explanations.json and counterfactuals.png of an earlier run in --out")
     explain.add_argument("--fmr", type=float, default=1e-3, help="false-match rate that sets the threshold τ (default 1e-3)")
     explain.add_argument("--max-pairs", type=int, default=50, help="error pairs explained of each kind (default 50)")
     explain.add_argument("--path", choices=("auto", "exact", "latent"), default="auto",
@@ -224,6 +278,7 @@ def _add_report_and_plugins(sub) -> None:
     report = sub.add_parser("report", help="one self-contained report.html for a demo run, history, analysis, explanation or benchmark")
     report.add_argument("folder", help="a folder frx wrote (frx demo, a callback's out_dir, frx analyze, frx explain, frx benchmark)")
     report.add_argument("--out", default=None, help="the page to write (default FOLDER/report.html)")
+    report.add_argument("--overwrite", action="store_true", help="replace a page that is already there")
     report.set_defaults(func=_report)
 
     plugins = sub.add_parser("plugins", help="list the loaded plugins, backbones and probe sets")
@@ -273,16 +328,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(exc: BaseException) -> str | None:
+    """The one line that says what went wrong, naming the path or option; None for a failure that is a bug."""
+    if isinstance(exc, ImportError):
+        from frx_plugin.specs import missing_module_message
+
+        return missing_module_message(exc) if isinstance(exc, ModuleNotFoundError) else None
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:  # raised by the system (frx's own carry a message)
+        if exc.filename is not None:
+            where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+            text = f"{where}: {exc.strerror}"
+        else:
+            folders = ", ".join(str(f) for f in watched_folders())
+            text = exc.strerror + (f" (writing into {folders})" if folders else "")
+    elif isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        text = exc.args[0]  # not the repr of the key
+    elif isinstance(exc, MemoryError):
+        text = "out of memory" + (f": {exc}" if str(exc) else "")
+    elif isinstance(exc, EXPECTED_ERRORS):
+        text = str(exc) or type(exc).__name__
+    else:
+        return None
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def run_command(name: str, run: Callable[[], Any]) -> int:
+    """``run()`` as the command ``frx NAME``: its exit code, or one line on stderr for an expected failure
+    (exit code 2) or a signal (130 SIGINT, 143 SIGTERM; what it kept); a bug keeps its traceback and asks to be reported."""
+    forget_outputs()
+    with stop_on_signals():
+        try:
+            return int(run())
+        except (Interrupted, KeyboardInterrupt) as exc:
+            ignore_signals()  # a second Ctrl-C does not cut the line short
+            stopped = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+            end_progress_line()
+            print(f"frx {name}: interrupted ({stopped.signal_name}); {describe_kept()}", file=sys.stderr, flush=True)
+            return stopped.exit_code
+        except Exception as exc:  # noqa: BLE001 - sorted below: one line, or a traceback for a bug
+            end_progress_line()
+            line = error_line(exc)
+            if line is None:
+                traceback.print_exc()
+                print(f"frx {name}: internal error ({type(exc).__name__}): {BUG_HINT}", file=sys.stderr)
+                return 1
+            print(f"frx {name}: error: {line}", file=sys.stderr)
+            return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown and not getattr(args, "any_arguments", False):
         parser.error("unrecognized arguments: " + " ".join(unknown))  # as parse_args says it
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as exc:  # SchemaError, AnalysisError, EmbeddingSetError are ValueErrors
-        print(f"frx {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(args.command, lambda: args.func(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

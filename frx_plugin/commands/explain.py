@@ -36,22 +36,17 @@ from typing import Any, Callable
 
 import torch
 
+from frx_plugin.counterfactual import CounterfactualError, PairExplanation, error_attribution, explain_errors, pair_values
 from frx_plugin.counterfactual.measures import choose_counterfactual_path, counterfactual_embedder, probe_decision_errors
-from frx_plugin.model import embed_probe_set
-from frx_plugin.passes import AnalysisConfig, analyze_probe
-from frx_plugin.counterfactual import (
-    CounterfactualError,
-    PairExplanation,
-    error_attribution,
-    explain_errors,
-    pair_values,
-)
+from frx_plugin.errors import OutputError
 from frx_plugin.history import atomic_write_text
+from frx_plugin.model import embed_probe_set
 from frx_plugin.models import BACKBONE_FILE, load_backbone
+from frx_plugin.passes import AnalysisConfig, analyze_probe
 from frx_plugin.report import json_safe
 from frx_plugin.verification import decision_errors
 
-__all__ = ["explain", "EXPLANATIONS_FORMAT", "EXPLANATIONS_FILE", "FIGURE_FILE"]
+__all__ = ["explain", "check_options", "EXPLANATIONS_FORMAT", "EXPLANATIONS_FILE", "FIGURE_FILE"]
 
 EXPLANATIONS_FORMAT = "frx.explanations/1"
 EXPLANATIONS_FILE = "explanations.json"
@@ -61,18 +56,22 @@ FIGURE_FILE = "counterfactuals.png"
 FIGURE_CHANGES = 3
 
 
-def _check_options(fmr: Any, max_pairs: Any, path: Any, latent_mode: Any, figure_pairs: Any) -> None:
-    """Raise a ``ValueError`` naming the first option out of its range."""
+def check_options(fmr: Any, max_pairs: Any, path: Any, latent_mode: Any, figure_pairs: Any, flags: bool = False) -> None:
+    """Raise a ``ValueError`` naming the first option out of its range (``flags``: as the command line spells them)."""
+
+    def name(option: str) -> str:
+        return "--" + option.replace("_", "-") if flags else option
+
     if isinstance(fmr, bool) or not (isinstance(fmr, (int, float)) and 0.0 < float(fmr) < 1.0):
-        raise ValueError(f"fmr must be a number in (0, 1), got {fmr!r}")
+        raise ValueError(f"{name('fmr')} must be a number in (0, 1), got {fmr!r}")
     if not isinstance(max_pairs, int) or isinstance(max_pairs, bool) or max_pairs < 1:
-        raise ValueError(f"max_pairs must be a positive integer, got {max_pairs!r}")
+        raise ValueError(f"{name('max_pairs')} must be a positive integer, got {max_pairs!r}")
     if path not in ("auto", "exact", "latent"):
-        raise ValueError(f"path must be one of ['auto', 'exact', 'latent'], got {path!r}")
+        raise ValueError(f"{name('path')} must be one of ['auto', 'exact', 'latent'], got {path!r}")
     if latent_mode not in ("conditional", "least_norm"):
-        raise ValueError(f"latent_mode must be 'conditional' or 'least_norm', got {latent_mode!r}")
+        raise ValueError(f"{name('latent_mode')} must be 'conditional' or 'least_norm', got {latent_mode!r}")
     if not isinstance(figure_pairs, int) or isinstance(figure_pairs, bool) or figure_pairs < 0:
-        raise ValueError(f"figure_pairs must be a non-negative integer, got {figure_pairs!r}")
+        raise ValueError(f"{name('figure_pairs')} must be a non-negative integer, got {figure_pairs!r}")
 
 
 def _trained_backbone(demo_dir: Path, say: Callable[[str], None]):
@@ -82,7 +81,11 @@ def _trained_backbone(demo_dir: Path, say: Callable[[str], None]):
         from frx_plugin.commands.registry import run_plugin_command
 
         say(f"frx explain: no trained backbone at {path}; training one with frx demo (about 2 minutes)")
-        code = run_plugin_command("demo", ["--out", str(demo_dir)])  # the command a training adapter registers
+        try:
+            code = run_plugin_command("demo", ["--out", str(demo_dir)])  # the command a training adapter registers
+        except OutputError as exc:  # checked before it trains: say it for --demo-dir
+            raise OutputError(f"--demo-dir {demo_dir} has no {BACKBONE_FILE}, and frx demo cannot train one there ({exc}); "
+                              f"run frx demo --out {demo_dir} --overwrite, or pick another --demo-dir") from None
         if code is None:
             raise FileNotFoundError(
                 f"no trained backbone at {path}, and no training adapter to make one: "
@@ -133,7 +136,7 @@ def explain(
     Returns the document written to ``<out_dir>/explanations.json`` (module docstring) with
     ``"files"`` added: the paths written.
     """
-    _check_options(fmr, max_pairs, path, latent_mode, figure_pairs)
+    check_options(fmr, max_pairs, path, latent_mode, figure_pairs)
     if embeddings_file is not None and (model is not None or probe is not None):
         raise ValueError("pass an embeddings_file or a model and probe set, not both")
     if (model is None) != (probe is None):
