@@ -235,12 +235,12 @@ def test_kinds_on_the_command_line(tmp_path, capsys):
     kinds = {a["name"]: a["kind"] for a in json.loads(printed.out)["attributes"]}
     assert kinds == {"age": "categorical", "glasses": "binary"}  # age would be continuous inferred
     assert "inferred" not in printed.err
-    for arguments, message in [
+    for case, (arguments, message) in enumerate([
         (["--kinds", "age:categorical"], "--kinds age:categorical: goes with --probe SPEC"),
         (["--probe", probe, "--kinds", "age:categorical,glasses:binary"], "join the columns with ';', not ','"),
         (["--probe", probe + ",kinds=age:continuous", "--kinds", "age:categorical"], "both give the kinds; give one"),
         (["--probe", probe, "--kinds", "age:size"], "column 'age': kind 'size' is not one of binary, categorical, continuous"),
-    ]:
-        assert main([*common, *arguments, "--out", str(out)]) == 2
+    ]):
+        assert main([*common, *arguments, "--out", str(tmp_path / f"refused-{case}")]) == 2  # a fresh folder: not the results check
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
