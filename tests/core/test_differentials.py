@@ -383,7 +383,7 @@ def test_a_ratio_whose_least_rate_is_zero_is_infinite_in_the_record_and_the_tabl
 
 def test_the_float64_weight_products_give_the_float32_numbers(monkeypatch):
     """Above float32's exact range the identity pairs' weight products are summed in float64: the same record."""
-    import frx_plugin.differentials as differentials
+    import frx_plugin.differentials.rates as differentials
 
     z, identity, labels = planted_world(60, 4)
     result = verification(z, identity, 1e-2)
