@@ -14,7 +14,9 @@ hash(seed, stream, replicate, identity) by inverse CDF; every image of the ident
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import hashlib
 import math
 
 import torch
@@ -92,11 +94,32 @@ def poisson_bootstrap_weights(
     # drawn on the CPU, whatever the device asked for: the same numbers everywhere
     identity = identity.to("cpu", torch.int64)
     unique, inverse = torch.unique(identity, return_inverse=True)  # hash each identity once
-    replicate = torch.arange(first_replicate, first_replicate + n_replicates, dtype=torch.int64, device="cpu")[:, None]
-    u = uniform_from_bits(hash_keys(int(seed), _BOOTSTRAP_STREAM, replicate, unique[None, :]))  # (R, K)
-    counts = torch.searchsorted(_POISSON_1_CDF, u.contiguous()).to(torch.float64)
+    counts = _identity_counts(unique, int(seed), int(n_replicates), int(first_replicate))
     weights = counts[:, inverse] if unique.numel() else torch.zeros(n_replicates, 0, dtype=torch.float64, device="cpu")
     return weights if device is None else weights.to(device)
+
+
+#: The last identity sets' Poisson draws (a training's passes draw the same ones every pass), at most
+#: this many weights in all (64 MiB).
+_DRAWS: collections.OrderedDict = collections.OrderedDict()
+_DRAWS_KEPT = 8_000_000
+
+
+def _identity_counts(unique: torch.Tensor, seed: int, n_replicates: int, first_replicate: int) -> torch.Tensor:
+    """(R, K) float64 Poisson(1) multiplicities of the sorted identity labels ``unique``; remembered for reuse (read-only)."""
+    key = (seed, n_replicates, first_replicate, unique.numel(), hashlib.blake2b(unique.numpy().tobytes(), digest_size=16).digest())
+    counts = _DRAWS.get(key)
+    if counts is None:
+        replicate = torch.arange(first_replicate, first_replicate + n_replicates, dtype=torch.int64, device="cpu")[:, None]
+        u = uniform_from_bits(hash_keys(seed, _BOOTSTRAP_STREAM, replicate, unique[None, :]))  # (R, K)
+        counts = torch.searchsorted(_POISSON_1_CDF, u.contiguous()).to(torch.float64)
+        if counts.numel() <= _DRAWS_KEPT:
+            _DRAWS[key] = counts
+        while sum(kept.numel() for kept in _DRAWS.values()) > _DRAWS_KEPT:
+            _DRAWS.popitem(last=False)
+    else:
+        _DRAWS.move_to_end(key)
+    return counts
 
 
 @contextlib.contextmanager

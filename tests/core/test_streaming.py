@@ -176,6 +176,30 @@ def test_poisson_weights_are_keyed_on_identity_only():
     assert poisson_bootstrap_weights(identity, 5, 0).shape == (0, 200_000)
 
 
+def test_remembered_poisson_draws_are_the_fresh_ones_and_stay_unchanged():
+    """A training's passes draw the same identities' weights every pass: the remembered draw equals a fresh
+    one, and a caller that changes the weights it got changes no later caller's."""
+    import frx_plugin.randomness as randomness
+
+    identity = torch.arange(4_000) // 4
+    randomness._DRAWS.clear()
+    first = poisson_bootstrap_weights(identity, seed=3, n_replicates=50)
+    assert len(randomness._DRAWS) == 1
+    first.mul_(0.0)  # the caller's own copy
+    again = poisson_bootstrap_weights(identity, seed=3, n_replicates=50)
+    randomness._DRAWS.clear()
+    fresh = poisson_bootstrap_weights(identity, seed=3, n_replicates=50)
+    assert torch.equal(again, fresh) and float(fresh.sum()) > 0
+    assert not torch.equal(poisson_bootstrap_weights(identity + 1, seed=3, n_replicates=50), fresh)  # other identities, other draw
+    randomness._DRAWS.clear()
+    monkey_limit, randomness._DRAWS_KEPT = randomness._DRAWS_KEPT, 100
+    try:  # a draw larger than the memory kept is not remembered
+        poisson_bootstrap_weights(identity, seed=3, n_replicates=50)
+        assert len(randomness._DRAWS) == 0
+    finally:
+        randomness._DRAWS_KEPT = monkey_limit
+
+
 def test_planted_signals_reach_bayes_through_the_stream():
     z, identity, labels, schema = planted_world(0, 64)
     report = analyze_stream(chunked(z, identity, labels, 2500), identity, schema, n_bootstrap=200)
