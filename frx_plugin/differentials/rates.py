@@ -65,7 +65,10 @@ in group g. Everything runs on the embeddings' device; labels and identities com
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -228,14 +231,86 @@ def attribute_groups(attribute: Attribute, labels: torch.Tensor, bands: int = 4
     return codes, names, spans
 
 
-def _identity_weights(identity: torch.Tensor, seed: int, n_bootstrap: int, device: torch.device
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(identity index 0..K−1 of every sample on the CPU, (1 + R, K) float64 weights on ``device``: row 0 all ones)."""
-    unique, index = torch.unique(identity.to("cpu", torch.int64), return_inverse=True)
+@dataclass
+class _Groups:
+    """What the differentials of a probe set need that its embeddings do not change (the same in every pass).
+
+    ``who``: identity index 0..K−1 per sample; ``weights``: (1 + R, K) float64, row 0 all ones;
+    ``slots``: (A, N) group slot of every sample for every attribute (distinct ranges per attribute,
+    -1 missing); ``layout``: (attribute, group names, band spans, its slot columns) per attribute;
+    ``first``/``second``: the genuine pairs; ``pairs_k``/``images_k``: (K, S) genuine pairs and images
+    per identity and slot; ``static``: the counts that follow from them.
+    """
+
+    who: torch.Tensor
+    weights: torch.Tensor
+    slots: torch.Tensor
+    n_slots: int
+    layout: list
+    first: torch.Tensor
+    second: torch.Tensor
+    static: dict[str, torch.Tensor]
+
+    def to(self, device: torch.device) -> _Groups:
+        """These groups with every tensor on ``device`` (themselves on the CPU)."""
+        return _Groups(self.who.to(device), self.weights.to(device), self.slots.to(device), self.n_slots, self.layout,
+                       self.first.to(device), self.second.to(device), {name: t.to(device) for name, t in self.static.items()})
+
+
+#: The last probe sets' groups, on the CPU (a device holds nothing between passes), by the digest of their
+#: identities, labels, schema and options.
+_GROUPS: OrderedDict = OrderedDict()
+_GROUPS_KEPT = 2
+
+
+def _groups(identity: torch.Tensor, labels: Mapping[str, torch.Tensor], schema: AttributeSchema, bands: int, seed: int,
+            n_bootstrap: int, device: torch.device) -> _Groups:
+    """The probe set's :class:`_Groups` on ``device``, remembered on the CPU: a training's passes share one probe set."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps([schema.to_json(), bands, seed, n_bootstrap]).encode())
+    for tensor in (identity, *(labels[a.name] for a in schema)):
+        digest.update(str(tensor.dtype).encode() + tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    key = digest.digest()
+    if key in _GROUPS:
+        _GROUPS.move_to_end(key)
+        return _GROUPS[key].to(device)
+    unique, who = torch.unique(identity.to("cpu", torch.int64), return_inverse=True)
     # the weights depend only on the label, so drawing them for the K labels gives the samples' columns
-    boot = poisson_bootstrap_weights(unique, seed, n_bootstrap)
     ones = torch.ones(1, unique.numel(), dtype=torch.float64, device="cpu")
-    return index, torch.cat([ones, boot]).to(device)
+    weights = torch.cat([ones, poisson_bootstrap_weights(unique, seed, n_bootstrap)])
+    slots, layout, offset = [], [], 0
+    for attribute in schema:
+        codes, names, spans = attribute_groups(attribute, labels[attribute.name], bands)
+        slots.append(torch.where(codes >= 0, codes + offset, -1))
+        layout.append((attribute, names, spans, slice(offset, offset + len(names))))
+        offset += len(names)
+    n = identity.shape[0]
+    slot_matrix = torch.stack(slots) if slots else torch.empty(0, n, dtype=torch.int64, device="cpu")
+    first, second = genuine_pairs(identity.to("cpu"))
+    k = weights.shape[1]
+    pairs_k = _per_identity(slot_matrix, who, offset, k, first, second)
+    attribute, sample = (slot_matrix >= 0).nonzero(as_tuple=True)
+    images_k = torch.bincount(who[sample] * offset + slot_matrix[attribute, sample], minlength=k * offset)
+    images_k = images_k.view(k, offset).to(torch.float64)
+    per_group = weights @ images_k
+    static = {"genuine": weights @ pairs_k, "impostor": 0.5 * (per_group**2 - (weights**2) @ (images_k**2)),
+              "genuine_identities": (pairs_k > 0).sum(0), "impostor_identities": (images_k > 0).sum(0), "images": images_k.sum(0)}
+    groups = _Groups(who, weights, slot_matrix, offset, layout, first, second, static)
+    _GROUPS[key] = groups
+    while len(_GROUPS) > _GROUPS_KEPT:
+        _GROUPS.popitem(last=False)
+    return groups.to(device)
+
+
+def _per_identity(slots: torch.Tensor, who: torch.Tensor, n_slots: int, k: int, i: torch.Tensor, j: torch.Tensor,
+                  flag: torch.Tensor | None = None) -> torch.Tensor:
+    """(K, S) counts of the pairs (i, j) of one identity whose two images share a slot (and ``flag``)."""
+    same = (slots[:, i] == slots[:, j]) & (slots[:, i] >= 0)
+    if flag is not None:
+        same &= flag[None, :]
+    a, p = same.nonzero(as_tuple=True)
+    key = who[i[p]] * n_slots + slots[a, i[p]]
+    return torch.bincount(key, minlength=k * n_slots).view(k, n_slots).to(torch.float64)
 
 
 def _scored_at(z: torch.Tensor, identity: torch.Tensor, tau: float, scored: ScoredPairs | None):
@@ -257,34 +332,17 @@ def _scored_at(z: torch.Tensor, identity: torch.Tensor, tau: float, scored: Scor
     return genuine_scores, kept
 
 
-def _counts(z: torch.Tensor, identity: torch.Tensor, who: torch.Tensor, slots: torch.Tensor, n_slots: int,
-            weights: torch.Tensor, tau: float, scored: ScoredPairs | None = None) -> dict[str, torch.Tensor]:
+def _counts(z: torch.Tensor, identity: torch.Tensor, groups: _Groups, tau: float, scored: ScoredPairs | None = None
+            ) -> dict[str, torch.Tensor]:
     """Weighted pair counts per group slot from one blocked pass (``scored``'s, when given); see the module docstring.
 
-    ``who``: identity index per sample, ``slots``: (A, N) group slot of every sample for every
-    attribute (distinct ranges per attribute, -1 missing), both on ``z``'s device. Returns
-    (1 + R, S) float64 ``genuine``, ``misses``, ``impostor``, ``matches`` and the per-slot
+    Returns (1 + R, S) float64 ``genuine``, ``misses``, ``impostor``, ``matches`` and the per-slot
     identity counts ``genuine_identities``, ``impostor_identities`` and ``images``.
     """
-    device, k = z.device, weights.shape[1]
-    first, second = genuine_pairs(identity)
+    device, weights, slots, who, n_slots = z.device, groups.weights, groups.slots, groups.who, groups.n_slots
+    k = weights.shape[1]
     genuine_scores, kept = _scored_at(z, identity, tau, scored)
-
-    def per_identity(i: torch.Tensor, j: torch.Tensor, flag: torch.Tensor | None = None) -> torch.Tensor:
-        """(K, S) counts of the pairs (i, j) of one identity whose two images share a slot."""
-        same = (slots[:, i] == slots[:, j]) & (slots[:, i] >= 0)
-        if flag is not None:
-            same &= flag[None, :]
-        a, p = same.nonzero(as_tuple=True)
-        key = who[i[p]] * n_slots + slots[a, i[p]]
-        return torch.bincount(key, minlength=k * n_slots).view(k, n_slots).to(torch.float64)
-
-    pairs_k = per_identity(first, second)
-    misses_k = per_identity(first, second, genuine_scores <= tau)
-    attribute, sample = (slots >= 0).nonzero(as_tuple=True)
-    images_k = torch.bincount(who[sample] * n_slots + slots[attribute, sample], minlength=k * n_slots)
-    images_k = images_k.view(k, n_slots).to(torch.float64)
-    per_group = weights @ images_k
+    misses_k = _per_identity(slots, who, n_slots, k, groups.first, groups.second, genuine_scores <= tau)
     # matches[s, r] = Σ over (identity pair (k, l), slot s) entries of count · w_rk · w_rl: the weight product of each
     # identity pair is made once (P × R), then summed into the slots by one sparse (S × P) product
     matches = torch.zeros(n_slots, weights.shape[0], dtype=torch.float64, device=device)
@@ -310,15 +368,7 @@ def _counts(z: torch.Tensor, identity: torch.Tensor, who: torch.Tensor, slots: t
             entries = torch.sparse_coo_tensor(torch.stack([slot[inside], column[inside] - start]), count[inside].to(dtype),
                                               (n_slots, chunk.numel()), device=device, check_invariants=False)
             matches += torch.sparse.mm(entries, product).double()
-    return {
-        "genuine": weights @ pairs_k,
-        "misses": weights @ misses_k,
-        "impostor": 0.5 * (per_group**2 - (weights**2) @ (images_k**2)),
-        "matches": matches.T,
-        "genuine_identities": (pairs_k > 0).sum(0),
-        "impostor_identities": (images_k > 0).sum(0),
-        "images": images_k.sum(0),
-    }
+    return {**groups.static, "misses": weights @ misses_k, "matches": matches.T}
 
 
 def _spread(rates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -434,16 +484,9 @@ def demographic_differentials(
         raise AnalysisError("need 0 ≤ alpha ≤ 1, n_bootstrap ≥ 0, min_pairs ≥ 1 and min_identities ≥ 1")
     z, identity_on = prepare_embeddings(embeddings, identity)
     schema.validate(labels, z.shape[0], "demographic_differentials")
-    who, weights = _identity_weights(identity, seed, n_bootstrap, z.device)
-    slots, layout, offset = [], [], 0
-    for attribute in schema:
-        codes, names, spans = attribute_groups(attribute, labels[attribute.name], bands)
-        slots.append(torch.where(codes >= 0, codes + offset, -1))
-        layout.append((attribute, names, spans, slice(offset, offset + len(names))))
-        offset += len(names)
-    slot_matrix = torch.stack(slots).to(z.device) if slots else torch.empty(0, z.shape[0], dtype=torch.int64, device=z.device)
-    counts = _counts(z, identity_on, who.to(z.device), slot_matrix, offset, weights, float(tau), scored)
+    groups = _groups(identity, labels, schema, bands, seed, n_bootstrap, z.device)
+    counts = _counts(z, identity_on, groups, float(tau), scored)
     settings = {"fmr": float(fmr), "alpha": float(alpha), "min_pairs": int(min_pairs), "min_identities": int(min_identities)}
-    results = [_attribute_result(attribute, names, spans, counts, columns, settings) for attribute, names, spans, columns in layout]
+    results = [_attribute_result(attribute, names, spans, counts, columns, settings) for attribute, names, spans, columns in groups.layout]
     return DemographicDifferentials(tau=float(tau), fmr=float(fmr), alpha=float(alpha), n_bootstrap=int(n_bootstrap), seed=int(seed),
                                     min_pairs=int(min_pairs), min_identities=int(min_identities), attributes=results)

@@ -392,3 +392,22 @@ def test_the_float64_weight_products_give_the_float32_numbers(monkeypatch):
     wide = demographic_differentials(z, identity, labels, SCHEMA, result, n_bootstrap=30, min_pairs=10, min_identities=3)
     assert wide.to_record() == fast.to_record()
     assert any(g.false_matches for a in fast.attributes for g in a.groups)  # the products were summed at all
+
+
+def test_remembered_groups_follow_the_labels_and_stay_on_the_cpu():
+    """A training's passes reuse the probe set's groups; labels changed in place, or another probe set, are
+    not served the old groups (the digest covers the labels), and what is kept lives on the CPU."""
+    import frx_plugin.differentials.rates as rates
+
+    z, identity, labels = planted_world(60, 4)
+    result = verification(z, identity, 1e-2)
+    options = dict(n_bootstrap=20, min_pairs=10, min_identities=3)
+    rates._GROUPS.clear()
+    first = demographic_differentials(z, identity, labels, SCHEMA, result, **options).to_record()
+    again = demographic_differentials(z, identity, labels, SCHEMA, result, **options).to_record()
+    assert again == first and len(rates._GROUPS) == 1
+    labels["lighting"][:40] = 1 - labels["lighting"][:40].clamp_min(0)  # changed in place: the same tensor object
+    changed = demographic_differentials(z, identity, labels, SCHEMA, result, **options).to_record()
+    rates._GROUPS.clear()
+    assert changed == demographic_differentials(z, identity, labels, SCHEMA, result, **options).to_record() != first
+    assert all(t.device.type == "cpu" for g in rates._GROUPS.values() for t in (g.weights, g.slots, *g.static.values()))
