@@ -113,8 +113,12 @@ class EmbeddingSet:
             raise EmbeddingSetError(f"{self.path}: not a readable safetensors file ({exc})") from None
         self.schema = self._schema(metadata, attributes)
         self.n, self.dim = self._check_shapes(shapes)
-        #: rows whose embedding is all zero, counted by the last full pass of :meth:`chunks` (None before one)
+        #: rows whose embedding is all zero, counted by the last full pass of :meth:`chunks` (None before one),
+        #: and the notice about them (``None`` without such rows); a caller that records the notice itself
+        #: sets ``warn_zero_rows = False`` (else it is a ``UserWarning``, once per file opened)
         self.zero_rows: int | None = None
+        self.zero_rows_notice: str | None = None
+        self.warn_zero_rows = True
         self._zero_warned = False
 
     # -- header ---------------------------------------------------------------------
@@ -192,9 +196,10 @@ class EmbeddingSet:
                     raise EmbeddingSetError(str(exc)) from None
                 yield z, identity, labels
         self.zero_rows = zero
-        if zero and not self._zero_warned:  # once per file opened, after the first full pass found them
+        self.zero_rows_notice = zero_rows_notice(zero, self.n, first_zero, str(self.path)) if zero else None
+        if zero and self.warn_zero_rows and not self._zero_warned:  # once per file opened, after the first full pass found them
             self._zero_warned = True
-            warnings.warn(zero_rows_notice(zero, self.n, first_zero, str(self.path)), UserWarning, stacklevel=2)
+            warnings.warn(self.zero_rows_notice, UserWarning, stacklevel=2)
 
     def identity(self) -> torch.Tensor:
         """The identity column alone (N int64), without reading the embeddings."""

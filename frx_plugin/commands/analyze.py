@@ -106,6 +106,7 @@ def _analyze_file(
     from frx_plugin.leakage.streaming import analyze_stream
 
     dataset = EmbeddingSet(path, attributes)
+    dataset.warn_zero_rows = False  # recorded in the report's warnings (analysis.json, the terminal) instead
     passes = iter(("statistics", "held-out scores"))
 
     def chunks():
@@ -142,6 +143,8 @@ def _analyze_file(
             masked_attributes=dataset.attributes_with_missing_labels(),
             min_class_samples=config.min_class_samples,
         )
+    if dataset.zero_rows_notice:
+        report.warnings.append(dataset.zero_rows_notice)
     if with_verification and dataset.n <= VERIFICATION_MAX_SAMPLES:
         embeddings, identity, labels = dataset.read(chunk_size)
         scored = None

@@ -391,6 +391,8 @@ def _estimates(columns: torch.Tensor) -> list[MetricEstimate]:
     values = columns.to("cpu", torch.float64)
     points, replicates = values[0].tolist(), torch.where(torch.isinf(values[1:]), math.nan, values[1:])
     total = replicates.shape[0]
+    if values.shape[1] == 0:  # an attribute without a group (every label missing)
+        return []
     if total == 0:
         return [MetricEstimate(point, math.nan, math.nan, 0, 0) for point in points]
     finite = (~torch.isnan(replicates)).sum(0).tolist()

@@ -3,6 +3,7 @@ count, probe images of a size the model cannot take by their shape. Real safeten
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -58,14 +59,23 @@ def test_all_zero_embeddings_in_a_file_are_a_warning_that_counts_them(tmp_path):
     z, identity, labels = _labelled()
     z[[4, 9, 33]] = 0.0
     path = write_embedding_set(tmp_path / "zeros.safetensors", z, identity, labels, SCHEMA)
+    notice = (f"{path}: 3 of 80 embeddings are all zero (first: row 4); a zero vector has no direction, so its cosine "
+              "scores are undefined. frx keeps these rows as they are: verification scores each of their pairs 0 and the "
+              "leakage heads see the zero vector (a broken export, or a model that outputs nothing for these faces?)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        report = analyze(path, config=AnalysisConfig(n_bootstrap=0, n_folds=2), chunk_size=16)
-    notices = [str(w.message) for w in caught if "all zero" in str(w.message)]
-    assert notices == [(f"{path}: 3 of 80 embeddings are all zero (first: row 4); a zero vector has no direction, so its cosine "
-                        "scores are undefined. frx keeps these rows as they are: verification scores each of their pairs 0 and the "
-                        "leakage heads see the zero vector (a broken export, or a model that outputs nothing for these faces?)")]
+        report = analyze(path, config=AnalysisConfig(n_bootstrap=0, n_folds=2), chunk_size=16, out_dir=tmp_path / "out")
+    # frx analyze records it where its warnings go (the report, analysis.json, the terminal), not as a Python warning too
+    assert [w for w in report.warnings if "all zero" in w] == [notice]
+    assert notice in json.loads((tmp_path / "out" / "analysis.json").read_text())["warnings"]
+    assert not [w for w in caught if "all zero" in str(w.message)]
     assert report.n_samples == 80 and report.verification is not None  # kept, as the warning says
+    with warnings.catch_warnings(record=True) as caught:  # read from Python, the file itself warns, once
+        warnings.simplefilter("always")
+        dataset = EmbeddingSet(path)
+        for _ in range(2):
+            list(dataset.chunks(16))
+    assert [str(w.message) for w in caught if "all zero" in str(w.message)] == [notice] and dataset.zero_rows == 3
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a file without zero rows: no warning
         analyze(write_embedding_set(tmp_path / "fine.safetensors", *_labelled(), SCHEMA),

@@ -411,3 +411,15 @@ def test_remembered_groups_follow_the_labels_and_stay_on_the_cpu():
     rates._GROUPS.clear()
     assert changed == demographic_differentials(z, identity, labels, SCHEMA, result, **options).to_record() != first
     assert all(t.device.type == "cpu" for g in rates._GROUPS.values() for t in (g.weights, g.slots, *g.static.values()))
+
+
+def test_an_attribute_without_any_label_has_no_group_and_no_summary():
+    z, identity, labels = planted_world(60, 4)
+    labels["age"] = torch.full_like(labels["age"], float("nan"))
+    labels["hair"] = torch.full_like(labels["hair"], -1)
+    result = demographic_differentials(z, identity, labels, SCHEMA, verification(z, identity, 1e-2), n_bootstrap=10, min_pairs=10)
+    assert result["age"].groups == []  # a continuous attribute's bands come from its labels: none
+    assert [g.images for g in result["hair"].groups] == [0, 0, 0] and all(g.fnmr is None for g in result["hair"].groups)
+    for name in ("age", "hair"):
+        assert all(math.isnan(result[name].summary(s).value) for s in ("fnmr_ratio", "fmr_ratio", "fdr", "garbe"))
+    assert result["sex"].groups and math.isfinite(result["sex"].garbe.value)
