@@ -257,10 +257,10 @@ def _callback(probe, args: argparse.Namespace, out_dir: Path, transform: str):
 
 
 def _plan(probe, args: argparse.Namespace):
-    from frx_plugin.passes import AnalysisConfig, PassPlan
+    from frx_plugin.passes import AnalysisConfig, plan_pass
 
     config = AnalysisConfig(n_bootstrap=args.n_bootstrap, seed=args.seed)
-    return PassPlan.for_probe(probe, config=config, counterfactuals=args.counterfactuals, on_error="raise",
+    return plan_pass(probe, config, counterfactuals=args.counterfactuals, on_error="raise",
                               significance_samples=args.significance_samples, max_error_pairs=args.max_error_pairs)
 
 

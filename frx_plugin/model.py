@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import re
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
@@ -143,6 +144,32 @@ def _check_embedding(z: Any, where: str) -> torch.Tensor:
     return z
 
 
+def check_model_options(embed: Any, transform: Any) -> None:
+    """A ``TypeError`` or ``ValueError`` naming the option unless ``embed`` and ``transform`` are ones frx takes."""
+    if embed is not None and not (callable(embed) or isinstance(embed, (str, int))) or isinstance(embed, bool):
+        raise TypeError(f"embed must be a callable (module, images) -> z, an attribute path, or an output index or key; "
+                        f"got {type(embed).__name__}")
+    make_transform(transform)
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How frx calls the user's model, checked on construction: ``embed`` (which output is the embedding: a
+    callable ``(module, images) -> z``, an attribute path such as ``"backbone"``, an output index or key) and
+    ``transform`` (its input from the probe's RGB in [0, 1]: a callable, a preset ``"unit"``, ``"arcface"``,
+    ``"imagenet"``, or ``{"mean", "std", "scale", "channels"}``). ``None`` leaves it to the model (a
+    ``frx_transform`` attribute, a plugin's ``frx_embed``), else frx guesses and warns once, naming the option."""
+
+    embed: Any = None
+    transform: Any = None
+
+    def __post_init__(self) -> None:
+        check_model_options(self.embed, self.transform)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {"embed": self.embed, "transform": self.transform}
+
+
 class ModelAdapter:
     """How frx calls one model (see the module). ``warn(message)`` reports a guess, once per kind and adapter."""
 
@@ -150,9 +177,7 @@ class ModelAdapter:
                  warn: Callable[[str], Any] | None = None) -> None:
         if isinstance(model, ModelAdapter):
             raise TypeError("model is already a ModelAdapter; wrap the module itself")
-        if embed is not None and not (callable(embed) or isinstance(embed, (str, int))) or isinstance(embed, bool):
-            raise TypeError(f"embed must be a callable (module, images) -> z, an attribute path, or an output index or key; "
-                            f"got {type(embed).__name__}")
+        check_model_options(embed, None)
         self.module = unwrap(model)
         if isinstance(embed, str) and _attribute(self.module, embed) is not None and not callable(_attribute(self.module, embed)):
             raise TypeError(f"embed={embed!r}: the model's attribute {embed!r} is not callable")

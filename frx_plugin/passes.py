@@ -10,26 +10,29 @@ commands alike, so a model and a probe set give the same record whoever runs the
 4. gathers the embeddings and verifies (TAR at the FMR threshold; a probe set that lists its
    pairs, as a verification file does, on those pairs);
 5. makes the counterfactuals (exact: a generator re-renders the faces, each process embedding
-   its share; latent: along the probe heads) for identity significance and error attribution;
+   its share; latent: along the probe heads) for identity significance and error attribution, as
+   many as the plan asks or as its budget scaled to the probe set allows;
 6. runs the two-stage path (decode z, read the attributes off the decoded faces) when given;
 7. times each part (``embed_s``, ``after_embed_s``, ``counterfactual_s``, ``two_stage_s``);
-8. applies the error policy (``on_error``) and fires ``frx_analysis_completed`` on rank 0.
+8. applies the error policy (``on_error``) and fires ``frx_analysis_completed`` on rank 0 (a
+   training loop's :class:`~frx_plugin.loop.AnalysisLoop` fires it itself, after the history is written).
 
-The adapters decide only *when* a pass runs and *where* its numbers go.
+The loops decide only *when* a pass runs and *where* its numbers go (:mod:`frx_plugin.loop`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from frx_plugin.counterfactual.measures import choose_counterfactual_path, counterfactual_embedder, counterfactual_measures
-from frx_plugin.counterfactual.sharded import sharded_exact_embedder
 from frx_plugin.collectives import Collectives, SingleProcess, gather_rows, metric_sync, shard_indices
+from frx_plugin.config import TIMING_KEYS, AnalysisConfig, PassPlan
+from frx_plugin.counterfactual.budget import counterfactual_budget
+from frx_plugin.counterfactual.measures import choose_counterfactual_path, counterfactual_embedder, counterfactual_measures
 from frx_plugin.errors import AnalysisError
 from frx_plugin.leakage import analyze_embeddings
 from frx_plugin.embedding_set import zero_rows_notice
@@ -40,129 +43,33 @@ from frx_plugin.report import Report
 from frx_plugin.two_stage.in_pass import prepare_two_stage, two_stage_part
 from frx_plugin.verification import ScoredPairs, listed_pair_verification, scored_verification
 
-ON_ERROR = ("warn", "raise")
-#: Options of the counterfactual part of a pass.
-COUNTERFACTUAL_PATHS = ("auto", "exact", "latent", "off")
-#: The defaults of a pass's counterfactual study: probe rows whose counterfactuals give identity
-#: significance, and errors of each kind explained. Chosen so that a default pass on the exact path
-#: costs at most twice a pass without counterfactuals (benchmarks/pass_cost.py); a full study asks
-#: for more (e.g. significance_samples=256, max_error_pairs=32).
-SIGNIFICANCE_SAMPLES = 64
-MAX_ERROR_PAIRS = 8
-#: The keys of a pass's timing (seconds), logged as ``frx/time/<key>``.
-TIMING_KEYS = ("embed_s", "after_embed_s", "counterfactual_s", "two_stage_s")
-
 __all__ = [
-    "AnalysisConfig", "COUNTERFACTUAL_PATHS", "MAX_ERROR_PAIRS", "ON_ERROR", "SIGNIFICANCE_SAMPLES", "PassPlan", "PassResult",
-    "analyze_probe", "prepare_two_stage", "probe_differentials", "record_differentials", "run_pass", "scalar_metrics",
+    "AnalysisConfig", "PassPlan", "PassResult", "analyze_probe", "announce_pass", "plan_pass", "prepare_two_stage",
+    "probe_differentials", "record_differentials", "run_pass",
 ]
 
 
-@dataclass(frozen=True)
-class AnalysisConfig:
-    """Options of the leakage and verification part of a pass (validated on construction)."""
+def plan_pass(probe: ProbeSet, config: AnalysisConfig = AnalysisConfig(), *, on_error: str = "warn",
+              counterfactuals: str | None = None, significance_samples: int | None = None,
+              max_error_pairs: int | None = None) -> PassPlan:
+    """The plan of a run's passes over ``probe``: the counterfactual path decided once.
 
-    n_folds: int = 5
-    n_bootstrap: int = 200
-    seed: int = 0
-    fmr: float = 1e-3
-    batch_size: int = 256
-    head: str = "ridge"
-    C: float = 1.0
-    min_class_samples: int = 20  # a discrete attribute with a class of fewer labelled samples gets no AUROC
-    #: demographic differentials (error rates per attribute group at the global τ) in the pass; continuous
-    #: attributes in ``differential_bands`` quantile bands; a group needs ``differential_min_pairs`` pairs from
-    #: ``differential_min_identities`` identities for a rate. They reuse the verification's scores
-    #: (about 0.16 s more at 10,000 probe images on 2 CPU cores, cProfile of run_pass), so they run in every pass by default
-    differentials: bool = True
-    differential_bands: int = 4
-    differential_min_pairs: int = 50
-    differential_min_identities: int = 10
-    #: the per-group DET curves of the most unequal attribute in the record (one more pass over all pairs)
-    differential_curves: bool = False
-
-    def __post_init__(self) -> None:
-        from frx_plugin.leakage import HEADS
-
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {list(HEADS)}, got {self.head!r}")
-        if not isinstance(self.C, (int, float)) or isinstance(self.C, bool) or not (0.0 < float(self.C) < math.inf):
-            raise ValueError(f"C (the inverse logistic penalty) must be a positive number, got {self.C!r}")
-        if not isinstance(self.n_folds, int) or self.n_folds < 2:
-            raise ValueError(f"n_folds must be an integer of at least 2, got {self.n_folds!r}")
-        if not isinstance(self.n_bootstrap, int) or self.n_bootstrap < 0:
-            raise ValueError(f"n_bootstrap must be a non-negative integer, got {self.n_bootstrap!r}")
-        if not (isinstance(self.fmr, float) and 0.0 < self.fmr < 1.0):
-            raise ValueError(f"fmr must be a float in (0, 1), got {self.fmr!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if not isinstance(self.min_class_samples, int) or isinstance(self.min_class_samples, bool) or self.min_class_samples < 0:
-            raise ValueError(f"min_class_samples must be a non-negative integer, got {self.min_class_samples!r}")
-        for flag in ("differentials", "differential_curves"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
-        check_positive("differential_bands", self.differential_bands)
-        check_positive("differential_min_pairs", self.differential_min_pairs)
-        check_positive("differential_min_identities", self.differential_min_identities)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def check_positive(name: str, value: Any, allow_none: bool = False) -> None:
-    """A ``ValueError`` naming the option unless ``value`` is a positive integer (or ``None``, where allowed)."""
-    if allow_none and value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer{' or None (off)' if allow_none else ''}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class PassPlan:
-    """What a pass measures. Make one with :meth:`for_probe`, which decides the counterfactual path once.
-
-    ``counterfactuals``: the path decided ("exact", "latent") or ``None`` (off); ``generator``: the
-    generator of the exact path; ``notices``: what the decision has to tell the user (a warning each).
+    ``config.counterfactuals`` (or ``counterfactuals``, which overrides it, as ``significance_samples``
+    and ``max_error_pairs`` override the config's): "auto" (exact when a registered generator can
+    render the probe set, latent otherwise, with a notice), "exact" (an error now if none can),
+    "latent" or "off".
     """
-
-    config: AnalysisConfig = AnalysisConfig()
-    counterfactuals: str | None = None
-    generator: Any = None
-    significance_samples: int = SIGNIFICANCE_SAMPLES
-    max_error_pairs: int = MAX_ERROR_PAIRS
-    on_error: str = "warn"
-    notices: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.config, AnalysisConfig):
-            raise TypeError(f"config must be a frx_plugin.passes.AnalysisConfig, got {type(self.config).__name__}")
-        if self.on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
-        if self.counterfactuals not in (None, "exact", "latent"):
-            raise ValueError(f"counterfactuals must be 'exact', 'latent' or None, got {self.counterfactuals!r}")
-        if self.counterfactuals == "exact" and self.generator is None:
-            raise ValueError("the exact counterfactual path needs a generator")
-        check_positive("significance_samples", self.significance_samples)
-        check_positive("max_error_pairs", self.max_error_pairs)
-
-    @classmethod
-    def for_probe(cls, probe: ProbeSet, *, config: AnalysisConfig = AnalysisConfig(), counterfactuals: str = "auto",
-                  significance_samples: int = SIGNIFICANCE_SAMPLES, max_error_pairs: int = MAX_ERROR_PAIRS, on_error: str = "warn") -> "PassPlan":
-        """The plan for ``probe``. ``counterfactuals``: "auto" (exact when a registered generator can
-        render the probe set, latent otherwise, with a notice), "exact" (an error now if none can),
-        "latent" or "off"."""
-        if counterfactuals not in COUNTERFACTUAL_PATHS:
-            raise ValueError(f"counterfactuals must be one of {COUNTERFACTUAL_PATHS}, got {counterfactuals!r}")
-        path, generator, notices = None, None, ()
-        if counterfactuals != "off":
-            path, generator = choose_counterfactual_path(probe, counterfactuals)
-            if counterfactuals == "auto" and path == "latent":
-                notices = (
-                    f"no generator (hook frx_register_generators) can render {probe.source}; identity significance and "
-                    "error attribution use the latent path (pass counterfactuals='exact' to require a generator, 'off' to skip)",
-                )
-        return cls(config=config, counterfactuals=path, generator=generator, significance_samples=significance_samples,
-                   max_error_pairs=max_error_pairs, on_error=on_error, notices=notices)
+    config = config.updated(counterfactuals=counterfactuals, significance_samples=significance_samples,
+                            max_error_pairs=max_error_pairs)
+    path, generator, notices = None, None, ()
+    if config.counterfactuals != "off":
+        path, generator = choose_counterfactual_path(probe, config.counterfactuals)
+        if config.counterfactuals == "auto" and path == "latent":
+            notices = (
+                f"no generator (hook frx_register_generators) can render {probe.source}; identity significance and "
+                "error attribution use the latent path (pass counterfactuals='exact' to require a generator, 'off' to skip)",
+            )
+    return PassPlan(config=config, counterfactuals=path, generator=generator, on_error=on_error, notices=notices)
 
 
 @dataclass
@@ -328,20 +235,23 @@ def _embed_shard(model: ModelAdapter, probe: ProbeSet, indices: torch.Tensor, ba
 
 def _counterfactuals(model: Any, probe: ProbeSet, embeddings: torch.Tensor, report: Report, plan: PassPlan,
                      collectives: Collectives) -> None:
-    """Identity significance and error attribution (every rank, same inputs, same collectives)."""
+    """Identity significance and error attribution (every rank, same inputs, same collectives).
+
+    The study's size is the plan's, or scaled to the probe set (:func:`~frx_plugin.counterfactual.budget.counterfactual_budget`).
+    """
     embed, attributes, unchanged = counterfactual_embedder(
         model, embeddings, probe.labels, probe.schema, report, plan.counterfactuals, generator=plan.generator, probe=probe,
-        batch_size=plan.config.batch_size,
+        batch_size=plan.config.batch_size, collectives=collectives,
     )
-    if plan.counterfactuals == "exact":
-        if unchanged:
-            report.warnings.append(f"counterfactuals: the generator cannot change {unchanged}; they are left out")
-        embed = sharded_exact_embedder(model, plan.generator, plan.config.batch_size, collectives, embeddings.shape[1],
-                                       embeddings.device)
+    if unchanged:
+        report.warnings.append(f"counterfactuals: the generator cannot change {unchanged}; they are left out")
+    changed = len(probe.schema) if attributes is None else len(attributes)
+    budget = counterfactual_budget(len(probe), changed, plan.counterfactuals, plan.significance_samples, plan.max_error_pairs)
+    report.counterfactual_budget = budget.to_record()
     try:
         counterfactual_measures(
             embeddings, probe, report, plan.config, embed, path=plan.counterfactuals,
-            significance_samples=plan.significance_samples, max_error_pairs=plan.max_error_pairs, attributes=attributes,
+            significance_samples=budget.rows, max_error_pairs=budget.error_pairs, attributes=attributes,
         )
     except Exception as exc:  # noqa: BLE001 - leakage and verification of the pass still count
         # data that allows no counterfactual (too few impostor pairs for τ, …) is a warning; any other
@@ -355,7 +265,8 @@ def _counterfactuals(model: Any, probe: ProbeSet, embeddings: torch.Tensor, repo
 
 
 def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectives: Collectives | None = None, *,
-             two_stage: Any = None, context: dict[str, Any] | None = None, progress: Any = None) -> PassResult:
+             two_stage: Any = None, context: dict[str, Any] | None = None, progress: Any = None,
+             announce: bool = True) -> PassResult:
     """One analysis pass of ``model`` on ``probe`` (see the module); every process of the run must call it alike.
 
     ``collectives``: how the processes exchange (default one process, on the model's device);
@@ -363,7 +274,9 @@ def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectiv
     pass, or ``None``; ``context``: what ``frx_analysis_completed`` receives beside the report
     (framework, epoch, global step, out_dir, …). A failure follows ``plan.on_error``: "raise"
     raises it (on every rank), "warn" returns a result without report whose ``failure`` says why.
-    ``progress(done, total, "embedding")`` after each embedded batch when given.
+    ``progress(done, total, "embedding")`` after each embedded batch when given. ``announce``: fire
+    ``frx_analysis_completed`` at the end (a training loop says ``False`` and fires it itself, after it
+    has written the pass's history: :func:`announce_pass`).
     """
     model = ModelAdapter.wrap(model)
     collectives = collectives or SingleProcess(model.device)
@@ -410,48 +323,17 @@ def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectiv
         if plan.on_error == "raise":
             raise
         return PassResult(report=None, failure=f"{type(exc).__name__}: {exc}", timing=timing)
-    if collectives.rank == 0:
-        try:
-            get_plugin_manager().hook.frx_analysis_completed(report=report, context=dict(context or {}))
-        except Exception as exc:  # a sink that fails never costs the pass (nor the training), unless asked
-            if plan.on_error == "raise":
-                raise
-            report.warnings.append(f"a frx_analysis_completed hook failed: {type(exc).__name__}: {exc}")
+    if announce and collectives.rank == 0:
+        announce_pass(report, context, plan.on_error)
     return PassResult(report=report, timing=timing, decoded=decoded)
 
 
-def scalar_metrics(report: Report) -> dict[str, float]:
-    """The report's numbers under the names loggers use.
-
-    ``frx/leakage/<attribute>`` (with ``/low`` and ``/high``), ``frx/<metric>/<attribute>``,
-    ``frx/verification/tar_at_fmr_<fmr>``, ``frx/significance/<attribute>``, ``frx/errors/…``,
-    ``frx/differential/<attribute>/{fnmr_ratio, fmr_ratio, fdr, garbe}``,
-    the two-stage path's ``frx/recovery/…`` and the pass's cost ``frx/time/<part>_s``.
-    """
-    out: dict[str, float] = {}
-    for item in report.leakage:
-        out[f"frx/leakage/{item.name}"] = item.leakage
-        out[f"frx/leakage/{item.name}/low"] = item.leakage_low
-        out[f"frx/leakage/{item.name}/high"] = item.leakage_high
-        out[f"frx/{item.metric}/{item.name}"] = item.value
-    if report.verification is not None:
-        out[f"frx/verification/tar_at_fmr_{report.verification.fmr:g}"] = report.verification.tar
-    for name, estimate in report.significance.items():
-        out[f"frx/significance/{name}"] = estimate["value"]
-        out[f"frx/significance/{name}/low"] = estimate["low"]
-        out[f"frx/significance/{name}/high"] = estimate["high"]
-    for kind, shares in report.error_attribution.items():
-        prefix = "frx/errors" if kind == "all" else f"frx/errors/{kind}"
-        for name, share in shares.items():
-            out[f"{prefix}/{name}"] = share
-    for item in (report.differentials or {}).get("attributes", []):
-        for summary in ("fnmr_ratio", "fmr_ratio", "fdr", "garbe"):
-            estimate = item.get(summary) or {}
-            out[f"frx/differential/{item['name']}/{summary}"] = estimate.get("value")
-    if report.recovery is not None:
-        from frx_plugin.two_stage import recovery_scalars
-
-        out.update(recovery_scalars(report.recovery))
-    for key, seconds in report.timing.items():
-        out[f"frx/time/{key}"] = seconds
-    return {k: float(v) for k, v in out.items() if v is not None and not math.isnan(float(v))}
+def announce_pass(report: Report, context: dict[str, Any] | None, on_error: str = "warn") -> None:
+    """Fire ``frx_analysis_completed`` (global-zero only). A sink that fails never costs the pass (nor the
+    training): its failure is a warning in the report, unless ``on_error="raise"``."""
+    try:
+        get_plugin_manager().hook.frx_analysis_completed(report=report, context=dict(context or {}))
+    except Exception as exc:
+        if on_error == "raise":
+            raise
+        report.warnings.append(f"a frx_analysis_completed hook failed: {type(exc).__name__}: {exc}")

@@ -103,6 +103,9 @@ class Report:
     error_attribution: dict[str, dict[str, float | None]] = field(default_factory=dict)
     #: how the counterfactuals were made: "exact" (a generator re-rendered the faces), "latent", or None
     counterfactuals: str | None = None
+    #: the counterfactual study's size: ``{"rows", "error_pairs", "scaled"}`` (scaled to the probe set, or as
+    #: given), or None without counterfactuals
+    counterfactual_budget: dict[str, Any] | None = None
     #: the two-stage path (decoder, estimator, R_k of both paths, spread; see :mod:`frx_plugin.two_stage`), or None
     recovery: dict[str, Any] | None = None
     #: demographic differentials: FNMR and FMR per attribute group at the global τ, their ratios, FDR and
@@ -133,6 +136,7 @@ class Report:
             "warnings": list(self.warnings),
             "head": self.head,
             "counterfactuals": self.counterfactuals,
+            "counterfactual_budget": self.counterfactual_budget,
             "significance": {k: {m: _clean(v) for m, v in d.items()} for k, d in self.significance.items()},
             "error_attribution": {k: {a: _clean(v) for a, v in d.items()} for k, d in self.error_attribution.items()},
             "recovery": json_safe(self.recovery),
@@ -159,6 +163,7 @@ class Report:
                 k: {a: (math.nan if v is None else v) for a, v in d.items()} for k, d in record.get("error_attribution", {}).items()
             },
             counterfactuals=record.get("counterfactuals"),
+            counterfactual_budget=record.get("counterfactual_budget"),
             recovery=record.get("recovery"),
             differentials=record.get("differentials"),
             timing={k: (math.nan if v is None else v) for k, v in record.get("timing", {}).items()},

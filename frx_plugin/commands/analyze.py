@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from frx_plugin.model import embed_probe_set
-from frx_plugin.passes import AnalysisConfig, PassPlan, probe_leakage, record_differentials, run_pass
+from frx_plugin.passes import AnalysisConfig, plan_pass, probe_leakage, record_differentials, run_pass
 from frx_plugin.history import atomic_write_text
 from frx_plugin.probe import ProbeSet
 from frx_plugin.errors import AnalysisError
@@ -181,7 +181,7 @@ def _analyze_model(
         probe = select_attributes(probe, attributes)
     name = model_name or type(model).__name__
     if with_verification:
-        plan = PassPlan.for_probe(probe, config=config, counterfactuals=counterfactuals, on_error="raise")
+        plan = plan_pass(probe, config, counterfactuals=counterfactuals, on_error="raise")
         for notice in plan.notices:
             warnings.warn(f"frx analyze: {notice}", stacklevel=3)
         context = {"framework": "frx analyze", "model": name, "out_dir": None if out_dir is None else str(out_dir)}

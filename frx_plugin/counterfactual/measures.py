@@ -14,6 +14,7 @@ import torch
 from frx_plugin.counterfactual.explanations import error_attribution, explain_errors, pair_errors, spread
 from frx_plugin.plugins import find_generator, require_generator
 from frx_plugin.counterfactual.latent import latent_embedder, latent_model
+from frx_plugin.counterfactual.sharded import sharded_exact_embedder
 from frx_plugin.counterfactual.significance import exact_embedder, identity_significance
 from frx_plugin.errors import AnalysisError
 from frx_plugin.probe import ProbeSet
@@ -21,7 +22,7 @@ from frx_plugin.report import Report
 from frx_plugin.verification import decision_errors, listed_pair_verification
 
 if TYPE_CHECKING:
-    from frx_plugin.passes import AnalysisConfig
+    from frx_plugin.config import AnalysisConfig
 
 
 def counterfactual_rows(n: int, samples: int) -> torch.Tensor:
@@ -48,18 +49,21 @@ def choose_counterfactual_path(probe: ProbeSet, path: str) -> tuple[str, Any]:
 
 def counterfactual_embedder(
     model: Any, z: torch.Tensor, labels: Any, schema: Any, report: Report, chosen: str, generator: Any = None,
-    probe: Any = None, latent_mode: str = "conditional", batch_size: int = 256,
+    probe: Any = None, latent_mode: str = "conditional", batch_size: int = 256, collectives: Any = None,
 ) -> tuple[Any, list[str] | None, list[str]]:
     """``(embed, attributes, unchanged)`` for counterfactuals on the ``chosen`` path ("exact" or "latent").
 
-    Exact: ``model`` embeds the faces ``generator`` re-renders; ``attributes`` are those it controls
-    and ``unchanged`` the probe set's others. Latent: the embeddings ``z`` move along the probe heads
-    of ``report`` (``latent_mode``, :func:`~frx_plugin.counterfactual.latent.latent_model`); ``attributes``
-    is ``None`` (all of them).
+    Exact: ``model`` embeds the faces ``generator`` re-renders (each process of ``collectives`` its
+    share of them, :func:`~frx_plugin.counterfactual.sharded.sharded_exact_embedder`); ``attributes``
+    are those it controls and ``unchanged`` the probe set's others. Latent: the embeddings ``z`` move
+    along the probe heads of ``report`` (``latent_mode``, :func:`~frx_plugin.counterfactual.latent.latent_model`);
+    ``attributes`` is ``None`` (all of them).
     """
     if chosen == "exact":
         attributes, unchanged = generator_attributes(probe, generator)
-        return exact_embedder(model, generator, batch_size), attributes, unchanged
+        if collectives is None:
+            return exact_embedder(model, generator, batch_size), attributes, unchanged
+        return sharded_exact_embedder(model, generator, batch_size, collectives, z.shape[1], z.device), attributes, unchanged
     heads = latent_model(z, labels, schema, report.tensors["probe_directions"], report.tensors["probe_bias"],
                          mode=latent_mode, held_out={a.name: report.unreported.get(a.name, a.value) for a in report.leakage})
     return latent_embedder(heads, z, labels), None, []

@@ -24,6 +24,7 @@ from typing import Mapping
 import torch
 
 from frx_plugin.attributes import Attribute, AttributeSchema
+from frx_plugin.config import HEADS
 from frx_plugin.errors import AnalysisError
 from frx_plugin.leakage.functional import (
     MetricEstimate,
@@ -156,10 +157,6 @@ def probe_tensors(heads: ProbeHeads) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------- analyze_embeddings
-
-#: Kinds of heads that score discrete attributes: ridge (every epoch) or exact logistic (final reports).
-HEADS = ("ridge", "logistic")
-
 
 def _use_logistic_heads(
     heads: ProbeHeads,

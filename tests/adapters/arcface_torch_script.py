@@ -90,8 +90,8 @@ if __name__ == "__main__":
         writer.close()
     assert not frx.failures, frx.failures
     if rank == 0:
-        (out / "collectives.txt").write_text(repr(frx._collectives))
-    own_group = getattr(frx._collectives, "group", None) if refuse else None
+        (out / "collectives.txt").write_text(repr(frx.loop.collectives))
+    own_group = getattr(frx.loop.collectives, "group", None) if refuse else None
     if world > 1:
         # an orderly teardown: both ranks done, the DDP reducer (which holds the process group) gone first;
         # tearing down with the reducer alive let a rank abort at exit ("terminate called without an active exception")

@@ -162,10 +162,11 @@ def test_counterfactuals_are_logged_exact_on_the_synthetic_world_and_latent_else
 
     probe = SyntheticProbeSet(20, 4, seed=1, size=32, first_identity=7_000)
     callback = AttributeRecoveryCallback(probe, out_dir=tmp_path / "frx", n_bootstrap=20, significance_samples=24, max_error_pairs=4)
-    assert callback.counterfactual_path == "exact"
+    assert callback.counterfactual_path is None  # decided in setup, where the Trainer is known
     model = TinyFaceModule()
     trainer = _trainer(tmp_path, [callback], 1, logger=CSVLogger(tmp_path, name="logs"))
     trainer.fit(model, make_train_loader())
+    assert callback.counterfactual_path == "exact"
     report = callback.last_report
     assert report.counterfactuals == "exact" and set(report.significance) == set(probe.schema.names)
 
@@ -191,8 +192,8 @@ def test_counterfactuals_are_logged_exact_on_the_synthetic_world_and_latent_else
 
     # a probe set no generator can render: latent by default, an error at once when exact is demanded
     latent = AttributeRecoveryCallback(make_probe(), out_dir=tmp_path / "latent", n_bootstrap=0)
-    assert latent.counterfactual_path == "latent"
     _trainer(tmp_path / "b", [latent], 1).fit(TinyFaceModule(), make_train_loader())
+    assert latent.counterfactual_path == "latent"
     assert latent.last_report.counterfactuals == "latent" and latent.last_report.significance
     with pytest.raises(CounterfactualError, match="frx_register_generators"):
         AttributeRecoveryCallback(make_probe(), counterfactuals="exact")

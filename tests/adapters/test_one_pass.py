@@ -10,7 +10,7 @@ from lightning.pytorch import Trainer
 
 from frx_insightface.arcface_torch import ArcFaceTorchCallback
 from frx_lightning import AttributeRecoveryCallback
-from frx_plugin.passes import AnalysisConfig, PassPlan, run_pass
+from frx_plugin.passes import AnalysisConfig, plan_pass, run_pass
 from frx_plugin.synthetic import SyntheticProbeSet
 from tests.lightning_helpers import TinyFaceModule, make_train_loader
 from tests.records import assert_same_measures
@@ -40,7 +40,7 @@ def test_lightning_and_arcface_torch_and_run_pass_give_the_same_record(trained):
     arcface.run(step, model, epoch=1)
     arcface_record = json.loads((out / "arcface" / "history.json").read_text())["records"][-1]
     assert_same_measures(lightning_record, arcface_record)
-    plan = PassPlan.for_probe(probe, config=AnalysisConfig(n_bootstrap=20), **OPTIONS)
+    plan = plan_pass(probe, AnalysisConfig(n_bootstrap=20), **OPTIONS)
     report = run_pass(model, probe, plan).report
     report.epoch, report.global_step = 1, step
     assert_same_measures(lightning_record, json.loads(json.dumps(report.to_record())))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from frx_plugin.models import ResidualFaceNet
-from frx_plugin.passes import AnalysisConfig, PassPlan, run_pass
+from frx_plugin.passes import AnalysisConfig, plan_pass, run_pass
 from frx_plugin.synthetic import SyntheticProbeSet
 from tests.records import assert_same_measures
 
@@ -30,7 +30,7 @@ def test_a_cuda_pass_gives_the_cpu_record_within_1e_5(head, full_float32):
     probe = SyntheticProbeSet(n_identities=60, images_per_identity=4, seed=0, size=32, first_identity=9_000)
     torch.manual_seed(0)
     model = ResidualFaceNet(embedding_dim=32, widths=(8, 16, 16, 32), input_size=32).eval()
-    plan = PassPlan.for_probe(probe, config=AnalysisConfig(n_bootstrap=50, head=head), counterfactuals="exact",
+    plan = plan_pass(probe, AnalysisConfig(n_bootstrap=50, head=head), counterfactuals="exact",
                               significance_samples=32, max_error_pairs=4, on_error="raise")
     on_cpu = run_pass(model, probe, plan).report
     on_cuda = run_pass(copy.deepcopy(model).cuda(), probe, plan).report
@@ -43,7 +43,7 @@ def test_a_cuda_pass_holds_no_gpu_memory_afterwards_and_computes_on_the_gpu():
     probe = SyntheticProbeSet(n_identities=60, images_per_identity=4, seed=0, size=32, first_identity=9_000)
     torch.manual_seed(0)
     model = ResidualFaceNet(embedding_dim=32, widths=(8, 16, 16, 32), input_size=32).cuda().eval()
-    plan = PassPlan.for_probe(probe, config=AnalysisConfig(n_bootstrap=50), counterfactuals="latent", on_error="raise")
+    plan = plan_pass(probe, AnalysisConfig(n_bootstrap=50), counterfactuals="latent", on_error="raise")
     run_pass(model, probe, plan)
     torch.cuda.synchronize()
     held = torch.cuda.memory_allocated()

@@ -12,7 +12,8 @@ from frx_lightning import AttributeRecoveryCallback
 from frx_plugin.differentials import demographic_differentials
 from frx_plugin.history import read_history
 from frx_plugin.model import embed_probe_set
-from frx_plugin.passes import AnalysisConfig, PassPlan, run_pass, scalar_metrics
+from frx_plugin.passes import AnalysisConfig, plan_pass, run_pass
+from frx_plugin.sinks import scalar_metrics
 from frx_plugin.report import Report
 from frx_plugin.verification import verification
 from tests.lightning_helpers import TinyFaceModule, make_probe, make_train_loader
@@ -23,7 +24,7 @@ CONFIG = AnalysisConfig(n_bootstrap=20, differentials=True, differential_min_pai
 def test_a_pass_records_the_differentials_of_a_direct_call_and_logs_their_summaries():
     probe = make_probe(n_identities=40, per_identity=5)
     model = TinyFaceModule().eval()
-    report = run_pass(model, probe, PassPlan.for_probe(probe, config=CONFIG, counterfactuals="off", on_error="raise")).report
+    report = run_pass(model, probe, plan_pass(probe, CONFIG, counterfactuals="off", on_error="raise")).report
     z = embed_probe_set(model, probe)
     expected = demographic_differentials(z, probe.identity, probe.labels, probe.schema, verification(z, probe.identity, fmr=1e-2),
                                          n_bootstrap=20, min_pairs=5, min_identities=3).to_record()
@@ -45,10 +46,10 @@ def test_a_pass_records_the_differentials_of_a_direct_call_and_logs_their_summar
 def test_differentials_are_on_by_default_off_when_asked_and_a_bad_option_is_refused():
     probe = make_probe()
     model = TinyFaceModule().eval()
-    report = run_pass(model, probe, PassPlan.for_probe(probe, counterfactuals="off", on_error="raise")).report
+    report = run_pass(model, probe, plan_pass(probe, counterfactuals="off", on_error="raise")).report
     assert report.differentials["attributes"] and any(k.startswith("frx/differential/") for k in scalar_metrics(report))
     off = AnalysisConfig(differentials=False)
-    report = run_pass(model, probe, PassPlan.for_probe(probe, config=off, counterfactuals="off", on_error="raise")).report
+    report = run_pass(model, probe, plan_pass(probe, off, counterfactuals="off", on_error="raise")).report
     assert report.differentials is None and not any(k.startswith("frx/differential/") for k in scalar_metrics(report))
     with pytest.raises(ValueError, match="differential_bands must be a positive integer"):
         AnalysisConfig(differential_bands=0)
@@ -80,9 +81,9 @@ def test_a_failing_differentials_step_leaves_the_pass_standing_unless_asked_to_r
     monkeypatch.setattr(frx_plugin.differentials, "demographic_differentials", broken)
     probe = make_probe(n_identities=40, per_identity=5)
     model = TinyFaceModule().eval()
-    result = run_pass(model, probe, PassPlan.for_probe(probe, config=CONFIG, counterfactuals="off", on_error="warn"))
+    result = run_pass(model, probe, plan_pass(probe, CONFIG, counterfactuals="off", on_error="warn"))
     assert result.ok and result.report.leakage and result.report.verification is not None
     assert result.report.differentials is None
     assert any("demographic differentials skipped: RuntimeError: planted failure" in w for w in result.report.warnings)
     with pytest.raises(RuntimeError, match="planted failure"):
-        run_pass(model, probe, PassPlan.for_probe(probe, config=CONFIG, counterfactuals="off", on_error="raise"))
+        run_pass(model, probe, plan_pass(probe, CONFIG, counterfactuals="off", on_error="raise"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from frx_plugin.passes import AnalysisConfig, PassPlan, prepare_two_stage, run_pass
+from frx_plugin.passes import AnalysisConfig, plan_pass, prepare_two_stage, run_pass
 from frx_plugin.collectives import SingleProcess
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.synthetic import SyntheticProbeSet
@@ -69,7 +69,7 @@ def test_an_exact_counterfactual_pass_leaves_model_and_generator_as_they_were():
     probe = SyntheticProbeSet(n_identities=30, images_per_identity=4, seed=0, size=32, first_identity=7_000)
     model = _user_state(32)
     before = _snapshot(model)
-    plan = PassPlan.for_probe(probe, config=AnalysisConfig(n_bootstrap=10), counterfactuals="exact", significance_samples=16,
+    plan = plan_pass(probe, AnalysisConfig(n_bootstrap=10), counterfactuals="exact", significance_samples=16,
                               max_error_pairs=4, on_error="raise")
     result = run_pass(model, probe, plan)
     assert result.report.counterfactuals == "exact" and result.report.significance
@@ -88,7 +88,7 @@ def test_a_two_stage_pass_leaves_model_and_generator_as_they_were(fresh_plugins)
     probe = make_probe()
     model = _user_state(16)
     before = _snapshot(model)
-    plan = PassPlan.for_probe(probe, config=AnalysisConfig(n_bootstrap=10), counterfactuals="latent", on_error="raise")
+    plan = plan_pass(probe, AnalysisConfig(n_bootstrap=10), counterfactuals="latent", on_error="raise")
     two_stage = prepare_two_stage(probe, TwoStageConfig(steps=5, samples=2, n_bootstrap=0), SingleProcess())
     result = run_pass(model, probe, plan, two_stage=two_stage)
     assert result.report.recovery is not None and not result.report.recovery["errors"]
@@ -102,7 +102,7 @@ def test_on_cuda_the_pass_leaves_the_cuda_generator_and_frees_its_memory(fresh_p
     model = _user_state(16).cuda()
     torch.cuda.synchronize()
     cuda_rng = torch.cuda.get_rng_state()
-    plan = PassPlan.for_probe(probe, config=AnalysisConfig(n_bootstrap=10), counterfactuals="latent", on_error="raise")
+    plan = plan_pass(probe, AnalysisConfig(n_bootstrap=10), counterfactuals="latent", on_error="raise")
     two_stage = prepare_two_stage(probe, TwoStageConfig(steps=5, samples=2, n_bootstrap=0), SingleProcess(torch.device("cuda")))
     run_pass(model, probe, plan, two_stage=two_stage)  # the first pass makes the decoders: they stay
     torch.cuda.synchronize()
