@@ -33,7 +33,7 @@ from frx_plugin.collectives import Collectives, SingleProcess, gather_rows, metr
 from frx_plugin.errors import AnalysisError
 from frx_plugin.leakage import analyze_embeddings
 from frx_plugin.embedding_set import zero_rows_notice
-from frx_plugin.model import ModelAdapter, embed_probe_set
+from frx_plugin.model import ModelAdapter, embed_probe_set, saved_rank_buffers
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet
 from frx_plugin.report import Report
@@ -364,9 +364,19 @@ def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectiv
     (framework, epoch, global step, out_dir, …). A failure follows ``plan.on_error``: "raise"
     raises it (on every rank), "warn" returns a result without report whose ``failure`` says why.
     ``progress(done, total, "embedding")`` after each embedded batch when given.
+
+    Every rank embeds with rank 0's floating buffers (BatchNorm statistics), the model the loops save,
+    and gets its own back after the pass (:func:`~frx_plugin.model.saved_rank_buffers`).
     """
     model = ModelAdapter.wrap(model)
     collectives = collectives or SingleProcess(model.device)
+    with saved_rank_buffers(model.module, collectives, lambda message: model.warn_once("rank buffers", message)):
+        return _sequence_pass(model, probe, plan, collectives, two_stage, context, progress)
+
+
+def _sequence_pass(model: ModelAdapter, probe: ProbeSet, plan: PassPlan, collectives: Collectives, two_stage: Any,
+                   context: dict[str, Any] | None, progress: Any) -> PassResult:
+    """:func:`run_pass` once the model's buffers are the ones it measures."""
     timing = dict.fromkeys(TIMING_KEYS, 0.0)
     device = model.device
 
