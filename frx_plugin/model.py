@@ -6,7 +6,11 @@ A :class:`ModelAdapter` holds the module (unwrapped from ``DistributedDataParall
   path such as ``"backbone"`` (that submodule is called on the images), or an index or key of a
   tuple or dict output. Without it a plugin's ``frx_embed`` hook may answer; else frx calls the
   module and, where it must guess (the first element of a tuple, a forward wider than its
-  ``backbone``), warns once, naming the option that removes the guess;
+  ``backbone``), warns once, naming the option that removes the guess. A forward that gives class
+  scores (it ends in a classifier layer, ``fc``/``classifier``/``head`` …) is never embedded as it is:
+  frx embeds the features before the classifier (timm's ``forward_head(…, pre_logits=True)``, a
+  ``backbone``, or :func:`input_of` the layer; see :mod:`frx_plugin.conventions`) and warns once;
+  ``embed='forward'`` embeds the forward's output as it is;
 - **the input transform** (``transform=``) from the probe set's RGB in [0, 1] to what the model was
   trained on: a callable, or a preset — ``"unit"`` (as given), ``"arcface"`` (``(x − 0.5) / 0.5``,
   arcface_torch's), ``"imagenet"``, or ``{"mean": …, "std": …, "scale": 255, "channels": "bgr"}``.
@@ -38,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from frx_plugin.collectives import Collectives
+from frx_plugin.conventions import examine_forward, input_of  # noqa: F401 - input_of: an embed= option, frx_plugin.model.input_of
 from frx_plugin.errors import ModelInputError
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet
@@ -172,6 +177,9 @@ class ModelAdapter:
         self._warn = warn or (lambda message: warnings.warn(message, UserWarning, stacklevel=3))
         self._warned: set[str] = set()
         self._fitting_shapes: set[tuple[int, ...]] = set()  # image shapes (C, H, W) the forward has taken
+        #: without embed=, what frx embeds instead of a forward's class scores (conventions.examine_forward):
+        #: None before the first forward, False where the forward gives no classifier's scores
+        self._guess: Any = None
         #: the context the module's forward runs in (a training loop's autocast: Lightning's
         #: ``precision_plugin.forward_context``), so frx embeds in the precision the model trains in;
         #: only the forward: the analysis after it stays in float32/float64
@@ -253,7 +261,17 @@ class ModelAdapter:
             return _check_embedding(option(self.module, x), "embed(module, images)").float()
         if isinstance(option, str) and _attribute(self.module, option) is not None:
             return _check_embedding(_attribute(self.module, option)(x), f"model.{option}(images)").float()
-        z = self._select(self.module(x))
+        if self._guess is False:  # examined: the forward's output is no classifier's scores
+            z = self._select(self.module(x))
+        elif self._guess is not None:
+            return _check_embedding(self._guess(self.module, x), "the features before the classifier").float()
+        else:
+            out, guess = examine_forward(self.module, x)
+            self._guess = False if guess is None else guess.embed
+            if guess is not None:
+                self.warn_once("classifier", guess.message)
+                return _check_embedding(guess.features, "the features before the classifier").float()
+            z = self._select(out)
         self._check_backbone(x, z)
         return z.float()
 
