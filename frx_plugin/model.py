@@ -24,8 +24,9 @@ Inference (:meth:`ModelAdapter.embed`) runs without gradients in eval mode and p
 mode back; calling the adapter is the differentiable forward (the two-stage path's identity loss).
 
 **Whose buffers.** Under ``DistributedDataParallel(broadcast_buffers=False)`` (arcface_torch's) each
-process's BatchNorm statistics drift apart, while each process embeds its own shard of the probe
-set: a pass would measure a blend of models that no process saves. :func:`saved_rank_buffers`
+process's BatchNorm statistics drift apart (with ``True``, Lightning's default, they still differ by
+the last step's update), while each process embeds its own shard of the probe set: a pass would
+measure a blend of models that no process saves. :func:`saved_rank_buffers`
 gives every process rank 0's floating buffers for the pass (the rank whose weights the loops
 save) and puts each process's own back afterwards.
 """
@@ -408,9 +409,10 @@ def _take_rank_buffers(module: Any, collectives: Collectives, source: int) -> tu
     if not n_differ:  # the fingerprints differed by rounding only
         return saved, None
     return saved, (f"the ranks' buffers differ ({n_differ} of {len(named)} floating buffers; the largest difference, {worst[0]:.3g}, "
-                   f"in {worst[1]!r} between rank {worst[2]} and rank {source}), as under DistributedDataParallel(broadcast_buffers=False); "
-                   f"frx embeds with rank {source}'s buffers on every rank (the rank whose weights a loop saves) and puts each "
-                   "rank's own back after the pass")
+                   f"in {worst[1]!r} between rank {worst[2]} and rank {source}): each rank's BatchNorm statistics follow its own "
+                   "batches (DistributedDataParallel(broadcast_buffers=False) keeps them apart; with True the last step's update "
+                   f"still differs); frx embeds with rank {source}'s buffers on every rank (the rank whose weights a loop saves) "
+                   "and puts each rank's own back after the pass")
 
 
 @contextlib.contextmanager
