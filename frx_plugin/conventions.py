@@ -113,7 +113,7 @@ def _guess(module: torch.nn.Module, images: torch.Tensor, out: torch.Tensor, pat
         if _close(pre_logits, features):
             m = f"m.{dotted}"
             return Guess(
-                lambda model, x, owner_path=prefix: _timm_embed(model.get_submodule(owner_path), x), pre_logits,
+                _timm_embed_at(prefix), pre_logits,
                 f"{scores}; frx embeds {dotted}forward_head({dotted}forward_features(x), pre_logits=True) instead, "
                 f"D = {features.shape[1]}: pass embed=lambda m, x: {m}forward_head({m}forward_features(x), pre_logits=True) {choose}")
         backbone = getattr(owner, "backbone", None)
@@ -121,7 +121,7 @@ def _guess(module: torch.nn.Module, images: torch.Tensor, out: torch.Tensor, pat
             inner = backbone(images)
             if _close(inner, features):
                 name = f"{dotted}backbone"
-                return Guess(lambda model, x, name=name: model.get_submodule(name)(x), inner,
+                return Guess(_output_of(name), inner,
                              f"the model's forward gives D = {out.shape[1]}, its {name!r} D = {inner.shape[1]}: {scores}; frx "
                              f"embeds {name!r} instead: pass embed={name!r} {choose}")
     return Guess(input_of(path), features,
@@ -131,6 +131,16 @@ def _guess(module: torch.nn.Module, images: torch.Tensor, out: torch.Tensor, pat
 
 def _timm_embed(owner: Any, images: torch.Tensor) -> torch.Tensor:
     return owner.forward_head(owner.forward_features(images), pre_logits=True)
+
+
+def _timm_embed_at(path: str) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+    """``embed(module, images)``: timm's pre-logits features of the submodule ``path`` ("" the module)."""
+    return lambda module, images: _timm_embed(module.get_submodule(path), images)
+
+
+def _output_of(path: str) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+    """``embed(module, images)``: the output of the submodule ``path`` on the images."""
+    return lambda module, images: module.get_submodule(path)(images)
 
 
 def _timm_pre_logits(owner: Any, images: torch.Tensor) -> Any:
