@@ -172,3 +172,20 @@ def test_a_model_whose_forward_gives_the_embedding_is_embedded_as_it_is(images):
             warnings.simplefilter("error")
             z = embed_probe_set(ModelAdapter(model, transform="unit"), probe)
         torch.testing.assert_close(z, _reference(model(images)), rtol=0, atol=1e-6)
+
+
+def test_a_classifier_sequential_is_found_by_its_name(images):
+    class MobileNetLike(torch.nn.Module):  # torchvision's MobileNetV2/EfficientNet: features, then classifier = (Dropout, Linear)
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(2)
+            self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 24, 3, stride=2, padding=1), torch.nn.BatchNorm2d(24), torch.nn.ReLU6())
+            self.classifier = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(24, 7))
+
+        def forward(self, x):
+            return self.classifier(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+    model = MobileNetLike().eval()
+    z, said = _embed(model, images, transform="unit")
+    torch.testing.assert_close(z, _reference(model.features(images).mean(dim=(2, 3))), rtol=0, atol=1e-6)
+    assert len(said) == 1 and "(from 'classifier.1', Linear 24 → 7)" in said[0] and "input_of('classifier.1')" in said[0]
