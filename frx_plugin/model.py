@@ -6,7 +6,11 @@ A :class:`ModelAdapter` holds the module (unwrapped from ``DistributedDataParall
   path such as ``"backbone"`` (that submodule is called on the images), or an index or key of a
   tuple or dict output. Without it a plugin's ``frx_embed`` hook may answer; else frx calls the
   module and, where it must guess (the first element of a tuple, a forward wider than its
-  ``backbone``), warns once, naming the option that removes the guess;
+  ``backbone``), warns once, naming the option that removes the guess. A forward that gives class
+  scores (it ends in a classifier layer, ``fc``/``classifier``/``head`` …) is never embedded as it is:
+  frx embeds the features before the classifier (timm's ``forward_head(…, pre_logits=True)``, a
+  ``backbone``, or :func:`input_of` the layer; see :mod:`frx_plugin.conventions`) and warns once;
+  ``embed='forward'`` embeds the forward's output as it is;
 - **the input transform** (``transform=``) from the probe set's RGB in [0, 1] to what the model was
   trained on: a callable, or a preset — ``"unit"`` (as given), ``"arcface"`` (``(x − 0.5) / 0.5``,
   arcface_torch's), ``"imagenet"``, or ``{"mean": …, "std": …, "scale": 255, "channels": "bgr"}``.
@@ -18,11 +22,19 @@ A :class:`ModelAdapter` holds the module (unwrapped from ``DistributedDataParall
 
 Inference (:meth:`ModelAdapter.embed`) runs without gradients in eval mode and puts the module's
 mode back; calling the adapter is the differentiable forward (the two-stage path's identity loss).
+
+**Whose buffers.** Under ``DistributedDataParallel(broadcast_buffers=False)`` (arcface_torch's) each
+process's BatchNorm statistics drift apart (with ``True``, Lightning's default, they still differ by
+the last step's update), while each process embeds its own shard of the probe set: a pass would
+measure a blend of models that no process saves. :func:`saved_rank_buffers`
+gives every process rank 0's floating buffers for the pass (the rank whose weights the loops
+save) and puts each process's own back afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -31,6 +43,8 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 
+from frx_plugin.collectives import Collectives
+from frx_plugin.conventions import examine_forward, input_of  # noqa: F401 - input_of: an embed= option, frx_plugin.model.input_of
 from frx_plugin.errors import ModelInputError
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet
@@ -189,6 +203,9 @@ class ModelAdapter:
         self._warn = warn or (lambda message: warnings.warn(message, UserWarning, stacklevel=3))
         self._warned: set[str] = set()
         self._fitting_shapes: set[tuple[int, ...]] = set()  # image shapes (C, H, W) the forward has taken
+        #: without embed=, what frx embeds instead of a forward's class scores (conventions.examine_forward):
+        #: None before the first forward, False where the forward gives no classifier's scores
+        self._guess: Any = None
         #: the context the module's forward runs in (a training loop's autocast: Lightning's
         #: ``precision_plugin.forward_context``), so frx embeds in the precision the model trains in;
         #: only the forward: the analysis after it stays in float32/float64
@@ -270,7 +287,17 @@ class ModelAdapter:
             return _check_embedding(option(self.module, x), "embed(module, images)").float()
         if isinstance(option, str) and _attribute(self.module, option) is not None:
             return _check_embedding(_attribute(self.module, option)(x), f"model.{option}(images)").float()
-        z = self._select(self.module(x))
+        if self._guess is False:  # examined: the forward's output is no classifier's scores
+            z = self._select(self.module(x))
+        elif self._guess is not None:
+            return _check_embedding(self._guess(self.module, x), "the features before the classifier").float()
+        else:
+            out, guess = examine_forward(self.module, x)
+            self._guess = False if guess is None else guess.embed
+            if guess is not None:
+                self.warn_once("classifier", guess.message)
+                return _check_embedding(guess.features, "the features before the classifier").float()
+            z = self._select(out)
         self._check_backbone(x, z)
         return z.float()
 
@@ -344,3 +371,94 @@ def embed_probe_set(model: Any, probe: ProbeSet, indices: torch.Tensor | None = 
         if check and not bool(torch.isfinite(chunks[-1]).all()):
             break
     return torch.cat(chunks) if chunks else torch.empty(0, 0)
+
+
+# --------------------------------------------------------------------------- whose buffers a pass embeds with
+
+
+def _fingerprint(buffer: torch.Tensor) -> torch.Tensor:
+    """``(4,)`` float64: the sum, the sum of squares and a position-weighted sum of ``buffer``, and its size.
+
+    Equal buffers give equal fingerprints; buffers that drifted apart (other running statistics)
+    give other sums. Only the buffers whose fingerprints differ are then sent whole.
+    """
+    x = buffer.detach().flatten().to(torch.float64)
+    weights = torch.arange(x.numel(), device=x.device, dtype=torch.float64).remainder_(1009).add_(1.0)
+    return torch.stack([x.sum(), (x * x).sum(), (x * weights).sum(), torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device)])
+
+
+def _gap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``|a − b|`` elementwise, 0 where both are equal or both NaN, infinity where only one is NaN."""
+    equal = (a == b) | (torch.isnan(a) & torch.isnan(b))
+    gap = (a - b).abs().nan_to_num(nan=math.inf)
+    return torch.where(equal, torch.zeros_like(gap), gap)
+
+
+def _take_rank_buffers(module: Any, collectives: Collectives, source: int) -> tuple[list, str | None]:
+    """Copy rank ``source``'s floating buffers into this process's ``module`` where they differ.
+
+    Returns ``[(buffer, its own values)]`` to put back, and what to tell the user (the same on every
+    rank: every decision is taken from gathered values all ranks hold). Every rank calls the same
+    collectives: one all-gather of the buffers' fingerprints, and one of the differing buffers whole.
+    """
+    named = [(name, b) for name, b in module.named_buffers() if b.is_floating_point() and b.numel()]
+    device = collectives.device
+    prints = torch.stack([_fingerprint(b) for _, b in named]).to(device) if named else torch.zeros(0, 4, dtype=torch.float64, device=device)
+    count = collectives.all_gather(torch.tensor([float(len(named))], dtype=torch.float64, device=device))
+    if not bool((count == count[0]).all()):
+        return [], (f"the ranks' models hold different numbers of floating buffers ({count.flatten().int().tolist()}); "
+                    "each rank embeds its share of the probe set with its own")
+    if not named:
+        return [], None
+    gathered = collectives.all_gather(prints)  # (W, n, 4)
+    if not bool((gathered[..., 3] == gathered[source, :, 3]).all()):
+        return [], "the ranks' models hold buffers of different sizes; each rank embeds its share of the probe set with its own"
+    differing = [i for i in range(len(named)) if bool((_gap(gathered[:, i], gathered[source, i]) > 0).any())]
+    if not differing:
+        return [], None
+    everyone = collectives.all_gather(torch.cat([named[i][1].detach().flatten().to(device, torch.float64) for i in differing]))
+    saved: list = []
+    worst, n_differ, offset = (0.0, "", 0), 0, 0
+    for i in differing:
+        name, buffer = named[i]
+        rows = everyone[:, offset: offset + buffer.numel()]
+        offset += buffer.numel()
+        gaps = torch.stack([_gap(row, rows[source]).max() for row in rows])  # each rank's largest gap from the source
+        n_differ += int(bool((gaps > 0).any()))
+        if float(gaps.max()) > worst[0]:
+            worst = (float(gaps.max()), name, int(gaps.argmax()))
+        if float(gaps[collectives.rank]) > 0:
+            saved.append((buffer, buffer.detach().clone()))
+            with torch.no_grad():
+                buffer.copy_(rows[source].view(buffer.shape).to(buffer.device, buffer.dtype))
+    if not n_differ:  # the fingerprints differed by rounding only
+        return saved, None
+    return saved, (f"the ranks' buffers differ ({n_differ} of {len(named)} floating buffers; the largest difference, {worst[0]:.3g}, "
+                   f"in {worst[1]!r} between rank {worst[2]} and rank {source}): each rank's BatchNorm statistics follow its own "
+                   "batches (DistributedDataParallel(broadcast_buffers=False) keeps them apart; with True the last step's update "
+                   f"still differs); frx embeds with rank {source}'s buffers on every rank (the rank whose weights a loop saves) "
+                   "and puts each rank's own back after the pass")
+
+
+@contextlib.contextmanager
+def saved_rank_buffers(module: Any, collectives: Collectives, warn: Callable[[str], Any] | None = None, source: int = 0):
+    """The block with rank ``source``'s floating buffers in ``module`` on every rank; then each rank's own, bitwise.
+
+    Every rank must enter it alike (it runs collectives on :attr:`Collectives.device`). The buffers are
+    compared first by a fingerprint each and only those that differ are gathered and copied, so a
+    model whose ranks agree (``broadcast_buffers=True``, no BatchNorm) costs two small all-gathers.
+    Integer buffers (``num_batches_tracked``) are left as they are: an eval-mode forward does not read
+    them. ``warn(message)`` is called on rank ``source`` when the ranks' buffers differed (naming the
+    largest difference and its buffer), or could not be compared. One process: nothing happens.
+    """
+    saved: list = []
+    if collectives.world_size > 1 and isinstance(module, torch.nn.Module):
+        saved, message = _take_rank_buffers(module, collectives, source)
+        if message is not None and collectives.rank == source and warn is not None:
+            warn(message)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, own in saved:
+                buffer.copy_(own)

@@ -36,7 +36,7 @@ from frx_plugin.counterfactual.measures import choose_counterfactual_path, count
 from frx_plugin.errors import AnalysisError
 from frx_plugin.leakage import analyze_embeddings
 from frx_plugin.embedding_set import zero_rows_notice
-from frx_plugin.model import ModelAdapter, embed_probe_set
+from frx_plugin.model import ModelAdapter, embed_probe_set, saved_rank_buffers
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet
 from frx_plugin.report import Report
@@ -277,9 +277,19 @@ def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectiv
     ``progress(done, total, "embedding")`` after each embedded batch when given. ``announce``: fire
     ``frx_analysis_completed`` at the end (a training loop says ``False`` and fires it itself, after it
     has written the pass's history: :func:`announce_pass`).
+
+    Every rank embeds with rank 0's floating buffers (BatchNorm statistics), the model the loops save,
+    and gets its own back after the pass (:func:`~frx_plugin.model.saved_rank_buffers`).
     """
     model = ModelAdapter.wrap(model)
     collectives = collectives or SingleProcess(model.device)
+    with saved_rank_buffers(model.module, collectives, lambda message: model.warn_once("rank buffers", message)):
+        return _sequence_pass(model, probe, plan, collectives, two_stage, context, progress, announce)
+
+
+def _sequence_pass(model: ModelAdapter, probe: ProbeSet, plan: PassPlan, collectives: Collectives, two_stage: Any,
+                   context: dict[str, Any] | None, progress: Any, announce: bool) -> PassResult:
+    """:func:`run_pass` once the model's buffers are the ones it measures."""
     timing = dict.fromkeys(TIMING_KEYS, 0.0)
     device = model.device
 
