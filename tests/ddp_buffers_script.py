@@ -21,7 +21,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from frx_plugin.collectives import TorchDistributed  # noqa: E402
 from frx_plugin.model import ModelAdapter  # noqa: E402
-from frx_plugin.passes import AnalysisConfig, PassPlan, run_pass  # noqa: E402
+from frx_plugin.passes import AnalysisConfig, PassPlan, plan_pass, run_pass  # noqa: E402
 from frx_plugin.synthetic import SyntheticFaceDataset, SyntheticFaceWorld, SyntheticProbeSet  # noqa: E402
 
 
@@ -45,8 +45,8 @@ def make_probe() -> SyntheticProbeSet:
 
 
 def make_plan(probe) -> PassPlan:
-    return PassPlan.for_probe(probe, config=AnalysisConfig(n_bootstrap=20), counterfactuals="exact", significance_samples=16,
-                              max_error_pairs=4)
+    return plan_pass(probe, AnalysisConfig(n_bootstrap=20), counterfactuals="exact", significance_samples=16,
+                     max_error_pairs=4)
 
 
 def buffers(module) -> dict:
