@@ -7,14 +7,17 @@ containers only, never arbitrary pickled objects. Every problem is one line, a
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, TypeVar
 
 import torch
 
 from frx_plugin.errors import CheckpointError
 
-__all__ = ["read_checkpoint", "state_dict_in", "strip_prefix", "check_state_dict", "load_into", "key_shapes"]
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+
+__all__ = ["check_state_dict", "key_shapes", "load_into", "read_checkpoint", "state_dict_in", "strip_prefix"]
 
 _LISTED = 5
 
@@ -31,7 +34,7 @@ def read_checkpoint(path: str | Path, what: str, where_published: str | None = N
         raise CheckpointError(f"{what} {path}: no such file{where} (frx never downloads weights)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # an unpickling error, a damaged zip, a truncated file: one line, not a traceback
+    except Exception as exc:  # noqa: BLE001  # an unpickling error, a damaged zip, a truncated file: one line, not a traceback
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{what} {path}: not a readable PyTorch weights file ({detail[:200]})") from None
 
@@ -53,7 +56,7 @@ def state_dict_in(obj: Any, path: str | Path, what: str, key: str | None = None)
 
 def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
     """``state`` with ``prefix`` (``DataParallel``'s ``module.``) taken off the names that start with it."""
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+    return {k.removeprefix(prefix): v for k, v in state.items()}
 
 
 def _names(names: list[str]) -> str:
@@ -82,8 +85,8 @@ def key_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def load_into(module: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | Path, what: str,
-              optional: Callable[[str], bool] = lambda key: False) -> torch.nn.Module:
+def load_into(module: ModuleT, state: Mapping[str, torch.Tensor], path: str | Path, what: str,
+              optional: Callable[[str], bool] = lambda key: False) -> ModuleT:
     """``module`` with ``state`` loaded after :func:`check_state_dict` (optional keys left as they are), in eval mode."""
     check_state_dict(key_shapes(module), state, path, what, optional)
     own = module.state_dict()

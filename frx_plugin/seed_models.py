@@ -12,18 +12,31 @@ frx never downloads their files; the seed's README links where they are publishe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from frx_plugin.checkpoints import load_into, read_checkpoint, state_dict_in, strip_prefix
+from frx_plugin.checkpoints import (
+    load_into,
+    read_checkpoint,
+    state_dict_in,
+    strip_prefix,
+)
 from frx_plugin.errors import CheckpointError
 
-__all__ = ["SeedMobileFaceNet", "IRSEBackbone", "IRSE_UNITS", "load_seed_mobilefacenet", "load_seed_irse",
-           "open_seed_mobilefacenet", "open_seed_irse50", "SEED_FACE_PUBLISHED"]
+__all__ = [
+    "IRSE_UNITS",
+    "SEED_FACE_PUBLISHED",
+    "IRSEBackbone",
+    "SeedMobileFaceNet",
+    "load_seed_irse",
+    "load_seed_mobilefacenet",
+    "open_seed_irse50",
+    "open_seed_mobilefacenet",
+]
 
 SEED_FACE_PUBLISHED = ("the seed's README (github.com/RenMin1991/Facial-Attribute-Recovery) links where its face "
                        "models (arcface_mb.pth, arcface_r50.pth) are published")

@@ -16,8 +16,14 @@ from safetensors.torch import load_file
 
 from frx_plugin.checkpoints import key_shapes
 from frx_plugin.errors import CheckpointError, DecoderError
-from frx_plugin.two_stage.stylegan import (LatentTransformer, StyleGAN2Generator, generator_config,
-                                           load_latent_transformer, load_mean_wplus, load_rosinality_generator)
+from frx_plugin.two_stage.stylegan import (
+    LatentTransformer,
+    StyleGAN2Generator,
+    generator_config,
+    load_latent_transformer,
+    load_mean_wplus,
+    load_rosinality_generator,
+)
 from frx_plugin.two_stage.stylegan.ops import fir_filter, fir_kernel
 from tests.fixtures.stylegan.weights import stylegan_state
 

@@ -7,8 +7,16 @@
 - :mod:`~frx_plugin.two_stage.stylegan.ops` — the operations (FIR filtering, bias leaky ReLU, modulated convolution).
 """
 
-from frx_plugin.two_stage.stylegan.encoder import LatentTransformer, load_latent_transformer, load_mean_wplus
-from frx_plugin.two_stage.stylegan.generator import StyleGAN2Generator, generator_config, load_rosinality_generator
+from frx_plugin.two_stage.stylegan.encoder import (
+           LatentTransformer,
+           load_latent_transformer,
+           load_mean_wplus,
+)
+from frx_plugin.two_stage.stylegan.generator import (
+           StyleGAN2Generator,
+           generator_config,
+           load_rosinality_generator,
+)
 
 __all__ = ["LatentTransformer", "StyleGAN2Generator", "generator_config", "load_latent_transformer", "load_mean_wplus",
            "load_rosinality_generator"]

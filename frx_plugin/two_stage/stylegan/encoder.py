@@ -17,11 +17,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from frx_plugin.checkpoints import load_into, read_checkpoint, state_dict_in, strip_prefix
+from frx_plugin.checkpoints import (
+    load_into,
+    read_checkpoint,
+    state_dict_in,
+    strip_prefix,
+)
 from frx_plugin.errors import CheckpointError
 from frx_plugin.two_stage.stylegan.generator import EqualLinear
 
-__all__ = ["LatentTransformer", "load_latent_transformer", "load_mean_wplus", "SEED_PUBLISHED", "INPUT_SCALE"]
+__all__ = ["INPUT_SCALE", "SEED_PUBLISHED", "LatentTransformer", "load_latent_transformer", "load_mean_wplus"]
 
 #: where the seed's weight files are published (frx never downloads them)
 SEED_PUBLISHED = ("the seed's README (github.com/RenMin1991/Facial-Attribute-Recovery) links where its weight files "

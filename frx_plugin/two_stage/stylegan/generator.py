@@ -18,17 +18,22 @@ the CPU and on CUDA.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
 
 from frx_plugin.checkpoints import load_into, read_checkpoint, state_dict_in
 from frx_plugin.errors import CheckpointError, DecoderError
-from frx_plugin.two_stage.stylegan.ops import bias_leaky_relu, fir_filter, fir_kernel, modulated_conv2d
+from frx_plugin.two_stage.stylegan.ops import (
+    bias_leaky_relu,
+    fir_filter,
+    fir_kernel,
+    modulated_conv2d,
+)
 
-__all__ = ["EqualLinear", "StyleGAN2Generator", "load_rosinality_generator", "standard_channels", "generator_config"]
+__all__ = ["EqualLinear", "StyleGAN2Generator", "generator_config", "load_rosinality_generator", "standard_channels"]
 
 BLUR_TAPS = (1, 3, 3, 1)
 
@@ -63,6 +68,8 @@ class _PixelNorm(nn.Module):
 
 class _Kernel(nn.Module):
     """Holds a FIR kernel as the buffer ``kernel`` (a key of rosinality's checkpoints)."""
+
+    kernel: torch.Tensor
 
     def __init__(self, gain: float):
         super().__init__()

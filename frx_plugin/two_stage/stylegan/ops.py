@@ -12,12 +12,12 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["fir_kernel", "fir_filter", "bias_leaky_relu", "modulated_conv2d", "LEAKY_SLOPE", "LEAKY_GAIN"]
+__all__ = ["LEAKY_GAIN", "LEAKY_SLOPE", "bias_leaky_relu", "fir_filter", "fir_kernel", "modulated_conv2d"]
 
 LEAKY_SLOPE = 0.2
 LEAKY_GAIN = math.sqrt(2.0)
