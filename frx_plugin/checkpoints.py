@@ -34,7 +34,7 @@ def read_checkpoint(path: str | Path, what: str, where_published: str | None = N
         raise CheckpointError(f"{what} {path}: no such file{where} (frx never downloads weights)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  # an unpickling error, a damaged zip, a truncated file: one line, not a traceback
+    except Exception as exc:  # noqa: BLE001 - an unpickling error, a damaged zip, a truncated file: one line
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{what} {path}: not a readable PyTorch weights file ({detail[:200]})") from None
 

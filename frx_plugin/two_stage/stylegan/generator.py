@@ -11,7 +11,8 @@ channel_multiplier)``), so its checkpoints load as they are::
 
 ``forward`` takes W+ latents (rosinality's ``input_is_latent=True``); :meth:`StyleGAN2Generator.mapping`
 is the z → w style MLP. Noise is deterministic by default: the checkpoint's own ``noises.noise_{i}``
-buffers (rosinality's ``randomize_noise=False``). Nothing here is compiled: the same code runs on
+buffers (rosinality's ``randomize_noise=False``); Ren et al.'s ``ReconModel`` leaves its generator's default,
+fresh noise on every call, which is ``noise="random"`` here. Nothing here is compiled: the same code runs on
 the CPU and on CUDA.
 """
 
