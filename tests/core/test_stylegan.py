@@ -182,6 +182,8 @@ def test_latent_transformer_errors(tmp_path):
         load_latent_transformer(tmp_path / "t.pth")
     with pytest.raises(CheckpointError, match="github.com/RenMin1991/Facial-Attribute-Recovery"):
         load_latent_transformer(tmp_path / "absent.pth")
+    with pytest.raises(DecoderError, match=r"embeddings must be N×8, got \(3, 7\)"):
+        LatentTransformer(2, 5, 8)(torch.zeros(3, 7))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

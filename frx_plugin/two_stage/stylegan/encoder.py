@@ -23,7 +23,7 @@ from frx_plugin.checkpoints import (
     state_dict_in,
     strip_prefix,
 )
-from frx_plugin.errors import CheckpointError
+from frx_plugin.errors import CheckpointError, DecoderError
 from frx_plugin.two_stage.stylegan.generator import EqualLinear
 
 __all__ = ["INPUT_SCALE", "SEED_PUBLISHED", "LatentTransformer", "load_latent_transformer", "load_mean_wplus"]
@@ -51,7 +51,7 @@ class LatentTransformer(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.ndim != 2 or z.shape[1] != self.width:
-            raise ValueError(f"LatentTransformer: embeddings must be N×{self.width}, got {tuple(z.shape)}")
+            raise DecoderError(f"LatentTransformer: embeddings must be N×{self.width}, got {tuple(z.shape)}")
         shared = self.mapping(z * INPUT_SCALE)
         return torch.tanh(torch.stack([head(shared) for head in self.heads], dim=1))
 
