@@ -34,6 +34,7 @@ def _architecture(cls: type) -> BackboneFactory:
 def frx_register_backbones(register: Register[BackboneFactory]) -> None:
     from frx_plugin import models
     from frx_plugin.openers import load_torch_backbone, open_frx_backbone
+    from frx_plugin.seed_models import open_seed_irse50, open_seed_mobilefacenet
     from frx_plugin.synthetic.backbones import BUILTIN_BACKBONES, open_synthetic_backbone
 
     register("frx", open_frx_backbone, "frx:PATH, a backbone.safetensors that frx demo saved (or its folder)")
@@ -43,6 +44,10 @@ def frx_register_backbones(register: Register[BackboneFactory]) -> None:
              "untrained narrow residual CNN, 64x64 or larger input (the demo backbone; options go to ResidualFaceNet)")
     register("mobilefacenet-like", _architecture(models.MobileFaceNetLike),
              "untrained small MobileFaceNet-style CNN (inverted residuals, global depthwise conv), input a multiple of 16")
+    register("seed-mobilefacenet", open_seed_mobilefacenet,
+             "seed-mobilefacenet:PATH, Ren et al.'s MobileFaceNet weights (arcface_mb.pth), 112x112 arcface input")
+    register("seed-irse50", open_seed_irse50,
+             "seed-irse50:PATH, Ren et al.'s IR-SE-50 weights (arcface_r50.pth), 112x112 arcface input")
 
 
 @hookimpl

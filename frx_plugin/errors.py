@@ -43,12 +43,17 @@ class DecoderDiverged(DecoderError):
     """A decoder whose training loss became NaN or infinite; its weights are left as before the fit."""
 
 
+class CheckpointError(ValueError):
+    """A weights file that cannot be read, or that does not fit the model it is loaded into; the message names
+    the file and the missing, unexpected or mis-shaped keys."""
+
+
 class OutputError(ValueError):
     """An output location that cannot take a command's results: a file where a folder is wanted, a path
     under a file, a place that cannot be written, or one that holds an earlier run's results."""
 
 
 __all__ = [
-    "AnalysisError", "CounterfactualError", "DecoderDiverged", "DecoderError", "EmbeddingSetError", "EstimatorError",
+    "AnalysisError", "CheckpointError", "CounterfactualError", "DecoderDiverged", "DecoderError", "EmbeddingSetError", "EstimatorError",
     "ModelInputError", "OutputError", "PluginError", "SchemaError",
 ]
