@@ -1,6 +1,7 @@
 """What the counterfactuals add to a pass: the default pass against one with ``counterfactuals="off"``.
 
-    python benchmarks/pass_cost.py [--epochs 3 --identities 200]
+    python benchmarks/pass_cost.py [--epochs 3 --identities 200]       # the demo's model and probe set, in training
+    python benchmarks/pass_cost.py --model mbf [--probe-images 240]    # a MobileFaceNet-sized model at 112×112
 
 A real ``Trainer`` trains the demo's model (``FaceRecognitionModule``) on a synthetic world with
 three ``AttributeRecoveryCallback``s on the demo's probe set (400 identities × 4 images at
@@ -10,6 +11,12 @@ three ``AttributeRecoveryCallback``s on the demo's probe set (400 identities × 
 - ``default``: the callback's defaults (exact counterfactuals on the synthetic world, identity
   significance on 64 probe rows, 8 errors of each kind explained);
 - ``full``: the study before the defaults were sized (128 rows, 16 errors of each kind).
+
+With ``--model mbf`` the passes run on a MobileFaceNet-sized model (the seed's MobileFaceNet: 2.6 M
+parameters, 0.23 GMAC per 112×112 image, untrained: the cost does not depend on the weights) over a
+synthetic probe set of ``--probe-images`` images at 112×112 (the arcface_torch run of issue 21):
+``off``, ``default`` (the budget scaled to the probe set) and ``fixed`` (64 rows and 8 errors of
+each kind whatever the probe's size, the default before it was scaled), each ``--repeats`` times, interleaved.
 
 Each pass times itself (``embed_s``, ``after_embed_s``, ``counterfactual_s``; their sum is the
 pass). Target (issue 15): the default pass at most 2× the ``off`` pass, judged on the passes after
@@ -64,11 +71,57 @@ class _Collect(Callback):
         self._take(trainer.current_epoch + 1)
 
 
+def mbf_passes(probe_images: int, repeats: int) -> None:
+    """Passes of a MobileFaceNet-sized model over a probe set at 112×112: off, default (scaled) and fixed (64 / 8)."""
+    from frx_plugin.config import AnalysisConfig
+    from frx_plugin.passes import plan_pass, run_pass
+    from frx_plugin.seed_models import SeedMobileFaceNet
+
+    torch.manual_seed(0)
+    model = SeedMobileFaceNet().eval()
+    probe = SyntheticProbeSet(probe_images // 3, 3, seed=0, size=112, first_identity=2_000_000)
+    config = AnalysisConfig(fmr=0.01, batch_size=64)
+    plans = {
+        "off": plan_pass(probe, config, counterfactuals="off", on_error="raise"),
+        "default": plan_pass(probe, config, on_error="raise"),
+        "fixed": plan_pass(probe, config, on_error="raise", significance_samples=64, max_error_pairs=8),
+    }
+    run_pass(model, probe, plans["off"], announce=False)  # one-time costs (allocator, first renders) out of the way
+    rows = []
+    for _ in range(repeats):
+        row = {}
+        for name, plan in plans.items():
+            report = run_pass(model, probe, plan, announce=False).report
+            row[name] = sum(report.timing.values())
+            row[f"{name}_counterfactual_s"] = report.timing["counterfactual_s"]
+            if name == "default":
+                row["budget"] = report.counterfactual_budget
+        rows.append(row)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; a MobileFaceNet-sized model "
+          f"(2.6 M parameters, 0.23 GMAC per image), {len(probe):,} probe images at 112×112, {len(probe.schema)} attributes; "
+          f"default budget {rows[0]['budget']}")
+    print()
+    print("| repeat | off (s) | default (s) | of it counterfactuals (s) | default / off | fixed 64 / 8 (s) | fixed / off |")
+    print("|---|---|---|---|---|---|---|")
+    for i, row in enumerate(rows):
+        print(f"| {i} | {row['off']:.1f} | {row['default']:.1f} | {row['default_counterfactual_s']:.1f} | "
+              f"{row['default'] / row['off']:.2f}× | {row['fixed']:.1f} | {row['fixed'] / row['off']:.2f}× |")
+    default = statistics.median(r["default"] / r["off"] for r in rows)
+    fixed = statistics.median(r["fixed"] / r["off"] for r in rows)
+    print(f"\nmedian: default / off {default:.2f}× (target ≤ 2×), fixed / off {fixed:.2f}×")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--identities", type=int, default=200, help="training identities (20 images each)")
+    parser.add_argument("--model", choices=("demo", "mbf"), default="demo")
+    parser.add_argument("--probe-images", type=int, default=240, help="with --model mbf: probe images (3 per identity)")
+    parser.add_argument("--repeats", type=int, default=2, help="with --model mbf: passes of each kind")
     args = parser.parse_args()
+    if args.model == "mbf":
+        mbf_passes(args.probe_images, args.repeats)
+        return
     size = DEMO_DEFAULTS["size"]
     world = SyntheticFaceWorld(args.identities, 20, seed=0, size=size)
     loader = DataLoader(SyntheticFaceDataset(world), batch_size=64, shuffle=True, drop_last=True)
