@@ -85,8 +85,8 @@ def frx_register_generators(register: "Register[GeneratorFactory]") -> None:
 def frx_register_decoders(register: "Register[DecoderFactory]") -> None:
     """Register decoders ``G: z → x̂``: stage 1 of the two-stage recovery (decode faces, then read their attributes).
 
-    Called when frx builds the decoder registry: at its first decoder lookup (the Lightning
-    callback's ``decoder=``, ``frx demo --two-stage``), and at the first after a plugin was
+    Called when frx builds the decoder registry: at its first decoder lookup (a callback's
+    ``two_stage=TwoStageConfig(decoder=...)``, ``frx demo --two-stage``), and at the first after a plugin was
     registered or unregistered (cached in between). Call ``register(name, factory,
     description="")`` where ``factory`` follows :class:`~frx_plugin.interfaces.DecoderFactory`:
     ``factory(embedding_dim, output_shape, **options)`` returns a fresh, untrained decoder for
@@ -138,8 +138,9 @@ def frx_embed(model: Any, images: "torch.Tensor") -> "torch.Tensor | None":
 def frx_analysis_completed(report: "Report", context: dict[str, Any]) -> None:
     """Receive each finished analysis pass.
 
-    Called on the global-zero process only, after the pass's history has been
-    written. ``context`` holds the caller's facts (``"epoch"``,
+    Called on the global-zero process only, once per pass: in a training loop
+    after the pass's history has been written (the loop object fires it), in a
+    command after its pass. ``context`` holds the caller's facts (``"epoch"``,
     ``"global_step"``, ``"out_dir"``, ``"framework"``). Sinks (loggers, files,
     figures) implement this; the return value is ignored.
     """
