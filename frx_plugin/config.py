@@ -18,9 +18,9 @@ ON_ERROR = ("warn", "raise")
 #: Options of the counterfactual part of a pass.
 COUNTERFACTUAL_PATHS = ("auto", "exact", "latent", "off")
 #: The most probe rows whose counterfactuals give identity significance, and errors of each kind explained,
-#: in a default pass. On the exact path a pass makes at most as many changed faces as the probe set has
-#: images (:func:`frx_plugin.counterfactual.budget.counterfactual_budget`), so its counterfactuals cost
-#: about one more embedding of the probe set: at most twice a pass without them, whatever the probe's size
+#: in a default pass. On the exact path a pass makes at most 0.75 changed faces per probe image
+#: (:func:`frx_plugin.counterfactual.budget.counterfactual_budget`), so its counterfactuals cost at most
+#: about 0.75 of an embedding of the probe set: under twice a pass without them, whatever the probe's size
 #: and the model (benchmarks/pass_cost.py). A full study asks for more (significance_samples=256, max_error_pairs=32).
 SIGNIFICANCE_SAMPLES = 64
 MAX_ERROR_PAIRS = 8
