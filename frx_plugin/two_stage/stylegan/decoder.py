@@ -188,6 +188,11 @@ class StyleGANFaceDecoder:
         return self
 
     @property
+    def needs_training(self) -> bool:
+        """False with the seed's encoder (used as it is), True for a latent transformer trained for the model."""
+        return not self.uses_seed_encoder
+
+    @property
     def device(self) -> torch.device:
         return self.mean.device
 
