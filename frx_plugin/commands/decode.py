@@ -28,8 +28,9 @@ from __future__ import annotations
 import json
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["DECODED_FILE", "DECODING_FILE", "DECODING_FORMAT", "FIGURES", "add_decode_parser", "decode"]
 
@@ -256,7 +257,12 @@ def _versions() -> dict[str, str]:
 
 
 def _run(args: Any) -> int:
-    from frx_plugin.commands.common import check_output_folder, command_line, open_model_and_probe, progress_bar
+    from frx_plugin.commands.common import (
+        check_output_folder,
+        command_line,
+        open_model_and_probe,
+        progress_bar,
+    )
 
     if (args.embeddings is None) == (args.backbone is None):
         raise ValueError("pass --embeddings FILE or --backbone SPEC (one of them)")

@@ -13,14 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Trainer
-
 from frx_insightface.arcface_torch import ArcFaceTorchCallback
 from frx_lightning import AttributeRecoveryCallback
+from lightning.pytorch import Trainer
+
 from frx_plugin.history import read_history
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.two_stage import TwoStageConfig
-from tests.lightning_helpers import PixelEstimatorPlugin, TinyFaceModule, make_probe, make_train_loader
+from tests.lightning_helpers import (
+    PixelEstimatorPlugin,
+    TinyFaceModule,
+    make_probe,
+    make_train_loader,
+)
 
 GENERATOR = Path(__file__).resolve().parents[1] / "fixtures" / "stylegan" / "generator_b.pt"
 CONFIG = TwoStageConfig(decoder="stylegan2", decoder_options={"generator": str(GENERATOR), "lr": 3e-3, "batch_size": 8},
@@ -69,9 +74,7 @@ def test_an_arcface_torch_loop_decodes_with_a_stylegan2_checkpoint(tmp_path, pix
     frx = ArcFaceTorchCallback(make_probe(), out_dir=tmp_path / "frx", every_n_steps=2, decode_every_n_steps=2,
                                two_stage=CONFIG, n_bootstrap=10, transform="unit")
     optimizer = torch.optim.SGD(list(backbone.parameters()) + list(head.parameters()), lr=0.05)
-    global_step = 0
-    for images, labels in make_train_loader():
-        global_step += 1
+    for global_step, (images, labels) in enumerate(make_train_loader(), start=1):
         loss = F.cross_entropy(head(backbone(images)), labels)
         optimizer.zero_grad()
         loss.backward()

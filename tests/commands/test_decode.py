@@ -18,7 +18,11 @@ from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.commands.cli import main
 from frx_plugin.commands.decode import principal_directions
 from frx_plugin.embedding_set import write_embedding_set
-from frx_plugin.two_stage.stylegan import load_latent_transformer, load_mean_wplus, load_rosinality_generator
+from frx_plugin.two_stage.stylegan import (
+    load_latent_transformer,
+    load_mean_wplus,
+    load_rosinality_generator,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "stylegan"
 SEED_SPEC = (f"stylegan2:{FIXTURES / 'generator_a.pt'},encoder={FIXTURES / 'latent_transformer.pth'},"

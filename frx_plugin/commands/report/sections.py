@@ -305,7 +305,8 @@ def decoding_section(page: Page, document: dict[str, Any]) -> str:
     how = {"trained": f"trained for the model on {document.get('folds')} identity-disjoint folds ({document.get('steps')} steps each); "
                       "each face decoded by the decoder that never saw its fold",
            "as saved": "used as saved (no training): the decoder was made for this face model"}
-    out.append(paragraph(f"Decoder {how.get(document.get('mode'), document.get('mode') or MISSING)}."))
+    mode = str(document.get("mode") or MISSING)
+    out.append(paragraph(f"Decoder {how.get(mode, mode)}."))
     similarity = document.get("identity_similarity") or {}
     shape = document.get("image_shape") or []
     out.append(html_table(["decoded", "embeddings", "identities", "image size", "cos(f(x̂), z) mean", "min", "max"],

@@ -33,8 +33,15 @@ from torch import nn
 
 from frx_plugin.errors import DecoderDiverged, DecoderError
 from frx_plugin.interfaces import DecoderFit, DecoderTask
-from frx_plugin.two_stage.stylegan.encoder import LatentTransformer, load_latent_transformer, load_mean_wplus
-from frx_plugin.two_stage.stylegan.generator import StyleGAN2Generator, load_rosinality_generator
+from frx_plugin.two_stage.stylegan.encoder import (
+    LatentTransformer,
+    load_latent_transformer,
+    load_mean_wplus,
+)
+from frx_plugin.two_stage.stylegan.generator import (
+    StyleGAN2Generator,
+    load_rosinality_generator,
+)
 
 __all__ = ["StyleGANFaceDecoder", "cached_generator", "to_unit_range"]
 
@@ -67,7 +74,7 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return ((images + 1.0) * 0.5).clamp(0.0, 1.0)
 
 
-def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _resize(images: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     if tuple(images.shape[-2:]) == tuple(size):
         return images
     return F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
@@ -150,8 +157,8 @@ class StyleGANFaceDecoder:
         if encoder is None:
             transformer = LatentTransformer(g.n_latent, n_mlp, g.style_dim)
             for head in transformer.heads:  # an untrained transformer decodes the mean face
-                nn.init.zeros_(head[-1].weight)
-                nn.init.zeros_(head[-1].bias)
+                for parameter in list(head.children())[-1].parameters():
+                    nn.init.zeros_(parameter)
             return transformer.to(g.input.input.device)
         transformer = load_latent_transformer(encoder)
         if (transformer.n_latents, transformer.width) != (g.n_latent, g.style_dim):
@@ -181,7 +188,7 @@ class StyleGANFaceDecoder:
             raise DecoderError(f"stylegan2 decoder: the saved latent transformer does not fit this one "
                                f"({str(exc).splitlines()[0]})") from None
 
-    def to(self, device: torch.device | str) -> "StyleGANFaceDecoder":
+    def to(self, device: torch.device | str) -> StyleGANFaceDecoder:
         self.generator.to(device)
         self.mapper.to(device)
         self.mean = self.mean.to(device)
@@ -252,7 +259,7 @@ class StyleGANFaceDecoder:
                 rows = torch.randint(0, z.shape[0], (batch,), generator=random)
                 zb = z[rows].to(self.device, torch.float32)
                 xb = images[rows].to(self.device, torch.float32)
-                decoded = _resize(self.render(zb, noise_random), tuple(xb.shape[-2:]))
+                decoded = _resize(self.render(zb, noise_random), (xb.shape[-2], xb.shape[-1]))
                 pixel = F.mse_loss(decoded, xb)
                 loss = 10.0 * self.pixel_weight * pixel
                 if task.identity_embedder is not None and self.identity_weight > 0:
