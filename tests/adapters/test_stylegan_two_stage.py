@@ -85,3 +85,39 @@ def test_an_arcface_torch_loop_decodes_with_a_stylegan2_checkpoint(tmp_path, pix
     _, records, _ = read_history(tmp_path / "frx")
     assert [r["global_step"] for r in records] == [2, 4]
     _check_recovery(records)
+
+
+def test_the_seeds_encoder_decodes_in_the_two_stage_path_without_training(pixels):
+    """With encoder= the fold decoders are the seed's decoder as saved: nothing trained, nothing kept, losses measured."""
+    from frx_plugin.model import embed_probe_set
+    from frx_plugin.two_stage import TwoStage, run_two_stage
+    from frx_plugin.two_stage.stylegan import StyleGANFaceDecoder
+
+    fixtures = GENERATOR.parent
+    options = {"generator": str(fixtures / "generator_a.pt"), "encoder": str(fixtures / "latent_transformer.pth"),
+               "mean_latent": str(fixtures / "mean_wplus.pth")}
+    from frx_plugin.model import ModelAdapter
+
+    probe, model = make_probe(), ModelAdapter(TinyFaceModule(dim=64).net.eval(), transform="unit")  # 64-d: the encoder's width
+    two_stage = TwoStage(probe, TwoStageConfig(decoder="stylegan2", decoder_options=options, samples=1, n_bootstrap=0))
+    z = embed_probe_set(model, probe)
+    recovery, results = run_two_stage(two_stage, z, model)
+    assert recovery["decoder"] == "stylegan2" and recovery["errors"] == [] and two_stage.state_dict() == {}
+    assert all(fit["steps"] == 0 and fit["pixel_loss_start"] > 0 for fit in recovery["decoder_fits"].values())
+    # each held-out face is the seed's decoding of its embedding, at the probe's 16×16
+    seed = StyleGANFaceDecoder(64, (3, 16, 16), **options)
+    rows = results[0].rows[: results[0].decoded.shape[0]]
+    assert (results[0].decoded[:, 0] - seed.decode(z[rows])[:, 0]).abs().max() < 1e-5
+    assert all(math.isfinite(recovery["attributes"][name]["two_stage"]["value"]) for name in ("bright", "pattern", "tone"))
+
+
+def test_a_missing_generator_file_is_one_line_in_the_pass(pixels, tmp_path):
+    from frx_plugin.errors import CheckpointError
+    from frx_plugin.model import embed_probe_set
+    from frx_plugin.two_stage import TwoStage, run_two_stage
+
+    probe, model = make_probe(), TinyFaceModule().net.eval()
+    model.frx_transform = "unit"
+    config = TwoStageConfig(decoder="stylegan2", decoder_options={"generator": str(tmp_path / "gone.pt")}, n_bootstrap=0)
+    with pytest.raises(CheckpointError, match=r"^StyleGAN2 generator checkpoint .*gone\.pt: no such file[^\n]*$"):
+        run_two_stage(TwoStage(probe, config), embed_probe_set(model, probe), model)

@@ -56,8 +56,14 @@ def test_the_seeds_encoder_decodes_as_the_seeds_recon_model(reference):
     small = create_decoder("stylegan2", 64, (3, 16, 16), generator=str(GENERATOR_A), **SEED_FILES).decode(z)[:, 0]
     assert (small - F.interpolate(seed_images, size=(16, 16), mode="bilinear", antialias=True)).abs().max() < 1e-4
     # nothing to train: the fit changes nothing and there is no state to keep
-    fit = decoder.fit(_task(_face_model(64)))
+    task = _task(_face_model(64), size=64)
+    fit = decoder.fit(task)
     assert fit.steps == 0 and decoder.state_dict() == {}
+    # its losses on the first faces, measured, not trained
+    x = task.images[:8]
+    want = F.mse_loss(decoder.decode(task.embeddings[:8])[:, 0], x)
+    assert fit.pixel_loss_start == fit.pixel_loss_end == pytest.approx(float(want), rel=1e-4)
+    assert fit.identity_loss_start is not None and 0 <= fit.identity_loss_start <= 2
     assert torch.equal(decoder.decode(z, samples=2), decoded)
 
 

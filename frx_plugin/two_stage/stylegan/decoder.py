@@ -228,19 +228,20 @@ class StyleGANFaceDecoder:
 
     # -- training ------------------------------------------------------------------------------
     def fit(self, task: DecoderTask) -> DecoderFit:
-        """Train T for ``steps`` steps from its current weights (see the module); a no-op with the seed's encoder.
+        """Train T for ``steps`` steps from its current weights (see the module).
+
+        With the seed's encoder nothing is trained: the record (``steps`` 0) holds its losses on the first faces.
 
         ``task.images`` may be of any size: the decodings are resized to it for both losses. A NaN or
         infinite loss raises :class:`DecoderDiverged` and puts back the weights the fit started from.
         """
         steps = self.steps or task.steps
-        if self.uses_seed_encoder:
-            return DecoderFit(steps=0, pixel_loss_start=None, pixel_loss_end=None,  # type: ignore[arg-type]
-                              identity_loss_start=None, identity_loss_end=None)
         z, images = task.embeddings, task.images
         if z.ndim != 2 or z.shape[1] != self.embedding_dim or images.ndim != 4 or images.shape[:2] != (z.shape[0], 3):
             raise DecoderError(f"stylegan2 decoder fit: embeddings (n, {self.embedding_dim}) and RGB images (n, 3, H, W) of the "
                                f"same n, got {tuple(z.shape)} and {tuple(images.shape)}")
+        if self.uses_seed_encoder:
+            return self._evaluate(task)
         if not isinstance(steps, int) or steps < 1 or z.shape[0] < 1:
             raise DecoderError(f"stylegan2 decoder fit: needs faces and a positive number of steps, got {z.shape[0]} and {steps!r}")
         random = torch.Generator().manual_seed(int(task.seed) * 1_000_003 + self.fits)
@@ -282,6 +283,21 @@ class StyleGANFaceDecoder:
                 p.grad = None
             self.mapper.eval()
         return _fit_record(steps, pixel_losses, identity_losses, losses)
+
+
+    @torch.no_grad()
+    def _evaluate(self, task: DecoderTask) -> DecoderFit:
+        """The seed's encoder is not trained: its losses on the first ``batch_size`` faces, as a fit with 0 steps."""
+        zb = task.embeddings[: self.batch_size].to(self.device, torch.float32)
+        xb = task.images[: self.batch_size].to(self.device, torch.float32)
+        decoded = _resize(self.render(zb), (xb.shape[-2], xb.shape[-1]))
+        pixel = [float(F.mse_loss(decoded, xb))]
+        identity = []
+        if task.identity_embedder is not None:
+            identity = [float((1.0 - F.cosine_similarity(task.identity_embedder(decoded).float(), zb, dim=1)).mean())]
+        record = _fit_record(1, pixel, identity, [])
+        record.steps = 0
+        return record
 
 
 def _fit_record(steps: int, pixel: list[float], identity: list[float], losses: list[float]) -> DecoderFit:
