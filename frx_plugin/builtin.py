@@ -67,8 +67,12 @@ def frx_register_generators(register: Register[GeneratorFactory]) -> None:
 @hookimpl
 def frx_register_decoders(register: Register[DecoderFactory]) -> None:
     from frx_plugin.two_stage.decoders import ConvFaceDecoder
+    from frx_plugin.two_stage.stylegan.decoder import StyleGANFaceDecoder
 
     register("conv", ConvFaceDecoder, "convolutional decoder G(z, noise), 64x64 or 112x112 (any multiple of 16), pixel + identity loss")
+    register("stylegan2", StyleGANFaceDecoder,
+             "stylegan2:GENERATOR.pt[,encoder=ENC.pth,mean_latent=MEAN.pth][,steps=N,lr=...]: a StyleGAN2 checkpoint (rosinality "
+             "layout) behind Ren et al.'s latent transformer, the seed's encoder or one trained for the model")
 
 
 @hookimpl

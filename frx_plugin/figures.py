@@ -367,3 +367,37 @@ def plot_estimates(
         ax.set_title(textwrap.fill(title, width=int(fig.get_figwidth() * 13)), fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_image_rows(rows: Sequence[tuple[str, Sequence[Any], Sequence[str]]], path: Path, title: str = "") -> Path:
+    """A grid of faces, one labelled row per entry: ``rows`` = ``[(row label, images (3, H, W) in [0, 1], captions)]``.
+
+    Rows may differ in length (the grid is as wide as the longest) and images in size (each fills its panel).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rows = [row for row in rows if len(row[1])]
+    if not rows:
+        raise ValueError("plot_image_rows: no images to show")
+    width = max(len(images) for _, images, _ in rows)
+    fig, axes = plt.subplots(len(rows), width, figsize=(1.35 * width + 0.3, 1.5 * len(rows) + 0.5), squeeze=False)
+    for r, (label, images, captions) in enumerate(rows):
+        for c, ax in enumerate(axes[r]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(images):
+                ax.axis("off")
+                continue
+            ax.imshow(images[c].detach().float().cpu().permute(1, 2, 0).clamp(0, 1).numpy())
+            if c < len(captions) and captions[c]:
+                ax.set_title(captions[c], fontsize=7)
+        axes[r][0].set_ylabel(label, fontsize=7)
+    if title:
+        import textwrap
+
+        fig.suptitle(textwrap.fill(title, width=max(40, 16 * width)), fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

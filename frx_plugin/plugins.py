@@ -79,7 +79,7 @@ KINDS = {
     "backbone": Kind("frx_register_backbones", "backbone", "BackboneFactory", 0, ("frx_register_backbone_specs",)),
     "probe set": Kind("frx_register_probe_sets", "probe set", "ProbeSetFactory", 0),
     "generator": Kind("frx_register_generators", "generator", "GeneratorFactory", None),
-    "decoder": Kind("frx_register_decoders", "decoder", "DecoderFactory", None),
+    "decoder": Kind("frx_register_decoders", "decoder", "DecoderFactory", 2),
     "estimator": Kind("frx_register_estimators", "estimator", "EstimatorFactory", 1, ("frx_register_estimator_specs",)),
 }
 

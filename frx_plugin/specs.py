@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from frx_plugin.options import check_options
-from frx_plugin.plugins import PluginError, Registration, backbones, estimators, probe_sets, require_estimator
+from frx_plugin.plugins import PluginError, Registration, backbones, decoders, estimators, probe_sets, require_estimator
 
-__all__ = ["Spec", "parse_spec", "open_backbone", "open_probe", "open_estimator", "probe_for", "probe_with_kinds",
+__all__ = ["Spec", "parse_spec", "open_backbone", "open_probe", "open_estimator", "open_decoder", "probe_for", "probe_with_kinds",
            "OPTIONAL_MODULES", "missing_module_message"]
 
 _OPTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
@@ -211,6 +211,16 @@ def open_probe(text: str) -> Any:
             return registration.factory(**options)
     except TypeError as exc:  # a wrong option name: say which ones there are
         raise ValueError(f"probe set {spec.text!r}: {exc}; {spec.kind} takes {inspect.signature(registration.factory)}") from None
+
+
+def open_decoder(text: str, embedding_dim: int, output_shape: tuple[int, int, int] | None) -> Any:
+    """A fresh decoder named by a decoder spec (``stylegan2:GENERATOR.pt,encoder=ENC.pth,mean_latent=MEAN.pth``) for
+    embeddings of ``embedding_dim`` and images of ``output_shape`` ``(C, H, W)``."""
+    spec = parse_spec(text, "decoder")
+    registration = _registration("decoder", spec, decoders())
+    options = _options("decoder", spec, registration, embedding_dim, output_shape)
+    with _opening("decoder", text):
+        return registration.factory(embedding_dim, output_shape, **options)
 
 
 def probe_with_kinds(probe: str | None, kinds: str | None) -> str | None:

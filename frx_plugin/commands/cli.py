@@ -33,7 +33,7 @@ from frx_plugin.plugins import backbones, estimators, failed_plugins, get_plugin
 from frx_plugin.specs import probe_with_kinds
 
 #: frx's own subcommands (a plugin cannot register these names).
-CORE_COMMANDS = ("analyze", "explain", "benchmark", "report", "plugins")
+CORE_COMMANDS = ("analyze", "explain", "benchmark", "decode", "report", "plugins")
 
 #: Failures a command answers with one line and exit code 2: bad input or options, a missing file or
 #: module, a place it cannot write (a full disk, no permission, a read-only filesystem), a failed run.
@@ -324,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analyze(sub)
     _add_explain(sub)
     _add_benchmark(sub)
+    from frx_plugin.commands.decode import add_decode_parser
+
+    add_decode_parser(sub)
     _add_report_and_plugins(sub)
     return parser
 

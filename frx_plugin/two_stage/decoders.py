@@ -109,6 +109,7 @@ class ConvFaceDecoder:
     """
 
     name = "conv"
+    spec_argument = None  # a spec takes options only: conv,width=16
 
     def __init__(
         self,

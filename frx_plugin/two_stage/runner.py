@@ -32,7 +32,8 @@ from frx_plugin.two_stage.measures import (
 class TwoStageConfig:
     """Options of the two-stage path (validated on construction).
 
-    ``decoder``: a name registered through ``frx_register_decoders`` (built in: ``"conv"``);
+    ``decoder``: a name registered through ``frx_register_decoders`` (built in: ``"conv"``, and
+    ``"stylegan2"``, the paper's StyleGAN2 decoder, with ``decoder_options={"generator": PATH, ...}``);
     ``decoder_options``: keyword arguments for its factory. ``estimator``: a name registered
     through ``frx_register_estimators``, or ``None`` for the first that can read the probe set.
     ``n_folds``: identity-disjoint folds (one decoder each). ``samples``: decoder samples per z.

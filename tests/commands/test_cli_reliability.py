@@ -71,12 +71,13 @@ def _command(name: str, tmp_path: Path, out: Path) -> list:
         "analyze-backbone": ["analyze", "--backbone", f"frx:{tmp_path / 'no-model'}", "--out", out],
         "explain": ["explain", "--backbone", f"frx:{tmp_path / 'no-model'}", "--out", out],
         "benchmark": ["benchmark", "--embeddings", missing, "--out", out],
+        "decode": ["decode", "--decoder", f"stylegan2:{tmp_path / 'no-generator.pt'}", "--embeddings", missing, "--out", out],
         "demo": ["demo", "--out", out, "--epochs", "1000"],
         "report": ["report", tmp_path, "--out", out / "page.html"],  # a page; under a file in both cases
     }[name]
 
 
-@pytest.mark.parametrize("command", ["analyze", "analyze-backbone", "explain", "benchmark", "demo", "report"])
+@pytest.mark.parametrize("command", ["analyze", "analyze-backbone", "explain", "benchmark", "decode", "demo", "report"])
 @pytest.mark.parametrize("where", ["a file", "under a file"])
 def test_an_output_that_is_a_file_or_lies_under_one_is_refused_first_in_one_line(tmp_path, frx, command, where):
     (tmp_path / "afile").write_text("not a folder")

@@ -15,9 +15,11 @@ HISTORY_FILE = "history.json"
 ANALYSIS_FILE = "analysis.json"
 EXPLANATIONS_FILE = "explanations.json"
 BENCHMARK_FILE = "benchmark.json"
+DECODING_FILE = "decoding.json"
 #: The files whose presence makes a folder reportable, in the order their sections appear.
-KNOWN_FILES = (HISTORY_FILE, ANALYSIS_FILE, EXPLANATIONS_FILE, BENCHMARK_FILE)
-FORMATS = {ANALYSIS_FILE: "frx.analysis/1", EXPLANATIONS_FILE: "frx.explanations/1", BENCHMARK_FILE: "frx.benchmark/1"}
+KNOWN_FILES = (HISTORY_FILE, ANALYSIS_FILE, EXPLANATIONS_FILE, BENCHMARK_FILE, DECODING_FILE)
+FORMATS = {ANALYSIS_FILE: "frx.analysis/1", EXPLANATIONS_FILE: "frx.explanations/1", BENCHMARK_FILE: "frx.benchmark/1",
+           DECODING_FILE: "frx.decoding/1"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MISSING = "—"
 

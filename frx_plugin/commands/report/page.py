@@ -11,7 +11,9 @@ The page reads the files it finds and renders a section for each, in this order:
    attribution, ``counterfactuals.png`` when present, the first explained pairs;
 4. **Benchmark** (``benchmark.json``, ``frx.benchmark/1``: ``frx benchmark``): one row per backbone,
    and bars comparing the backbones' leakage, identity significance and error attribution;
-5. **Provenance**: the command, the versions (now and as the files recorded them), the time, the files.
+5. **Decoding** (``decoding.json``, ``frx.decoding/1``: ``frx decode``): the decoder, how it was trained,
+   the identity similarity of the decodings, and ``faces.png``, ``directions.png``, ``random.png``;
+6. **Provenance**: the command, the versions (now and as the files recorded them), the time, the files.
 
 The page opens with no network: every figure is a PNG drawn by matplotlib (:mod:`frx_plugin.figures`)
 and embedded as a ``data:`` URI, the style sheet is inline, and nothing links outside the page. A
@@ -28,6 +30,7 @@ from pathlib import Path
 from frx_plugin.commands.report.markup import (
     ANALYSIS_FILE,
     BENCHMARK_FILE,
+    DECODING_FILE,
     EXPLANATIONS_FILE,
     HISTORY_FILE,
     KNOWN_FILES,
@@ -39,6 +42,7 @@ from frx_plugin.commands.report.markup import (
 from frx_plugin.commands.report.sections import (
     analysis_section,
     benchmark_section,
+    decoding_section,
     explanations_section,
     history_section,
     provenance_section,
@@ -97,9 +101,11 @@ def write_report(folder: str | Path, out: str | Path | None = None, command: str
         raise FileNotFoundError(f"{folder} {where} to report on: looked for {', '.join(KNOWN_FILES)}")
     target = Path(out) if out is not None else folder / REPORT_FILE
     documents = {name: load_json(folder / name) for name in present if name != HISTORY_FILE}  # every file checked before drawing
-    renderers = {ANALYSIS_FILE: analysis_section, EXPLANATIONS_FILE: explanations_section, BENCHMARK_FILE: benchmark_section}
+    renderers = {ANALYSIS_FILE: analysis_section, EXPLANATIONS_FILE: explanations_section, BENCHMARK_FILE: benchmark_section,
+                 DECODING_FILE: decoding_section}
     titles = {HISTORY_FILE: ("history", "Training history"), ANALYSIS_FILE: ("analysis", "Analysis"),
-              EXPLANATIONS_FILE: ("explanations", "Explanations"), BENCHMARK_FILE: ("benchmark", "Benchmark")}
+              EXPLANATIONS_FILE: ("explanations", "Explanations"), BENCHMARK_FILE: ("benchmark", "Benchmark"),
+              DECODING_FILE: ("decoding", "Decoding")}
     with tempfile.TemporaryDirectory(prefix="frx-report-") as scratch:
         page = Page(folder, Path(scratch))
         sections = []

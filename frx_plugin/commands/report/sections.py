@@ -20,6 +20,7 @@ from frx_plugin.commands.report.blocks import (
 )
 from frx_plugin.commands.report.markup import (
     BENCHMARK_FILE,
+    DECODING_FILE,
     HISTORY_FILE,
     MISSING,
     Cell,
@@ -282,6 +283,48 @@ def benchmark_section(page: Page, document: dict[str, Any]) -> str:
         notes = list(r["analysis"].get("warnings") or []) + list((r.get("verification") or {}).get("notes") or [])
         if notes:
             out.append(details(f"warnings of {spec}", warning_list(notes)))
+    out.append("</section>")
+    return "".join(out)
+
+
+#: The figures frx decode writes, with their captions.
+DECODING_FIGURES = (
+    ("faces.png", "faces and their decodings", "faces.png: the first faces (top) and their decodings G(z) (bottom)."),
+    ("directions.png", "decodings of the principal directions",
+     "directions.png: decodings of the embeddings' top principal directions e_k (their share of the variance) and of mean + e_k."),
+    ("random.png", "decodings of random unit vectors", "random.png: decodings of random unit vectors."),
+)
+
+
+def decoding_section(page: Page, document: dict[str, Any]) -> str:
+    """``frx decode``'s results: what was decoded and how, the fits, the identity similarity, the figures."""
+    out = ['<section id="decoding"><h2>Decoding</h2>']
+    if document.get("source"):
+        out.append(f"<p>Source: <code>{escape(document['source'])}</code></p>")
+    out.append(f"<p>Decoder: <code>{escape(document.get('decoder'))}</code></p>")
+    how = {"trained": f"trained for the model on {document.get('folds')} identity-disjoint folds ({document.get('steps')} steps each); "
+                      "each face decoded by the decoder that never saw its fold",
+           "as saved": "used as saved (no training): the decoder was made for this face model"}
+    mode = str(document.get("mode") or MISSING)
+    out.append(paragraph(f"Decoder {how.get(mode, mode)}."))
+    similarity = document.get("identity_similarity") or {}
+    shape = document.get("image_shape") or []
+    out.append(html_table(["decoded", "embeddings", "identities", "image size", "cos(f(x̂), z) mean", "min", "max"],
+                          [[count(document.get("n")), count(document.get("n_embeddings")), count(document.get("identities")),
+                            "×".join(str(v) for v in shape) or MISSING, number(similarity.get("mean")), number(similarity.get("min")),
+                            number(similarity.get("max"))]], "decoding-summary", [0, 1, 2, 4, 5, 6]))
+    fits = document.get("fits") or {}
+    if isinstance(fits, dict) and fits:
+        rows = [[fold, count(fit.get("steps")), number(fit.get("identity_loss_start")), number(fit.get("identity_loss_end")),
+                 number(fit.get("pixel_loss_start")), number(fit.get("pixel_loss_end"))] for fold, fit in fits.items()]
+        out.append("<h3>Training of the decoder</h3>")
+        out.append(html_table(["fold", "steps", "identity loss, first 10%", "last 10%", "pixel MSE, first 10%", "last 10%"], rows,
+                              "decoding-fits", [1, 2, 3, 4, 5]))
+    if isinstance(document.get("versions"), dict):
+        page.recorded_versions[DECODING_FILE] = document["versions"]
+    figures = [page.existing(name, alt, caption) for name, alt, caption in DECODING_FIGURES]
+    if any(figures):
+        out.append("<h3>Decoded faces</h3>" + "".join(figures))
     out.append("</section>")
     return "".join(out)
 
