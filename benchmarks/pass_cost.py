@@ -55,14 +55,16 @@ class _Collect(Callback):
     def __init__(self, callbacks: dict[str, AttributeRecoveryCallback]) -> None:
         self.callbacks = callbacks
         self.rows: list[tuple[int, dict[str, float]]] = []
+        self.taken: dict[str, object] = {}  # the last pass read of each callback (each pass read once)
 
     def _take(self, epoch: int) -> None:
         row = {}
         for name, frx in self.callbacks.items():
-            if frx.last_timing:
-                row[name] = sum(frx.last_timing.values())
-                row[f"{name}_counterfactual_s"] = frx.last_timing.get("counterfactual_s", 0.0)
-                frx.last_timing = {}
+            result = frx.loop.last_result
+            if result is not None and result is not self.taken.get(name):
+                row[name] = sum(result.timing.values())
+                row[f"{name}_counterfactual_s"] = result.timing.get("counterfactual_s", 0.0)
+                self.taken[name] = result
         if row:
             self.rows.append((epoch, row))
 

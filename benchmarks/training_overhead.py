@@ -39,11 +39,13 @@ class _Collect(Callback):
     def __init__(self, frx: AttributeRecoveryCallback) -> None:
         self.frx = frx
         self.rows: list[tuple[int, dict[str, float]]] = []
+        self.taken: object = None  # the last pass read (each pass read once)
 
     def _take(self, epoch: int) -> None:
-        if self.frx.last_timing:
-            self.rows.append((epoch, dict(self.frx.last_timing)))
-            self.frx.last_timing = {}
+        result = self.frx.loop.last_result
+        if result is not None and result is not self.taken:
+            self.rows.append((epoch, dict(result.timing)))
+            self.taken = result
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._take(0)
