@@ -86,7 +86,8 @@ class AnalysisLoop:
 
     Args:
         probe: the probe set (images with identities and attributes) every pass embeds.
-        out_dir: where ``history.json`` and ``history.safetensors`` go; a history already there is continued.
+        out_dir: where ``history.json`` and ``history.safetensors`` go; a history already there is continued (one of
+            a probe set with other attributes is refused now); ``None``: set :attr:`out_dir` before the first pass.
         config: what a pass measures (:class:`frx_plugin.config.AnalysisConfig`: folds, bootstrap, FMR,
             heads, differentials, counterfactuals and their budget).
         embed: which output of the model is the embedding (a callable ``(module, images) -> z``, an
@@ -105,7 +106,7 @@ class AnalysisLoop:
             process, else one process), or given per pass.
     """
 
-    def __init__(self, probe: ProbeSet, out_dir: str | Path = "frx-history", config: AnalysisConfig = AnalysisConfig(), *,
+    def __init__(self, probe: ProbeSet, out_dir: str | Path | None = "frx-history", config: AnalysisConfig = AnalysisConfig(), *,
                  embed: Any = None, transform: Any = None, every_n_epochs: int | None = None,
                  every_n_steps: int | None = None, decode_every_n_epochs: int | None = None,
                  decode_every_n_steps: int | None = None, run_before_training: bool = True, two_stage: Any = None,
@@ -134,7 +135,9 @@ class AnalysisLoop:
 
             require_decoder(self.two_stage_config.decoder)  # an unknown name is an error now, not at the first pass
         self.sinks = as_sinks(sinks)
-        self.history = HistoryRecorder(Path(out_dir), probe.schema)
+        self.history = HistoryRecorder(Path("frx") if out_dir is None else Path(out_dir), probe.schema)
+        if out_dir is not None:
+            self.history.check_folder()  # another probe set's history there is refused now, not at the first pass
         self.collectives = collectives
         self._warn = warn or _warn
         #: the plan (counterfactual path decided), made at the first pass or in :meth:`begin`
@@ -146,7 +149,6 @@ class AnalysisLoop:
         self._unwritten = 0  # passes written late: the next write that succeeds says so
         self._last_step: int | None = None  # the step of the last pass (no two passes at one step)
         self._seen_step: int | None = None  # the last step the loop was told of (kept in checkpoints)
-        self._resumed_at: int | None = None
         self.last_report: Report | None = None
         self.last_result: PassResult | None = None
 
@@ -353,7 +355,7 @@ class AnalysisLoop:
             self.two_stage.load_state_dict(self._two_stage_state)
         step = state.get("global_step")
         if isinstance(step, int):
-            self._seen_step = self._resumed_at = step
+            self._seen_step = step
             for sink in self.sinks:
                 purge = getattr(sink, "purge_after", None)
                 if callable(purge) and self.rank == 0:

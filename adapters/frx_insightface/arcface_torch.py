@@ -94,7 +94,6 @@ class ArcFaceTorchCallback:
             framework="arcface_torch",
         )
         self.probe, self.config, self.writer, self.wandb_run = probe, self.loop.config, writer, wandb_run
-        self.history.check_folder()  # another probe set's history in out_dir is refused now
 
     def __call__(self, global_step: int, backbone: Any, epoch: int | None = None) -> None:
         self.loop.step(backbone, global_step, epoch=epoch)

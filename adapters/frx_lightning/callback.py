@@ -109,7 +109,7 @@ class AttributeRecoveryCallback(Callback):
         check_positive("every_n_epochs", every_n_epochs)
         #: what happens around each pass, in the core: schedule, history, error policy (sinks are added in ``setup``)
         self.loop = AnalysisLoop(
-            probe, Path(out_dir) if out_dir is not None else Path("frx"), config.updated(**config_fields), embed=embed,
+            probe, out_dir, config.updated(**config_fields), embed=embed,
             transform=transform, every_n_epochs=every_n_epochs, every_n_steps=every_n_train_steps,
             decode_every_n_epochs=decode_every_n_epochs, run_before_training=run_before_training, two_stage=two_stage,
             on_error=on_error, warn=rank_zero_warn, framework="lightning",
