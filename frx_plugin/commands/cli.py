@@ -1,6 +1,11 @@
 """The ``frx`` command: argument parsing and :func:`main`; each command's work is in its module of :mod:`frx_plugin.commands`.
 
 Plugins add subcommands through the ``frx_register_commands`` hook (:mod:`frx_plugin.commands.registry`).
+
+The arguments are parsed before torch, Lightning or any plugin module is imported: frx's own
+commands are parsed without loading a plugin at all; the plugins' entry points (which only name
+their hooks) are loaded when the command line names another command, or none. So ``--help``,
+``--version`` and an option error answer at once, and a Ctrl-C at any moment is one line (exit code 130).
 """
 
 from __future__ import annotations
@@ -25,12 +30,10 @@ from frx_plugin.commands.common import (
     ignore_signals,
     open_model_and_probe,
     progress_bar,
+    signal_received,
     stop_on_signals,
     watched_folders,
 )
-from frx_plugin.commands.registry import OPTIONAL_COMMANDS, missing_command_message, plugin_commands
-from frx_plugin.plugins import backbones, estimators, failed_plugins, get_plugin_manager, probe_sets
-from frx_plugin.specs import probe_with_kinds
 
 #: frx's own subcommands (a plugin cannot register these names).
 CORE_COMMANDS = ("analyze", "explain", "benchmark", "report", "plugins")
@@ -63,6 +66,7 @@ def _analyze(args: argparse.Namespace) -> int:
     import csv
 
     from frx_plugin.commands.analyze import ANALYSIS_FILE, CSV_COLUMNS, analyze, format_differentials_table, format_leakage_table, leakage_rows
+    from frx_plugin.specs import probe_with_kinds
 
     args.probe = probe_with_kinds(args.probe, args.kinds)
     attributes = attribute_list("--attributes", args.attributes)
@@ -107,6 +111,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     from frx_plugin.commands.explain import EXPLANATIONS_FILE, FIGURE_FILE, check_options, explain
+    from frx_plugin.specs import probe_with_kinds
 
     args.probe = probe_with_kinds(args.probe, args.kinds)
     check_options(args.fmr, args.max_pairs, args.path, args.latent_mode, 4, flags=True)
@@ -178,6 +183,10 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _plugins(args: argparse.Namespace) -> int:
+    from frx_plugin.commands.registry import plugin_commands
+    from frx_plugin.plugins import backbones, estimators, failed_plugins, get_plugin_manager, probe_sets
+
+    commands = plugin_commands(reserved=CORE_COMMANDS)  # a plugin taking one of frx's own names is refused here too
     pm = get_plugin_manager()
     print("plugins:")
     for name, plugin in pm.list_name_plugin():
@@ -190,6 +199,9 @@ def _plugins(args: argparse.Namespace) -> int:
         print(f"{title}:")
         for reg in registry.values():
             print(f"  {reg.name:<20} {reg.description}")
+    print("commands (frx COMMAND):")
+    for command in commands.values():
+        print(f"  {command.name:<20} {command.description}")
     return 0
 
 
@@ -298,6 +310,8 @@ def _missing_command(name: str) -> Callable[[argparse.Namespace], int]:
     """The run of an optional command whose extra is not installed: one line saying what to install, exit code 2."""
 
     def call(args: argparse.Namespace) -> int:
+        from frx_plugin.commands.registry import missing_command_message
+
         print(f"frx {name}: error: {missing_command_message(name)}", file=sys.stderr)
         return 2
 
@@ -306,6 +320,8 @@ def _missing_command(name: str) -> Callable[[argparse.Namespace], int]:
 
 def _add_plugin_commands(sub) -> None:
     """The plugins' subcommands (hook ``frx_register_commands``), and a stub for each optional one not installed."""
+    from frx_plugin.commands.registry import OPTIONAL_COMMANDS, plugin_commands
+
     commands = plugin_commands(reserved=CORE_COMMANDS)
     for name, (help_text, extra, _) in OPTIONAL_COMMANDS.items():
         if name not in commands:  # takes any arguments: they are answered by what to install
@@ -316,11 +332,13 @@ def _add_plugin_commands(sub) -> None:
         parser.set_defaults(func=_plugin_runner(command.factory(parser)))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
+    """The ``frx`` parser; ``with_plugins``: with the plugins' commands too (loading the plugins' entry points)."""
     parser = argparse.ArgumentParser(prog="frx", description="What do your face embeddings know? Attribute recovery for face recognition.")
     parser.add_argument("--version", action="version", version=f"frx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_plugin_commands(sub)
+    if with_plugins:
+        _add_plugin_commands(sub)
     _add_analyze(sub)
     _add_explain(sub)
     _add_benchmark(sub)
@@ -352,6 +370,13 @@ def error_line(exc: BaseException) -> str | None:
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
+def _stopped(name: str, stopped: Interrupted) -> int:
+    ignore_signals()  # a second Ctrl-C does not cut the line short
+    end_progress_line()
+    print(f"frx {name}: interrupted ({stopped.signal_name}); {describe_kept()}", file=sys.stderr, flush=True)
+    return stopped.exit_code
+
+
 def run_command(name: str, run: Callable[[], Any]) -> int:
     """``run()`` as the command ``frx NAME``: its exit code, or one line on stderr for an expected failure
     (exit code 2) or a signal (130 SIGINT, 143 SIGTERM; what it kept); a bug keeps its traceback and asks to be reported."""
@@ -360,12 +385,11 @@ def run_command(name: str, run: Callable[[], Any]) -> int:
         try:
             return int(run())
         except (Interrupted, KeyboardInterrupt) as exc:
-            ignore_signals()  # a second Ctrl-C does not cut the line short
-            stopped = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
-            end_progress_line()
-            print(f"frx {name}: interrupted ({stopped.signal_name}); {describe_kept()}", file=sys.stderr, flush=True)
-            return stopped.exit_code
+            return _stopped(name, exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT))
         except Exception as exc:  # noqa: BLE001 - sorted below: one line, or a traceback for a bug
+            stopped = signal_received()
+            if stopped is not None:  # a library swallowed the Interrupted and failed on its own terms after it
+                return _stopped(name, stopped)
             end_progress_line()
             line = error_line(exc)
             if line is None:
@@ -376,12 +400,31 @@ def run_command(name: str, run: Callable[[], Any]) -> int:
             return 2
 
 
+def _needs_plugins(argv: Sequence[str]) -> bool:
+    """Whether parsing ``argv`` needs the plugins' commands: not for frx's own commands, nor for ``--version`` alone."""
+    name = next((word for word in argv if not word.startswith("-")), None)  # frx's own options take no value
+    if name is None:
+        return "--version" not in argv or any(word in ("-h", "--help") for word in argv)
+    return name not in CORE_COMMANDS
+
+
+def _interrupted_at_start() -> int:
+    """A Ctrl-C before the command began its work: one line, exit code 130 (nothing was written)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the line short
+    print("frx: interrupted (SIGINT); nothing written", file=sys.stderr, flush=True)
+    return 128 + signal.SIGINT
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown and not getattr(args, "any_arguments", False):
-        parser.error("unrecognized arguments: " + " ".join(unknown))  # as parse_args says it
-    return run_command(args.command, lambda: args.func(args))
+    try:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        parser = build_parser(with_plugins=_needs_plugins(argv))
+        args, unknown = parser.parse_known_args(argv)
+        if unknown and not getattr(args, "any_arguments", False):
+            parser.error("unrecognized arguments: " + " ".join(unknown))  # as parse_args says it
+        return run_command(args.command, lambda: args.func(args))
+    except KeyboardInterrupt:
+        return _interrupted_at_start()
 
 
 if __name__ == "__main__":  # pragma: no cover

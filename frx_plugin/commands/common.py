@@ -253,6 +253,14 @@ class Interrupted(BaseException):
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_received: list[int] = []  # the signals stop_on_signals turned into Interrupted, in order
+
+
+def signal_received() -> Interrupted | None:
+    """The stop that a signal asked for during this command, if one did: a library that swallows the
+    :class:`Interrupted` (an import cut short, a bare ``except``) fails later in its own words, and that
+    failure is the signal's doing, not a bug."""
+    return Interrupted(_received[0]) if _received else None
 
 
 @contextmanager
@@ -268,8 +276,10 @@ def stop_on_signals() -> Iterator[None]:
         return
 
     def stop(signum: int, frame: Any) -> None:
+        _received.append(int(signum))
         raise Interrupted(signum)
 
+    _received.clear()
     previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
     try:
         yield

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from frx_plugin.errors import PluginError
-from frx_plugin.interfaces import CommandFactory
 from frx_plugin.plugins import failed_plugins, get_plugin_manager
+
+if TYPE_CHECKING:  # pragma: no cover
+    from frx_plugin.interfaces import CommandFactory
 
 #: Commands that an optional extra brings: name -> (one-line help, the extra, what it installs).
 OPTIONAL_COMMANDS = {
