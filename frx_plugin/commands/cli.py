@@ -11,6 +11,7 @@ their hooks) are loaded when the command line names another command, or none. So
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 import traceback
@@ -380,7 +381,10 @@ def _stopped(name: str, stopped: Interrupted) -> int:
 def run_command(name: str, run: Callable[[], Any]) -> int:
     """``run()`` as the command ``frx NAME``: its exit code, or one line on stderr for an expected failure
     (exit code 2) or a signal (130 SIGINT, 143 SIGTERM; what it kept); a bug keeps its traceback and asks to be reported."""
+    from frx_plugin.commands.outputs import release_claims, start_claiming
+
     forget_outputs()
+    start_claiming()
     with stop_on_signals():
         try:
             return int(run())
@@ -396,8 +400,12 @@ def run_command(name: str, run: Callable[[], Any]) -> int:
                 traceback.print_exc()
                 print(f"frx {name}: internal error ({type(exc).__name__}): {BUG_HINT}", file=sys.stderr)
                 return 1
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                line += f"; {describe_kept()}"  # a full disk: what the run kept, and what it left as it was
             print(f"frx {name}: error: {line}", file=sys.stderr)
             return 2
+        finally:
+            release_claims()
 
 
 def _needs_plugins(argv: Sequence[str]) -> bool:

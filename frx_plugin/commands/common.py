@@ -166,15 +166,19 @@ def check_output_folder(path: str | Path, option: str = "--out", results: Sequen
     An :class:`~frx_plugin.errors.OutputError` naming ``option`` and the path when ``path`` is a
     file, lies under a file, or cannot be written (tried for real in the nearest folder that
     exists), and, unless ``overwrite``, when it already holds one of ``results`` (``any_file``: any
-    file at all). Nothing is created. The result files are remembered, so that a command stopped
+    file at all). Inside an ``frx`` command the folder is claimed (made if missing; see
+    :mod:`frx_plugin.commands.outputs`), so that a second run into it is refused while this one runs. The result files are remembered, so that a command stopped
     by a signal can say which of them it wrote (:func:`describe_kept`).
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path}: is a file, not a folder")
     _check_writable(path, f"{option} {path}")
+    from frx_plugin.commands.outputs import LOCK_FILE, STAGING_FOLDER, claim_folder
+
+    claim_folder(path, option)  # before looking: a second run into the folder is refused while this one runs
     if path.is_dir() and not overwrite:
-        present = sorted(p.name for p in path.iterdir()) if any_file else [name for name in results if os.path.lexists(path / name)]
+        present = sorted(p.name for p in path.iterdir() if p.name not in (LOCK_FILE, STAGING_FOLDER)) if any_file else [name for name in results if os.path.lexists(path / name)]
         if present:
             shown = ", ".join(present[:5]) + (" …" if len(present) > 5 else "")
             what, where = ("files", "an empty folder") if any_file else ("results", "another folder")

@@ -150,10 +150,10 @@ def test_an_os_error_is_one_line_naming_the_path_and_a_bug_keeps_its_traceback(t
     get_plugin_manager().register(_Failing())
     full = frx("fail", "--how", "disk-full", "--path", tmp_path / "out" / "analysis.json")
     assert full.returncode == 2
-    assert one_line(full.stderr) == f"frx fail: error: {tmp_path / 'out' / 'analysis.json'}: No space left on device"
+    assert one_line(full.stderr) == f"frx fail: error: {tmp_path / 'out' / 'analysis.json'}: No space left on device; nothing written"
     unnamed = frx("fail", "--how", "disk-full-unnamed", "--path", tmp_path / "out")
     assert unnamed.returncode == 2
-    assert one_line(unnamed.stderr) == f"frx fail: error: No space left on device (writing into {tmp_path / 'out'})"
+    assert one_line(unnamed.stderr) == f"frx fail: error: No space left on device (writing into {tmp_path / 'out'}); nothing written"
     bug = frx("fail", "--how", "bug", "--path", tmp_path)
     assert bug.returncode == 1
     assert "Traceback (most recent call last)" in bug.stderr and "TypeError" in bug.stderr
@@ -240,7 +240,7 @@ def test_demo_refuses_an_earlier_run_and_overwrite_replaces_it_whole(tmp_path, f
     assert {name: (out / name).read_bytes() for name in before} == before
     replaced = frx("demo", "--out", out, "--epochs", "2", *TINY_DEMO, "--overwrite")
     assert replaced.returncode == 0, replaced.stderr[-2000:]
-    assert "removed the earlier run's history.json, history.safetensors, backbone.safetensors" in replaced.stderr
+    assert f"the new run is written into {out / '.frx-new'} and replaces the earlier run's files in {out} once complete" in replaced.stderr
     records = json.loads((out / "history.json").read_text())["records"]
     assert [r["epoch"] for r in records] == [0, 1, 2]  # this run's passes only, not appended to the first run's
 
