@@ -15,10 +15,27 @@ from safetensors import SafetensorError
 
 from frx_plugin.commands.outputs import LOCK_FILE, STAGING_FOLDER
 from frx_plugin.history import atomic_write
-from tests.commands.test_cli_reliability import TINY_DEMO, embedding_file, frx, one_line  # noqa: F401 - frx is a fixture
+from tests.commands.test_cli_reliability import TINY_DEMO, embedding_file, one_line
 from tests.ddp_launch import HANG_LIMIT_S
 
 pytest.importorskip("lightning")
+
+@pytest.fixture
+def frx(capsys, monkeypatch):
+    """``frx ARGS...`` in this process: its exit code and what it printed."""
+    from types import SimpleNamespace
+
+    from frx_plugin.commands.cli import main
+
+    def run(*args):
+        args = [str(a) for a in args]
+        monkeypatch.setattr(sys, "argv", ["frx", *args])
+        code = main(args)
+        printed = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=printed.out, stderr=printed.err)
+
+    return run
+
 
 FULL_DISK = 'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
 
