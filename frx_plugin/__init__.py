@@ -13,7 +13,10 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["hookimpl", "__version__"]
+#: The distribution's name on PyPI (``pip install frx-plugin``); the command is ``frx``, the import package ``frx_plugin``.
+DISTRIBUTION = "frx-plugin"
+
+__all__ = ["DISTRIBUTION", "hookimpl", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from frx_plugin import __version__
+from frx_plugin import DISTRIBUTION, __version__
 from frx_plugin.commands.common import (
     Interrupted,
     attribute_list,
@@ -326,7 +326,7 @@ def _add_plugin_commands(sub) -> None:
     commands = plugin_commands(reserved=CORE_COMMANDS)
     for name, (help_text, extra, _) in OPTIONAL_COMMANDS.items():
         if name not in commands:  # takes any arguments: they are answered by what to install
-            stub = sub.add_parser(name, help=f"{help_text} (pip install 'frx[{extra}]')", add_help=False)
+            stub = sub.add_parser(name, help=f"{help_text} (pip install '{DISTRIBUTION}[{extra}]')", add_help=False)
             stub.set_defaults(func=_missing_command(name), any_arguments=True)
     for command in commands.values():
         parser = sub.add_parser(command.name, help=command.description, description=command.description)

@@ -352,12 +352,12 @@ def test_an_insightface_spec_without_the_extra_names_what_to_install(tmp_path):
     backbone = _without_insightface("analyze", "--backbone", f"insightface:{model}", "--probe", probe, "--out", tmp_path / "a")
     assert backbone.returncode == 2
     assert one_line(backbone.stderr) == (f"frx analyze: error: backbone 'insightface:{model}': needs the Python module 'insightface', "
-                                         "which is not installed: pip install 'frx[insightface]'")
+                                         "which is not installed: pip install 'frx-plugin[insightface]'")
     estimator = _without_insightface("analyze", "--backbone", "synthetic:resnet-small", "--probe", probe, "--estimator", f"insightface:{model}",
                                      "--out", tmp_path / "b")
     assert estimator.returncode == 2
     line = one_line(estimator.stderr)
-    assert f"estimator 'insightface:{model}'" in line and "pip install 'frx[insightface]'" in line
+    assert f"estimator 'insightface:{model}'" in line and "pip install 'frx-plugin[insightface]'" in line
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
