@@ -132,6 +132,7 @@ class PassPlan:
     max_error_pairs: int = MAX_ERROR_PAIRS
     on_error: str = "warn"
     notices: tuple[str, ...] = ()
+    verification: bool = True  # False: leakage only (no verification, differentials or counterfactuals, which need its τ)
 
     def __post_init__(self) -> None:
         if not isinstance(self.config, AnalysisConfig):
@@ -142,12 +143,15 @@ class PassPlan:
             raise ValueError(f"counterfactuals must be 'exact', 'latent' or None, got {self.counterfactuals!r}")
         if self.counterfactuals == "exact" and self.generator is None:
             raise ValueError("the exact counterfactual path needs a generator")
+        if not self.verification and self.counterfactuals is not None:
+            raise ValueError("counterfactuals need the verification threshold: a plan without verification has none")
         check_positive("significance_samples", self.significance_samples)
         check_positive("max_error_pairs", self.max_error_pairs)
 
     @classmethod
     def for_probe(cls, probe: ProbeSet, *, config: AnalysisConfig = AnalysisConfig(), counterfactuals: str = "auto",
-                  significance_samples: int = SIGNIFICANCE_SAMPLES, max_error_pairs: int = MAX_ERROR_PAIRS, on_error: str = "warn") -> "PassPlan":
+                  significance_samples: int = SIGNIFICANCE_SAMPLES, max_error_pairs: int = MAX_ERROR_PAIRS, on_error: str = "warn",
+                  verification: bool = True) -> "PassPlan":
         """The plan for ``probe``. ``counterfactuals``: "auto" (exact when a registered generator can
         render the probe set, latent otherwise, with a notice), "exact" (an error now if none can),
         "latent" or "off"."""
@@ -162,7 +166,7 @@ class PassPlan:
                     "error attribution use the latent path (pass counterfactuals='exact' to require a generator, 'off' to skip)",
                 )
         return cls(config=config, counterfactuals=path, generator=generator, significance_samples=significance_samples,
-                   max_error_pairs=max_error_pairs, on_error=on_error, notices=notices)
+                   max_error_pairs=max_error_pairs, on_error=on_error, notices=notices, verification=verification)
 
 
 @dataclass
@@ -326,6 +330,23 @@ def _embed_shard(model: ModelAdapter, probe: ProbeSet, indices: torch.Tensor, ba
     return local, None
 
 
+def _given_shard(embeddings: torch.Tensor, probe: ProbeSet, indices: torch.Tensor) -> tuple[torch.Tensor, BaseException | None]:
+    """This process's rows of embeddings given to the pass (already embedded: an embedding file's, or by the caller),
+    and what is wrong with them (a shape that is not one row per probe sample, NaN or infinity), never raised here."""
+    what = f"the embeddings of {probe.source}"
+    if not isinstance(embeddings, torch.Tensor) or embeddings.ndim != 2 or embeddings.shape[0] != len(probe) or embeddings.shape[1] < 1:
+        shape = tuple(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
+        return torch.empty(0, 0, device="cpu"), AnalysisError(
+            f"{what} must be a tensor of one row per probe sample ({len(probe)}) and at least one column, got {shape}")
+    local = embeddings[indices.to(embeddings.device)].float()
+    bad = int((~torch.isfinite(local).all(1)).sum())
+    if bad:
+        first = int((~torch.isfinite(local).all(1)).nonzero()[0])
+        return local, AnalysisError(f"{what} contain NaN or infinity in {bad} of {local.shape[0]} rows (first: row "
+                                    f"{int(indices[first])}); the pass refuses them")
+    return local, None
+
+
 def _counterfactuals(model: Any, probe: ProbeSet, embeddings: torch.Tensor, report: Report, plan: PassPlan,
                      collectives: Collectives) -> None:
     """Identity significance and error attribution (every rank, same inputs, same collectives)."""
@@ -355,7 +376,8 @@ def _counterfactuals(model: Any, probe: ProbeSet, embeddings: torch.Tensor, repo
 
 
 def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectives: Collectives | None = None, *,
-             two_stage: Any = None, context: dict[str, Any] | None = None, progress: Any = None) -> PassResult:
+             two_stage: Any = None, context: dict[str, Any] | None = None, progress: Any = None,
+             embeddings: torch.Tensor | None = None) -> PassResult:
     """One analysis pass of ``model`` on ``probe`` (see the module); every process of the run must call it alike.
 
     ``collectives``: how the processes exchange (default one process, on the model's device);
@@ -363,12 +385,16 @@ def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectiv
     pass, or ``None``; ``context``: what ``frx_analysis_completed`` receives beside the report
     (framework, epoch, global step, out_dir, …). A failure follows ``plan.on_error``: "raise"
     raises it (on every rank), "warn" returns a result without report whose ``failure`` says why.
-    ``progress(done, total, "embedding")`` after each embedded batch when given.
+    ``progress(done, total, "embedding")`` after each embedded batch when given. ``embeddings``: the
+    probe set's rows already embedded (N×D, used as they are, checked as the model's are), so that
+    ``model`` embeds nothing; it may then be ``None`` (an embedding file's rows: no counterfactual
+    needs the model on the latent path). ``plan.verification`` false: leakage only.
     """
-    model = ModelAdapter.wrap(model)
-    collectives = collectives or SingleProcess(model.device)
+    model = ModelAdapter.wrap(model) if model is not None else None
+    device = model.device if model is not None else (embeddings.device if isinstance(embeddings, torch.Tensor) else torch.device("cpu"))
+    collectives = collectives or SingleProcess(device)
     timing = dict.fromkeys(TIMING_KEYS, 0.0)
-    device = model.device
+    given = embeddings is not None
 
     def now() -> float:  # the GPU's queued work done first, so each part is timed with its own kernels
         if device.type == "cuda":
@@ -378,7 +404,10 @@ def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectiv
     try:
         started = now()
         indices = shard_indices(collectives, len(probe))
-        local, problem = _embed_shard(model, probe, indices, plan.config.batch_size, progress)
+        if given:
+            local, problem = _given_shard(embeddings, probe, indices)
+        else:
+            local, problem = _embed_shard(model, probe, indices, plan.config.batch_size, progress)
         if collectives.any(problem is not None):
             raise problem or AnalysisError("the analysis pass failed on another process; it is skipped on every process")
         embedded = now()
@@ -391,8 +420,10 @@ def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectiv
         empty = (embeddings == 0).all(1)
         if bool(empty.any()):  # the same on every rank: every rank holds every embedding
             first = int(empty.nonzero()[0])
-            report.warnings.append(zero_rows_notice(int(empty.sum()), len(probe), first, f"the model's embeddings of {probe.source}"))
-        verify_probe(embeddings, probe, report, plan.config, plan.on_error)  # the same on every rank: all embeddings everywhere
+            what = probe.source if given else f"the model's embeddings of {probe.source}"
+            report.warnings.append(zero_rows_notice(int(empty.sum()), len(probe), first, what))
+        if plan.verification:  # the same on every rank: all embeddings everywhere
+            verify_probe(embeddings, probe, report, plan.config, plan.on_error)
         if plan.counterfactuals is not None:
             start = now()
             _counterfactuals(model, probe, embeddings, report, plan, collectives)
