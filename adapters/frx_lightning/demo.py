@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from frx_lightning.callback import AttributeRecoveryCallback
 from frx_plugin.commands.common import Interrupted, check_output_folder
+from frx_plugin.commands.messages import is_quiet, quiet_library_logs
 from frx_plugin.commands.outputs import discard_staging, replace_results, staging_folder
 from frx_plugin.figures import plot_leakage_history
 from frx_plugin.history import HISTORY_JSON, HISTORY_TENSORS
@@ -136,6 +137,25 @@ class _StopOnUnwrittenHistory(Callback):
             _write_history_or_stop(self.callback)
 
 
+class _PlainTrainingProgress(Callback):
+    """Training progress in a log or CI (no terminal): a plain line at most every ``every_s`` seconds of an epoch."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        self.every_s = every_s
+        self.last = time.monotonic()
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.started = self.last = time.monotonic()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every_s and trainer.is_global_zero:
+            self.last = now
+            total = trainer.num_training_batches
+            print(f"[frx] epoch {trainer.current_epoch + 1}: batch {batch_idx + 1:,}/{total:,} ({now - self.started:.0f}s)",
+                  file=sys.stderr, flush=True)
+
+
 def format_table(first: dict[str, Any], last: dict[str, Any]) -> str:
     """The end-of-demo table: each attribute's metric and normalised leakage before and after training."""
     lines = [
@@ -250,7 +270,8 @@ def run_demo(options: dict[str, Any]) -> int:
         print(f"frx demo: --overwrite: the new run is written into {stage} and replaces the earlier run's files in {out} once complete",
               file=sys.stderr, flush=True)
     try:
-        trained = _train(opts, stage, out)
+        with quiet_library_logs():  # Lightning's INFO lines (set at its import): shown with --verbose
+            trained = _train(opts, stage, out)
         if trained is None:  # a rank other than the global-zero one: that rank writes
             return 0
         written = _write_results(opts, stage, *trained)
@@ -297,9 +318,12 @@ def _train(opts: dict[str, Any], stage: Path, out: Path):
             "decode_every_n_epochs": opts["decode_every_n_epochs"],
             "two_stage": TwoStageConfig(steps=opts["decoder_steps"], seed=opts["seed"], n_bootstrap=opts["n_bootstrap"]),
         }
-    callback = AttributeRecoveryCallback(
-        probe, out_dir=stage, every_n_epochs=opts["every_n_epochs"], n_bootstrap=opts["n_bootstrap"], seed=opts["seed"], **two_stage
+    callback = AttributeRecoveryCallback(  # the demo's model trains on the probe set's own range: RGB in [0, 1]
+        probe, out_dir=stage, every_n_epochs=opts["every_n_epochs"], n_bootstrap=opts["n_bootstrap"], seed=opts["seed"],
+        transform="unit", **two_stage
     )
+    bar = sys.stderr.isatty() and not is_quiet()  # Lightning's own bar on a terminal; plain lines in a log
+    extra = [] if bar or is_quiet() else [_PlainTrainingProgress()]
     printer = _ProgressPrinter()
     pm = get_plugin_manager()
     pm.register(printer, name="frx.demo.progress")
@@ -309,10 +333,10 @@ def _train(opts: dict[str, Any], stage: Path, out: Path):
             accelerator="cpu",
             devices=opts["devices"],
             strategy="ddp" if opts["devices"] > 1 else "auto",
-            callbacks=[callback, _StopOnUnwrittenHistory(callback)],
+            callbacks=[callback, _StopOnUnwrittenHistory(callback), *extra],
             logger=CSVLogger(str(out), name="logs"),
             enable_checkpointing=False,
-            enable_progress_bar=sys.stderr.isatty(),
+            enable_progress_bar=bar,
             enable_model_summary=False,
             log_every_n_steps=10,
             deterministic=False,

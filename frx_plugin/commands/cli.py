@@ -206,6 +206,13 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _output_options(parser: argparse.ArgumentParser) -> None:
+    """--verbose and --quiet, which every command takes."""
+    parser.add_argument("--verbose", action="store_true", help="show every warning and library message as it comes (default: frx's "
+                        "own warnings, one line each; third-party notices left out)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
+
+
 def _model_options(parser: argparse.ArgumentParser) -> None:
     """--backbone, --probe, --pairs, --estimator (see frx_plugin.specs)."""
     parser.add_argument("--backbone", default=None, metavar="SPEC",
@@ -249,6 +256,7 @@ def _add_analyze(sub) -> None:
                          help="with --backbone: identity significance and error attribution, as the training callbacks measure them "
                               "(auto: exact where a generator renders the probe set, else latent; default off)")
     analyze.add_argument("--format", choices=("table", "json", "csv"), default="table", help="what to print (default table)")
+    _output_options(analyze)
     analyze.set_defaults(func=_analyze)
 
 
@@ -265,6 +273,7 @@ def _add_explain(sub) -> None:
                          help="exact: re-render with a generator; latent: move embeddings; auto: exact where a generator exists")
     explain.add_argument("--latent-mode", choices=("conditional", "least_norm"), default="conditional",
                          help="latent path: the expected move under the embeddings' covariance, or the least Euclidean move (default conditional)")
+    _output_options(explain)
     explain.set_defaults(func=_explain)
 
 
@@ -284,6 +293,7 @@ def _add_benchmark(sub) -> None:
     benchmark.add_argument("--bootstrap", type=int, default=200, help="identity-bootstrap replicates of the intervals (default 200)")
     benchmark.add_argument("--seed", type=int, default=0, help="seed of the folds and the bootstrap (default 0)")
     benchmark.add_argument("--no-report", action="store_true", help="skip report.html")
+    _output_options(benchmark)
     benchmark.set_defaults(func=_benchmark)
 
 
@@ -292,9 +302,11 @@ def _add_report_and_plugins(sub) -> None:
     report.add_argument("folder", help="a folder frx wrote (frx demo, a callback's out_dir, frx analyze, frx explain, frx benchmark)")
     report.add_argument("--out", default=None, help="the page to write (default FOLDER/report.html)")
     report.add_argument("--overwrite", action="store_true", help="replace a page that is already there")
+    _output_options(report)
     report.set_defaults(func=_report)
 
     plugins = sub.add_parser("plugins", help="list the loaded plugins, backbones and probe sets")
+    _output_options(plugins)
     plugins.set_defaults(func=_plugins)
 
 
@@ -302,7 +314,8 @@ def _plugin_runner(run: Callable[[argparse.Namespace], Any]) -> Callable[[argpar
     """A plugin command's ``run``, given its own arguments only (not the dispatch fields ``command`` and ``func``)."""
 
     def call(args: argparse.Namespace) -> int:
-        return int(run(argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in ("command", "func")})))
+        own = ("command", "func", "verbose", "quiet")
+        return int(run(argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in own})))
 
     return call
 
@@ -330,6 +343,7 @@ def _add_plugin_commands(sub) -> None:
             stub.set_defaults(func=_missing_command(name), any_arguments=True)
     for command in commands.values():
         parser = sub.add_parser(command.name, help=command.description, description=command.description)
+        _output_options(parser)
         parser.set_defaults(func=_plugin_runner(command.factory(parser)))
 
 
@@ -381,11 +395,12 @@ def _stopped(name: str, stopped: Interrupted) -> int:
 def run_command(name: str, run: Callable[[], Any]) -> int:
     """``run()`` as the command ``frx NAME``: its exit code, or one line on stderr for an expected failure
     (exit code 2) or a signal (130 SIGINT, 143 SIGTERM; what it kept); a bug keeps its traceback and asks to be reported."""
+    from frx_plugin.commands.messages import command_messages
     from frx_plugin.commands.outputs import release_claims, start_claiming
 
     forget_outputs()
     start_claiming()
-    with stop_on_signals():
+    with stop_on_signals(), command_messages(name):
         try:
             return int(run())
         except (Interrupted, KeyboardInterrupt) as exc:
@@ -430,6 +445,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, unknown = parser.parse_known_args(argv)
         if unknown and not getattr(args, "any_arguments", False):
             parser.error("unrecognized arguments: " + " ".join(unknown))  # as parse_args says it
+        from frx_plugin.commands.messages import set_output
+
+        set_output(getattr(args, "verbose", False), getattr(args, "quiet", False))
         return run_command(args.command, lambda: args.func(args))
     except KeyboardInterrupt:
         return _interrupted_at_start()

@@ -21,9 +21,14 @@ _bar = {"open": False}  # a progress bar is drawn on stderr's current line
 
 
 def progress_bar():
-    """A one-line progress bar on stderr when it is a terminal; None otherwise."""
-    if not sys.stderr.isatty():
+    """Progress on stderr: a one-line bar on a terminal, else a plain line at most every few seconds
+    (:func:`frx_plugin.commands.messages.plain_progress`); None with ``--quiet``."""
+    from frx_plugin.commands.messages import is_quiet, plain_progress
+
+    if is_quiet():
         return None
+    if not sys.stderr.isatty():
+        return plain_progress()
 
     def show(done: int, total: int, stage: str) -> None:
         filled = int(30 * done / max(total, 1))

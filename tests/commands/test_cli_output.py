@@ -1,0 +1,94 @@
+"""What frx's commands print besides their results: frx's warnings one line each, third-party notices left out
+(shown with --verbose), and progress as plain lines in a log (none with --quiet)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from frx_plugin.commands import messages
+from frx_plugin.commands.cli import main
+from tests.commands.test_cli_reliability import TINY_DEMO, embedding_file
+from tests.ddp_launch import HANG_LIMIT_S
+
+
+@pytest.fixture
+def frx(capsys, monkeypatch):
+    def run(*args):
+        args = [str(a) for a in args]
+        monkeypatch.setattr(sys, "argv", ["frx", *args])
+        code = main(args)
+        printed = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=printed.out, stderr=printed.err)
+
+    return run
+
+
+def _demo(out, *extra) -> subprocess.CompletedProcess:
+    pytest.importorskip("lightning")
+    return subprocess.run([sys.executable, "-m", "frx_plugin", "demo", "--out", str(out), "--epochs", "1", *TINY_DEMO, *extra],
+                          capture_output=True, text=True, timeout=HANG_LIMIT_S)
+
+
+def test_demo_shows_frx_messages_one_line_each_and_no_third_party_notices(tmp_path):
+    proc = _demo(tmp_path / "demo")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines and all(line.startswith(("frx demo: warning: ", "[frx]")) for line in lines), proc.stderr[-3000:]
+    for noise in ("litlogger", "GPU available", "TPU available", "pass transform=", "Warning:", "warn(", "registration.factory"):
+        assert noise not in proc.stderr, noise
+
+
+def test_verbose_shows_the_libraries_messages_too(tmp_path):
+    proc = _demo(tmp_path / "demo", "--verbose")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "GPU available" in proc.stderr
+
+
+def test_a_warning_of_frx_is_one_line_without_its_source_line(frx, tmp_path, fresh_plugins):
+    import torch
+
+    from frx_plugin.hookspecs import hookimpl
+    from frx_plugin.plugins import get_plugin_manager
+
+    class Plugin:
+        @hookimpl
+        def frx_register_backbones(self, register):
+            register("flat-net", lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 8)), "a test backbone")
+
+    get_plugin_manager().register(Plugin(), name="test.flat")
+    result = frx("analyze", "--backbone", "flat-net", "--probe", "synthetic,n_identities=12,images_per_identity=3,size=32",
+                 "--bootstrap", "0", "--no-verification", "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warned and all(line.startswith("frx analyze: warning: ") for line in warned), result.stderr
+    assert "self.warn_once(" not in result.stderr and ".py:" not in result.stderr
+
+
+def test_progress_is_plain_lines_in_a_log_and_none_with_quiet(frx, tmp_path, monkeypatch):
+    monkeypatch.setattr(messages, "PLAIN_EVERY_S", 0.0)
+    big = embedding_file(tmp_path / "set.safetensors", n_identities=50)
+    logged = frx("analyze", "--embeddings", big, "--no-verification", "--bootstrap", "0", "--out", tmp_path / "a")
+    assert logged.returncode == 0, logged.stderr
+    lines = logged.stderr.splitlines()
+    assert "frx: statistics 200/200 (100%, 0s)" in lines and any(line.startswith("frx: held-out scores ") for line in lines)
+    assert "\r" not in logged.stderr  # no bar drawn in a log
+    quiet = frx("analyze", "--embeddings", big, "--no-verification", "--bootstrap", "0", "--out", tmp_path / "b", "--quiet")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_plain_progress_waits_before_its_first_line():
+    seen = []
+    show = messages.plain_progress(every_s=3600)
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stderr(buffer):
+        for done in range(1, 101):
+            show(done, 100, "embedding")
+    seen = buffer.getvalue()
+    assert seen == ""  # a short stage prints nothing
