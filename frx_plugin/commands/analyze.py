@@ -65,11 +65,12 @@ def analyze(
     "off", or "auto", "exact", "latent" for identity significance and error attribution as the
     training callbacks measure them — a model is analysed by the same pass they run.
 
-    A file is streamed in constant memory (logistic heads hold it in memory, up to
-    ``LOGISTIC_MAX_ENTRIES`` entries); leakage is measured on the embeddings as stored (frx writes
-    L2-normalised ones), and verification (cosines of all pairs) runs when the file has at most
-    ``VERIFICATION_MAX_SAMPLES`` rows. A probe set that lists its pairs (a verification file) is
-    verified on those.
+    A file of at most ``VERIFICATION_MAX_SAMPLES`` rows (or any file, with logistic heads, up to
+    ``LOGISTIC_MAX_ENTRIES`` entries) is held in memory and analysed by the pass every loop runs
+    (:func:`frx_plugin.passes.run_pass`); a larger one, or one without verification, is streamed in
+    constant memory. Leakage is measured on the embeddings as stored (frx writes L2-normalised
+    ones); verification compares the cosines of all pairs. A probe set that lists its pairs (a
+    verification file) is verified on those.
     """
     if isinstance(source, (str, os.PathLike)):
         if probe is not None:
@@ -82,8 +83,22 @@ def analyze(
                           with_verification=with_verification, progress=progress, counterfactuals=counterfactuals)
 
 
+def provenance(command: str) -> dict[str, Any]:
+    """The command line (when this process is ``frx COMMAND``) and the versions, for the report's provenance."""
+    import platform
+    import sys
+
+    from frx_plugin import __version__
+    from frx_plugin.commands.common import command_line
+
+    out: dict[str, Any] = {"versions": {"frx": __version__, "python": platform.python_version(), "torch": torch.__version__}}
+    if sys.argv[1:2] == [command]:
+        out["command"] = command_line()
+    return out
+
+
 def _write_analysis(out_dir: str | Path, source: str, config: AnalysisConfig, report: Report, estimated: Any = None) -> None:
-    document = {"format": ANALYSIS_FORMAT, "source": source, "options": config.to_json(), **report.to_record()}
+    document = {"format": ANALYSIS_FORMAT, "source": source, "options": config.to_json(), **report.to_record(), **provenance("analyze")}
     if estimated:
         document["estimated"] = dict(estimated)
     atomic_write_text(Path(out_dir) / ANALYSIS_FILE, json.dumps(document, indent=1, allow_nan=False))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from frx_plugin import DISTRIBUTION, __version__
+from frx_plugin.commands.messages import end_progress_line
 from frx_plugin.commands.common import (
     Interrupted,
     attribute_list,
@@ -26,7 +27,6 @@ from frx_plugin.commands.common import (
     check_output_folder,
     command_line,
     describe_kept,
-    end_progress_line,
     forget_outputs,
     ignore_signals,
     open_model_and_probe,

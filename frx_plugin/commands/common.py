@@ -15,16 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from frx_plugin.commands.messages import BAR, is_quiet, plain_progress
 from frx_plugin.errors import OutputError
 
-_bar = {"open": False}  # a progress bar is drawn on stderr's current line
 
 
 def progress_bar():
     """Progress on stderr: a one-line bar on a terminal, else a plain line at most every few seconds
     (:func:`frx_plugin.commands.messages.plain_progress`); None with ``--quiet``."""
-    from frx_plugin.commands.messages import is_quiet, plain_progress
-
     if is_quiet():
         return None
     if not sys.stderr.isatty():
@@ -33,18 +31,11 @@ def progress_bar():
     def show(done: int, total: int, stage: str) -> None:
         filled = int(30 * done / max(total, 1))
         end = "\n" if done >= total else ""
-        _bar["open"] = True  # before drawing: a signal may arrive as soon as the line is out
+        BAR["open"] = True  # before drawing: a signal may arrive as soon as the line is out
         print(f"\r{stage:<16} [{'#' * filled}{'.' * (30 - filled)}] {done:,}/{total:,}", end=end, file=sys.stderr, flush=True)
-        _bar["open"] = done < total
+        BAR["open"] = done < total
 
     return show
-
-
-def end_progress_line() -> None:
-    """End a progress bar's unfinished line, so that a message after it starts a line of its own."""
-    if _bar["open"]:
-        print(file=sys.stderr, flush=True)
-        _bar["open"] = False
 
 
 def open_model_and_probe(backbone: str, probe: str | None = None, pairs: str | None = None,

@@ -159,7 +159,9 @@ def explain(
     else:
         errors = decision_errors(subject.z, subject.identity, config.fmr, known=subject.report.verification)
     explanations = explain_errors(errors, subject.z, subject.schema, subject.labels, embed, max_pairs=max_pairs, attributes=attributes)
-    document = _document(subject, errors, explanations, attributes, fmr, latent_mode)
+    from frx_plugin.commands.analyze import provenance  # one recipe for both files
+
+    document = {**_document(subject, errors, explanations, attributes, fmr, latent_mode), **provenance("explain")}
     atomic_write_text(out / EXPLANATIONS_FILE, json.dumps(document, indent=1, allow_nan=False))
     files = [str(out / EXPLANATIONS_FILE)]
     if subject.chosen == "exact" and explanations and figure_pairs > 0:

@@ -23,6 +23,14 @@ QUIET_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_
 PLAIN_EVERY_S = 10.0
 
 _options = {"verbose": False, "quiet": False}
+BAR = {"open": False}  # a progress bar is drawn on stderr's current line
+
+
+def end_progress_line() -> None:
+    """End a progress bar's unfinished line, so that a message after it starts a line of its own."""
+    if BAR["open"]:
+        print(file=sys.stderr, flush=True)
+        BAR["open"] = False
 
 
 def set_output(verbose: bool = False, quiet: bool = False) -> None:
@@ -62,8 +70,6 @@ def command_messages(name: str) -> Iterator[None]:
         text = one_line(str(message))
         if text.startswith("frx:"):
             text = text[4:].lstrip()
-        from frx_plugin.commands.common import end_progress_line
-
         end_progress_line()
         print(f"frx {name}: warning: {text}", file=sys.stderr, flush=True)
 

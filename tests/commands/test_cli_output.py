@@ -92,3 +92,13 @@ def test_plain_progress_waits_before_its_first_line():
             show(done, 100, "embedding")
     seen = buffer.getvalue()
     assert seen == ""  # a short stage prints nothing
+
+
+def test_the_report_of_an_analyze_folder_names_the_command_that_made_it(frx, tmp_path):
+    file = embedding_file(tmp_path / "set.safetensors")
+    out = tmp_path / "out"
+    assert frx("analyze", "--embeddings", file, "--out", out, "--bootstrap", "0").returncode == 0
+    assert frx("report", out).returncode == 0
+    page = (out / "report.html").read_text()
+    assert f"Command (recorded in analysis.json): <code>frx analyze --embeddings {file} --out {out} --bootstrap 0</code>" in page
+    assert "Command: unknown" not in page
