@@ -293,7 +293,7 @@ def test_sigint_stops_analyze_and_leaves_the_earlier_analysis_as_it_was(tmp_path
     os.close(stderr_end)
     seen = b""
     try:
-        while b"statistics" not in seen:  # the first chunk is read: the analysis is under way
+        while b"read" not in seen:  # the rows are read (into memory, for the pass and its verification): the analysis is under way
             seen += os.read(terminal, 4096)
     except OSError:  # the terminal closed: the process ended before its first progress line
         pass
