@@ -271,12 +271,19 @@ def format_differentials_table(report: Report) -> str:
     if not record or not record.get("attributes"):
         return ""
 
-    def estimate(value: Any) -> str:
-        if not value or (value.get("value") is None and not value.get("infinite")):
-            return "–"
+    from frx_plugin.differentials.reasons import summary_reason
+
+    marks: dict[str, str] = {}  # why a summary is – or ∞, by its mark in the table
+
+    def estimate(item: dict[str, Any], key: str) -> str:
+        value = item.get(key) or {}
+        reason = summary_reason(item, key)
+        mark = f" ({marks.setdefault(reason, 'abcdefghij'[min(len(marks), 9)])})" if reason else ""
+        if value.get("value") is None and not value.get("infinite"):
+            return "–" + mark
         low, high = value.get("low"), value.get("high")
         bounds = "" if low is None or high is None else f" [{low:.2f}, {high:.2f}]"
-        return ("∞" if value.get("infinite") else f"{value['value']:.2f}") + bounds
+        return ("∞" if value.get("infinite") else f"{value['value']:.2f}") + bounds + mark
 
     width = max([16, *(len(a["name"]) for a in record["attributes"])])
     heading = f"{'attribute':<{width}} {'FNMR max/min':<20} {'FMR max/min':<20} {'FDR':<18} {'GARBE':<18} groups"
@@ -286,13 +293,12 @@ def format_differentials_table(report: Report) -> str:
         groups = item.get("groups", [])
         small = sum(1 for g in groups if g.get("fnmr") is None and g.get("fmr") is None)
         shown = f"{len(groups)}" + (f" ({small} too small)" if small else "")
-        lines.append(f"{item['name']:<{width}} {estimate(item.get('fnmr_ratio')):<20} {estimate(item.get('fmr_ratio')):<20} "
-                     f"{estimate(item.get('fdr')):<18} {estimate(item.get('garbe')):<18} {shown}")
+        lines.append(f"{item['name']:<{width}} {estimate(item, 'fnmr_ratio'):<20} {estimate(item, 'fmr_ratio'):<20} "
+                     f"{estimate(item, 'fdr'):<18} {estimate(item, 'garbe'):<18} {shown}")
     above = [item["name"] for item in record["attributes"] for key in ("fnmr_ratio", "fmr_ratio", "garbe")
              if (item.get(key) or {}).get("low") is not None and item[key].get("value") is not None
              and item[key]["low"] > item[key]["value"]]
-    if any((item.get(key) or {}).get("infinite") for item in record["attributes"] for key in ("fnmr_ratio", "fmr_ratio")):
-        lines.append("note: ∞ is a max/min ratio whose least rate is 0 (a group without a false non-match or false match at τ)")
+    lines += [f"({mark}) {reason}" for reason, mark in marks.items()]
     if above:
         lines.append(f"note: the bootstrap of max/min ratios and GARBE is biased upward with small groups; for "
                      f"{', '.join(sorted(set(above)))} an interval lies above its value (read it as an upper range)")

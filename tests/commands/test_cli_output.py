@@ -102,3 +102,46 @@ def test_the_report_of_an_analyze_folder_names_the_command_that_made_it(frx, tmp
     page = (out / "report.html").read_text()
     assert f"Command (recorded in analysis.json): <code>frx analyze --embeddings {file} --out {out} --bootstrap 0</code>" in page
     assert "Command: unknown" not in page
+
+
+def _differentials_record() -> dict:
+    """sex: one group too small for an FNMR (so no FNMR ratio, FDR or GARBE); glasses: every FMR is 0."""
+    def rate(value):
+        return {"value": value, "low": value, "high": value}
+
+    sex = {"name": "sex", "groups": [{"label": "f", "fnmr": rate(0.1), "fmr": rate(0.001)},
+                                     {"label": "m", "fnmr": None, "fnmr_too_small": "12 genuine pairs < 50", "fmr": rate(0.002)}],
+           "fnmr_ratio": {"value": None}, "fmr_ratio": rate(2.0), "fdr": {"value": None}, "garbe": {"value": None}}
+    glasses = {"name": "glasses", "groups": [{"label": "no", "fnmr": rate(0.1), "fmr": rate(0.0)},
+                                             {"label": "yes", "fnmr": rate(0.2), "fmr": rate(0.0)}],
+               "fnmr_ratio": rate(2.0), "fmr_ratio": {"value": None}, "fdr": rate(0.9), "garbe": {"value": None}}
+    return {"tau": 0.5, "fmr": 0.001, "attributes": [sex, glasses]}
+
+
+def test_every_dash_in_the_differentials_table_says_why():
+    from frx_plugin.commands.analyze import format_differentials_table
+    from frx_plugin.report import Report
+
+    report = Report(leakage=[], n_samples=100, n_identities=25, n_folds=5)
+    report.differentials = _differentials_record()
+    table = format_differentials_table(report)
+    rows = {line.split()[0]: line for line in table.splitlines()[3:5]}
+    assert rows["sex"].split()[1:3] == ["–", "(a)"] and "– (a)" in rows["sex"]
+    assert "(a) fewer than two groups with enough pairs for an FNMR (1 of 2)" in table
+    assert "– (b)" in rows["glasses"] and "(b) every group's FMR is 0 at τ (no ratio or Gini index of zero rates)" in table
+    assert all("–" not in line or "(" in line for line in table.splitlines()[3:5])
+
+
+def test_the_report_says_why_a_summary_is_missing_and_why_groups_and_curves_are_not_shown(tmp_path):
+    from frx_plugin.commands.report.blocks import differentials_block
+    from frx_plugin.commands.report.markup import Page
+
+    record = _differentials_record()
+    for item in record["attributes"]:
+        item["garbe"] = {"value": None}
+    html = differentials_block(Page(tmp_path, tmp_path), record, "t")
+    assert "fewer than two groups with enough pairs for an FNMR (1 of 2)" in html
+    assert "No table of groups and no DET curves" in html
+    record["attributes"][1]["garbe"] = {"value": 0.3, "low": 0.2, "high": 0.4}
+    html = differentials_block(Page(tmp_path, tmp_path), record, "t")
+    assert "Groups of glasses" in html and "No DET curves: this run did not record" in html
