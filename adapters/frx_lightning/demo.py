@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from frx_lightning.callback import AttributeRecoveryCallback
 from frx_plugin.commands.common import Interrupted, check_output_folder
-from frx_plugin.commands.messages import is_quiet, quiet_library_logs
+from frx_plugin.commands.messages import is_quiet, note_progress, quiet_library_logs
 from frx_plugin.commands.outputs import discard_staging, replace_results, staging_folder
 from frx_plugin.figures import plot_leakage_history
 from frx_plugin.history import HISTORY_JSON, HISTORY_TENSORS
@@ -135,6 +135,13 @@ class _StopOnUnwrittenHistory(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.world_size == 1:
             _write_history_or_stop(self.callback)
+
+
+class _TrainingSteps(Callback):
+    """Each training step is progress (Lightning's bar shows it): frx's heartbeat stays silent while training runs."""
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        note_progress("training")
 
 
 class _PlainTrainingProgress(Callback):
@@ -323,7 +330,7 @@ def _train(opts: dict[str, Any], stage: Path, out: Path):
         transform="unit", **two_stage
     )
     bar = sys.stderr.isatty() and not is_quiet()  # Lightning's own bar on a terminal; plain lines in a log
-    extra = [] if bar or is_quiet() else [_PlainTrainingProgress()]
+    extra = [_TrainingSteps()] + ([] if bar or is_quiet() else [_PlainTrainingProgress()])
     printer = _ProgressPrinter()
     pm = get_plugin_manager()
     pm.register(printer, name="frx.demo.progress")

@@ -395,12 +395,12 @@ def _stopped(name: str, stopped: Interrupted) -> int:
 def run_command(name: str, run: Callable[[], Any]) -> int:
     """``run()`` as the command ``frx NAME``: its exit code, or one line on stderr for an expected failure
     (exit code 2) or a signal (130 SIGINT, 143 SIGTERM; what it kept); a bug keeps its traceback and asks to be reported."""
-    from frx_plugin.commands.messages import command_messages
+    from frx_plugin.commands.messages import command_messages, heartbeat
     from frx_plugin.commands.outputs import release_claims, start_claiming
 
     forget_outputs()
     start_claiming()
-    with stop_on_signals(), command_messages(name):
+    with stop_on_signals(), command_messages(name), heartbeat(name):
         try:
             return int(run())
         except (Interrupted, KeyboardInterrupt) as exc:

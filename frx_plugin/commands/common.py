@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from frx_plugin.commands.messages import BAR, is_quiet, plain_progress
+from frx_plugin.commands.messages import BAR, is_quiet, note_progress, plain_progress
 from frx_plugin.errors import OutputError
 
 
@@ -34,6 +34,7 @@ def progress_bar():
         BAR["open"] = True  # before drawing: a signal may arrive as soon as the line is out
         print(f"\r{stage:<16} [{'#' * filled}{'.' * (30 - filled)}] {done:,}/{total:,}", end=end, file=sys.stderr, flush=True)
         BAR["open"] = done < total
+        note_progress(stage)
 
     return show
 

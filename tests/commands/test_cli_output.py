@@ -69,7 +69,7 @@ def test_a_warning_of_frx_is_one_line_without_its_source_line(frx, tmp_path, fre
 
 
 def test_progress_is_plain_lines_in_a_log_and_none_with_quiet(frx, tmp_path, monkeypatch):
-    monkeypatch.setattr(messages, "PLAIN_EVERY_S", 0.0)
+    monkeypatch.setenv("FRX_PROGRESS_EVERY_S", "0")
     big = embedding_file(tmp_path / "set.safetensors", n_identities=50)
     logged = frx("analyze", "--embeddings", big, "--no-verification", "--bootstrap", "0", "--out", tmp_path / "a")
     assert logged.returncode == 0, logged.stderr
@@ -145,3 +145,23 @@ def test_the_report_says_why_a_summary_is_missing_and_why_groups_and_curves_are_
     record["attributes"][1]["garbe"] = {"value": 0.3, "low": 0.2, "high": 0.4}
     html = differentials_block(Page(tmp_path, tmp_path), record, "t")
     assert "Groups of glasses" in html and "No DET curves: this run did not record" in html
+
+
+def test_a_long_step_without_a_bar_says_it_is_still_working(frx, monkeypatch, fresh_plugins):
+    import time
+
+    from frx_plugin.hookspecs import hookimpl
+    from frx_plugin.plugins import get_plugin_manager
+
+    class Nap:
+        @hookimpl
+        def frx_register_commands(self, register):
+            register("nap", lambda parser: (lambda args: time.sleep(1.6) or 0), "sleeps, with no progress of its own")
+
+    get_plugin_manager().register(Nap(), name="test.nap")
+    monkeypatch.setenv("FRX_HEARTBEAT_S", "0.5")
+    result = frx("nap")
+    assert result.returncode == 0
+    lines = result.stderr.splitlines()
+    assert len(lines) >= 2 and all(line.startswith("frx nap: still working, ") and line.endswith("s so far") for line in lines), lines
+    assert frx("nap", "--quiet").stderr == ""
