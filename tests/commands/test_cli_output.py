@@ -165,3 +165,25 @@ def test_a_long_step_without_a_bar_says_it_is_still_working(frx, monkeypatch, fr
     lines = result.stderr.splitlines()
     assert len(lines) >= 2 and all(line.startswith("frx nap: still working, ") and line.endswith("s so far") for line in lines), lines
     assert frx("nap", "--quiet").stderr == ""
+
+
+def test_every_dash_of_the_differentials_in_benchmark_md_says_why(frx, tmp_path):
+    import json
+
+    from frx_plugin.commands.benchmark_tables import benchmark_markdown
+
+    out = tmp_path / "bench"
+    file = embedding_file(tmp_path / "set.safetensors")
+    assert frx("benchmark", "--embeddings", file, "--out", out, "--bootstrap", "5", "--no-report").returncode == 0
+    document = json.loads((out / "benchmark.json").read_text())
+    sex, glasses = _differentials_record()["attributes"]
+    sex["name"] = "age"
+    document["backbones"][0]["analysis"]["differentials"]["attributes"] = [sex, glasses]
+    text = benchmark_markdown(document)
+    garbe = text[text.index("GARBE per attribute"):text.index("FNMR max/min over the groups")]
+    notes = {line[1]: line[4:] for line in garbe.splitlines() if line[:1] == "(" and line[2:3] == ")"}
+    assert sorted(notes.values()) == ["every group's FMR is 0 at τ (no ratio or Gini index of zero rates).",
+                                      "fewer than two groups with enough pairs for an FNMR (1 of 2)."]
+    why = {text: mark for mark, text in notes.items()}
+    assert f"| age | — ({why['fewer than two groups with enough pairs for an FNMR (1 of 2).']}) |" in garbe
+    assert f"| glasses | — ({why['every group' + chr(39) + 's FMR is 0 at τ (no ratio or Gini index of zero rates).']}) |" in garbe
