@@ -272,7 +272,7 @@ def test_analysis_section_matches_analysis_json(outputs):
     assert f"TAR {verification['tar']:.3f} at FMR {verification['fmr']:g}" in body
     assert f"{verification['impostor_pairs']:,} impostor pairs" in body
     assert document["source"] in body
-    assert "Command: unknown" in body  # no command given and no benchmark.json to take one from
+    assert "Command: not recorded (the files were written by a training callback or by Python code" in body  # none given or recorded
 
 
 def test_explanations_section_matches_explanations_json(outputs):
