@@ -9,11 +9,11 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from frx_plugin.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
     from frx_plugin.interfaces import (BackboneFactory, DecoderFactory, EstimatorFactory, GeneratorFactory,
                                        ProbeSetFactory, Register)
 

@@ -133,6 +133,8 @@ class PassPlan:
     generator: Any = None
     on_error: str = "warn"
     notices: tuple[str, ...] = field(default=())
+    #: False: leakage only (no verification, differentials or counterfactuals, which need its τ)
+    verification: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.config, AnalysisConfig):
@@ -143,6 +145,8 @@ class PassPlan:
             raise ValueError(f"counterfactuals must be 'exact', 'latent' or None, got {self.counterfactuals!r}")
         if self.counterfactuals == "exact" and self.generator is None:
             raise ValueError("the exact counterfactual path needs a generator")
+        if not self.verification and self.counterfactuals is not None:
+            raise ValueError("counterfactuals need the verification threshold: a plan without verification has none")
 
     @property
     def significance_samples(self) -> int | None:

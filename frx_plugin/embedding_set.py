@@ -144,6 +144,7 @@ class EmbeddingSet:
         if len(shape) != 2 or dtype not in _FLOAT_DTYPES:
             raise EmbeddingSetError(f"{where}: tensor {EMBEDDINGS!r} must be a float N×D matrix, got {dtype} {shape}")
         n, dim = shape
+        shape_of_embeddings = list(shape)
         if IDENTITY not in shapes:
             raise EmbeddingSetError(f"{where}: no tensor {IDENTITY!r}")
         dtype, shape = shapes[IDENTITY]
@@ -162,6 +163,9 @@ class EmbeddingSet:
                 raise EmbeddingSetError(f"{where}: tensor {key!r} is {dtype}; a {attribute.kind} attribute needs {want}")
         if n == 0:
             raise EmbeddingSetError(f"{where}: the embedding set is empty")
+        if dim == 0:
+            raise EmbeddingSetError(f"{where}: tensor {EMBEDDINGS!r} has shape {shape_of_embeddings}: its {n} rows have no "
+                                    "columns (an embedding needs at least one dimension)")
         return n, dim
 
     # -- rows -----------------------------------------------------------------------

@@ -23,6 +23,23 @@ HISTORY_JSON = "history.json"
 HISTORY_TENSORS = "history.safetensors"
 
 
+def _system_error(exc: Exception, path: Path, tmp: str) -> Exception:
+    """A writer's failed system call as the ``OSError`` naming ``path`` (not its temporary file): also one that a writer
+    reports only in its text (safetensors' ``SafetensorError`` carries it as ``IoError(Os { code: 28, ... })``);
+    any other exception unchanged."""
+    import errno
+    import re
+
+    if isinstance(exc, OSError):
+        same = exc.errno is not None and exc.filename is not None and os.fspath(exc.filename) == tmp
+        return OSError(exc.errno, exc.strerror, str(path)) if same else exc
+    found = re.search(r"\bOs \{ code: (\d+)", str(exc))
+    code = int(found.group(1)) if found else None
+    if code is None or code not in errno.errorcode:
+        return exc
+    return OSError(code, os.strerror(code), str(path))
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write ``path`` through ``write(tmp_path)`` so that readers see the old or the new file, never half."""
     path = Path(path)
@@ -30,7 +47,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        write(Path(tmp))
+        try:
+            write(Path(tmp))
+        except Exception as exc:  # noqa: BLE001 - a writer's own error for a failed system call becomes that OSError
+            raise _system_error(exc, path, tmp) from None
         # the mode any new file gets (0666 less the umask), set once written: mkstemp's file is private (0600),
         # and a writer may put a file of its own in its place (safetensors' save_file renames its own 0600 file)
         umask = os.umask(0)

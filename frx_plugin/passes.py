@@ -51,13 +51,13 @@ __all__ = [
 
 def plan_pass(probe: ProbeSet, config: AnalysisConfig = AnalysisConfig(), *, on_error: str = "warn",
               counterfactuals: str | None = None, significance_samples: int | None = None,
-              max_error_pairs: int | None = None) -> PassPlan:
+              max_error_pairs: int | None = None, verification: bool = True) -> PassPlan:
     """The plan of a run's passes over ``probe``: the counterfactual path decided once.
 
     ``config.counterfactuals`` (or ``counterfactuals``, which overrides it, as ``significance_samples``
     and ``max_error_pairs`` override the config's): "auto" (exact when a registered generator can
     render the probe set, latent otherwise, with a notice), "exact" (an error now if none can),
-    "latent" or "off".
+    "latent" or "off". ``verification`` false: leakage only.
     """
     config = config.updated(counterfactuals=counterfactuals, significance_samples=significance_samples,
                             max_error_pairs=max_error_pairs)
@@ -69,7 +69,8 @@ def plan_pass(probe: ProbeSet, config: AnalysisConfig = AnalysisConfig(), *, on_
                 f"no generator (hook frx_register_generators) can render {probe.source}; identity significance and "
                 "error attribution use the latent path (pass counterfactuals='exact' to require a generator, 'off' to skip)",
             )
-    return PassPlan(config=config, counterfactuals=path, generator=generator, on_error=on_error, notices=notices)
+    return PassPlan(config=config, counterfactuals=path, generator=generator, on_error=on_error, notices=notices,
+                    verification=verification)
 
 
 @dataclass
@@ -233,6 +234,23 @@ def _embed_shard(model: ModelAdapter, probe: ProbeSet, indices: torch.Tensor, ba
     return local, None
 
 
+def _given_shard(embeddings: torch.Tensor, probe: ProbeSet, indices: torch.Tensor) -> tuple[torch.Tensor, BaseException | None]:
+    """This process's rows of embeddings given to the pass (already embedded: an embedding file's, or by the caller),
+    and what is wrong with them (a shape that is not one row per probe sample, NaN or infinity), never raised here."""
+    what = f"the embeddings of {probe.source}"
+    if not isinstance(embeddings, torch.Tensor) or embeddings.ndim != 2 or embeddings.shape[0] != len(probe) or embeddings.shape[1] < 1:
+        shape = tuple(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
+        return torch.empty(0, 0, device="cpu"), AnalysisError(
+            f"{what} must be a tensor of one row per probe sample ({len(probe)}) and at least one column, got {shape}")
+    local = embeddings[indices.to(embeddings.device)].float()
+    bad = int((~torch.isfinite(local).all(1)).sum())
+    if bad:
+        first = int((~torch.isfinite(local).all(1)).nonzero()[0])
+        return local, AnalysisError(f"{what} contain NaN or infinity in {bad} of {local.shape[0]} rows (first: row "
+                                    f"{int(indices[first])}); the pass refuses them")
+    return local, None
+
+
 def _counterfactuals(model: Any, probe: ProbeSet, embeddings: torch.Tensor, report: Report, plan: PassPlan,
                      collectives: Collectives) -> None:
     """Identity significance and error attribution (every rank, same inputs, same collectives).
@@ -266,7 +284,7 @@ def _counterfactuals(model: Any, probe: ProbeSet, embeddings: torch.Tensor, repo
 
 def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectives: Collectives | None = None, *,
              two_stage: Any = None, context: dict[str, Any] | None = None, progress: Any = None,
-             announce: bool = True) -> PassResult:
+             announce: bool = True, embeddings: torch.Tensor | None = None) -> PassResult:
     """One analysis pass of ``model`` on ``probe`` (see the module); every process of the run must call it alike.
 
     ``collectives``: how the processes exchange (default one process, on the model's device);
@@ -276,22 +294,29 @@ def run_pass(model: Any, probe: ProbeSet, plan: PassPlan = PassPlan(), collectiv
     raises it (on every rank), "warn" returns a result without report whose ``failure`` says why.
     ``progress(done, total, "embedding")`` after each embedded batch when given. ``announce``: fire
     ``frx_analysis_completed`` at the end (a training loop says ``False`` and fires it itself, after it
-    has written the pass's history: :func:`announce_pass`).
+    has written the pass's history: :func:`announce_pass`). ``embeddings``: the probe set's rows already
+    embedded (N×D, used as they are, checked as the model's are), so that ``model`` embeds nothing; it may
+    then be ``None`` (an embedding file's rows: no counterfactual needs the model on the latent path).
+    ``plan.verification`` false: leakage only.
 
     Every rank embeds with rank 0's floating buffers (BatchNorm statistics), the model the loops save,
     and gets its own back after the pass (:func:`~frx_plugin.model.saved_rank_buffers`).
     """
-    model = ModelAdapter.wrap(model)
-    collectives = collectives or SingleProcess(model.device)
+    model = ModelAdapter.wrap(model) if model is not None else None
+    device = model.device if model is not None else (embeddings.device if isinstance(embeddings, torch.Tensor) else torch.device("cpu"))
+    collectives = collectives or SingleProcess(device)
+    if model is None:
+        return _sequence_pass(model, probe, plan, collectives, two_stage, context, progress, announce, embeddings, device)
     with saved_rank_buffers(model.module, collectives, lambda message: model.warn_once("rank buffers", message)):
-        return _sequence_pass(model, probe, plan, collectives, two_stage, context, progress, announce)
+        return _sequence_pass(model, probe, plan, collectives, two_stage, context, progress, announce, embeddings, device)
 
 
-def _sequence_pass(model: ModelAdapter, probe: ProbeSet, plan: PassPlan, collectives: Collectives, two_stage: Any,
-                   context: dict[str, Any] | None, progress: Any, announce: bool) -> PassResult:
+def _sequence_pass(model: ModelAdapter | None, probe: ProbeSet, plan: PassPlan, collectives: Collectives, two_stage: Any,
+                   context: dict[str, Any] | None, progress: Any, announce: bool, embeddings: torch.Tensor | None,
+                   device: torch.device) -> PassResult:
     """:func:`run_pass` once the model's buffers are the ones it measures."""
     timing = dict.fromkeys(TIMING_KEYS, 0.0)
-    device = model.device
+    given = embeddings is not None
 
     def now() -> float:  # the GPU's queued work done first, so each part is timed with its own kernels
         if device.type == "cuda":
@@ -301,7 +326,10 @@ def _sequence_pass(model: ModelAdapter, probe: ProbeSet, plan: PassPlan, collect
     try:
         started = now()
         indices = shard_indices(collectives, len(probe))
-        local, problem = _embed_shard(model, probe, indices, plan.config.batch_size, progress)
+        if given:
+            local, problem = _given_shard(embeddings, probe, indices)
+        else:
+            local, problem = _embed_shard(model, probe, indices, plan.config.batch_size, progress)
         if collectives.any(problem is not None):
             raise problem or AnalysisError("the analysis pass failed on another process; it is skipped on every process")
         embedded = now()
@@ -314,8 +342,10 @@ def _sequence_pass(model: ModelAdapter, probe: ProbeSet, plan: PassPlan, collect
         empty = (embeddings == 0).all(1)
         if bool(empty.any()):  # the same on every rank: every rank holds every embedding
             first = int(empty.nonzero()[0])
-            report.warnings.append(zero_rows_notice(int(empty.sum()), len(probe), first, f"the model's embeddings of {probe.source}"))
-        verify_probe(embeddings, probe, report, plan.config, plan.on_error)  # the same on every rank: all embeddings everywhere
+            what = probe.source if given else f"the model's embeddings of {probe.source}"
+            report.warnings.append(zero_rows_notice(int(empty.sum()), len(probe), first, what))
+        if plan.verification:  # the same on every rank: all embeddings everywhere
+            verify_probe(embeddings, probe, report, plan.config, plan.on_error)
         if plan.counterfactuals is not None:
             start = now()
             _counterfactuals(model, probe, embeddings, report, plan, collectives)

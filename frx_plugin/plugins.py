@@ -28,14 +28,15 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import pluggy
 
 from frx_plugin import hookspecs
 from frx_plugin.errors import CounterfactualError, EstimatorError, PluginError
 from frx_plugin.hookspecs import PROJECT_NAME
-from frx_plugin.interfaces import AttributeEstimator, AttributeGenerator
+if TYPE_CHECKING:  # pragma: no cover - interfaces imports torch, which listing commands does not need
+    from frx_plugin.interfaces import AttributeEstimator, AttributeGenerator
 
 ENTRY_POINT_GROUP = "frx"
 DISABLE_AUTOLOAD_ENV = "FRX_DISABLE_PLUGIN_AUTOLOAD"
@@ -276,6 +277,8 @@ def create_probe_set(name: str, **kwargs: Any) -> Any:
 
 def find_generator(probe: Any) -> tuple[str, AttributeGenerator] | None:
     """The first registered generator that can render ``probe`` (name, generator), or ``None``."""
+    from frx_plugin.interfaces import AttributeGenerator
+
     for name, registration in generators().items():
         generator = registration.factory(probe)
         if generator is not None:
@@ -309,6 +312,8 @@ def find_estimator(probe: Any, name: str | None = None,
     Without a name, estimators that need an argument (a model file) are not tried. ``options`` (with
     a name only) go to the factory as keywords, the spec argument among them.
     """
+    from frx_plugin.interfaces import AttributeEstimator
+
     registry = estimators()
     options = dict(options or {})
     if name is not None and name not in registry:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from frx_plugin import DISTRIBUTION
 from frx_plugin.options import check_options
 from frx_plugin.plugins import PluginError, Registration, backbones, decoders, estimators, probe_sets, require_estimator
 
@@ -44,7 +45,7 @@ __all__ = ["Spec", "parse_spec", "open_backbone", "open_probe", "open_estimator"
 
 _OPTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
-#: Modules that frx's optional extras install, by top-level name: the extra (``pip install 'frx[EXTRA]'``).
+#: Modules that frx's optional extras install, by top-level name: the extra (``pip install 'frx-plugin[EXTRA]'``).
 OPTIONAL_MODULES = {"insightface": "insightface", "onnx": "insightface", "onnxruntime": "insightface", "lightning": "lightning"}
 
 
@@ -55,7 +56,7 @@ def missing_module_message(exc: ModuleNotFoundError) -> str | None:
     if not name or name.startswith("frx"):
         return None
     extra = OPTIONAL_MODULES.get(name)
-    how = f"pip install 'frx[{extra}]'" if extra else "install the Python package that provides it"
+    how = f"pip install '{DISTRIBUTION}[{extra}]'" if extra else "install the Python package that provides it"
     return f"needs the Python module {name!r}, which is not installed: {how}"
 
 

@@ -6,17 +6,20 @@ import math
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule, Trainer, seed_everything
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
 from frx_lightning.callback import AttributeRecoveryCallback
 from frx_plugin.commands.common import Interrupted, check_output_folder
+from frx_plugin.commands.messages import is_quiet, note_progress, quiet_library_logs
+from frx_plugin.commands.outputs import discard_staging, replace_results, staging_folder
 from frx_plugin.figures import plot_leakage_history
 from frx_plugin.history import HISTORY_JSON, HISTORY_TENSORS
 from frx_plugin.hookspecs import hookimpl
@@ -109,6 +112,55 @@ class _ProgressPrinter:
             file=self.stream,
             flush=True,
         )
+
+
+def _write_history_or_stop(callback: AttributeRecoveryCallback) -> None:
+    """Write the history again when a pass's files could not be written: a failure (a full disk) is then the
+    ``OSError`` naming the file, which ends the demo (one line) instead of training on without its files."""
+    history = callback.history
+    if any("write_error" in entry for entry in history.records + history.failures):
+        history.write()
+
+
+class _StopOnUnwrittenHistory(Callback):
+    """After each of the frx callback's passes (one process): stop the demo when its history could not be written."""
+
+    def __init__(self, callback: AttributeRecoveryCallback) -> None:
+        self.callback = callback
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.world_size == 1:
+            _write_history_or_stop(self.callback)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.world_size == 1:
+            _write_history_or_stop(self.callback)
+
+
+class _TrainingSteps(Callback):
+    """Each training step is progress (Lightning's bar shows it): frx's heartbeat stays silent while training runs."""
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        note_progress("training")
+
+
+class _PlainTrainingProgress(Callback):
+    """Training progress in a log or CI (no terminal): a plain line at most every ``every_s`` seconds of an epoch."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        self.every_s = every_s
+        self.last = time.monotonic()
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.started = self.last = time.monotonic()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every_s and trainer.is_global_zero:
+            self.last = now
+            total = trainer.num_training_batches
+            print(f"[frx] epoch {trainer.current_epoch + 1}: batch {batch_idx + 1:,}/{total:,} ({now - self.started:.0f}s)",
+                  file=sys.stderr, flush=True)
 
 
 def format_table(first: dict[str, Any], last: dict[str, Any]) -> str:
@@ -212,28 +264,47 @@ def run_demo(options: dict[str, Any]) -> int:
     """``frx demo`` with ``options`` (its command-line options by name; ``None`` takes :data:`DEMO_DEFAULTS`): exit code.
 
     Every option and the output folder are checked first; a folder that holds an earlier run's
-    results (:data:`DEMO_RESULTS`) is refused unless ``overwrite``, which removes them before training
-    (the callback would otherwise continue their history). SIGTERM during training is an
+    results (:data:`DEMO_RESULTS`) is refused unless ``overwrite``: then the new run is written beside
+    the earlier one (``OUT/.frx-new``) and replaces it only once complete, so an interrupted or failed
+    run leaves the earlier one whole. SIGTERM during training is an
     :class:`~frx_plugin.commands.common.Interrupted`, never Lightning's exit with code 0.
     """
     opts = dict(DEMO_DEFAULTS, **{k: v for k, v in options.items() if v is not None})
     check_demo_options(opts)
     out = check_output_folder(opts["out"], "--out", DEMO_RESULTS, overwrite=bool(opts["overwrite"]))
-    earlier = [name for name in DEMO_RESULTS if (out / name).is_file()]
-    if earlier:  # --overwrite: asked to replace them
-        for name in earlier:
-            (out / name).unlink()
-        print(f"frx demo: --overwrite: removed the earlier run's {', '.join(earlier)} from {out}", file=sys.stderr, flush=True)
-    seed_everything(opts["seed"], workers=True, verbose=False)
+    stage = staging_folder(out, DEMO_RESULTS)
+    if stage != out:  # --overwrite: asked to replace an earlier run
+        print(f"frx demo: --overwrite: the new run is written into {stage} and replaces the earlier run's files in {out} once complete",
+              file=sys.stderr, flush=True)
+    try:
+        with quiet_library_logs():  # Lightning's INFO lines (set at its import): shown with --verbose
+            trained = _train(opts, stage, out)
+        if trained is None:  # a rank other than the global-zero one: that rank writes
+            return 0
+        written = _write_results(opts, stage, *trained)
+    except BaseException:
+        discard_staging(stage, out)  # the earlier run stays whole
+        raise
+    replace_results(stage, out, DEMO_RESULTS)
+    written = [out / Path(path).name for path in written]
+    try:  # the page is a convenience: a failure to draw it never fails the demo
+        from frx_plugin.commands.common import command_line
+        from frx_plugin.commands.report import write_report
 
+        command = command_line() if sys.argv[1:2] == ["demo"] else None
+        written.append(write_report(out, command=command))
+    except Exception as exc:  # noqa: BLE001
+        print(f"frx demo: report.html not written: {type(exc).__name__}: {exc}", file=sys.stderr)
+    print(f"\ntrained {opts['epochs']} epochs in {trained[-1]:.0f}s; wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def _train(opts: dict[str, Any], stage: Path, out: Path):
+    """Train with the callback writing into ``stage`` (Lightning's CSV logs under ``out/logs``): (model, callback, seconds),
+    or None on a rank other than the global-zero one."""
+    seed_everything(opts["seed"], workers=True, verbose=False)
     train_world = SyntheticFaceWorld(opts["identities"], opts["images_per_identity"], seed=opts["seed"], size=opts["size"])
-    probe = SyntheticProbeSet(
-        n_identities=opts["probe_identities"],
-        images_per_identity=opts["probe_images_per_identity"],
-        seed=opts["seed"],
-        size=opts["size"],
-        first_identity=1_000_000,
-    )
+    probe = SyntheticProbeSet(**_probe_spec(opts))
     loader = DataLoader(SyntheticFaceDataset(train_world), batch_size=opts["batch_size"], shuffle=True, drop_last=True, num_workers=0)
     steps_per_epoch = max(1, len(train_world) // opts["batch_size"] // opts["devices"])
     model = FaceRecognitionModule(
@@ -254,9 +325,12 @@ def run_demo(options: dict[str, Any]) -> int:
             "decode_every_n_epochs": opts["decode_every_n_epochs"],
             "two_stage": TwoStageConfig(steps=opts["decoder_steps"], seed=opts["seed"], n_bootstrap=opts["n_bootstrap"]),
         }
-    callback = AttributeRecoveryCallback(
-        probe, out_dir=out, every_n_epochs=opts["every_n_epochs"], n_bootstrap=opts["n_bootstrap"], seed=opts["seed"], **two_stage
+    callback = AttributeRecoveryCallback(  # the demo's model trains on the probe set's own range: RGB in [0, 1]
+        probe, out_dir=stage, every_n_epochs=opts["every_n_epochs"], n_bootstrap=opts["n_bootstrap"], seed=opts["seed"],
+        transform="unit", **two_stage
     )
+    bar = sys.stderr.isatty() and not is_quiet()  # Lightning's own bar on a terminal; plain lines in a log
+    extra = [_TrainingSteps()] + ([] if bar or is_quiet() else [_PlainTrainingProgress()])
     printer = _ProgressPrinter()
     pm = get_plugin_manager()
     pm.register(printer, name="frx.demo.progress")
@@ -266,10 +340,10 @@ def run_demo(options: dict[str, Any]) -> int:
             accelerator="cpu",
             devices=opts["devices"],
             strategy="ddp" if opts["devices"] > 1 else "auto",
-            callbacks=[callback],
+            callbacks=[callback, _StopOnUnwrittenHistory(callback), *extra],
             logger=CSVLogger(str(out), name="logs"),
             enable_checkpointing=False,
-            enable_progress_bar=sys.stderr.isatty(),
+            enable_progress_bar=bar,
             enable_model_summary=False,
             log_every_n_steps=10,
             deterministic=False,
@@ -282,35 +356,31 @@ def run_demo(options: dict[str, Any]) -> int:
         elapsed = time.perf_counter() - started
     finally:
         pm.unregister(printer)
-    if not trainer.is_global_zero:
-        return 0
+    return (model, callback, elapsed) if trainer.is_global_zero else None
+
+
+def _probe_spec(opts: dict[str, Any]) -> dict[str, Any]:
+    return {"n_identities": opts["probe_identities"], "images_per_identity": opts["probe_images_per_identity"],
+            "seed": opts["seed"], "size": opts["size"], "first_identity": 1_000_000}
+
+
+def _write_results(opts: dict[str, Any], stage: Path, model: FaceRecognitionModule, callback: AttributeRecoveryCallback,
+                   elapsed: float) -> list[Path]:
+    """The backbone and the figures into ``stage``, the tables printed: the files of the run (every one of them)."""
+    _write_history_or_stop(callback)
     records = callback.history.records
     if not records:
-        print("frx demo: no analysis pass succeeded; see the warnings above", file=sys.stderr)
-        return 1
-    probe_spec = {
-        "n_identities": opts["probe_identities"], "images_per_identity": opts["probe_images_per_identity"],
-        "seed": opts["seed"], "size": opts["size"], "first_identity": 1_000_000,
-    }
-    save_backbone(model.backbone, out / BACKBONE_FILE, probe=probe_spec)
-    figure = plot_leakage_history(records, out / "leakage.png", title="frx demo: attribute leakage while training on the synthetic world")
+        raise RuntimeError("no analysis pass succeeded; see the warnings above")
+    save_backbone(model.backbone, stage / BACKBONE_FILE, probe=_probe_spec(opts))
+    figure = plot_leakage_history(records, stage / "leakage.png", title="frx demo: attribute leakage while training on the synthetic world")
     print()
     print(format_table(records[0], records[-1]))
-    written = [out / "history.json", out / "history.safetensors", figure]
+    written = [stage / HISTORY_JSON, stage / HISTORY_TENSORS, stage / BACKBONE_FILE, figure]
     decoded = [r for r in records if r.get("recovery")]
     if decoded:
         print()
         print(format_recovery_table(decoded[-1]))
-        written += [out / name for name in ("decoded.png", "recovery.png") if (out / name).exists()]
+        written += [stage / name for name in ("decoded.png", "recovery.png") if (stage / name).exists()]
     elif opts["two_stage"]:
         print("\nfrx demo: no two-stage pass succeeded; see the warnings above", file=sys.stderr)
-    try:  # the page is a convenience: a failure to draw it never fails the demo
-        from frx_plugin.commands.common import command_line
-        from frx_plugin.commands.report import write_report
-
-        command = command_line() if sys.argv[1:2] == ["demo"] else None
-        written.append(write_report(out, command=command))
-    except Exception as exc:  # noqa: BLE001
-        print(f"frx demo: report.html not written: {type(exc).__name__}: {exc}", file=sys.stderr)
-    print(f"\ntrained {opts['epochs']} epochs in {elapsed:.0f}s; wrote {', '.join(str(p) for p in written)}")
-    return 0
+    return written

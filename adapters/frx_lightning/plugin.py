@@ -26,7 +26,8 @@ def demo_command(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespac
     parser.add_argument("--seed", type=int, default=None, help="seed of the world and the training (default 0)")
     parser.add_argument("--out", default=None, help="output folder (default ./frx-demo)")
     parser.add_argument("--overwrite", action="store_true", default=None,
-                        help="replace an earlier run's history, backbone, figures and report in --out (removed before training)")
+                        help="replace an earlier run's history, backbone, figures and report in --out (only once the new run is complete: "
+                             "an interrupted or failed run leaves the earlier one whole)")
     parser.add_argument("--devices", type=int, default=None, help="CPU processes; more than 1 trains with DDP (default 1)")
     parser.add_argument("--every-n-epochs", type=int, default=None, help="analysis pass every N epochs (default 1)")
     parser.add_argument("--n-bootstrap", type=int, default=None, help="bootstrap replicates for the intervals (default 200)")

@@ -22,14 +22,11 @@ from typing import Any
 
 import torch
 
-from frx_plugin.model import embed_probe_set
-from frx_plugin.passes import AnalysisConfig, plan_pass, probe_leakage, record_differentials, run_pass
+from frx_plugin.passes import AnalysisConfig, plan_pass, run_pass
 from frx_plugin.history import atomic_write_text
 from frx_plugin.probe import ProbeSet
 from frx_plugin.errors import AnalysisError
-from frx_plugin.leakage import analyze_embeddings
 from frx_plugin.report import Report
-from frx_plugin.verification import scored_verification
 
 __all__ = ["analyze", "ANALYSIS_FILE", "ANALYSIS_FORMAT", "CSV_COLUMNS", "leakage_rows", "format_differentials_table", "format_leakage_table"]
 
@@ -68,11 +65,12 @@ def analyze(
     "off", or "auto", "exact", "latent" for identity significance and error attribution as the
     training callbacks measure them — a model is analysed by the same pass they run.
 
-    A file is streamed in constant memory (logistic heads hold it in memory, up to
-    ``LOGISTIC_MAX_ENTRIES`` entries); leakage is measured on the embeddings as stored (frx writes
-    L2-normalised ones), and verification (cosines of all pairs) runs when the file has at most
-    ``VERIFICATION_MAX_SAMPLES`` rows. A probe set that lists its pairs (a verification file) is
-    verified on those.
+    A file of at most ``VERIFICATION_MAX_SAMPLES`` rows (or any file, with logistic heads, up to
+    ``LOGISTIC_MAX_ENTRIES`` entries) is held in memory and analysed by the pass every loop runs
+    (:func:`frx_plugin.passes.run_pass`); a larger one, or one without verification, is streamed in
+    constant memory. Leakage is measured on the embeddings as stored (frx writes L2-normalised
+    ones); verification compares the cosines of all pairs. A probe set that lists its pairs (a
+    verification file) is verified on those.
     """
     if isinstance(source, (str, os.PathLike)):
         if probe is not None:
@@ -85,8 +83,22 @@ def analyze(
                           with_verification=with_verification, progress=progress, counterfactuals=counterfactuals)
 
 
+def provenance(command: str) -> dict[str, Any]:
+    """The command line (when this process is ``frx COMMAND``) and the versions, for the report's provenance."""
+    import platform
+    import sys
+
+    from frx_plugin import __version__
+    from frx_plugin.commands.common import command_line
+
+    out: dict[str, Any] = {"versions": {"frx": __version__, "python": platform.python_version(), "torch": torch.__version__}}
+    if sys.argv[1:2] == [command]:
+        out["command"] = command_line()
+    return out
+
+
 def _write_analysis(out_dir: str | Path, source: str, config: AnalysisConfig, report: Report, estimated: Any = None) -> None:
-    document = {"format": ANALYSIS_FORMAT, "source": source, "options": config.to_json(), **report.to_record()}
+    document = {"format": ANALYSIS_FORMAT, "source": source, "options": config.to_json(), **report.to_record(), **provenance("analyze")}
     if estimated:
         document["estimated"] = dict(estimated)
     atomic_write_text(Path(out_dir) / ANALYSIS_FILE, json.dumps(document, indent=1, allow_nan=False))
@@ -102,11 +114,59 @@ def _analyze_file(
     progress: Any,
     with_verification: bool,
 ) -> Report:
+    """An embedding-set file: through :func:`frx_plugin.passes.run_pass` (its checks and ``frx_analysis_completed``)
+    when its rows are held in memory (logistic heads, or verification within :data:`VERIFICATION_MAX_SAMPLES`);
+    a larger file streams through the ridge heads in constant memory."""
     from frx_plugin.embedding_set import EmbeddingSet
-    from frx_plugin.leakage.streaming import analyze_stream
 
     dataset = EmbeddingSet(path, attributes)
     dataset.warn_zero_rows = False  # recorded in the report's warnings (analysis.json, the terminal) instead
+    if config.head == "logistic" and dataset.n * dataset.dim > LOGISTIC_MAX_ENTRIES:
+        # the logistic solver passes over the rows once per iteration: they are held in memory
+        raise AnalysisError(
+            f"{path}: {dataset.n:,} × {dataset.dim} embeddings are too many for logistic heads, which hold "
+            f"them in memory (at most {LOGISTIC_MAX_ENTRIES:,} entries); use the streaming ridge heads "
+            "(head 'ridge') or analyse a subset"
+        )
+    if config.head == "logistic" or (with_verification and dataset.n <= VERIFICATION_MAX_SAMPLES):
+        report = _file_pass(dataset, str(path), config, chunk_size, progress, with_verification, out_dir)  # notes zero rows itself
+    else:
+        report = _stream_file(dataset, config, chunk_size, progress)
+        if with_verification:
+            report.warnings.append(f"verification skipped: {dataset.n:,} samples is more than {VERIFICATION_MAX_SAMPLES:,} "
+                                   "(it compares every pair)")
+        if dataset.zero_rows_notice:
+            report.warnings.append(dataset.zero_rows_notice)
+    if out_dir is not None:
+        _write_analysis(out_dir, str(path), config, report)
+    return report
+
+
+def _file_pass(dataset: Any, path: str, config: AnalysisConfig, chunk_size: int, progress: Any, with_verification: bool,
+               out_dir: str | Path | None) -> Report:
+    """The file's rows as they are through :func:`run_pass` (verification normalises them); data that allows no
+    verification (no genuine or no impostor pairs) leaves the leakage standing, with a warning."""
+    embeddings, identity, labels = dataset.read(chunk_size)
+    if progress is not None:
+        progress(dataset.n, dataset.n, "read")
+    probe = ProbeSet(dataset.schema, identity, labels, source=path)
+    z = embeddings.to(torch.float32)
+    context = {"framework": "frx analyze", "model": None, "embeddings": path, "out_dir": None if out_dir is None else str(out_dir)}
+    plan = PassPlan(config=config, on_error="raise", verification=with_verification)
+    try:
+        return run_pass(None, probe, plan, context=context, embeddings=z).report
+    except AnalysisError as exc:
+        if not (with_verification and str(exc).startswith("identity: no ")):
+            raise
+        report = run_pass(None, probe, PassPlan(config=config, on_error="raise", verification=False), context=context, embeddings=z).report
+        report.warnings.append(f"verification skipped: {exc}")
+        return report
+
+
+def _stream_file(dataset: Any, config: AnalysisConfig, chunk_size: int, progress: Any) -> Report:
+    """Leakage of a file too large to hold, read chunk by chunk (twice: statistics, then held-out scores)."""
+    from frx_plugin.leakage.streaming import analyze_stream
+
     passes = iter(("statistics", "held-out scores"))
 
     def chunks():
@@ -117,49 +177,16 @@ def _analyze_file(
             if progress is not None:
                 progress(done, dataset.n, stage)
 
-    if config.head == "logistic":
-        # the logistic solver passes over the rows once per iteration: they are held in memory
-        if dataset.n * dataset.dim > LOGISTIC_MAX_ENTRIES:
-            raise AnalysisError(
-                f"{path}: {dataset.n:,} × {dataset.dim} embeddings are too many for logistic heads, which hold "
-                f"them in memory (at most {LOGISTIC_MAX_ENTRIES:,} entries); use the streaming ridge heads "
-                "(head 'ridge') or analyse a subset"
-            )
-        embeddings, identity, labels = dataset.read(chunk_size)
-        if progress is not None:
-            progress(dataset.n, dataset.n, "read")
-        report = analyze_embeddings(
-            embeddings, identity, labels, dataset.schema, n_folds=config.n_folds, n_bootstrap=config.n_bootstrap,
-            seed=config.seed, head="logistic", C=float(config.C), min_class_samples=config.min_class_samples,
-        )
-    else:
-        report = analyze_stream(
-            chunks,
-            dataset.identity(),
-            dataset.schema,
-            n_folds=config.n_folds,
-            n_bootstrap=config.n_bootstrap,
-            seed=config.seed,
-            masked_attributes=dataset.attributes_with_missing_labels(),
-            min_class_samples=config.min_class_samples,
-        )
-    if dataset.zero_rows_notice:
-        report.warnings.append(dataset.zero_rows_notice)
-    if with_verification and dataset.n <= VERIFICATION_MAX_SAMPLES:
-        embeddings, identity, labels = dataset.read(chunk_size)
-        scored = None
-        try:
-            report.verification, scored = scored_verification(torch.nn.functional.normalize(embeddings, dim=1), identity, fmr=config.fmr,
-                                                              keep_pairs=config.differentials)
-        except ValueError as exc:  # e.g. one image per identity: no genuine pairs; leakage is still defined
-            report.warnings.append(f"verification skipped: {exc}")
-        if report.verification is not None and config.differentials:
-            record_differentials(embeddings, identity, labels, dataset.schema, report, config, scored=scored)
-    elif with_verification:
-        report.warnings.append(f"verification skipped: {dataset.n:,} samples is more than {VERIFICATION_MAX_SAMPLES:,} (it compares every pair)")
-    if out_dir is not None:
-        _write_analysis(out_dir, str(path), config, report)
-    return report
+    return analyze_stream(
+        chunks,
+        dataset.identity(),
+        dataset.schema,
+        n_folds=config.n_folds,
+        n_bootstrap=config.n_bootstrap,
+        seed=config.seed,
+        masked_attributes=dataset.attributes_with_missing_labels(),
+        min_class_samples=config.min_class_samples,
+    )
 
 
 def _analyze_model(
@@ -180,14 +207,13 @@ def _analyze_model(
     if attributes is not None:
         probe = select_attributes(probe, attributes)
     name = model_name or type(model).__name__
-    if with_verification:
-        plan = plan_pass(probe, config, counterfactuals=counterfactuals, on_error="raise")
-        for notice in plan.notices:
-            warnings.warn(f"frx analyze: {notice}", stacklevel=3)
-        context = {"framework": "frx analyze", "model": name, "out_dir": None if out_dir is None else str(out_dir)}
-        report = run_pass(model, probe, plan, progress=progress, context=context).report
-    else:
-        report = probe_leakage(embed_probe_set(model, probe, batch_size=config.batch_size, progress=progress), probe, config)
+    if not with_verification and counterfactuals != "off":
+        raise ValueError("--counterfactuals needs the verification threshold: leave out --no-verification, or --counterfactuals off")
+    plan = plan_pass(probe, config, counterfactuals=counterfactuals, on_error="raise", verification=with_verification)
+    for notice in plan.notices:
+        warnings.warn(f"frx analyze: {notice}", stacklevel=3)
+    context = {"framework": "frx analyze", "model": name, "out_dir": None if out_dir is None else str(out_dir)}
+    report = run_pass(model, probe, plan, progress=progress, context=context).report
     if out_dir is not None:
         _write_analysis(out_dir, f"{probe.source} embedded by {name}", config, report, getattr(probe, "estimated", None))
     return report
@@ -245,12 +271,19 @@ def format_differentials_table(report: Report) -> str:
     if not record or not record.get("attributes"):
         return ""
 
-    def estimate(value: Any) -> str:
-        if not value or (value.get("value") is None and not value.get("infinite")):
-            return "–"
+    from frx_plugin.differentials.reasons import summary_reason
+
+    marks: dict[str, str] = {}  # why a summary is – or ∞, by its mark in the table
+
+    def estimate(item: dict[str, Any], key: str) -> str:
+        value = item.get(key) or {}
+        reason = summary_reason(item, key)
+        mark = f" ({marks.setdefault(reason, 'abcdefghij'[min(len(marks), 9)])})" if reason else ""
+        if value.get("value") is None and not value.get("infinite"):
+            return "–" + mark
         low, high = value.get("low"), value.get("high")
         bounds = "" if low is None or high is None else f" [{low:.2f}, {high:.2f}]"
-        return ("∞" if value.get("infinite") else f"{value['value']:.2f}") + bounds
+        return ("∞" if value.get("infinite") else f"{value['value']:.2f}") + bounds + mark
 
     width = max([16, *(len(a["name"]) for a in record["attributes"])])
     heading = f"{'attribute':<{width}} {'FNMR max/min':<20} {'FMR max/min':<20} {'FDR':<18} {'GARBE':<18} groups"
@@ -260,13 +293,12 @@ def format_differentials_table(report: Report) -> str:
         groups = item.get("groups", [])
         small = sum(1 for g in groups if g.get("fnmr") is None and g.get("fmr") is None)
         shown = f"{len(groups)}" + (f" ({small} too small)" if small else "")
-        lines.append(f"{item['name']:<{width}} {estimate(item.get('fnmr_ratio')):<20} {estimate(item.get('fmr_ratio')):<20} "
-                     f"{estimate(item.get('fdr')):<18} {estimate(item.get('garbe')):<18} {shown}")
+        lines.append(f"{item['name']:<{width}} {estimate(item, 'fnmr_ratio'):<20} {estimate(item, 'fmr_ratio'):<20} "
+                     f"{estimate(item, 'fdr'):<18} {estimate(item, 'garbe'):<18} {shown}")
     above = [item["name"] for item in record["attributes"] for key in ("fnmr_ratio", "fmr_ratio", "garbe")
              if (item.get(key) or {}).get("low") is not None and item[key].get("value") is not None
              and item[key]["low"] > item[key]["value"]]
-    if any((item.get(key) or {}).get("infinite") for item in record["attributes"] for key in ("fnmr_ratio", "fmr_ratio")):
-        lines.append("note: ∞ is a max/min ratio whose least rate is 0 (a group without a false non-match or false match at τ)")
+    lines += [f"({mark}) {reason}" for reason, mark in marks.items()]
     if above:
         lines.append(f"note: the bootstrap of max/min ratios and GARBE is biased upward with small groups; for "
                      f"{', '.join(sorted(set(above)))} an interval lies above its value (read it as an upper range)")

@@ -49,11 +49,10 @@ import torch
 
 from frx_plugin.commands.benchmark_tables import benchmark_csv, benchmark_markdown
 from frx_plugin.commands.common import check_output_folder
-from frx_plugin.counterfactual.measures import choose_counterfactual_path, counterfactual_embedder, counterfactual_measures
 from frx_plugin.errors import AnalysisError
 from frx_plugin.history import atomic_write_text
 from frx_plugin.model import hook_embedder
-from frx_plugin.passes import AnalysisConfig, analyze_probe
+from frx_plugin.passes import AnalysisConfig, plan_pass, run_pass
 from frx_plugin.report import json_safe
 
 __all__ = ["BENCHMARK_FORMAT", "BENCHMARK_FMRS", "verification_with_intervals", "run_benchmark"]
@@ -263,14 +262,6 @@ def _machine() -> str:
     return f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU threads, torch threads {torch.get_num_threads()}"
 
 
-def _counterfactuals(model: Any, z: torch.Tensor, probe: Any, report: Any, config: AnalysisConfig, max_error_pairs: int) -> None:
-    """Identity significance and error attribution: exact where a generator renders the probe set, else latent."""
-    chosen, generator = choose_counterfactual_path(probe, "auto") if model is not None else ("latent", None)
-    embed, attributes, _ = counterfactual_embedder(model, z, probe.labels, probe.schema, report, chosen, generator, probe,
-                                                    batch_size=config.batch_size)
-    counterfactual_measures(z, probe, report, config, embed, path=chosen, max_error_pairs=max_error_pairs, attributes=attributes)
-
-
 def _embed(model: Any, probe: Any, batch_size: int, progress: Callable | None, label: str) -> tuple[torch.Tensor, float]:
     embed = hook_embedder(model)
     indices = torch.arange(len(probe))
@@ -445,11 +436,12 @@ def _embedding_file_row(path: str, config: AnalysisConfig, max_error_pairs: int,
 
 
 def _analyse(model: Any, z: torch.Tensor, probe: Any, config: AnalysisConfig, max_error_pairs: int, listed: Any) -> dict[str, Any]:
-    report = analyze_probe(z, probe, config)
-    try:
-        _counterfactuals(model, z, probe, report, config, max_error_pairs)
-    except AnalysisError as exc:
-        report.warnings.append(f"counterfactuals skipped: {exc}")
+    """The pass every loop runs (:func:`frx_plugin.passes.run_pass`) on the embeddings ``z`` the benchmark timed, with
+    counterfactuals (exact where a generator renders the probe set, else latent), and verification at every FMR."""
+    plan = plan_pass(probe, config, counterfactuals="auto" if model is not None else "latent",
+                     max_error_pairs=max_error_pairs, on_error="raise")
+    report = run_pass(model, probe, plan, context={"framework": "frx benchmark", "probe": getattr(probe, "source", None)},
+                      embeddings=z).report
     verification = verification_with_intervals(z, probe.identity, BENCHMARK_FMRS, config.n_bootstrap, config.seed, pairs=listed)
     record = report.to_record()
     return {"verification": verification, "analysis": record}

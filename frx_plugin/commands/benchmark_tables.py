@@ -20,6 +20,15 @@ def _estimate(entry: Any) -> str:
     return ("∞" if entry.get("infinite") else f"{entry['value']:.3f}") + interval  # ∞: a max/min ratio whose least rate is 0
 
 
+def _differential_reason(row: dict[str, Any], name: str, key: str) -> str | None:
+    """Why a backbone's differential summary ``key`` of attribute ``name`` is — or ∞ (None: it has a value)."""
+    from frx_plugin.differentials.reasons import summary_reason
+
+    items = ((row.get("analysis") or {}).get("differentials") or {}).get("attributes") or []
+    item = next((i for i in items if isinstance(i, dict) and i.get("name") == name), None)
+    return summary_reason(item, key) if item is not None else "no differentials measured for this attribute"
+
+
 def _attributes(document: dict[str, Any]) -> list[str]:
     names: list[str] = []
     for row in document["backbones"]:
@@ -133,12 +142,18 @@ def benchmark_markdown(document: dict[str, Any]) -> str:
         lines += ["", f"## {title}", "", what + ".", "",
                   "| attribute | " + " | ".join(f"`{row['spec']}`" for row in good) + " |",
                   "|---|" + "---|" * len(good)]
+        marks: dict[str, str] = {}  # why a differential is — or ∞, by its mark
         for name in names:
             cells = []
             for row in good:
                 value = per[row["spec"]].get(name, {}).get(key)
                 cells.append(_estimate(value) if key != "errors" else ("—" if value is None else f"{value:.2f}"))
+                reason = _differential_reason(row, name, key) if key in _DIFFERENTIALS else None
+                if reason:
+                    cells[-1] += f" ({marks.setdefault(reason, 'abcdefghij'[min(len(marks), 9)])})"
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if marks:
+            lines += [""] + [f"({mark}) {reason}." for reason, mark in marks.items()]
     if document.get("command"):
         lines += ["", f"Command: `{document['command']}`"]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in document["versions"].items()) + f"; machine: {document['machine']}.", ""]

@@ -1,18 +1,25 @@
 """The ``frx`` command: argument parsing and :func:`main`; each command's work is in its module of :mod:`frx_plugin.commands`.
 
 Plugins add subcommands through the ``frx_register_commands`` hook (:mod:`frx_plugin.commands.registry`).
+
+The arguments are parsed before torch, Lightning or any plugin module is imported: frx's own
+commands are parsed without loading a plugin at all; the plugins' entry points (which only name
+their hooks) are loaded when the command line names another command, or none. So ``--help``,
+``--version`` and an option error answer at once, and a Ctrl-C at any moment is one line (exit code 130).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from frx_plugin import __version__
+from frx_plugin import DISTRIBUTION, __version__
+from frx_plugin.commands.messages import end_progress_line
 from frx_plugin.commands.common import (
     Interrupted,
     attribute_list,
@@ -20,17 +27,14 @@ from frx_plugin.commands.common import (
     check_output_folder,
     command_line,
     describe_kept,
-    end_progress_line,
     forget_outputs,
     ignore_signals,
     open_model_and_probe,
     progress_bar,
+    signal_received,
     stop_on_signals,
     watched_folders,
 )
-from frx_plugin.commands.registry import OPTIONAL_COMMANDS, missing_command_message, plugin_commands
-from frx_plugin.plugins import backbones, estimators, failed_plugins, get_plugin_manager, probe_sets
-from frx_plugin.specs import probe_with_kinds
 
 #: frx's own subcommands (a plugin cannot register these names).
 CORE_COMMANDS = ("analyze", "explain", "benchmark", "decode", "report", "plugins")
@@ -63,6 +67,7 @@ def _analyze(args: argparse.Namespace) -> int:
     import csv
 
     from frx_plugin.commands.analyze import ANALYSIS_FILE, CSV_COLUMNS, analyze, format_differentials_table, format_leakage_table, leakage_rows
+    from frx_plugin.specs import probe_with_kinds
 
     args.probe = probe_with_kinds(args.probe, args.kinds)
     attributes = attribute_list("--attributes", args.attributes)
@@ -107,6 +112,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     from frx_plugin.commands.explain import EXPLANATIONS_FILE, FIGURE_FILE, check_options, explain
+    from frx_plugin.specs import probe_with_kinds
 
     args.probe = probe_with_kinds(args.probe, args.kinds)
     check_options(args.fmr, args.max_pairs, args.path, args.latent_mode, 4, flags=True)
@@ -178,6 +184,10 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _plugins(args: argparse.Namespace) -> int:
+    from frx_plugin.commands.registry import plugin_commands
+    from frx_plugin.plugins import backbones, estimators, failed_plugins, get_plugin_manager, probe_sets
+
+    commands = plugin_commands(reserved=CORE_COMMANDS)  # a plugin taking one of frx's own names is refused here too
     pm = get_plugin_manager()
     print("plugins:")
     for name, plugin in pm.list_name_plugin():
@@ -190,7 +200,17 @@ def _plugins(args: argparse.Namespace) -> int:
         print(f"{title}:")
         for reg in registry.values():
             print(f"  {reg.name:<20} {reg.description}")
+    print("commands (frx COMMAND):")
+    for command in commands.values():
+        print(f"  {command.name:<20} {command.description}")
     return 0
+
+
+def _output_options(parser: argparse.ArgumentParser) -> None:
+    """--verbose and --quiet, which every command takes."""
+    parser.add_argument("--verbose", action="store_true", help="show every warning and library message as it comes (default: frx's "
+                        "own warnings, one line each; third-party notices left out)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
@@ -236,6 +256,7 @@ def _add_analyze(sub) -> None:
                          help="with --backbone: identity significance and error attribution, as the training callbacks measure them "
                               "(auto: exact where a generator renders the probe set, else latent; default off)")
     analyze.add_argument("--format", choices=("table", "json", "csv"), default="table", help="what to print (default table)")
+    _output_options(analyze)
     analyze.set_defaults(func=_analyze)
 
 
@@ -252,6 +273,7 @@ def _add_explain(sub) -> None:
                          help="exact: re-render with a generator; latent: move embeddings; auto: exact where a generator exists")
     explain.add_argument("--latent-mode", choices=("conditional", "least_norm"), default="conditional",
                          help="latent path: the expected move under the embeddings' covariance, or the least Euclidean move (default conditional)")
+    _output_options(explain)
     explain.set_defaults(func=_explain)
 
 
@@ -271,6 +293,7 @@ def _add_benchmark(sub) -> None:
     benchmark.add_argument("--bootstrap", type=int, default=200, help="identity-bootstrap replicates of the intervals (default 200)")
     benchmark.add_argument("--seed", type=int, default=0, help="seed of the folds and the bootstrap (default 0)")
     benchmark.add_argument("--no-report", action="store_true", help="skip report.html")
+    _output_options(benchmark)
     benchmark.set_defaults(func=_benchmark)
 
 
@@ -279,9 +302,11 @@ def _add_report_and_plugins(sub) -> None:
     report.add_argument("folder", help="a folder frx wrote (frx demo, a callback's out_dir, frx analyze, frx explain, frx benchmark)")
     report.add_argument("--out", default=None, help="the page to write (default FOLDER/report.html)")
     report.add_argument("--overwrite", action="store_true", help="replace a page that is already there")
+    _output_options(report)
     report.set_defaults(func=_report)
 
     plugins = sub.add_parser("plugins", help="list the loaded plugins, backbones and probe sets")
+    _output_options(plugins)
     plugins.set_defaults(func=_plugins)
 
 
@@ -289,7 +314,8 @@ def _plugin_runner(run: Callable[[argparse.Namespace], Any]) -> Callable[[argpar
     """A plugin command's ``run``, given its own arguments only (not the dispatch fields ``command`` and ``func``)."""
 
     def call(args: argparse.Namespace) -> int:
-        return int(run(argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in ("command", "func")})))
+        own = ("command", "func", "verbose", "quiet")
+        return int(run(argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in own})))
 
     return call
 
@@ -298,6 +324,8 @@ def _missing_command(name: str) -> Callable[[argparse.Namespace], int]:
     """The run of an optional command whose extra is not installed: one line saying what to install, exit code 2."""
 
     def call(args: argparse.Namespace) -> int:
+        from frx_plugin.commands.registry import missing_command_message
+
         print(f"frx {name}: error: {missing_command_message(name)}", file=sys.stderr)
         return 2
 
@@ -306,21 +334,26 @@ def _missing_command(name: str) -> Callable[[argparse.Namespace], int]:
 
 def _add_plugin_commands(sub) -> None:
     """The plugins' subcommands (hook ``frx_register_commands``), and a stub for each optional one not installed."""
+    from frx_plugin.commands.registry import OPTIONAL_COMMANDS, plugin_commands
+
     commands = plugin_commands(reserved=CORE_COMMANDS)
     for name, (help_text, extra, _) in OPTIONAL_COMMANDS.items():
         if name not in commands:  # takes any arguments: they are answered by what to install
-            stub = sub.add_parser(name, help=f"{help_text} (pip install 'frx[{extra}]')", add_help=False)
+            stub = sub.add_parser(name, help=f"{help_text} (pip install '{DISTRIBUTION}[{extra}]')", add_help=False)
             stub.set_defaults(func=_missing_command(name), any_arguments=True)
     for command in commands.values():
         parser = sub.add_parser(command.name, help=command.description, description=command.description)
+        _output_options(parser)
         parser.set_defaults(func=_plugin_runner(command.factory(parser)))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
+    """The ``frx`` parser; ``with_plugins``: with the plugins' commands too (loading the plugins' entry points)."""
     parser = argparse.ArgumentParser(prog="frx", description="What do your face embeddings know? Attribute recovery for face recognition.")
     parser.add_argument("--version", action="version", version=f"frx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_plugin_commands(sub)
+    if with_plugins:
+        _add_plugin_commands(sub)
     _add_analyze(sub)
     _add_explain(sub)
     _add_benchmark(sub)
@@ -355,36 +388,72 @@ def error_line(exc: BaseException) -> str | None:
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
+def _stopped(name: str, stopped: Interrupted) -> int:
+    ignore_signals()  # a second Ctrl-C does not cut the line short
+    end_progress_line()
+    print(f"frx {name}: interrupted ({stopped.signal_name}); {describe_kept()}", file=sys.stderr, flush=True)
+    return stopped.exit_code
+
+
 def run_command(name: str, run: Callable[[], Any]) -> int:
     """``run()`` as the command ``frx NAME``: its exit code, or one line on stderr for an expected failure
     (exit code 2) or a signal (130 SIGINT, 143 SIGTERM; what it kept); a bug keeps its traceback and asks to be reported."""
+    from frx_plugin.commands.messages import command_messages, heartbeat
+    from frx_plugin.commands.outputs import release_claims, start_claiming
+
     forget_outputs()
-    with stop_on_signals():
+    start_claiming()
+    with stop_on_signals(), command_messages(name), heartbeat(name):
         try:
             return int(run())
         except (Interrupted, KeyboardInterrupt) as exc:
-            ignore_signals()  # a second Ctrl-C does not cut the line short
-            stopped = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
-            end_progress_line()
-            print(f"frx {name}: interrupted ({stopped.signal_name}); {describe_kept()}", file=sys.stderr, flush=True)
-            return stopped.exit_code
+            return _stopped(name, exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT))
         except Exception as exc:  # noqa: BLE001 - sorted below: one line, or a traceback for a bug
+            stopped = signal_received()
+            if stopped is not None:  # a library swallowed the Interrupted and failed on its own terms after it
+                return _stopped(name, stopped)
             end_progress_line()
             line = error_line(exc)
             if line is None:
                 traceback.print_exc()
                 print(f"frx {name}: internal error ({type(exc).__name__}): {BUG_HINT}", file=sys.stderr)
                 return 1
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                line += f"; {describe_kept()}"  # a full disk: what the run kept, and what it left as it was
             print(f"frx {name}: error: {line}", file=sys.stderr)
             return 2
+        finally:
+            release_claims()
+
+
+def _needs_plugins(argv: Sequence[str]) -> bool:
+    """Whether parsing ``argv`` needs the plugins' commands: not for frx's own commands, nor for ``--version`` alone."""
+    name = next((word for word in argv if not word.startswith("-")), None)  # frx's own options take no value
+    if name is None:
+        return "--version" not in argv or any(word in ("-h", "--help") for word in argv)
+    return name not in CORE_COMMANDS
+
+
+def _interrupted_at_start() -> int:
+    """A Ctrl-C before the command began its work: one line, exit code 130 (nothing was written)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the line short
+    print("frx: interrupted (SIGINT); nothing written", file=sys.stderr, flush=True)
+    return 128 + signal.SIGINT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown and not getattr(args, "any_arguments", False):
-        parser.error("unrecognized arguments: " + " ".join(unknown))  # as parse_args says it
-    return run_command(args.command, lambda: args.func(args))
+    try:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        parser = build_parser(with_plugins=_needs_plugins(argv))
+        args, unknown = parser.parse_known_args(argv)
+        if unknown and not getattr(args, "any_arguments", False):
+            parser.error("unrecognized arguments: " + " ".join(unknown))  # as parse_args says it
+        from frx_plugin.commands.messages import set_output
+
+        set_output(getattr(args, "verbose", False), getattr(args, "quiet", False))
+        return run_command(args.command, lambda: args.func(args))
+    except KeyboardInterrupt:
+        return _interrupted_at_start()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,31 +15,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from frx_plugin.commands.messages import BAR, is_quiet, note_progress, plain_progress
 from frx_plugin.errors import OutputError
 
-_bar = {"open": False}  # a progress bar is drawn on stderr's current line
 
 
 def progress_bar():
-    """A one-line progress bar on stderr when it is a terminal; None otherwise."""
-    if not sys.stderr.isatty():
+    """Progress on stderr: a one-line bar on a terminal, else a plain line at most every few seconds
+    (:func:`frx_plugin.commands.messages.plain_progress`); None with ``--quiet``."""
+    if is_quiet():
         return None
+    if not sys.stderr.isatty():
+        return plain_progress()
 
     def show(done: int, total: int, stage: str) -> None:
         filled = int(30 * done / max(total, 1))
         end = "\n" if done >= total else ""
-        _bar["open"] = True  # before drawing: a signal may arrive as soon as the line is out
+        BAR["open"] = True  # before drawing: a signal may arrive as soon as the line is out
         print(f"\r{stage:<16} [{'#' * filled}{'.' * (30 - filled)}] {done:,}/{total:,}", end=end, file=sys.stderr, flush=True)
-        _bar["open"] = done < total
+        BAR["open"] = done < total
+        note_progress(stage)
 
     return show
-
-
-def end_progress_line() -> None:
-    """End a progress bar's unfinished line, so that a message after it starts a line of its own."""
-    if _bar["open"]:
-        print(file=sys.stderr, flush=True)
-        _bar["open"] = False
 
 
 def open_model_and_probe(backbone: str, probe: str | None = None, pairs: str | None = None,
@@ -166,15 +163,19 @@ def check_output_folder(path: str | Path, option: str = "--out", results: Sequen
     An :class:`~frx_plugin.errors.OutputError` naming ``option`` and the path when ``path`` is a
     file, lies under a file, or cannot be written (tried for real in the nearest folder that
     exists), and, unless ``overwrite``, when it already holds one of ``results`` (``any_file``: any
-    file at all). Nothing is created. The result files are remembered, so that a command stopped
+    file at all). Inside an ``frx`` command the folder is claimed (made if missing; see
+    :mod:`frx_plugin.commands.outputs`), so that a second run into it is refused while this one runs. The result files are remembered, so that a command stopped
     by a signal can say which of them it wrote (:func:`describe_kept`).
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path}: is a file, not a folder")
     _check_writable(path, f"{option} {path}")
+    from frx_plugin.commands.outputs import LOCK_FILE, STAGING_FOLDER, claim_folder
+
+    claim_folder(path, option)  # before looking: a second run into the folder is refused while this one runs
     if path.is_dir() and not overwrite:
-        present = sorted(p.name for p in path.iterdir()) if any_file else [name for name in results if os.path.lexists(path / name)]
+        present = sorted(p.name for p in path.iterdir() if p.name not in (LOCK_FILE, STAGING_FOLDER)) if any_file else [name for name in results if os.path.lexists(path / name)]
         if present:
             shown = ", ".join(present[:5]) + (" …" if len(present) > 5 else "")
             what, where = ("files", "an empty folder") if any_file else ("results", "another folder")
@@ -253,6 +254,14 @@ class Interrupted(BaseException):
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_received: list[int] = []  # the signals stop_on_signals turned into Interrupted, in order
+
+
+def signal_received() -> Interrupted | None:
+    """The stop that a signal asked for during this command, if one did: a library that swallows the
+    :class:`Interrupted` (an import cut short, a bare ``except``) fails later in its own words, and that
+    failure is the signal's doing, not a bug."""
+    return Interrupted(_received[0]) if _received else None
 
 
 @contextmanager
@@ -268,8 +277,10 @@ def stop_on_signals() -> Iterator[None]:
         return
 
     def stop(signum: int, frame: Any) -> None:
+        _received.append(int(signum))
         raise Interrupted(signum)
 
+    _received.clear()
     previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
     try:
         yield

@@ -28,6 +28,7 @@ faces: the latent path, and no figure.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -42,7 +43,8 @@ from frx_plugin.errors import OutputError
 from frx_plugin.history import atomic_write_text
 from frx_plugin.model import embed_probe_set
 from frx_plugin.models import BACKBONE_FILE, load_backbone
-from frx_plugin.passes import AnalysisConfig, analyze_probe
+from frx_plugin.passes import AnalysisConfig, PassPlan, run_pass
+from frx_plugin.probe import ProbeSet
 from frx_plugin.report import json_safe
 from frx_plugin.verification import decision_errors
 
@@ -157,7 +159,9 @@ def explain(
     else:
         errors = decision_errors(subject.z, subject.identity, config.fmr, known=subject.report.verification)
     explanations = explain_errors(errors, subject.z, subject.schema, subject.labels, embed, max_pairs=max_pairs, attributes=attributes)
-    document = _document(subject, errors, explanations, attributes, fmr, latent_mode)
+    from frx_plugin.commands.analyze import provenance  # one recipe for both files
+
+    document = {**_document(subject, errors, explanations, attributes, fmr, latent_mode), **provenance("explain")}
     atomic_write_text(out / EXPLANATIONS_FILE, json.dumps(document, indent=1, allow_nan=False))
     files = [str(out / EXPLANATIONS_FILE)]
     if subject.chosen == "exact" and explanations and figure_pairs > 0:
@@ -188,8 +192,6 @@ class _Subject:
 def _embedding_file_subject(embeddings_file: str | Path, path: str, config: AnalysisConfig) -> _Subject:
     """An embedding-set file: always the latent path (no faces to re-render)."""
     from frx_plugin.embedding_set import read_embedding_set
-    from frx_plugin.leakage import analyze_embeddings
-    from frx_plugin.verification import verification
 
     if path == "exact":
         raise CounterfactualError(
@@ -198,8 +200,10 @@ def _embedding_file_subject(embeddings_file: str | Path, path: str, config: Anal
         )
     z, identity, labels, schema = read_embedding_set(embeddings_file)
     z = torch.nn.functional.normalize(z.to(torch.float32), dim=1)
-    report = analyze_embeddings(z, identity, labels, schema, n_bootstrap=0)
-    report.verification = verification(z, identity, fmr=config.fmr)
+    probe = ProbeSet(schema, identity, labels, source=str(embeddings_file))
+    plan = PassPlan(config=dataclasses.replace(config, differentials=False), on_error="raise")
+    report = run_pass(None, probe, plan, context={"framework": "frx explain", "model": None, "embeddings": str(embeddings_file)},
+                      embeddings=z).report
     return _Subject(z, identity, labels, schema, report, "latent", str(embeddings_file))
 
 
@@ -218,7 +222,8 @@ def _model_subject(model: Any, probe: Any, demo_dir: str | Path, path: str, conf
     else:
         source = f"{getattr(probe, 'source', type(probe).__name__)} embedded by {model_name or type(model).__name__}"
     z = embed_probe_set(model, probe)
-    report = analyze_probe(z, probe, config)
+    context = {"framework": "frx explain", "model": model_name or source}
+    report = run_pass(model, probe, PassPlan(config=config, on_error="raise"), context=context, embeddings=z).report
     chosen, generator = choose_counterfactual_path(probe, path)
     if chosen == "latent" and path == "auto":
         say(f"frx explain: no generator can render {source}; using the latent path (no counterfactual faces)")

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
+from frx_plugin import DISTRIBUTION
 from frx_plugin.errors import PluginError
-from frx_plugin.interfaces import CommandFactory
 from frx_plugin.plugins import failed_plugins, get_plugin_manager
+
+if TYPE_CHECKING:  # pragma: no cover
+    from frx_plugin.interfaces import CommandFactory
 
 #: Commands that an optional extra brings: name -> (one-line help, the extra, what it installs).
 OPTIONAL_COMMANDS = {
@@ -52,7 +55,7 @@ def missing_command_message(name: str) -> str:
     """One line: the optional command ``name`` is not installed, and how to install it (with any plugin that failed to load)."""
     _, extra, what = OPTIONAL_COMMANDS[name]
     why = "".join(f"; plugin {plugin!r} failed to load: {reason}" for plugin, reason in failed_plugins().items())
-    return f"the command comes with {what}, which is not installed: pip install 'frx[{extra}]'" + " ".join(why.splitlines())
+    return f"the command comes with {what}, which is not installed: pip install '{DISTRIBUTION}[{extra}]'" + " ".join(why.splitlines())
 
 
 def run_plugin_command(name: str, argv: Sequence[str]) -> int | None:

@@ -21,7 +21,16 @@ pass's weights), decodes its held-out fold ``samples`` times, and reads every de
 E. :class:`TwoStage` holds that state; :meth:`TwoStage.run_fold` does one fold (under DDP each
 process takes its own folds), :meth:`TwoStage.measures` turns the assembled readings into the
 report's ``recovery`` entry.
+
+The runner's names (``TwoStage``, ``TwoStageConfig``, ``FoldResult``, ``run_two_stage``) are loaded on
+first use, so that importing a module of this package (the decoders, which the built-in plugin
+registers) does not import the runner and, through it, the plugin registries.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from frx_plugin.two_stage.measures import (
     READABLE_MIN,
@@ -34,9 +43,23 @@ from frx_plugin.two_stage.measures import (
     spearman,
     within_fold_pairs,
 )
-from frx_plugin.two_stage.runner import FoldResult, TwoStage, TwoStageConfig, run_two_stage
+
+#: Public names of the runner, imported on first access.
+_LAZY = {"FoldResult": "runner", "TwoStage": "runner", "TwoStageConfig": "runner", "run_two_stage": "runner"}
 
 __all__ = [
     "READABLE_MIN", "FoldResult", "TwoStage", "TwoStageConfig", "direct_readings", "genuine_mean_cosine", "reading_errors",
     "recovery_scalars", "recovery_significance", "run_two_stage", "sample_spread", "spearman", "within_fold_pairs",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"frx_plugin.two_stage.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -78,7 +78,7 @@ def prepare_two_stage(probe: ProbeSet, config: Any, collectives: Collectives) ->
     it. A configuration error (no estimator, shapes that do not fit) is raised on every rank
     alike, never on one alone (every rank must call this).
     """
-    from frx_plugin.two_stage import TwoStage
+    from frx_plugin.two_stage.runner import TwoStage
 
     made, problem = None, None
     for turn in (True, False):

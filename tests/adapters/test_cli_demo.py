@@ -91,7 +91,7 @@ def test_demo_without_a_training_adapter_says_what_to_install(tmp_path, frx, fre
     monkeypatch.setenv("FRX_DISABLE_PLUGIN_AUTOLOAD", "1")
     proc = frx("demo", "--out", str(tmp_path))
     assert proc.returncode == 2
-    assert "pip install 'frx[lightning]'" in proc.stderr
+    assert "pip install 'frx-plugin[lightning]'" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # one line, no usage text
     assert not (tmp_path / "history.json").exists()
 

@@ -49,10 +49,12 @@ def test_a_plugin_adds_a_subcommand_with_its_options_and_run(fresh_plugins, caps
     assert "unrecognized arguments: --unknown" in capsys.readouterr().err
 
 
-def test_a_plugin_cannot_take_a_name_of_frx_own_commands(fresh_plugins):
+def test_a_plugin_cannot_take_a_name_of_frx_own_commands(fresh_plugins, capsys):
     get_plugin_manager().register(_GreetPlugin("analyze"))
     with pytest.raises(PluginError, match="'analyze' is one of frx's own"):
-        main(["plugins"])
+        main(["--help"])  # the plugins' commands are loaded for the list of commands
+    assert main(["plugins"]) == 2  # and listed by frx plugins, which says so in one line
+    assert "frx plugins: error: command 'analyze' is one of frx's own" in capsys.readouterr().err
 
 
 def test_the_console_script_and_the_module_run_main():
@@ -60,3 +62,18 @@ def test_the_console_script_and_the_module_run_main():
     assert 'frx = "frx_plugin.commands.cli:main"' in text
     proc = subprocess.run([sys.executable, "-m", "frx_plugin", "--version"], capture_output=True, text=True, timeout=HANG_LIMIT_S)
     assert proc.returncode == 0 and proc.stdout.startswith("frx "), proc.stderr
+
+
+def test_the_distribution_has_a_name_of_its_own():
+    """``frx`` on PyPI is an unrelated project: the distribution is frx-plugin; the command and the import packages keep their names."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from frx_plugin import DISTRIBUTION
+    from frx_plugin.commands.registry import missing_command_message
+
+    root = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["name"] == DISTRIBUTION == "frx-plugin"
+    assert project["scripts"] == {"frx": "frx_plugin.commands.cli:main"}
+    assert "pip install 'frx-plugin[lightning]'" in missing_command_message("demo")
+    readme = (root / "README.md").read_text()
+    assert "frx-plugin" in readme and "pip install frx\n" not in readme

@@ -151,10 +151,10 @@ def test_an_os_error_is_one_line_naming_the_path_and_a_bug_keeps_its_traceback(t
     get_plugin_manager().register(_Failing())
     full = frx("fail", "--how", "disk-full", "--path", tmp_path / "out" / "analysis.json")
     assert full.returncode == 2
-    assert one_line(full.stderr) == f"frx fail: error: {tmp_path / 'out' / 'analysis.json'}: No space left on device"
+    assert one_line(full.stderr) == f"frx fail: error: {tmp_path / 'out' / 'analysis.json'}: No space left on device; nothing written"
     unnamed = frx("fail", "--how", "disk-full-unnamed", "--path", tmp_path / "out")
     assert unnamed.returncode == 2
-    assert one_line(unnamed.stderr) == f"frx fail: error: No space left on device (writing into {tmp_path / 'out'})"
+    assert one_line(unnamed.stderr) == f"frx fail: error: No space left on device (writing into {tmp_path / 'out'}); nothing written"
     bug = frx("fail", "--how", "bug", "--path", tmp_path)
     assert bug.returncode == 1
     assert "Traceback (most recent call last)" in bug.stderr and "TypeError" in bug.stderr
@@ -241,7 +241,7 @@ def test_demo_refuses_an_earlier_run_and_overwrite_replaces_it_whole(tmp_path, f
     assert {name: (out / name).read_bytes() for name in before} == before
     replaced = frx("demo", "--out", out, "--epochs", "2", *TINY_DEMO, "--overwrite")
     assert replaced.returncode == 0, replaced.stderr[-2000:]
-    assert "removed the earlier run's history.json, history.safetensors, backbone.safetensors" in replaced.stderr
+    assert f"the new run is written into {out / '.frx-new'} and replaces the earlier run's files in {out} once complete" in replaced.stderr
     records = json.loads((out / "history.json").read_text())["records"]
     assert [r["epoch"] for r in records] == [0, 1, 2]  # this run's passes only, not appended to the first run's
 
@@ -294,7 +294,7 @@ def test_sigint_stops_analyze_and_leaves_the_earlier_analysis_as_it_was(tmp_path
     os.close(stderr_end)
     seen = b""
     try:
-        while b"statistics" not in seen:  # the first chunk is read: the analysis is under way
+        while b"read" not in seen:  # the rows are read (into memory, for the pass and its verification): the analysis is under way
             seen += os.read(terminal, 4096)
     except OSError:  # the terminal closed: the process ended before its first progress line
         pass
@@ -353,12 +353,12 @@ def test_an_insightface_spec_without_the_extra_names_what_to_install(tmp_path):
     backbone = _without_insightface("analyze", "--backbone", f"insightface:{model}", "--probe", probe, "--out", tmp_path / "a")
     assert backbone.returncode == 2
     assert one_line(backbone.stderr) == (f"frx analyze: error: backbone 'insightface:{model}': needs the Python module 'insightface', "
-                                         "which is not installed: pip install 'frx[insightface]'")
+                                         "which is not installed: pip install 'frx-plugin[insightface]'")
     estimator = _without_insightface("analyze", "--backbone", "synthetic:resnet-small", "--probe", probe, "--estimator", f"insightface:{model}",
                                      "--out", tmp_path / "b")
     assert estimator.returncode == 2
     line = one_line(estimator.stderr)
-    assert f"estimator 'insightface:{model}'" in line and "pip install 'frx[insightface]'" in line
+    assert f"estimator 'insightface:{model}'" in line and "pip install 'frx-plugin[insightface]'" in line
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

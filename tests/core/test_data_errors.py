@@ -170,3 +170,14 @@ def test_the_command_line_names_the_image_size(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert "the model (Net) cannot take images of 3×48×48" in err and "size=" in err and err.count("\n") == 1, err
+
+
+def test_an_embedding_file_of_rows_without_columns_is_one_line_naming_file_and_tensor(tmp_path, capsys):
+    from frx_plugin.commands.cli import main
+
+    path = write_embedding_set(tmp_path / "n0.safetensors", torch.zeros(20, 0), torch.arange(20) // 2,
+                               {"glasses": torch.zeros(20, dtype=torch.long), "yaw": torch.rand(20)}, SCHEMA)
+    assert main(["analyze", "--embeddings", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"frx analyze: error: {path}: tensor 'embeddings' has shape [20, 0]: its 20 rows have no columns "
+                   "(an embedding needs at least one dimension)\n")

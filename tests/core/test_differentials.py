@@ -377,7 +377,7 @@ def test_a_ratio_whose_least_rate_is_zero_is_infinite_in_the_record_and_the_tabl
     report = Report(leakage=[], n_samples=len(identity), n_identities=80, n_folds=5)
     report.differentials = record
     line = next(row for row in format_differentials_table(report).splitlines() if row.startswith("sex "))
-    assert line.split()[1] == "∞" and "∞ is a max/min ratio whose least rate is 0" in format_differentials_table(report)
+    assert line.split()[1] == "∞" and "a group has no false non-match at τ: the least rate is 0" in format_differentials_table(report)
     assert _estimate(entry).startswith("∞")
 
 

@@ -155,16 +155,23 @@ def differentials_block(page: Page, differentials: dict[str, Any], table_id: str
     intro = paragraph(f"At the global threshold τ = {number(differentials.get('tau'), 4)} (FMR {fmr_text(differentials.get('fmr'))} over "
                       "all impostor pairs): FNMR of each group's genuine pairs, FMR of its same-group impostor pairs; GARBE is 0 "
                       "and FDR 1 where every group fares alike.")
+    from frx_plugin.differentials.reasons import summary_reason
+
+    def explained(item: dict[str, Any], key: str) -> str:
+        reason = summary_reason(item, key)
+        return estimate(item.get(key)) + (f" ({reason})" if reason else "")
+
     summary = html_table(["attribute", "FNMR max/min (95% CI)", "FMR max/min (95% CI)", "FDR (95% CI)", "GARBE (95% CI)", "groups"],
-                         [[a.get("name", MISSING), estimate(a.get("fnmr_ratio")), estimate(a.get("fmr_ratio")), estimate(a.get("fdr")),
-                           estimate(a.get("garbe")), count(len(a.get("groups") or []))] for a in items], table_id, [1, 2, 3, 4, 5])
+                         [[a.get("name", MISSING), explained(a, "fnmr_ratio"), explained(a, "fmr_ratio"), explained(a, "fdr"),
+                           explained(a, "garbe"), count(len(a.get("groups") or []))] for a in items], table_id, [1, 2, 3, 4, 5])
     curves = differentials.get("curves") if isinstance(differentials.get("curves"), dict) else None
     worst = next((a for a in items if curves and a.get("name") == curves.get("attribute")), None)
     if worst is None:
         finite_garbe = [a for a in items if isinstance(a.get("garbe"), dict) and a["garbe"].get("value") is not None]
         worst = max(finite_garbe, key=lambda a: a["garbe"]["value"], default=None)
     if worst is None:
-        return intro + summary
+        return intro + summary + paragraph("No table of groups and no DET curves: they show the most unequal attribute (the highest "
+                                           "GARBE), and no attribute has a GARBE (the reasons are in the table).", "note")
     rows = []
     for g in worst.get("groups") or []:
         rows.append([g.get("label", MISSING), count(g.get("images")), count(g.get("genuine_pairs")),
@@ -179,5 +186,8 @@ def differentials_block(page: Page, differentials: dict[str, Any], table_id: str
                              f"DET curves per group of {worst.get('name')}",
                              f"DET curves of the groups of {worst.get('name')}, the most unequal attribute (highest GARBE); "
                              "dots: each group at the global threshold.")
+    else:
+        figure = paragraph("No DET curves: this run did not record the groups' score curves (frx analyze and the callbacks "
+                           "record them with the differentials).", "note")
     return intro + summary + f"<h4>Groups of {worst.get('name')}</h4>" + figure + groups
 

@@ -154,6 +154,7 @@ class Page:
         self.used: list[str] = []
         self.recorded_versions: dict[str, dict[str, Any]] = {}
         self.recorded_command: str | None = None
+        self.recorded_in: str | None = None  # the file that recorded the command
         self.machine: str | None = None
         self._figures = 0
 

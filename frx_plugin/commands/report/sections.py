@@ -108,7 +108,16 @@ def history_section(page: Page) -> str:
     return "".join(out)
 
 
+def record_provenance(page: Page, document: dict[str, Any], name: str) -> None:
+    """The command and versions a results file recorded (analysis.json, explanations.json, benchmark.json)."""
+    if document.get("command") and not page.recorded_command:
+        page.recorded_command, page.recorded_in = document["command"], name
+    if isinstance(document.get("versions"), dict):
+        page.recorded_versions[name] = document["versions"]
+
+
 def analysis_section(page: Page, document: dict[str, Any]) -> str:
+    record_provenance(page, document, "analysis.json")
     out = ['<section id="analysis"><h2>Analysis</h2>']
     if document.get("source"):
         out.append(f"<p>Source: <code>{escape(document['source'])}</code></p>")
@@ -142,6 +151,7 @@ def analysis_section(page: Page, document: dict[str, Any]) -> str:
 
 
 def explanations_section(page: Page, document: dict[str, Any]) -> str:
+    record_provenance(page, document, "explanations.json")
     out = ['<section id="explanations"><h2>Explanations</h2>']
     if document.get("source"):
         out.append(f"<p>Source: <code>{escape(document['source'])}</code></p>")
@@ -214,9 +224,7 @@ def _garbe_of(row: dict[str, Any], name: str) -> Any:
 def benchmark_section(page: Page, document: dict[str, Any]) -> str:
     from frx_plugin.figures import plot_estimates
 
-    page.recorded_command = document.get("command")
-    if isinstance(document.get("versions"), dict):
-        page.recorded_versions[BENCHMARK_FILE] = document["versions"]
+    record_provenance(page, document, BENCHMARK_FILE)
     page.machine = document.get("machine")
     rows = document.get("backbones")
     if not isinstance(rows, list):
@@ -338,9 +346,10 @@ def provenance_section(page: Page, command: str | None) -> str:
     if command:
         command_line = f"<p>Command: <code>{escape(command)}</code></p>"
     elif page.recorded_command:
-        command_line = f"<p>Command (recorded in {BENCHMARK_FILE}): <code>{escape(page.recorded_command)}</code></p>"
+        command_line = f"<p>Command (recorded in {page.recorded_in}): <code>{escape(page.recorded_command)}</code></p>"
     else:
-        command_line = "<p>Command: unknown</p>"
+        command_line = ("<p>Command: not recorded (the files were written by a training callback or by Python code, "
+                        "not by an <code>frx</code> command)</p>")
     now = {"frx": __version__, "python": platform.python_version(), "torch": torch.__version__, "matplotlib": matplotlib.__version__}
     out = ['<section id="provenance"><h2>Provenance</h2>', command_line, "<h3>Versions</h3>"]
     sources = [("this report", now)] + [(f"recorded in {name}", versions) for name, versions in page.recorded_versions.items()]
