@@ -22,7 +22,6 @@ The loops decide only *when* a pass runs and *where* its numbers go (:mod:`frx_p
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any

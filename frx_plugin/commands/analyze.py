@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from frx_plugin.passes import AnalysisConfig, plan_pass, run_pass
+from frx_plugin.passes import AnalysisConfig, PassPlan, plan_pass, run_pass
 from frx_plugin.history import atomic_write_text
 from frx_plugin.probe import ProbeSet
 from frx_plugin.errors import AnalysisError
