@@ -31,6 +31,7 @@ from frx_insightface.alignment import LANDMARK_COLUMNS, align_face, celeba_landm
 from frx_insightface.columns import KINDS_MARKER, column_schema, kinds_row, parse_kinds, parse_label, read_schema_file, read_utf8, schema_file
 from frx_insightface.errors import DataFormatError
 from frx_plugin.attributes import Attribute, AttributeSchema
+from frx_plugin.identity_keys import IdentityKeyError, identity_keys
 from frx_plugin.probe import ProbeSet
 
 
@@ -360,6 +361,13 @@ class ImageFolderProbeSet(ProbeSet):
     kinds outright. An empty cell is a missing label. Images are decoded with Pillow. Errors name
     the file, the line and the column.
 
+    An identity's key (``identity``, int64) is its name read as an integer when it is one (CelebA's
+    identity numbers give CelebA's keys), else a 63-bit hash of the name
+    (:mod:`frx_plugin.identity_keys`), never its position in the file: folds and bootstrap draws
+    follow the key, so they are those of an embedding-set file or another probe set with the same
+    keys. ``identity_names`` lists the names in order of first appearance, ``identity_name`` maps
+    each key to its name.
+
     Landmark columns (optional; all ten or none, never attributes): ``lefteye_x, lefteye_y,
     righteye_x, righteye_y, nose_x, nose_y, leftmouth_x, leftmouth_y, rightmouth_x, rightmouth_y``
     (CelebA's names), in pixels of the image as Pillow decodes it, "left" the image's left. ``align``:
@@ -428,15 +436,17 @@ class ImageFolderProbeSet(ProbeSet):
                 values = [parse_label(attribute, text, f"{csv_path}: line {number}, column {attribute.name!r}")
                           for number, text in zip(lines, columns[attribute.name])]
                 labels[attribute.name] = torch.tensor(values, dtype=torch.int64 if attribute.discrete else torch.float32)
-        ids: dict[str, int] = {}
-        identity = torch.tensor([ids.setdefault(text, len(ids)) for text in columns[identity_column]], dtype=torch.int64)
+        try:  # keyed by the identity's own name, never by where it first appears (identical across routes)
+            identity, self.identity_name = identity_keys(columns[identity_column], f"{csv_path}: column {identity_column!r}")
+        except IdentityKeyError as exc:
+            raise DataFormatError(str(exc)) from None
         self.files = []
         for (number, _), relative in zip(rows, columns[path_column]):
             path = self.folder / relative
             if not path.is_file():
                 raise DataFormatError(f"{csv_path}: line {number}: no image {path}")
             self.files.append(path)
-        self.identity_names = list(ids)
+        self.identity_names = list(self.identity_name.values())  # in order of first appearance
         self.size, self.csv_path, self.lines = size, csv_path, lines
         source = f"image folder {self.folder}"
         self.landmarks = csv_landmarks(csv_path, header, rows, columns, align, source)
