@@ -142,6 +142,7 @@ def _analyze_file(
             seed=config.seed,
             masked_attributes=dataset.attributes_with_missing_labels(),
             min_class_samples=config.min_class_samples,
+            C=float(config.C),
         )
     if dataset.zero_rows_notice:
         report.warnings.append(dataset.zero_rows_notice)
