@@ -285,8 +285,9 @@ class CelebAProbeSet(ProbeSet):
     warps each face with insightface's ``norm_crop`` so its five landmarks (from the folder's own
     landmark file, :data:`CELEBA_LANDMARKS`) land on the ArcFace template, as InsightFace aligns
     faces before embedding them; ``"none"`` crops each image to its central square and resizes
-    it; ``"auto"`` (the default) aligns when the landmark file is there and otherwise resizes,
-    with one warning. ``alignment`` says which was done (``"landmarks"`` or ``"none"``), and so
+    it (with Pillow, as :class:`ImageFolderProbeSet` does: the same file gives the same pixels);
+    ``"auto"`` (the default) aligns when the landmark file is there and otherwise resizes, with one
+    warning. ``alignment`` says which was done (``"landmarks"`` or ``"none"``), and so
     does ``source`` when the faces are aligned. ``size``: the side of the images (112, the
     template's, by default). ``limit`` keeps the first ``limit`` rows of the chosen partition.
     """
@@ -319,27 +320,14 @@ class CelebAProbeSet(ProbeSet):
             path = self.root / self.image_folder / self.files[index]
             if not path.is_file():
                 raise FileNotFoundError(f"{self.source}: no image {path}")
-            image = decode_image(path.read_bytes(), str(path))
-            if self.landmarks is None:
-                image = _square(image, self.size)
+            if self.landmarks is None:  # the image folder's crop and resize (Pillow's): the same pixels by either route
+                image = decode_image(path.read_bytes(), str(path), self.size, centre_crop=True)
             else:
                 number, points = self.landmarks[index]
                 where = f"{self.root / CELEBA_LANDMARKS[self.image_folder]}: line {number} ({self.files[index]})"
-                image = align_face(image, points, self.size, where)
+                image = align_face(decode_image(path.read_bytes(), str(path)), points, self.size, where)
             out[row] = image.float() / 255.0
         return out
-
-
-def _square(image: torch.Tensor, size: int) -> torch.Tensor:
-    """The central square of a ``(3, H, W)`` uint8 image, resized to ``size``² (bilinear)."""
-    _, height, width = image.shape
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    crop = image[:, top : top + side, left : left + side].float()
-    resized = torch.nn.functional.interpolate(crop[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return resized[0].round().clamp(0, 255).to(torch.uint8)
-
-
 
 
 # --------------------------------------------------------------------------- a folder of images with a CSV

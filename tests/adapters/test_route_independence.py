@@ -163,3 +163,27 @@ def test_two_names_of_one_key_in_an_image_folder_are_refused(tmp_path):
     (tmp_path / "labels.csv").write_text("path,identity,bright\na.png,7,1\na.png,007,0\n")
     with pytest.raises(DataFormatError, match=r"labels\.csv: column 'identity': identities '7' and '007' have the same key 7"):
         ImageFolderProbeSet(tmp_path, size=SIZE, kinds="bright:binary")
+
+
+@pytest.mark.parametrize("photo, size", [("t1.jpg", 112), ("Tom_Hanks_54745.png", 64)])
+def test_a_real_photograph_gives_the_same_pixels_through_celeba_and_an_image_folder(tmp_path, photo, size):
+    """Photographs that insightface ships (a 1280×886 JPEG group photo, a 112×112 aligned face), cropped to their
+    central square and resized: the same file, the same pixels, by either reader."""
+    import shutil
+    from pathlib import Path
+
+    import insightface
+
+    source = Path(insightface.__file__).parent / "data" / "images" / photo
+    (tmp_path / "img_align_celeba").mkdir()
+    name = f"000001{source.suffix}"
+    shutil.copyfile(source, tmp_path / "img_align_celeba" / name)
+    (tmp_path / "list_attr_celeba.txt").write_text(f"1\nSmiling\n{name}  1\n")
+    (tmp_path / "identity_CelebA.txt").write_text(f"{name} 2880\n")
+    (tmp_path / "labels.csv").write_text(f"path,identity,smiling\nimg_align_celeba/{name},2880,1\n")
+    celeba = CelebAProbeSet(tmp_path, size=size, align="none")
+    folder = ImageFolderProbeSet(tmp_path, size=size, align="none", kinds="smiling:binary")
+    assert celeba.identity.tolist() == folder.identity.tolist() == [2880]
+    pixels = celeba.images(torch.tensor([0]))
+    assert pixels.shape == (1, 3, size, size) and float(pixels.std()) > 0.05  # a photograph, not a flat image
+    assert torch.equal(pixels, folder.images(torch.tensor([0])))
