@@ -115,8 +115,9 @@ def command_messages(name: str) -> Iterator[None]:
         if not is_frx_warning(message, filename):
             return  # a third-party notice: --verbose shows it
         text = one_line(str(message))
-        if text.startswith("frx:"):
-            text = text[4:].lstrip()
+        for prefix in ("frx:", f"frx {name}:"):  # the line says it once
+            if text.startswith(prefix):
+                text = text[len(prefix):].lstrip()
         end_progress_line()
         print(f"frx {name}: warning: {text}", file=sys.stderr, flush=True)
 
