@@ -14,8 +14,7 @@ from frx_plugin.hookspecs import hookimpl
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from frx_plugin.interfaces import (BackboneFactory, DecoderFactory, EstimatorFactory, GeneratorFactory,
-                                       ProbeSetFactory, Register)
+    from frx_plugin.interfaces import BackboneFactory, DecoderFactory, EstimatorFactory, GeneratorFactory, ProbeSetFactory, Register
 
 
 def _architecture(cls: type) -> BackboneFactory:
@@ -38,7 +37,8 @@ def frx_register_backbones(register: Register[BackboneFactory]) -> None:
     from frx_plugin.synthetic.backbones import BUILTIN_BACKBONES, open_synthetic_backbone
 
     register("frx", open_frx_backbone, "frx:PATH, a backbone.safetensors that frx demo saved (or its folder)")
-    register("synthetic", open_synthetic_backbone, f"synthetic:NAME, trained on the synthetic world on first use and cached: {', '.join(BUILTIN_BACKBONES)}")
+    register("synthetic", open_synthetic_backbone,
+             f"synthetic:NAME, trained on the synthetic world on first use and cached: {', '.join(BUILTIN_BACKBONES)}")
     register("torch", load_torch_backbone, "torch:package.module:factory@weights.safetensors[,KEY=VALUE...] (options go to the factory)")
     register("resnet-small", _architecture(models.ResidualFaceNet),
              "untrained narrow residual CNN, 64x64 or larger input (the demo backbone; options go to ResidualFaceNet)")

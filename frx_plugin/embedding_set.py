@@ -14,15 +14,15 @@ import json
 import math
 import struct
 import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from frx_plugin.errors import EmbeddingSetError
 from frx_plugin.attributes import AttributeSchema, SchemaError
+from frx_plugin.errors import EmbeddingSetError
 from frx_plugin.history import atomic_write
 
 EMBEDDINGS = "embeddings"
@@ -91,7 +91,7 @@ class _RowReader:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "_RowReader":
+    def __enter__(self) -> _RowReader:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -13,7 +13,8 @@ module holds what works with any estimator: :class:`CombinedEstimator` and :func
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 

@@ -32,9 +32,9 @@ from frx_plugin.collectives import Collectives, SingleProcess, gather_rows, metr
 from frx_plugin.config import TIMING_KEYS, AnalysisConfig, PassPlan
 from frx_plugin.counterfactual.budget import counterfactual_budget
 from frx_plugin.counterfactual.measures import choose_counterfactual_path, counterfactual_embedder, counterfactual_measures
+from frx_plugin.embedding_set import zero_rows_notice
 from frx_plugin.errors import AnalysisError
 from frx_plugin.leakage import analyze_embeddings
-from frx_plugin.embedding_set import zero_rows_notice
 from frx_plugin.model import ModelAdapter, embed_probe_set, saved_rank_buffers
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet

@@ -27,14 +27,16 @@ import inspect
 import os
 import threading
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from frx_plugin import hookspecs
 from frx_plugin.errors import CounterfactualError, EstimatorError, PluginError
 from frx_plugin.hookspecs import PROJECT_NAME
+
 if TYPE_CHECKING:  # pragma: no cover - interfaces imports torch, which listing commands does not need
     from frx_plugin.interfaces import AttributeEstimator, AttributeGenerator
 

@@ -61,7 +61,7 @@ class AttributeLeakage:
         return record
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> "AttributeLeakage":
+    def from_record(cls, record: dict[str, Any]) -> AttributeLeakage:
         data = dict(record)
         for key in ("value", "low", "high", "leakage", "leakage_low", "leakage_high"):
             data[key] = math.nan if data.get(key) is None else float(data[key])
@@ -145,7 +145,7 @@ class Report:
         }
 
     @classmethod
-    def from_record(cls, record: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> "Report":
+    def from_record(cls, record: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> Report:
         ver = record.get("verification")
         return cls(
             leakage=[AttributeLeakage.from_record(a) for a in record["attributes"]],

@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from frx_plugin import DISTRIBUTION
 from frx_plugin.options import check_options

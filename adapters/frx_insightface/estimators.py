@@ -14,16 +14,15 @@ them to the probe set's attribute names (CelebA calls sex ``male``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
-from dataclasses import replace
-
 from frx_insightface.backbone import open_model
-from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_insightface.readers import DataFormatError
+from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.hookspecs import hookimpl
 
 

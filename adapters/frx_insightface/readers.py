@@ -21,9 +21,10 @@ from __future__ import annotations
 import io
 import pickle
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -32,7 +33,6 @@ from frx_insightface.columns import KINDS_MARKER, column_schema, kinds_row, pars
 from frx_insightface.errors import DataFormatError
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.probe import ProbeSet
-
 
 # --------------------------------------------------------------------------- restricted pickle
 

@@ -22,17 +22,18 @@ from typing import Any
 
 import torch
 
-from frx_plugin.passes import AnalysisConfig, PassPlan, plan_pass, run_pass
-from frx_plugin.history import atomic_write_text
-from frx_plugin.probe import ProbeSet
 from frx_plugin.errors import AnalysisError
+from frx_plugin.history import atomic_write_text
+from frx_plugin.passes import AnalysisConfig, PassPlan, plan_pass, run_pass
+from frx_plugin.probe import ProbeSet
 from frx_plugin.report import Report
 
 __all__ = ["analyze", "ANALYSIS_FILE", "ANALYSIS_FORMAT", "CSV_COLUMNS", "leakage_rows", "format_differentials_table", "format_leakage_table"]
 
 ANALYSIS_FORMAT = "frx.analysis/1"
 ANALYSIS_FILE = "analysis.json"
-CSV_COLUMNS = ("name", "kind", "group", "metric", "value", "low", "high", "leakage", "leakage_low", "leakage_high", "balanced_accuracy", "n", "reason")
+CSV_COLUMNS = ("name", "kind", "group", "metric", "value", "low", "high", "leakage", "leakage_low", "leakage_high", "balanced_accuracy",
+               "n", "reason")
 
 
 #: Above this many samples an embedding-set file is analysed without verification, which needs every pair in memory.

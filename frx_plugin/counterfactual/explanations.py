@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from frx_plugin.attributes import Attribute, AttributeSchema
-from frx_plugin.errors import CounterfactualError
 from frx_plugin.counterfactual.edits import away_values, edit_scale
 from frx_plugin.counterfactual.significance import embed_edits
+from frx_plugin.errors import CounterfactualError
 from frx_plugin.interfaces import Embedder
+
 
 @dataclass
 class PairExplanation:

@@ -18,8 +18,8 @@ streaming form of resampling identities with replacement, shared with
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 
@@ -43,8 +43,8 @@ from frx_plugin.leakage.statistics import (
     Target,
     build_targets,
     check_embeddings,
-    check_min_class_samples,
     check_identity,
+    check_min_class_samples,
     class_name,
     identity_folds,
     identity_index,

@@ -127,7 +127,8 @@ class ConvFaceDecoder:
         shape = check_output_shape(output_shape)
         if shape[1] != shape[2]:
             raise DecoderError(f"the conv decoder makes square images, got output_shape {shape}")
-        for key, value in (("embedding_dim", embedding_dim), ("noise_dim", noise_dim), ("width", width), ("candidates", candidates), ("batch_size", batch_size)):
+        for key, value in (("embedding_dim", embedding_dim), ("noise_dim", noise_dim), ("width", width), ("candidates", candidates),
+                           ("batch_size", batch_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise DecoderError(f"ConvFaceDecoder: {key} must be a positive integer, got {value!r}")
         if not (identity_weight >= 0 and lr > 0):
@@ -150,7 +151,7 @@ class ConvFaceDecoder:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.net.load_state_dict(state)
 
-    def to(self, device: torch.device | str) -> "ConvFaceDecoder":
+    def to(self, device: torch.device | str) -> ConvFaceDecoder:
         self.net.to(device)
         return self
 
@@ -281,5 +282,5 @@ class ConvFaceDecoder:
             flat_out[part] = self.net(flat_z[part].to(device), flat_noise[part].to(device)).cpu()
         return out
 
-    def copy(self) -> "ConvFaceDecoder":
+    def copy(self) -> ConvFaceDecoder:
         return copy.deepcopy(self)

@@ -8,8 +8,8 @@ from typing import Any
 
 from frx_plugin.commands.report.blocks import (
     attribute_label,
-    attribution_block,
     attributes_table,
+    attribution_block,
     differentials_block,
     groups_of,
     leakage_bars,
@@ -232,7 +232,8 @@ def benchmark_section(page: Page, document: dict[str, Any]) -> str:
     rows = [r for r in rows if isinstance(r, dict)]
     fmrs = [f for f in document.get("fmrs") or [0.001, 0.0001] if finite(f) is not None]
     out = ['<section id="benchmark"><h2>Benchmark</h2>']
-    intro = f"Probe set {document.get('probe') or MISSING}: {count(document.get('n_samples'))} samples of {count(document.get('n_identities'))} identities"
+    intro = (f"Probe set {document.get('probe') or MISSING}: {count(document.get('n_samples'))} samples of "
+             f"{count(document.get('n_identities'))} identities")
     if document.get("n_bootstrap") is not None:
         intro += f"; intervals are 95% over {count(document['n_bootstrap'])} identity-bootstrap replicates"
     out.append(paragraph(intro + "."))
