@@ -141,7 +141,7 @@ class AttributeSchema(Sequence[Attribute]):
     def __len__(self) -> int:
         return len(self._attributes)
 
-    def __getitem__(self, key):  # type: ignore[override]
+    def __getitem__(self, key):
         if isinstance(key, str):
             try:
                 return self._attributes[self._index[key]]

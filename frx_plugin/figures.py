@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -303,7 +303,7 @@ def _estimate_parts(entry: Any) -> tuple[float, float, float]:
 
 def plot_estimates(
     categories: Sequence[str],
-    series: dict[str, Sequence[Any]],
+    series: Mapping[str, Sequence[Any]],
     path: Path,
     *,
     ylabel: str,

@@ -147,12 +147,13 @@ class Report:
     @classmethod
     def from_record(cls, record: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> Report:
         ver = record.get("verification")
+        measures: dict[str, Any] = {k: (math.nan if v is None else v) for k, v in ver.items()} if ver else {}
         return cls(
             leakage=[AttributeLeakage.from_record(a) for a in record["attributes"]],
             n_samples=record["n_samples"],
             n_identities=record["n_identities"],
             n_folds=record["n_folds"],
-            verification=Verification(**{k: (math.nan if v is None else v) for k, v in ver.items()}) if ver else None,
+            verification=Verification(**measures) if ver else None,
             epoch=record.get("epoch"),
             global_step=record.get("global_step"),
             tensors=dict(tensors or {}),

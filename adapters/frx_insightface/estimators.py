@@ -29,7 +29,7 @@ from frx_plugin.hookspecs import hookimpl
 class GenderAgeEstimator:
     """Reads sex and age with an InsightFace genderage model. ``input_shape``: the probe's images, any size."""
 
-    def __init__(self, path: str | Path, input_shape: tuple[int, int, int], names: Mapping[str, str] | None = None) -> None:
+    def __init__(self, path: str | Path, input_shape: tuple[int, ...], names: Mapping[str, str] | None = None) -> None:
         path = Path(path).expanduser()
         model = open_model(path)
         self._check(model, path)
@@ -41,7 +41,7 @@ class GenderAgeEstimator:
 
     DEFAULT_NAMES = {"sex": "sex", "age": "age"}
     #: What it reads, under insightface's names (``schema`` renames them as ``names`` says).
-    READS = (Attribute("sex", "binary", ("female", "male"), "identity", "insightface genderage: 0 female, 1 male"),
+    READS: tuple[Attribute, ...] = (Attribute("sex", "binary", ("female", "male"), "identity", "insightface genderage: 0 female, 1 male"),
              Attribute("age", "continuous", None, None, "insightface genderage: age in years"))
 
     @property

@@ -212,7 +212,8 @@ def _describe(path: Path) -> str:
 
 def describe_kept() -> str:
     """What the checked output locations hold now: the result files this run wrote, and earlier ones it left alone."""
-    written, earlier = [], []
+    written: list[Path] = []
+    earlier: list[Path] = []
     for entry in _watched:
         for name in entry.names:
             stamp = _stamp(entry.folder / name)

@@ -70,6 +70,11 @@ class AttributeCNN(nn.Module):
     the features sit) stays readable after pooling.
     """
 
+    # buffers (register_buffer in __init__)
+    coordinates: torch.Tensor
+    target_mean: torch.Tensor
+    target_std: torch.Tensor
+
     def __init__(self, schema: AttributeSchema, size: int, widths: Sequence[int] = SYNTHETIC_ESTIMATOR_WIDTHS) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
@@ -105,7 +110,7 @@ class AttributeCNN(nn.Module):
 
     def split(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw outputs → ``{name: (B, num_classes) logits or (B,) standardized values}``."""
-        parts = torch.split(outputs, self.output_sizes, dim=1)
+        parts = torch.split(outputs, list(self.output_sizes), dim=1)
         return {a.name: part if a.discrete else part[:, 0] for a, part in zip(self.schema, parts)}
 
     def readings(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -319,6 +319,7 @@ def _paint_forehead(band: _Band, L: _Layout) -> None:
         line = band.dv(L.eye_y - offset).abs_().mul_(-1.0 / 0.012).add_(1.0).clamp_(0, 1)
         lines = line if lines is None else lines.add_(line)
     across = band.du(L.feature_x).abs_().mul_(-1.0 / 0.06).add_(0.26 / 0.06).clamp_(0, 1)
+    assert lines is not None  # three offsets above
     band.paint(L.skin * 0.62, lines.mul_(across).mul_(L.wrinkles * 0.55))
 
 

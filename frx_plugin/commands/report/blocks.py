@@ -82,7 +82,7 @@ def ordered_names(attributes: Sequence[dict[str, Any]], *mappings: Any) -> list[
     return names
 
 
-def groups_of(attributes: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def groups_of(attributes: Sequence[dict[str, Any]]) -> dict[str | None, Any]:
     return {a.get("name"): a.get("group") for a in attributes if isinstance(a, dict)}
 
 
