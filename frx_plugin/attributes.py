@@ -57,6 +57,11 @@ class Attribute:
         object.__setattr__(self, "classes", classes)
 
     @property
+    def class_names(self) -> tuple[str, ...]:
+        """``classes`` of a discrete attribute (always set, see ``__post_init__``); ``()`` for a continuous one."""
+        return self.classes or ()
+
+    @property
     def discrete(self) -> bool:
         return self.kind != "continuous"
 

@@ -201,7 +201,7 @@ class EmbeddingSet:
                 yield z, identity, labels
         self.zero_rows = zero
         self.zero_rows_notice = zero_rows_notice(zero, self.n, first_zero, str(self.path)) if zero else None
-        if zero and self.warn_zero_rows and not self._zero_warned:  # once per file opened, after the first full pass found them
+        if self.zero_rows_notice and self.warn_zero_rows and not self._zero_warned:  # once per file opened, after the first full pass found them
             self._zero_warned = True
             warnings.warn(self.zero_rows_notice, UserWarning, stacklevel=2)
 

@@ -85,8 +85,8 @@ class DecoderFit:
     """How a fit went: the mean losses of its first and last 10% of steps, and every step's total loss."""
 
     steps: int
-    pixel_loss_start: float
-    pixel_loss_end: float
+    pixel_loss_start: float | None  # None: a fit of no steps
+    pixel_loss_end: float | None
     identity_loss_start: float | None
     identity_loss_end: float | None
     losses: list[float] = field(default_factory=list, repr=False)

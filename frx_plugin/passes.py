@@ -88,6 +88,13 @@ class PassResult:
     def ok(self) -> bool:
         return self.report is not None
 
+    @property
+    def completed(self) -> Report:
+        """The report of a pass that ran to the end (a pass with ``on_error="raise"`` that returns did)."""
+        if self.report is None:
+            raise AnalysisError(f"the analysis pass failed: {self.failure}")
+        return self.report
+
 
 # --------------------------------------------------------------------------- parts of the pass
 

@@ -363,6 +363,6 @@ def require_decoder(name: str) -> Registration:
     return registry[name]
 
 
-def create_decoder(name: str, embedding_dim: int, output_shape: tuple[int, int, int], **options: Any) -> Any:
+def create_decoder(name: str, embedding_dim: int, output_shape: tuple[int, ...], **options: Any) -> Any:
     """A fresh decoder ``name`` for embeddings of ``embedding_dim`` and images of ``output_shape`` ``(C, H, W)``."""
     return require_decoder(name).factory(embedding_dim, tuple(output_shape), **options)

@@ -443,7 +443,7 @@ def _analyse(model: Any, z: torch.Tensor, probe: Any, config: AnalysisConfig, ma
     plan = plan_pass(probe, config, counterfactuals="auto" if model is not None else "latent",
                      max_error_pairs=max_error_pairs, on_error="raise")
     report = run_pass(model, probe, plan, context={"framework": "frx benchmark", "probe": getattr(probe, "source", None)},
-                      embeddings=z).report
+                      embeddings=z).completed
     verification = verification_with_intervals(z, probe.identity, BENCHMARK_FMRS, config.n_bootstrap, config.seed, pairs=listed)
     record = report.to_record()
     return {"verification": verification, "analysis": record}

@@ -245,6 +245,7 @@ def _evaluate(
         return column_auroc[c] if column_auroc is not None else auroc(scores[:, c], positive, weights)
 
     if attribute.kind == "binary":
+        assert predicted_binary is not None  # a binary head's predictions come with its scores
         value = area(0, classes == 1)
         return {"auroc": value, "balanced_accuracy": balanced_accuracy(predicted_binary.long(), classes, weights, 2)}
     per_class = [area(c, classes == c) for c in torch.unique(classes).tolist()]

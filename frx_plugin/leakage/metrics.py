@@ -60,6 +60,16 @@ class ProbeStatistics(Metric):
     full_state_update = False
     is_differentiable = False
     higher_is_better = None
+    # the states (add_state in __init__)
+    count: torch.Tensor
+    sum_x: torch.Tensor
+    gram: torch.Tensor
+    sum_y: torch.Tensor
+    cross: torch.Tensor
+    sum_yy: torch.Tensor
+    missing_count: torch.Tensor
+    missing_sum_x: torch.Tensor
+    missing_gram: torch.Tensor
 
     def __init__(
         self, schema: AttributeSchema, dim: int, n_folds: int, masked_attributes: Sequence[str] = (),

@@ -70,6 +70,9 @@ class _MissingLabels(Metric):
     full_state_update = False
     is_differentiable = False
     higher_is_better = None
+    missing: torch.Tensor  # the states (add_state in __init__)
+    rows: torch.Tensor
+    dim: torch.Tensor
 
     def __init__(self, schema: AttributeSchema, **kwargs) -> None:
         super().__init__(**kwargs)

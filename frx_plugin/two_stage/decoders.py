@@ -44,7 +44,7 @@ def check_output_shape(output_shape: Any) -> tuple[int, int, int]:
         raise DecoderError(f"decoder output_shape must be (C, H, W), got {output_shape!r}") from None
     if len(shape) != 3 or min(shape) < 1:
         raise DecoderError(f"decoder output_shape must be (C, H, W) of positive sizes, got {output_shape!r}")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 class ConvDecoderNet(nn.Module):
@@ -55,6 +55,9 @@ class ConvDecoderNet(nn.Module):
     ``8 · width`` to ``width``. ``side`` must be a multiple of 16 (64 → 4×4
     start, 112 → 7×7).
     """
+
+    centre: torch.Tensor  # buffers (register_buffer in __init__)
+    whiten: torch.Tensor
 
     def __init__(self, embedding_dim: int, side: int, channels: int = 3, noise_dim: int = 16, width: int = 8) -> None:
         super().__init__()
