@@ -32,6 +32,7 @@ from frx_insightface.alignment import LANDMARK_COLUMNS, align_face, celeba_landm
 from frx_insightface.columns import KINDS_MARKER, column_schema, kinds_row, parse_kinds, parse_label, read_schema_file, read_utf8, schema_file
 from frx_insightface.errors import DataFormatError
 from frx_plugin.attributes import Attribute, AttributeSchema
+from frx_plugin.identity_keys import IdentityKeyError, identity_keys
 from frx_plugin.probe import ProbeSet
 
 # --------------------------------------------------------------------------- restricted pickle
@@ -284,8 +285,9 @@ class CelebAProbeSet(ProbeSet):
     warps each face with insightface's ``norm_crop`` so its five landmarks (from the folder's own
     landmark file, :data:`CELEBA_LANDMARKS`) land on the ArcFace template, as InsightFace aligns
     faces before embedding them; ``"none"`` crops each image to its central square and resizes
-    it; ``"auto"`` (the default) aligns when the landmark file is there and otherwise resizes,
-    with one warning. ``alignment`` says which was done (``"landmarks"`` or ``"none"``), and so
+    it (with Pillow, as :class:`ImageFolderProbeSet` does: the same file gives the same pixels);
+    ``"auto"`` (the default) aligns when the landmark file is there and otherwise resizes, with one
+    warning. ``alignment`` says which was done (``"landmarks"`` or ``"none"``), and so
     does ``source`` when the faces are aligned. ``size``: the side of the images (112, the
     template's, by default). ``limit`` keeps the first ``limit`` rows of the chosen partition.
     """
@@ -318,27 +320,14 @@ class CelebAProbeSet(ProbeSet):
             path = self.root / self.image_folder / self.files[index]
             if not path.is_file():
                 raise FileNotFoundError(f"{self.source}: no image {path}")
-            image = decode_image(path.read_bytes(), str(path))
-            if self.landmarks is None:
-                image = _square(image, self.size)
+            if self.landmarks is None:  # the image folder's crop and resize (Pillow's): the same pixels by either route
+                image = decode_image(path.read_bytes(), str(path), self.size, centre_crop=True)
             else:
                 number, points = self.landmarks[index]
                 where = f"{self.root / CELEBA_LANDMARKS[self.image_folder]}: line {number} ({self.files[index]})"
-                image = align_face(image, points, self.size, where)
+                image = align_face(decode_image(path.read_bytes(), str(path)), points, self.size, where)
             out[row] = image.float() / 255.0
         return out
-
-
-def _square(image: torch.Tensor, size: int) -> torch.Tensor:
-    """The central square of a ``(3, H, W)`` uint8 image, resized to ``size``² (bilinear)."""
-    _, height, width = image.shape
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    crop = image[:, top : top + side, left : left + side].float()
-    resized = torch.nn.functional.interpolate(crop[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return resized[0].round().clamp(0, 255).to(torch.uint8)
-
-
 
 
 # --------------------------------------------------------------------------- a folder of images with a CSV
@@ -359,6 +348,13 @@ class ImageFolderProbeSet(ProbeSet):
     :class:`~frx_plugin.attributes.AttributeSchema`) instead names the attribute columns and their
     kinds outright. An empty cell is a missing label. Images are decoded with Pillow. Errors name
     the file, the line and the column.
+
+    An identity's key (``identity``, int64) is its name read as an integer when it is one (CelebA's
+    identity numbers give CelebA's keys), else a 63-bit hash of the name
+    (:mod:`frx_plugin.identity_keys`), never its position in the file: folds and bootstrap draws
+    follow the key, so they are those of an embedding-set file or another probe set with the same
+    keys. ``identity_names`` lists the names in order of first appearance, ``identity_name`` maps
+    each key to its name.
 
     Landmark columns (optional; all ten or none, never attributes): ``lefteye_x, lefteye_y,
     righteye_x, righteye_y, nose_x, nose_y, leftmouth_x, leftmouth_y, rightmouth_x, rightmouth_y``
@@ -428,15 +424,17 @@ class ImageFolderProbeSet(ProbeSet):
                 values = [parse_label(attribute, text, f"{csv_path}: line {number}, column {attribute.name!r}")
                           for number, text in zip(lines, columns[attribute.name])]
                 labels[attribute.name] = torch.tensor(values, dtype=torch.int64 if attribute.discrete else torch.float32)
-        ids: dict[str, int] = {}
-        identity = torch.tensor([ids.setdefault(text, len(ids)) for text in columns[identity_column]], dtype=torch.int64)
+        try:  # keyed by the identity's own name, never by where it first appears (identical across routes)
+            identity, self.identity_name = identity_keys(columns[identity_column], f"{csv_path}: column {identity_column!r}")
+        except IdentityKeyError as exc:
+            raise DataFormatError(str(exc)) from None
         self.files = []
         for (number, _), relative in zip(rows, columns[path_column]):
             path = self.folder / relative
             if not path.is_file():
                 raise DataFormatError(f"{csv_path}: line {number}: no image {path}")
             self.files.append(path)
-        self.identity_names = list(ids)
+        self.identity_names = list(self.identity_name.values())  # in order of first appearance
         self.size, self.csv_path, self.lines = size, csv_path, lines
         source = f"image folder {self.folder}"
         self.landmarks = csv_landmarks(csv_path, header, rows, columns, align, source)

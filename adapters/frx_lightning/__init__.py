@@ -6,21 +6,11 @@ not import Lightning until a command needs it.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from frx_plugin.lazy import lazy_names
 
 _LAZY = {"AttributeRecoveryCallback": "callback", "LightningCollectives": "collectives"}
 
 __all__ = ["AttributeRecoveryCallback", "LightningCollectives"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"frx_lightning.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

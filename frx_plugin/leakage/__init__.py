@@ -19,8 +19,7 @@ import torchmetrics.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from frx_plugin.lazy import lazy_names
 
 from frx_plugin.leakage.estimate import HEADS, analyze_embeddings, leakage_entries, probe_tensors
 from frx_plugin.leakage.functional import (
@@ -80,13 +79,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"frx_plugin.leakage.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

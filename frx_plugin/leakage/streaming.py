@@ -140,6 +140,7 @@ def analyze_stream(
     n_bins: int = DEFAULT_BINS,
     dist_sync_fn: Callable | None = None,
     min_class_samples: int = MIN_CLASS_SAMPLES,
+    C: float = 1.0,
 ) -> Report:
     """Held-out leakage of every attribute of ``schema`` from a stream of chunks, in constant memory.
 
@@ -155,7 +156,8 @@ def analyze_stream(
     bins per score column. ``dist_sync_fn``: how the metrics' states are gathered across ranks
     (default torchmetrics' own gather; a pass gives :func:`frx_plugin.collectives.metric_sync`).
     ``min_class_samples``: a binary or categorical attribute with a class of fewer labelled samples
-    is reported NaN with that reason, as ``analyze_embeddings`` does.
+    is reported NaN with that reason, as ``analyze_embeddings`` does. ``C``: the logistic penalty
+    that the ridge heads of 0/1 columns approximate (:func:`~frx_plugin.leakage.ridge.fit_probe_heads`).
 
     Devices: the analysis runs on the device of the first chunk's embeddings (every chunk is
     moved there); identities and labels may stay on the CPU. ``report.tensors`` are on the CPU.
@@ -180,7 +182,7 @@ def analyze_stream(
     if statistics is None:
         raise AnalysisError("chunks() yielded no chunks")
     shared, masked = statistics.compute()
-    heads = fit_probe_heads(shared, masked, schema)
+    heads = fit_probe_heads(shared, masked, schema, C=C)
     warnings = list(heads.warnings)
     n_rows = heads.n_rows
     if n_rows != identity.numel():

@@ -29,8 +29,7 @@ registers) does not import the runner and, through it, the plugin registries.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from frx_plugin.lazy import lazy_names
 
 from frx_plugin.two_stage.measures import (
     READABLE_MIN,
@@ -53,13 +52,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"frx_plugin.two_stage.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

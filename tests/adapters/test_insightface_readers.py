@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -176,7 +177,10 @@ def test_image_folder_with_a_csv(tmp_path):
     probe = ImageFolderProbeSet(folder, size=16)
     assert [(a.name, a.kind) for a in probe.schema] == [("glasses", "binary"), ("hair", "categorical"), ("age", "continuous")]
     assert probe.schema["hair"].classes == ("black", "brown", "red")
-    assert probe.identity.tolist() == [0, 0, 1, 2] and probe.identity_names == ["alice", "bob", "carol"]
+    # each identity keyed by its name (a 63-bit BLAKE2b hash of a name that is no integer), not by its position
+    key = {name: int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big") >> 1 for name in ("alice", "bob", "carol")}
+    assert probe.identity.tolist() == [key["alice"], key["alice"], key["bob"], key["carol"]]
+    assert probe.identity_names == ["alice", "bob", "carol"]
     assert probe.labels["glasses"].tolist() == [1, 0, -1, 1]
     assert probe.labels["hair"].tolist() == [1, 0, 1, 2]
     age = probe.labels["age"]

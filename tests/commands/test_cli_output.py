@@ -5,26 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 
 from frx_plugin.commands import messages
-from frx_plugin.commands.cli import main
 from tests.commands.test_cli_reliability import TINY_DEMO, embedding_file
 from tests.ddp_launch import HANG_LIMIT_S
 
-
-@pytest.fixture
-def frx(capsys, monkeypatch):
-    def run(*args):
-        args = [str(a) for a in args]
-        monkeypatch.setattr(sys, "argv", ["frx", *args])
-        code = main(args)
-        printed = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=printed.out, stderr=printed.err)
-
-    return run
 
 
 def _demo(out, *extra) -> subprocess.CompletedProcess:

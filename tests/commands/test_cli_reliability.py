@@ -13,13 +13,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from frx_plugin.attributes import Attribute, AttributeSchema
-from frx_plugin.commands.cli import main
 from frx_plugin.embedding_set import write_embedding_set
 from frx_plugin.hookspecs import hookimpl
 from frx_plugin.plugins import get_plugin_manager
@@ -30,19 +28,6 @@ SCHEMA = AttributeSchema([Attribute("glasses", "binary", group="nuisance"), Attr
 TINY_DEMO = ("--identities", "16", "--images-per-identity", "4", "--probe-identities", "10", "--probe-images-per-identity", "2",
              "--n-bootstrap", "0", "--size", "32")
 
-
-@pytest.fixture
-def frx(capsys, monkeypatch):
-    """``frx ARGS...`` in this process: its exit code and what it printed."""
-
-    def run(*args):
-        args = [str(a) for a in args]
-        monkeypatch.setattr(sys, "argv", ["frx", *args])
-        code = main(args)
-        printed = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=printed.out, stderr=printed.err)
-
-    return run
 
 
 def embedding_file(path: Path, n_identities: int = 100, per_identity: int = 4, dim: int = 16, seed: int = 0) -> Path:

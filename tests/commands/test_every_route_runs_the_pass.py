@@ -3,13 +3,10 @@ and refuses NaN embeddings in one line (in-process: the plugin manager is the po
 
 from __future__ import annotations
 
-import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from frx_plugin.commands.cli import main
 from frx_plugin.hookspecs import hookimpl
 from frx_plugin.plugins import get_plugin_manager
 from tests.commands.test_cli_reliability import embedding_file
@@ -50,17 +47,6 @@ def recorder(fresh_plugins):
     get_plugin_manager().register(plugin, name="test.recorder")
     return plugin
 
-
-@pytest.fixture
-def frx(capsys, monkeypatch):
-    def run(*args):
-        args = [str(a) for a in args]
-        monkeypatch.setattr(sys, "argv", ["frx", *args])
-        code = main(args)
-        printed = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=printed.out, stderr=printed.err)
-
-    return run
 
 
 @pytest.mark.parametrize("route", [

@@ -3,6 +3,7 @@ insightface:…``, ``--pairs lfw.bin``; checked against the torch module the ONN
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import pickle
@@ -227,7 +228,10 @@ def test_analyze_an_image_folder_with_a_csv(files, tmp_path, capsys):
                               Attribute("background", "categorical", tuple(f"bg{v:02d}" for v in present))])
     labels = {"skin_tone": probe.labels["skin_tone"], "glasses": probe.labels["glasses"],
               "background": torch.tensor([present.index(v) for v in background.tolist()])}
-    reference_probe = TensorProbeSet(images, schema, probe.identity, labels)
+    # the folder keys each identity by its name "person<n>" (a 63-bit BLAKE2b hash), and its folds follow the keys
+    keys = torch.tensor([int.from_bytes(hashlib.blake2b(f"person{int(k)}".encode(), digest_size=8).digest(), "big") >> 1
+                         for k in probe.identity])
+    reference_probe = TensorProbeSet(images, schema, keys, labels)
     reference = analyze_probe(_torch_embeddings(files["net"], images), reference_probe, AnalysisConfig(n_bootstrap=0))
     got = {a["name"]: a["value"] for a in document["attributes"]}
     assert set(got) == {"skin_tone", "glasses", "background"}

@@ -20,22 +20,6 @@ from tests.ddp_launch import HANG_LIMIT_S
 
 pytest.importorskip("lightning")
 
-@pytest.fixture
-def frx(capsys, monkeypatch):
-    """``frx ARGS...`` in this process: its exit code and what it printed."""
-    from types import SimpleNamespace
-
-    from frx_plugin.commands.cli import main
-
-    def run(*args):
-        args = [str(a) for a in args]
-        monkeypatch.setattr(sys, "argv", ["frx", *args])
-        code = main(args)
-        printed = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=printed.out, stderr=printed.err)
-
-    return run
-
 
 FULL_DISK = 'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
 
