@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
-    print("| N | D | attributes | seconds per pass (best of %d) |" % args.repeats)
+    print(f"| N | D | attributes | seconds per pass (best of {args.repeats}) |")
     print("|---|---|---|---|")
     for size in args.sizes.split(","):
         n, dim = (int(v) for v in size.split("x"))

@@ -55,7 +55,8 @@ def main() -> int:
     for n in (int(v) for v in args.sizes.split(",")):
         path = work / f"planted-{n}x{args.dim}.safetensors"
         make_file(path, n, args.dim)
-        cmd = [sys.executable, "-m", "frx_plugin", "analyze", "--embeddings", str(path), "--out", str(work / f"out-{n}"), "--format", "json", "--no-verification", "--overwrite"]
+        cmd = [sys.executable, "-m", "frx_plugin", "analyze", "--embeddings", str(path), "--out", str(work / f"out-{n}"),
+               "--format", "json", "--no-verification", "--overwrite"]
         rss, elapsed, code = peak_rss_mib(cmd)
         if code != 0:
             return code

@@ -37,7 +37,8 @@ def main() -> int:
     print(f"machine: {machine}")
     print(f"wall time: {wall:.1f} s for {last['epoch']} epochs and {len(records)} analysis passes")
     print(f"TAR@FMR={last['verification']['fmr']:g}: {first['verification']['tar']:.3f} before training -> {last['verification']['tar']:.3f} after")
-    print(f"| frx demo {' '.join(args.extra)} | {wall:.0f} s | {len(records)} | {first['verification']['tar']:.3f} → {last['verification']['tar']:.3f} | {machine} |")
+    print(f"| frx demo {' '.join(args.extra)} | {wall:.0f} s | {len(records)} | "
+          f"{first['verification']['tar']:.3f} → {last['verification']['tar']:.3f} | {machine} |")
     return 0
 
 

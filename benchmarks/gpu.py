@@ -192,10 +192,10 @@ def _quiet_lightning() -> None:
 
 
 def _iresnet_module_class():
-    from frx_lightning.demo import FaceRecognitionModule
     from lightning.pytorch import LightningModule
 
     from benchmarks.iresnet import iresnet50
+    from frx_lightning.demo import FaceRecognitionModule
     from frx_plugin.models import ArcFaceHead
 
     class IResNetModule(FaceRecognitionModule):
@@ -226,10 +226,10 @@ def _probe(kind: str, args: argparse.Namespace, images: int | None = None):
 
 def _build(kind: str, args: argparse.Namespace):
     """(module, probe set, training loader, transform, embedding size, description) of ``kind`` ("demo" or "iresnet50")."""
-    from frx_lightning.demo import FaceRecognitionModule
     from lightning.pytorch import seed_everything
     from torch.utils.data import DataLoader
 
+    from frx_lightning.demo import FaceRecognitionModule
     from frx_plugin.synthetic import SyntheticFaceDataset, SyntheticFaceWorld
 
     size = args.size if kind == "demo" else args.iresnet_size
@@ -542,7 +542,8 @@ def hardware(args: argparse.Namespace) -> dict[str, Any]:
     import lightning
 
     info = {
-        "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "torch": torch.__version__, "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "lightning": lightning.__version__, "python": platform.python_version(), "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "device": args.device, "gpu": None, "gpu_count": 0,
     }
@@ -595,7 +596,8 @@ def markdown(results: dict[str, Any]) -> str:
     elif not memory:
         lines.append("GPU memory: left out (--skip memory)")
     else:
-        lines += ["| backbone | allocated before (MiB) | peak of a pass (MiB) | peak above before (MiB) | allocated after each pass (MiB) | growth | no growth |",
+        lines += ["| backbone | allocated before (MiB) | peak of a pass (MiB) | peak above before (MiB) "
+                  "| allocated after each pass (MiB) | growth | no growth |",
                   "|---|---|---|---|---|---|---|"]
         for m in memory:
             lines.append(f"| {m['backbone']} | {_mib(m['allocated_before'])} | {_mib(m['peak'])} | {_mib(m['peak_above_before'])} "
@@ -605,7 +607,8 @@ def markdown(results: dict[str, Any]) -> str:
     if not comparison:
         lines.append("comparison: left out (--skip compare)")
     else:
-        lines += ["| backbone | devices | probe | largest abs. difference | where | ≤ tol | leakage | metric | TAR | significance | errors | embeddings (max) | other mismatches |",
+        lines += ["| backbone | devices | probe | largest abs. difference | where | ≤ tol | leakage | metric | TAR | significance | errors "
+                  "| embeddings (max) | other mismatches |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for c in comparison:
             cat = c["by_category"]
@@ -628,7 +631,8 @@ def markdown(results: dict[str, Any]) -> str:
     else:
         m = ddp["median"]
         lines.append(f"{ddp['world_size']} processes, {ddp['backend']}: {len(ddp['passes'])} passes in {ddp['wall_s']:.1f} s of training; "
-                     f"median embed {m.get('embed_s', 0):.2f} s, after {m.get('after_embed_s', 0):.2f} s, counterfactual {m.get('counterfactual_s', 0):.2f} s")
+                     f"median embed {m.get('embed_s', 0):.2f} s, after {m.get('after_embed_s', 0):.2f} s, "
+                     f"counterfactual {m.get('counterfactual_s', 0):.2f} s")
         same = ddp.get("epoch0_vs_single_process")
         if same:
             lines.append(f"epoch-0 pass against the single-process run's: largest abs. difference {same['max_abs_diff']:.3g} "

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import torch
 
-from frx_plugin.model import embed_probe_set
-from frx_plugin.passes import AnalysisConfig, analyze_probe
 from frx_plugin.counterfactual import exact_embedder, identity_significance, latent_embedder, latent_model
-from frx_plugin.plugins import require_generator
+from frx_plugin.model import embed_probe_set
 from frx_plugin.models import BACKBONE_FILE, load_backbone
+from frx_plugin.passes import AnalysisConfig, analyze_probe
+from frx_plugin.plugins import require_generator
 from frx_plugin.synthetic import SyntheticFaceWorld, SyntheticProbeSet
 from frx_plugin.two_stage import spearman
 from frx_plugin.verification import verification

@@ -122,7 +122,8 @@ def main() -> None:
     print("| method | seconds | speed-up vs scikit-learn loop | compared with | mean abs ΔAUROC | max abs ΔAUROC |")
     print("|---|---|---|---|---|---|")
     print(f"| scikit-learn `LogisticRegression()` per attribute and fold | {sklearn_seconds:.1f} | 1× | – | – | – |")
-    print(f"| frx ridge heads (`head=\"ridge\"`) | {ridge_seconds:.2f} | {sklearn_seconds / ridge_seconds:.0f}× | scikit-learn loop | {gap(ridge_auc, sklearn_auc)} |")
+    print(f"| frx ridge heads (`head=\"ridge\"`) | {ridge_seconds:.2f} | {sklearn_seconds / ridge_seconds:.0f}× | scikit-learn loop "
+          f"| {gap(ridge_auc, sklearn_auc)} |")
     print(
         f"| frx logistic heads (`head=\"logistic\"`, C = 1) | {logistic_seconds:.2f} | {sklearn_seconds / logistic_seconds:.0f}× "
         f"| converged optimum | {gap(logistic_auc, optimum_auc)} |"

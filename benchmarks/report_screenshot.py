@@ -67,9 +67,9 @@ def analysis_pass(epoch: int, strength: float, counterfactuals: bool = True):
     """One real analysis pass (leakage, verification, latent significance and error attribution) on synthetic embeddings."""
     import torch
 
+    from frx_plugin.counterfactual import latent_embedder, latent_model
     from frx_plugin.counterfactual.measures import counterfactual_measures
     from frx_plugin.passes import AnalysisConfig, analyze_probe
-    from frx_plugin.counterfactual import latent_embedder, latent_model
     from frx_plugin.probe import ProbeSet
 
     z, identity, labels, schema = synthetic_embeddings(seed=epoch, strength=strength)
@@ -131,9 +131,9 @@ def write_history_folder(folder: Path, epochs: int = 3) -> Path:
 
 def write_analysis_file(folder: Path) -> Path:
     """``analysis.json`` through :func:`frx_plugin.commands.analyze.analyze` on an embedding-set file (kept in ``folder``)."""
-    from frx_plugin.passes import AnalysisConfig
     from frx_plugin.commands.analyze import analyze as analyze_file
     from frx_plugin.embedding_set import write_embedding_set
+    from frx_plugin.passes import AnalysisConfig
 
     z, identity, labels, schema = synthetic_embeddings(seed=7, strength=1.2)
     embeddings = write_embedding_set(folder / "embeddings.safetensors", z, identity, labels, schema)
@@ -152,8 +152,8 @@ def write_explanations_file(folder: Path) -> Path:
     """
     import torch
 
-    from frx_plugin.embedding_set import write_embedding_set
     from frx_plugin.commands.explain import explain
+    from frx_plugin.embedding_set import write_embedding_set
     from frx_plugin.figures import plot_counterfactuals
 
     z, identity, labels, schema = synthetic_embeddings(seed=11, strength=0.8)

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-from frx_plugin.model import embed_probe_set
-from frx_plugin.passes import AnalysisConfig, probe_leakage
 from frx_plugin.figures import plot_decoded, plot_recovery
+from frx_plugin.model import embed_probe_set
 from frx_plugin.models import BACKBONE_FILE, load_backbone
+from frx_plugin.passes import AnalysisConfig, probe_leakage
 from frx_plugin.report import json_safe
 from frx_plugin.synthetic import SyntheticProbeSet
 from frx_plugin.two_stage import TwoStage, TwoStageConfig, run_two_stage

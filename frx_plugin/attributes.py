@@ -7,8 +7,9 @@ Kinds: ``binary`` and ``categorical`` labels are int64 with
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -54,6 +55,11 @@ class Attribute:
         elif classes is not None:
             raise SchemaError(f"attribute {self.name!r}: a continuous attribute has no classes")
         object.__setattr__(self, "classes", classes)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """``classes`` of a discrete attribute (always set, see ``__post_init__``); ``()`` for a continuous one."""
+        return self.classes or ()
 
     @property
     def discrete(self) -> bool:
@@ -102,7 +108,7 @@ class Attribute:
         return out
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Attribute":
+    def from_json(cls, data: Mapping[str, Any]) -> Attribute:
         if not isinstance(data, Mapping) or "name" not in data or "kind" not in data:
             raise SchemaError(f"attribute entry must be an object with 'name' and 'kind', got {data!r}")
         return cls(
@@ -140,7 +146,7 @@ class AttributeSchema(Sequence[Attribute]):
     def __len__(self) -> int:
         return len(self._attributes)
 
-    def __getitem__(self, key):  # type: ignore[override]
+    def __getitem__(self, key):
         if isinstance(key, str):
             try:
                 return self._attributes[self._index[key]]
@@ -164,7 +170,7 @@ class AttributeSchema(Sequence[Attribute]):
     def names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self._attributes)
 
-    def select(self, names: Iterable[str]) -> "AttributeSchema":
+    def select(self, names: Iterable[str]) -> AttributeSchema:
         return AttributeSchema(self[n] for n in names)
 
     def validate(self, labels: Mapping[str, torch.Tensor], n: int, source: str = "labels", first_row: int = 0) -> None:
@@ -183,7 +189,7 @@ class AttributeSchema(Sequence[Attribute]):
         return [a.to_json() for a in self._attributes]
 
     @classmethod
-    def from_json(cls, data: Any) -> "AttributeSchema":
+    def from_json(cls, data: Any) -> AttributeSchema:
         if not isinstance(data, list):
             raise SchemaError(f"attribute schema must be a JSON list, got {type(data).__name__}")
         return cls(Attribute.from_json(d) for d in data)

@@ -14,8 +14,7 @@ from frx_plugin.hookspecs import hookimpl
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from frx_plugin.interfaces import (BackboneFactory, DecoderFactory, EstimatorFactory, GeneratorFactory,
-                                       ProbeSetFactory, Register)
+    from frx_plugin.interfaces import BackboneFactory, DecoderFactory, EstimatorFactory, GeneratorFactory, ProbeSetFactory, Register
 
 
 def _architecture(cls: type) -> BackboneFactory:
@@ -38,7 +37,8 @@ def frx_register_backbones(register: Register[BackboneFactory]) -> None:
     from frx_plugin.synthetic.backbones import BUILTIN_BACKBONES, open_synthetic_backbone
 
     register("frx", open_frx_backbone, "frx:PATH, a backbone.safetensors that frx demo saved (or its folder)")
-    register("synthetic", open_synthetic_backbone, f"synthetic:NAME, trained on the synthetic world on first use and cached: {', '.join(BUILTIN_BACKBONES)}")
+    register("synthetic", open_synthetic_backbone,
+             f"synthetic:NAME, trained on the synthetic world on first use and cached: {', '.join(BUILTIN_BACKBONES)}")
     register("torch", load_torch_backbone, "torch:package.module:factory@weights.safetensors[,KEY=VALUE...] (options go to the factory)")
     register("resnet-small", _architecture(models.ResidualFaceNet),
              "untrained narrow residual CNN, 64x64 or larger input (the demo backbone; options go to ResidualFaceNet)")
@@ -69,8 +69,10 @@ def frx_register_decoders(register: Register[DecoderFactory]) -> None:
     from frx_plugin.two_stage.decoders import ConvFaceDecoder
     from frx_plugin.two_stage.stylegan.decoder import StyleGANFaceDecoder
 
-    register("conv", ConvFaceDecoder, "convolutional decoder G(z, noise), 64x64 or 112x112 (any multiple of 16), pixel + identity loss")
-    register("stylegan2", StyleGANFaceDecoder,
+    # DecoderFactory's **options: a factory takes the options it knows (an unknown one is its TypeError),
+    # which a Protocol cannot say; so do the estimator factories below.
+    register("conv", ConvFaceDecoder, "convolutional decoder G(z, noise), 64x64 or 112x112 (any multiple of 16), pixel + identity loss")  # type: ignore[arg-type]
+    register("stylegan2", StyleGANFaceDecoder,  # type: ignore[arg-type]
              "stylegan2:GENERATOR.pt[,encoder=ENC.pth,mean_latent=MEAN.pth][,steps=N,lr=...]: a StyleGAN2 checkpoint (rosinality "
              "layout) behind Ren et al.'s latent transformer, the seed's encoder or one trained for the model")
 
@@ -79,4 +81,4 @@ def frx_register_decoders(register: Register[DecoderFactory]) -> None:
 def frx_register_estimators(register: Register[EstimatorFactory]) -> None:
     from frx_plugin.synthetic.estimator import synthetic_estimator
 
-    register("synthetic", synthetic_estimator, "small CNN trained on renders of the synthetic world, cached on disk")
+    register("synthetic", synthetic_estimator, "small CNN trained on renders of the synthetic world, cached on disk")  # type: ignore[arg-type]

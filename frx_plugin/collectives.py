@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import Any, Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 

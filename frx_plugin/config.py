@@ -109,7 +109,7 @@ class AnalysisConfig:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    def updated(self, **fields: Any) -> "AnalysisConfig":
+    def updated(self, **fields: Any) -> AnalysisConfig:
         """A copy with ``fields`` changed (those given as ``None`` are left as they are), validated again;
         a name that is not a field is a ``TypeError`` naming it and the fields."""
         unknown = sorted(set(fields) - set(self.__dataclass_fields__))

@@ -18,8 +18,9 @@ used only in its training step, is embedded as its forward gives.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

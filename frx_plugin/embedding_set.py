@@ -14,15 +14,15 @@ import json
 import math
 import struct
 import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from frx_plugin.errors import EmbeddingSetError
 from frx_plugin.attributes import AttributeSchema, SchemaError
+from frx_plugin.errors import EmbeddingSetError
 from frx_plugin.history import atomic_write
 
 EMBEDDINGS = "embeddings"
@@ -91,7 +91,7 @@ class _RowReader:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "_RowReader":
+    def __enter__(self) -> _RowReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -201,7 +201,7 @@ class EmbeddingSet:
                 yield z, identity, labels
         self.zero_rows = zero
         self.zero_rows_notice = zero_rows_notice(zero, self.n, first_zero, str(self.path)) if zero else None
-        if zero and self.warn_zero_rows and not self._zero_warned:  # once per file opened, after the first full pass found them
+        if self.zero_rows_notice and self.warn_zero_rows and not self._zero_warned:  # once per file opened, after the first full pass found them
             self._zero_warned = True
             warnings.warn(self.zero_rows_notice, UserWarning, stacklevel=2)
 

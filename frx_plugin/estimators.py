@@ -13,7 +13,8 @@ module holds what works with any estimator: :class:`CombinedEstimator` and :func
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -42,8 +43,8 @@ class CombinedEstimator:
         self.attributes = tuple(names)
         self.input_shape = shapes.pop()
         self.accuracy = {k: v for e in estimators for k, v in dict(e.accuracy).items()}
-        schemas = [getattr(e, "schema", None) for e in estimators]
-        self.schema = AttributeSchema(a for schema in schemas for a in schema) if all(isinstance(x, AttributeSchema) for x in schemas) else None
+        schemas = [s for e in estimators if isinstance(s := getattr(e, "schema", None), AttributeSchema)]
+        self.schema = AttributeSchema(a for schema in schemas for a in schema) if len(schemas) == len(estimators) else None
         self.path = " + ".join(str(getattr(e, "path", type(e).__name__)) for e in estimators)
 
     def estimate(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Sequence
-
 import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 
 def _save(fig, path: Path) -> Path:
@@ -242,7 +242,8 @@ def plot_recovery(recovery: dict[str, Any], path: Path, title: str = "") -> Path
 
     fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(names) + 1.5), 4.2))
     width = 0.38
-    for offset, key, colour, label in ((-width / 2, "two_stage", "tab:blue", "two-stage E(G(z))"), (width / 2, "direct", "tab:orange", "direct h(z)")):
+    bars = ((-width / 2, "two_stage", "tab:blue", "two-stage E(G(z))"), (width / 2, "direct", "tab:orange", "direct h(z)"))
+    for offset, key, colour, label in bars:
         for i, name in enumerate(names):
             estimate = entries[name].get(key)
             if not estimate:
@@ -271,7 +272,8 @@ def plot_recovery(recovery: dict[str, Any], path: Path, title: str = "") -> Path
     similarity = recovery.get("identity_similarity") or {}
     subtitle = (
         f"decoder {recovery.get('decoder')}, estimator {recovery.get('estimator')}; cos(f(G(z)), z) "
-        f"{number(similarity.get('decoded')):.2f} (genuine {number(similarity.get('genuine')):.2f}, impostor {number(similarity.get('impostor')):.2f}); "
+        f"{number(similarity.get('decoded')):.2f} (genuine {number(similarity.get('genuine')):.2f}, "
+        f"impostor {number(similarity.get('impostor')):.2f}); "
         f"Spearman two-stage vs direct {number(recovery.get('spearman_two_stage_vs_direct')):.2f}"
     )
     import textwrap
@@ -301,7 +303,7 @@ def _estimate_parts(entry: Any) -> tuple[float, float, float]:
 
 def plot_estimates(
     categories: Sequence[str],
-    series: dict[str, Sequence[Any]],
+    series: Mapping[str, Sequence[Any]],
     path: Path,
     *,
     ylabel: str,

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -40,7 +41,7 @@ def _system_error(exc: Exception, path: Path, tmp: str) -> Exception:
     return OSError(code, os.strerror(code), str(path))
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write ``path`` through ``write(tmp_path)`` so that readers see the old or the new file, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,9 +213,10 @@ class HistoryRecorder:
         if self._opened:
             return []
         self._opened = True
-        if not self.path.exists():
+        folder = self.check_folder()
+        if folder is None:  # no history in the folder yet
             return []
-        document, tensors = self.check_folder()
+        document, tensors = folder
         if self._restored:
             later = len(document["records"]) - len(self.records)
             return [f"resumed from a checkpoint: the {later} pass(es) of {self.path} after it are replaced by this run's"] if later > 0 else []

@@ -23,7 +23,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from frx_plugin.interfaces import (
-        BackboneFactory, CommandFactory, DecoderFactory, EstimatorFactory, GeneratorFactory, ProbeSetFactory, Register,
+        BackboneFactory,
+        CommandFactory,
+        DecoderFactory,
+        EstimatorFactory,
+        GeneratorFactory,
+        ProbeSetFactory,
+        Register,
     )
     from frx_plugin.report import Report
 
@@ -34,7 +40,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 @hookspec
-def frx_register_backbones(register: "Register[BackboneFactory]") -> None:
+def frx_register_backbones(register: Register[BackboneFactory]) -> None:
     """Register backbones: the kinds of the command line's ``--backbone KIND[:ARGUMENT][,KEY=VALUE...]``.
 
     Called when frx builds the backbone registry: at its first backbone lookup, and at the first
@@ -51,7 +57,7 @@ def frx_register_backbones(register: "Register[BackboneFactory]") -> None:
 
 
 @hookspec
-def frx_register_probe_sets(register: "Register[ProbeSetFactory]") -> None:
+def frx_register_probe_sets(register: Register[ProbeSetFactory]) -> None:
     """Register probe sets (labelled face data frx can analyse): the kinds of ``--probe KIND[:ARGUMENT][,KEY=VALUE...]``.
 
     Called when frx builds the probe-set registry: at its first probe-set lookup, and at the first
@@ -65,7 +71,7 @@ def frx_register_probe_sets(register: "Register[ProbeSetFactory]") -> None:
 
 
 @hookspec
-def frx_register_generators(register: "Register[GeneratorFactory]") -> None:
+def frx_register_generators(register: Register[GeneratorFactory]) -> None:
     """Register generators with attribute controls: exact counterfactuals, the same face with one attribute changed.
 
     Called when frx builds the generator registry: at its first generator lookup (identity
@@ -82,7 +88,7 @@ def frx_register_generators(register: "Register[GeneratorFactory]") -> None:
 
 
 @hookspec
-def frx_register_decoders(register: "Register[DecoderFactory]") -> None:
+def frx_register_decoders(register: Register[DecoderFactory]) -> None:
     """Register decoders ``G: z → x̂``: stage 1 of the two-stage recovery (decode faces, then read their attributes).
 
     Called when frx builds the decoder registry: at its first decoder lookup (a callback's
@@ -100,7 +106,7 @@ def frx_register_decoders(register: "Register[DecoderFactory]") -> None:
 
 
 @hookspec
-def frx_register_estimators(register: "Register[EstimatorFactory]") -> None:
+def frx_register_estimators(register: Register[EstimatorFactory]) -> None:
     """Register attribute estimators ``E: x → a``: stage 2 of the two-stage recovery, and ``--estimator KIND[:ARGUMENT]``.
 
     Called when frx builds the estimator registry: at its first estimator lookup, and at the first
@@ -122,7 +128,7 @@ def frx_register_estimators(register: "Register[EstimatorFactory]") -> None:
 
 
 @hookspec(firstresult=True)
-def frx_embed(model: Any, images: "torch.Tensor") -> "torch.Tensor | None":
+def frx_embed(model: Any, images: torch.Tensor) -> torch.Tensor | None:
     """Embed a batch of images with ``model``.
 
     Called by every analysis pass for each batch of the probe set (RGB in
@@ -135,7 +141,7 @@ def frx_embed(model: Any, images: "torch.Tensor") -> "torch.Tensor | None":
 
 
 @hookspec
-def frx_analysis_completed(report: "Report", context: dict[str, Any]) -> None:
+def frx_analysis_completed(report: Report, context: dict[str, Any]) -> None:
     """Receive each finished analysis pass.
 
     Called on the global-zero process only, once per pass: in a training loop
@@ -147,7 +153,7 @@ def frx_analysis_completed(report: "Report", context: dict[str, Any]) -> None:
 
 
 @hookspec
-def frx_register_commands(register: "Register[CommandFactory]") -> None:
+def frx_register_commands(register: Register[CommandFactory]) -> None:
     """Register subcommands of the ``frx`` command line (``frx NAME ...``), as ``frx demo`` is.
 
     Called whenever frx builds its command line. Call ``register(name, factory, description="")``

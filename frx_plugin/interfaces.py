@@ -7,8 +7,9 @@ A leaf module: it imports nothing of frx but its data types, so any module may t
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 
@@ -84,8 +85,8 @@ class DecoderFit:
     """How a fit went: the mean losses of its first and last 10% of steps, and every step's total loss."""
 
     steps: int
-    pixel_loss_start: float
-    pixel_loss_end: float
+    pixel_loss_start: float | None  # None: a fit of no steps
+    pixel_loss_end: float | None
     identity_loss_start: float | None
     identity_loss_end: float | None
     losses: list[float] = field(default_factory=list, repr=False)
@@ -142,7 +143,7 @@ class BackboneFactory(Protocol):
     options only and returns an untrained model.
     """
 
-    def __call__(self, *args: Any, **options: Any) -> "nn.Module | tuple[Any, Mapping[str, Any]]": ...
+    def __call__(self, *args: Any, **options: Any) -> nn.Module | tuple[Any, Mapping[str, Any]]: ...
 
 
 @runtime_checkable
@@ -152,14 +153,14 @@ class ProbeSetFactory(Protocol):
     A ``suffixes`` attribute (``(".bin",)``) lets a bare path with that suffix open it.
     """
 
-    def __call__(self, *args: Any, **options: Any) -> "ProbeSet": ...
+    def __call__(self, *args: Any, **options: Any) -> ProbeSet: ...
 
 
 @runtime_checkable
 class GeneratorFactory(Protocol):
     """``frx_register_generators``: ``factory(probe)`` → an :class:`AttributeGenerator` for it, or ``None``."""
 
-    def __call__(self, probe: "ProbeSet") -> AttributeGenerator | None: ...
+    def __call__(self, probe: ProbeSet) -> AttributeGenerator | None: ...
 
 
 @runtime_checkable
@@ -183,7 +184,7 @@ class EstimatorFactory(Protocol):
     probe set that lacks those attributes.
     """
 
-    def __call__(self, probe: "ProbeSet", *args: Any, **options: Any) -> AttributeEstimator | None: ...
+    def __call__(self, probe: ProbeSet, *args: Any, **options: Any) -> AttributeEstimator | None: ...
 
 
 F = TypeVar("F", contravariant=True)

@@ -23,9 +23,10 @@ Every process of a distributed run calls it alike (a pass runs collectives throu
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from frx_plugin.collectives import Collectives, default_collectives
 from frx_plugin.config import ON_ERROR, AnalysisConfig, PassPlan, check_positive

@@ -37,8 +37,9 @@ import contextlib
 import math
 import re
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -212,7 +213,7 @@ class ModelAdapter:
         self.forward_context: Callable[[], Any] = contextlib.nullcontext
 
     @classmethod
-    def wrap(cls, model: Any, **options: Any) -> "ModelAdapter":
+    def wrap(cls, model: Any, **options: Any) -> ModelAdapter:
         """``model`` as an adapter (an adapter is returned as it is)."""
         return model if isinstance(model, ModelAdapter) else cls(model, **options)
 

@@ -10,6 +10,7 @@ safetensors.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -99,7 +100,7 @@ class ResidualFaceNet(nn.Module):
         return _recorded_arguments(self)
 
 
-def _recorded_arguments(module: nn.Module) -> dict:
+def _recorded_arguments(module: ResidualFaceNet | MobileFaceNetLike) -> dict:
     """``{name: value}`` of the module's ``recorded_arguments`` as JSON values (tuples as lists)."""
     values = {name: getattr(module, name) for name in type(module).recorded_arguments}
     return {name: list(v) if isinstance(v, tuple) else v for name, v in values.items()}
@@ -247,7 +248,7 @@ BACKBONE_FILE = "backbone.safetensors"
 
 
 #: Architectures :func:`save_backbone` writes and :func:`load_backbone` rebuilds, by the name the file records.
-BACKBONE_ARCHITECTURES: dict[str, type[nn.Module]] = {
+BACKBONE_ARCHITECTURES: dict[str, type[ResidualFaceNet] | type[MobileFaceNetLike]] = {
     ResidualFaceNet.architecture: ResidualFaceNet,
     MobileFaceNetLike.architecture: MobileFaceNetLike,
 }
@@ -270,9 +271,10 @@ def save_backbone(module: nn.Module, path, probe: dict | None = None, extra: dic
     from frx_plugin.history import atomic_write
 
     architecture = getattr(type(module), "architecture", None)
-    if BACKBONE_ARCHITECTURES.get(architecture) is not type(module):
+    if not isinstance(architecture, str) or BACKBONE_ARCHITECTURES.get(architecture) is not type(module):
         raise TypeError(
             f"save_backbone: cannot save a {type(module).__name__}; it saves {', '.join(c.__name__ for c in BACKBONE_ARCHITECTURES.values())}")
+    assert isinstance(module, (ResidualFaceNet, MobileFaceNetLike))  # its type is one of BACKBONE_ARCHITECTURES (above)
     description = {"architecture": architecture, **module.constructor_arguments(), "probe": probe}
     clash = sorted(set(extra or {}) & set(description))
     if clash:
@@ -308,7 +310,7 @@ def load_backbone(path) -> tuple[nn.Module, dict]:
     missing = [n for n in names if n not in description]
     if missing:
         raise ValueError(f"{path}: the description lacks {missing} for a {architecture} backbone")
-    kwargs = {n: tuple(description[n]) if isinstance(description[n], list) else description[n] for n in names}
+    kwargs: dict[str, Any] = {n: tuple(description[n]) if isinstance(description[n], list) else description[n] for n in names}
     try:
         module = cls(**kwargs)
         module.load_state_dict(state)

@@ -8,7 +8,8 @@ A spec's ``KEY=VALUE`` options go to a factory as keywords; an option it does no
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["option_names", "check_options"]
 

@@ -32,9 +32,9 @@ from frx_plugin.collectives import Collectives, SingleProcess, gather_rows, metr
 from frx_plugin.config import TIMING_KEYS, AnalysisConfig, PassPlan
 from frx_plugin.counterfactual.budget import counterfactual_budget
 from frx_plugin.counterfactual.measures import choose_counterfactual_path, counterfactual_embedder, counterfactual_measures
+from frx_plugin.embedding_set import zero_rows_notice
 from frx_plugin.errors import AnalysisError
 from frx_plugin.leakage import analyze_embeddings
-from frx_plugin.embedding_set import zero_rows_notice
 from frx_plugin.model import ModelAdapter, embed_probe_set, saved_rank_buffers
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.probe import ProbeSet
@@ -60,6 +60,7 @@ def plan_pass(probe: ProbeSet, config: AnalysisConfig = AnalysisConfig(), *, on_
     """
     config = config.updated(counterfactuals=counterfactuals, significance_samples=significance_samples,
                             max_error_pairs=max_error_pairs)
+    notices: tuple[str, ...]
     path, generator, notices = None, None, ()
     if config.counterfactuals != "off":
         path, generator = choose_counterfactual_path(probe, config.counterfactuals)
@@ -86,6 +87,13 @@ class PassResult:
     @property
     def ok(self) -> bool:
         return self.report is not None
+
+    @property
+    def completed(self) -> Report:
+        """The report of a pass that ran to the end (a pass with ``on_error="raise"`` that returns did)."""
+        if self.report is None:
+            raise AnalysisError(f"the analysis pass failed: {self.failure}")
+        return self.report
 
 
 # --------------------------------------------------------------------------- parts of the pass
@@ -121,7 +129,7 @@ def probe_leakage(embeddings: torch.Tensor, probe: ProbeSet, config: AnalysisCon
         seed=config.seed,
         sync_on_compute=distributed,
         masked_attributes=masked,
-        dist_sync_fn=metric_sync(collectives) if distributed else None,
+        dist_sync_fn=metric_sync(collectives) if distributed and collectives is not None else None,
         min_class_samples=config.min_class_samples,
         C=float(config.C),
     )
@@ -170,6 +178,8 @@ def record_differentials(embeddings: torch.Tensor, identity: torch.Tensor, label
     from frx_plugin.differentials import demographic_differentials, group_score_curves
 
     try:
+        if report.verification is None:
+            raise AnalysisError("demographic differentials need the pass's verification (its threshold) first")
         result = demographic_differentials(
             embeddings, identity, labels, schema, report.verification, n_bootstrap=config.n_bootstrap, seed=config.seed,
             bands=config.differential_bands, min_pairs=config.differential_min_pairs,
@@ -257,6 +267,7 @@ def _counterfactuals(model: Any, probe: ProbeSet, embeddings: torch.Tensor, repo
 
     The study's size is the plan's, or scaled to the probe set (:func:`~frx_plugin.counterfactual.budget.counterfactual_budget`).
     """
+    assert plan.counterfactuals is not None  # run_pass calls this only when the plan has a counterfactual path
     embed, attributes, unchanged = counterfactual_embedder(
         model, embeddings, probe.labels, probe.schema, report, plan.counterfactuals, generator=plan.generator, probe=probe,
         batch_size=plan.config.batch_size, collectives=collectives,
@@ -326,9 +337,10 @@ def _sequence_pass(model: ModelAdapter | None, probe: ProbeSet, plan: PassPlan, 
     try:
         started = now()
         indices = shard_indices(collectives, len(probe))
-        if given:
+        if embeddings is not None:
             local, problem = _given_shard(embeddings, probe, indices)
         else:
+            assert model is not None  # run_pass: without embeddings there is a model
             local, problem = _embed_shard(model, probe, indices, plan.config.batch_size, progress)
         if collectives.any(problem is not None):
             raise problem or AnalysisError("the analysis pass failed on another process; it is skipped on every process")

@@ -27,14 +27,16 @@ import inspect
 import os
 import threading
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from frx_plugin import hookspecs
 from frx_plugin.errors import CounterfactualError, EstimatorError, PluginError
 from frx_plugin.hookspecs import PROJECT_NAME
+
 if TYPE_CHECKING:  # pragma: no cover - interfaces imports torch, which listing commands does not need
     from frx_plugin.interfaces import AttributeEstimator, AttributeGenerator
 
@@ -361,6 +363,6 @@ def require_decoder(name: str) -> Registration:
     return registry[name]
 
 
-def create_decoder(name: str, embedding_dim: int, output_shape: tuple[int, int, int], **options: Any) -> Any:
+def create_decoder(name: str, embedding_dim: int, output_shape: tuple[int, ...], **options: Any) -> Any:
     """A fresh decoder ``name`` for embeddings of ``embedding_dim`` and images of ``output_shape`` ``(C, H, W)``."""
     return require_decoder(name).factory(embedding_dim, tuple(output_shape), **options)

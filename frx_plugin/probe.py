@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -81,7 +82,7 @@ class RelabelledProbeSet(ProbeSet):
     def batches(self, indices: torch.Tensor, batch_size: int):
         return self._probe.batches(indices, batch_size)
 
-    def select(self, names) -> "RelabelledProbeSet":
+    def select(self, names) -> RelabelledProbeSet:
         schema = self.schema.select(names)
         return RelabelledProbeSet(self._probe, schema, {n: self.labels[n] for n in schema.names},
                                   {n: w for n, w in self.estimated.items() if n in schema.names})

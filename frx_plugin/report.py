@@ -61,7 +61,7 @@ class AttributeLeakage:
         return record
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> "AttributeLeakage":
+    def from_record(cls, record: dict[str, Any]) -> AttributeLeakage:
         data = dict(record)
         for key in ("value", "low", "high", "leakage", "leakage_low", "leakage_high"):
             data[key] = math.nan if data.get(key) is None else float(data[key])
@@ -145,14 +145,15 @@ class Report:
         }
 
     @classmethod
-    def from_record(cls, record: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> "Report":
+    def from_record(cls, record: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> Report:
         ver = record.get("verification")
+        measures: dict[str, Any] = {k: (math.nan if v is None else v) for k, v in ver.items()} if ver else {}
         return cls(
             leakage=[AttributeLeakage.from_record(a) for a in record["attributes"]],
             n_samples=record["n_samples"],
             n_identities=record["n_identities"],
             n_folds=record["n_folds"],
-            verification=Verification(**{k: (math.nan if v is None else v) for k, v in ver.items()}) if ver else None,
+            verification=Verification(**measures) if ver else None,
             epoch=record.get("epoch"),
             global_step=record.get("global_step"),
             tensors=dict(tensors or {}),

@@ -36,7 +36,7 @@ def scalar_metrics(report: Report) -> dict[str, float]:
     ``frx/differential/<attribute>/{fnmr_ratio, fmr_ratio, fdr, garbe}``,
     the two-stage path's ``frx/recovery/…`` and the pass's cost ``frx/time/<part>_s``.
     """
-    out: dict[str, float] = {}
+    out: dict[str, float | None] = {}  # None and NaN are left out at the end
     for item in report.leakage:
         out[f"frx/leakage/{item.name}"] = item.leakage
         out[f"frx/leakage/{item.name}/low"] = item.leakage_low

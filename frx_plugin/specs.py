@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from frx_plugin import DISTRIBUTION
 from frx_plugin.options import check_options
@@ -268,7 +269,7 @@ def probe_for(facts: dict[str, Any] | None = None, probe: Any = None, pairs: str
         probe_set = open_probe(pairs or probe) if isinstance(pairs or probe, str) else probe
         if pairs is not None and getattr(probe_set, "pairs", None) is None:
             raise ValueError(f"--pairs {pairs}: {probe_set.source} lists no pairs; pass it as --probe")
-    elif (facts or {}).get("probe"):
+    elif facts and facts.get("probe"):
         from frx_plugin.synthetic import SyntheticProbeSet
 
         probe_set = SyntheticProbeSet(**facts["probe"])

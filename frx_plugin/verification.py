@@ -32,8 +32,8 @@ import torch
 from frx_plugin.errors import AnalysisError
 from frx_plugin.report import Verification
 
-__all__ = ["verification", "scored_verification", "ScoredPairs", "listed_pair_verification", "pair_scores", "equal_error_rate", "decision_errors", "DecisionErrors",
-           "prepare_embeddings", "genuine_pairs", "score_blocks"]
+__all__ = ["verification", "scored_verification", "ScoredPairs", "listed_pair_verification", "pair_scores", "equal_error_rate",
+           "decision_errors", "DecisionErrors", "prepare_embeddings", "genuine_pairs", "score_blocks"]
 
 #: Score-matrix entries per block.
 _BLOCK_ENTRIES = 4_000_000
@@ -259,7 +259,8 @@ def listed_pair_verification(embeddings: torch.Tensor, identity: torch.Tensor, p
     same = identity[pairs[:, 0]] == identity[pairs[:, 1]]
     genuine, impostor = scores[same], scores[~same]
     if genuine.numel() == 0 or impostor.numel() == 0:
-        raise AnalysisError(f"the {pairs.shape[0]} listed pairs hold {genuine.numel()} genuine and {impostor.numel()} impostor pairs; verification needs both")
+        raise AnalysisError(f"the {pairs.shape[0]} listed pairs hold {genuine.numel()} genuine and {impostor.numel()} impostor pairs; "
+                            "verification needs both")
     k = int(math.floor(float(fmr) * impostor.numel()))
     threshold = float(torch.sort(impostor, descending=True).values[k])
     tar = float((genuine > threshold).double().mean())

@@ -25,6 +25,7 @@ if __name__ == "__main__":
         metric.update(z[idx], folds[idx], {k: v[idx] for k, v in labels.items()})
     shared, masked = metric.compute()  # every rank calls the collective
     if rank == 0:
-        save_file({"gram": shared.gram, "cross": shared.cross, "count": shared.count, "yaw_gram": masked["yaw"].gram, "yaw_count": masked["yaw"].count}, out)
+        save_file({"gram": shared.gram, "cross": shared.cross, "count": shared.count,
+                   "yaw_gram": masked["yaw"].gram, "yaw_count": masked["yaw"].count}, out)
     dist.barrier()
     dist.destroy_process_group()

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -52,7 +52,8 @@ def choose_alignment(align: str, available: bool, source: str, missing: Exceptio
 
 
 def parse_landmarks(values: Sequence[str], where: str, noun: str = "field") -> np.ndarray:
-    """Ten coordinates (in :data:`LANDMARK_COLUMNS` order) as a ``(5, 2)`` float32 array; a value that is not a finite number names ``where`` and its ``noun``."""
+    """Ten coordinates (in :data:`LANDMARK_COLUMNS` order) as a ``(5, 2)`` float32 array; a value that is not a
+    finite number names ``where`` and its ``noun``."""
     out = np.empty(10, dtype=np.float32)
     for k, (name, text) in enumerate(zip(LANDMARK_COLUMNS, values)):
         try:

@@ -85,7 +85,7 @@ class ArcFaceTorchCallback:
         if not isinstance(config, AnalysisConfig):
             raise TypeError(f"config must be a frx_plugin.config.AnalysisConfig, got {type(config).__name__}")
         check_positive("every_n_steps", every_n_steps)
-        sinks = [WriterSink(writer)] if writer is not None else []
+        sinks: list[WriterSink | WandbSink] = [WriterSink(writer)] if writer is not None else []
         sinks += [WandbSink(wandb_run)] if wandb_run is not None else []
         self.loop = AnalysisLoop(
             probe, out_dir, config.updated(**config_fields), embed=embed, transform=transform, every_n_steps=every_n_steps,

@@ -14,7 +14,7 @@ file is an error that says where to get one.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Tuple, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ WHERE_TO_GET = (
 
 
 #: a mean or std: a number, three (one per channel), or None (what insightface detected)
-Normalisation = Union[float, Tuple[float, float, float], None]
+Normalisation = float | tuple[float, float, float] | None
 
 
 def _values(value: float | tuple[float, ...]) -> tuple[float, ...]:
@@ -173,9 +173,9 @@ class _InsightFaceInput(torch.nn.Module):
 
 def _prepend_normalisation(path: Path) -> None:
     """Make the graph take 0–255 pixels: Sub 127.5 and Mul 1/127.5 as its first nodes, named as insightface looks for."""
+    import numpy as np
     import onnx
     from onnx import helper, numpy_helper
-    import numpy as np
 
     model = onnx.load(str(path))
     graph = model.graph

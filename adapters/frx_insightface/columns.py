@@ -197,20 +197,20 @@ def parse_label(attribute: Attribute, text: str, where: str) -> float | int:
     if text == "":
         return -1 if attribute.discrete else math.nan
     if attribute.kind == "binary":
-        if text in attribute.classes:
-            return attribute.classes.index(text)
+        if text in attribute.class_names:
+            return attribute.class_names.index(text)
         lowered = text.lower()
         if lowered in ("1", "true"):
             return 1
         if lowered in ("0", "false"):
             return 0
         raise DataFormatError(
-            f"{where}: {text!r} is not 0/1, true/false or one of the classes {list(attribute.classes)} (binary attribute {attribute.name!r})"
+            f"{where}: {text!r} is not 0/1, true/false or one of the classes {list(attribute.class_names)} (binary attribute {attribute.name!r})"
         )
     if attribute.kind == "categorical":
-        if text not in attribute.classes:
-            raise DataFormatError(f"{where}: {text!r} is not one of the classes {list(attribute.classes)} of {attribute.name!r}")
-        return attribute.classes.index(text)
+        if text not in attribute.class_names:
+            raise DataFormatError(f"{where}: {text!r} is not one of the classes {list(attribute.class_names)} of {attribute.name!r}")
+        return attribute.class_names.index(text)
     try:
         value = float(text)
     except ValueError:
@@ -279,7 +279,7 @@ def column_schema(csv_path: Path, names: Sequence[str], columns: Mapping[str, Se
 def _describe(attribute: Attribute) -> str:
     if attribute.kind != "categorical":
         return f"{attribute.name} {attribute.kind}"
-    shown = ", ".join(attribute.classes[:5]) + (", …" if attribute.num_classes > 5 else "")
+    shown = ", ".join(attribute.class_names[:5]) + (", …" if attribute.num_classes > 5 else "")
     return f"{attribute.name} categorical ({attribute.num_classes} classes: {shown})"
 
 

@@ -14,23 +14,22 @@ them to the probe set's attribute names (CelebA calls sex ``male``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
-from dataclasses import replace
-
 from frx_insightface.backbone import open_model
-from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_insightface.readers import DataFormatError
+from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.hookspecs import hookimpl
 
 
 class GenderAgeEstimator:
     """Reads sex and age with an InsightFace genderage model. ``input_shape``: the probe's images, any size."""
 
-    def __init__(self, path: str | Path, input_shape: tuple[int, int, int], names: Mapping[str, str] | None = None) -> None:
+    def __init__(self, path: str | Path, input_shape: tuple[int, ...], names: Mapping[str, str] | None = None) -> None:
         path = Path(path).expanduser()
         model = open_model(path)
         self._check(model, path)
@@ -42,7 +41,7 @@ class GenderAgeEstimator:
 
     DEFAULT_NAMES = {"sex": "sex", "age": "age"}
     #: What it reads, under insightface's names (``schema`` renames them as ``names`` says).
-    READS = (Attribute("sex", "binary", ("female", "male"), "identity", "insightface genderage: 0 female, 1 male"),
+    READS: tuple[Attribute, ...] = (Attribute("sex", "binary", ("female", "male"), "identity", "insightface genderage: 0 female, 1 male"),
              Attribute("age", "continuous", None, None, "insightface genderage: age in years"))
 
     @property

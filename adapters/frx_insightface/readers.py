@@ -21,9 +21,10 @@ from __future__ import annotations
 import io
 import pickle
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -33,7 +34,6 @@ from frx_insightface.errors import DataFormatError
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.identity_keys import IdentityKeyError, identity_keys
 from frx_plugin.probe import ProbeSet
-
 
 # --------------------------------------------------------------------------- restricted pickle
 
@@ -86,7 +86,7 @@ def restricted_load(path: str | Path) -> Any:
 # --------------------------------------------------------------------------- images
 
 
-def decode_image(data: bytes, source: str, size: int | None = None, centre_crop: bool = False) -> torch.Tensor:
+def decode_image(data: bytes | bytearray, source: str, size: int | None = None, centre_crop: bool = False) -> torch.Tensor:
     """One encoded image (JPEG, PNG, …) as ``(3, H, W)`` uint8 RGB; resized to ``size``² (Pillow, bilinear) if given.
 
     ``centre_crop``: a non-square image is first cropped to its central square (side the shorter
@@ -103,7 +103,7 @@ def decode_image(data: bytes, source: str, size: int | None = None, centre_crop:
                 left, top = (width - side) // 2, (height - side) // 2
                 image = image.crop((left, top, left + side, top + side))
             if size is not None and image.size != (size, size):
-                image = image.resize((size, size), Image.BILINEAR)
+                image = image.resize((size, size), Image.Resampling.BILINEAR)
             raw = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
             width, height = image.size
     except UnidentifiedImageError:

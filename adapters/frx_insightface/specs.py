@@ -34,7 +34,7 @@ def _channel_values(argument: str, name: str, value: Any) -> float | tuple[float
     if len(numbers) != 3 or not all(math.isfinite(v) for v in numbers):
         raise ValueError(f"backbone insightface:{argument}: option {name!r} must be a number or three numbers joined by '/' "
                          f"(one per channel, e.g. {name}=127.5/127.5/127.5), got {value!r}")
-    return numbers  # type: ignore[return-value]
+    return numbers
 
 
 def open_backbone_spec(argument: str, flip: bool = False, root: str = DEFAULT_ROOT, mean: Any = None, std: Any = None,
@@ -59,7 +59,7 @@ def open_backbone_spec(argument: str, flip: bool = False, root: str = DEFAULT_RO
     return InsightFaceBackbone(model, path, **options)
 
 
-def _names(options: dict[str, Any], estimator: type) -> dict[str, str]:
+def _names(options: dict[str, Any], estimator: type[GenderAgeEstimator]) -> dict[str, str]:
     return {k: str(v) for k, v in options.items() if k in estimator.DEFAULT_NAMES}
 
 

@@ -21,7 +21,8 @@ from frx_plugin.two_stage import TwoStage, TwoStageConfig
 
 def _no_passes(trainer: Trainer) -> bool:
     """``fast_dev_run`` (a smoke test of the loop) and the sanity check get no pass."""
-    return bool(trainer.fast_dev_run) or bool(trainer.sanity_checking)
+    # fast_dev_run and callbacks are set on the Trainer by its connectors; the class does not declare them
+    return bool(trainer.fast_dev_run) or bool(trainer.sanity_checking)  # type: ignore[attr-defined]
 
 
 class AttributeRecoveryCallback(Callback):
@@ -193,7 +194,7 @@ class AttributeRecoveryCallback(Callback):
         """Put this callback before the Trainer's first ``EarlyStopping``, which reads the epoch-end metrics."""
         from lightning.pytorch.callbacks import EarlyStopping
 
-        callbacks = trainer.callbacks
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]  # (see _no_passes)
         if self not in callbacks:
             return
         stoppers = [i for i, c in enumerate(callbacks) if isinstance(c, EarlyStopping)]

@@ -78,13 +78,13 @@ class FaceRecognitionModule(LightningModule):
         return loss
 
     def configure_optimizers(self):
-        optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9, weight_decay=5e-4)
-        warmup = max(1, self.hparams.total_steps // 20)
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams["lr"], momentum=0.9, weight_decay=5e-4)
+        warmup = max(1, self.hparams["total_steps"] // 20)
 
         def schedule(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
-            progress = (step - warmup) / max(1, self.hparams.total_steps - warmup)
+            progress = (step - warmup) / max(1, self.hparams["total_steps"] - warmup)
             return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

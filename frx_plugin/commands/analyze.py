@@ -22,17 +22,18 @@ from typing import Any
 
 import torch
 
-from frx_plugin.passes import AnalysisConfig, PassPlan, plan_pass, run_pass
-from frx_plugin.history import atomic_write_text
-from frx_plugin.probe import ProbeSet
 from frx_plugin.errors import AnalysisError
+from frx_plugin.history import atomic_write_text
+from frx_plugin.passes import AnalysisConfig, PassPlan, plan_pass, run_pass
+from frx_plugin.probe import ProbeSet
 from frx_plugin.report import Report
 
 __all__ = ["analyze", "ANALYSIS_FILE", "ANALYSIS_FORMAT", "CSV_COLUMNS", "leakage_rows", "format_differentials_table", "format_leakage_table"]
 
 ANALYSIS_FORMAT = "frx.analysis/1"
 ANALYSIS_FILE = "analysis.json"
-CSV_COLUMNS = ("name", "kind", "group", "metric", "value", "low", "high", "leakage", "leakage_low", "leakage_high", "balanced_accuracy", "n", "reason")
+CSV_COLUMNS = ("name", "kind", "group", "metric", "value", "low", "high", "leakage", "leakage_low", "leakage_high", "balanced_accuracy",
+               "n", "reason")
 
 
 #: Above this many samples an embedding-set file is analysed without verification, which needs every pair in memory.
@@ -105,7 +106,7 @@ def _write_analysis(out_dir: str | Path, source: str, config: AnalysisConfig, re
 
 
 def _analyze_file(
-    path: str | Path,
+    path: str | os.PathLike,
     *,
     attributes: list[str] | None,
     config: AnalysisConfig,
@@ -119,7 +120,7 @@ def _analyze_file(
     a larger file streams through the ridge heads in constant memory."""
     from frx_plugin.embedding_set import EmbeddingSet
 
-    dataset = EmbeddingSet(path, attributes)
+    dataset = EmbeddingSet(Path(path), attributes)
     dataset.warn_zero_rows = False  # recorded in the report's warnings (analysis.json, the terminal) instead
     if config.head == "logistic" and dataset.n * dataset.dim > LOGISTIC_MAX_ENTRIES:
         # the logistic solver passes over the rows once per iteration: they are held in memory
@@ -154,11 +155,11 @@ def _file_pass(dataset: Any, path: str, config: AnalysisConfig, chunk_size: int,
     context = {"framework": "frx analyze", "model": None, "embeddings": path, "out_dir": None if out_dir is None else str(out_dir)}
     plan = PassPlan(config=config, on_error="raise", verification=with_verification)
     try:
-        return run_pass(None, probe, plan, context=context, embeddings=z).report
+        return run_pass(None, probe, plan, context=context, embeddings=z).completed
     except AnalysisError as exc:
         if not (with_verification and str(exc).startswith("identity: no ")):
             raise
-        report = run_pass(None, probe, PassPlan(config=config, on_error="raise", verification=False), context=context, embeddings=z).report
+        report = run_pass(None, probe, PassPlan(config=config, on_error="raise", verification=False), context=context, embeddings=z).completed
         report.warnings.append(f"verification skipped: {exc}")
         return report
 
@@ -214,7 +215,7 @@ def _analyze_model(
     for notice in plan.notices:
         warnings.warn(f"frx analyze: {notice}", stacklevel=3)
     context = {"framework": "frx analyze", "model": name, "out_dir": None if out_dir is None else str(out_dir)}
-    report = run_pass(model, probe, plan, progress=progress, context=context).report
+    report = run_pass(model, probe, plan, progress=progress, context=context).completed
     if out_dir is not None:
         _write_analysis(out_dir, f"{probe.source} embedded by {name}", config, report, getattr(probe, "estimated", None))
     return report

@@ -41,9 +41,10 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -296,7 +297,8 @@ def run_benchmark(
 
     ``probe``: a probe spec or a probe set, or ``pairs`` a verification file; default: the probe set
     the first backbone names (built-in ``synthetic:`` ones name held-out identities of the synthetic
-    world), else the synthetic probe set (:func:`frx_plugin.specs.probe_for`). ``estimators``: estimator specs that read attributes off the probe images.
+    world), else the synthetic probe set (:func:`frx_plugin.specs.probe_for`). ``estimators``: estimator specs that read
+    attributes off the probe images.
     Every spec's kind is checked before anything runs (an unknown kind lists the installed ones).
     """
     from frx_plugin.specs import probe_for
@@ -441,7 +443,7 @@ def _analyse(model: Any, z: torch.Tensor, probe: Any, config: AnalysisConfig, ma
     plan = plan_pass(probe, config, counterfactuals="auto" if model is not None else "latent",
                      max_error_pairs=max_error_pairs, on_error="raise")
     report = run_pass(model, probe, plan, context={"framework": "frx benchmark", "probe": getattr(probe, "source", None)},
-                      embeddings=z).report
+                      embeddings=z).completed
     verification = verification_with_intervals(z, probe.identity, BENCHMARK_FMRS, config.n_bootstrap, config.seed, pairs=listed)
     record = report.to_record()
     return {"verification": verification, "analysis": record}

@@ -114,7 +114,8 @@ def benchmark_markdown(document: dict[str, Any]) -> str:
     lines.append("|---|---:|---:|---:|" + "---|" * (len(fmrs) + 1))
     for row in document["backbones"]:
         if row.get("error"):
-            lines.append(f"| `{row['spec']}` | {row.get('embedding_dim') or '—'} | — | — | " + " | ".join("—" for _ in fmrs) + f" | failed: {row['error']} |")
+            lines.append(f"| `{row['spec']}` | {row.get('embedding_dim') or '—'} | — | — | "
+                         + " | ".join("—" for _ in fmrs) + f" | failed: {row['error']} |")
             continue
         verification = row.get("verification") or {}
         seconds = row.get("embed_seconds_per_image")

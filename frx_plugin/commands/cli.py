@@ -15,11 +15,11 @@ import errno
 import signal
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from frx_plugin import DISTRIBUTION, __version__
-from frx_plugin.commands.messages import end_progress_line
 from frx_plugin.commands.common import (
     Interrupted,
     attribute_list,
@@ -35,6 +35,7 @@ from frx_plugin.commands.common import (
     stop_on_signals,
     watched_folders,
 )
+from frx_plugin.commands.messages import end_progress_line
 
 #: frx's own subcommands (a plugin cannot register these names).
 CORE_COMMANDS = ("analyze", "explain", "benchmark", "decode", "report", "plugins")
@@ -216,7 +217,8 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
 def _model_options(parser: argparse.ArgumentParser) -> None:
     """--backbone, --probe, --pairs, --estimator (see frx_plugin.specs)."""
     parser.add_argument("--backbone", default=None, metavar="SPEC",
-                        help="a model: insightface:FILE.onnx, frx:frx-demo/backbone.safetensors, torch:pkg.mod:factory@w.safetensors (frx plugins lists the kinds)")
+                        help="a model: insightface:FILE.onnx, frx:frx-demo/backbone.safetensors, torch:pkg.mod:factory@w.safetensors "
+                             "(frx plugins lists the kinds)")
     parser.add_argument("--probe", default=None, metavar="SPEC",
                         help="with --backbone: the probe set, NAME[:ARGUMENT][,KEY=VALUE...] (synthetic, celeba:DIR, image-folder:DIR,csv_path=F); "
                              "default: the synthetic one")
@@ -231,7 +233,8 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_analyze(sub) -> None:
     analyze = sub.add_parser("analyze", help="leakage of every attribute in an embedding-set file, or of a model on a probe set")
-    analyze.add_argument("--embeddings", default=None, help="embedding-set file: a .safetensors file with tensors embeddings (float32 N×D), identity (int64 N) and attr.<name> per "
+    analyze.add_argument("--embeddings", default=None,
+                         help="embedding-set file: a .safetensors file with tensors embeddings (float32 N×D), identity (int64 N) and attr.<name> per "
                               "attribute, and the header entry frx.attributes (a JSON list of {name, kind, classes?, group?})")
     _model_options(analyze)
     analyze.add_argument("--out", required=True, help="output folder for analysis.json")
@@ -262,7 +265,8 @@ def _add_analyze(sub) -> None:
 
 def _add_explain(sub) -> None:
     explain = sub.add_parser("explain", help="explain a model's recognition errors with counterfactuals")
-    explain.add_argument("--demo-dir", default="frx-demo", help="folder with frx demo's backbone.safetensors; trained there when missing (default ./frx-demo)")
+    explain.add_argument("--demo-dir", default="frx-demo",
+                         help="folder with frx demo's backbone.safetensors; trained there when missing (default ./frx-demo)")
     explain.add_argument("--embeddings", default=None, help="explain an embedding-set file instead (latent path, no figure)")
     _model_options(explain)
     explain.add_argument("--out", default="frx-explain", help="output folder for explanations.json and counterfactuals.png (default ./frx-explain)")

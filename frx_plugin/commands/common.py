@@ -19,7 +19,6 @@ from frx_plugin.commands.messages import BAR, is_quiet, note_progress, plain_pro
 from frx_plugin.errors import OutputError
 
 
-
 def progress_bar():
     """Progress on stderr: a one-line bar on a terminal, else a plain line at most every few seconds
     (:func:`frx_plugin.commands.messages.plain_progress`); None with ``--quiet``."""
@@ -164,8 +163,8 @@ def check_output_folder(path: str | Path, option: str = "--out", results: Sequen
     file, lies under a file, or cannot be written (tried for real in the nearest folder that
     exists), and, unless ``overwrite``, when it already holds one of ``results`` (``any_file``: any
     file at all). Inside an ``frx`` command the folder is claimed (made if missing; see
-    :mod:`frx_plugin.commands.outputs`), so that a second run into it is refused while this one runs. The result files are remembered, so that a command stopped
-    by a signal can say which of them it wrote (:func:`describe_kept`).
+    :mod:`frx_plugin.commands.outputs`), so that a second run into it is refused while this one runs. The result files are
+    remembered, so that a command stopped by a signal can say which of them it wrote (:func:`describe_kept`).
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -175,7 +174,8 @@ def check_output_folder(path: str | Path, option: str = "--out", results: Sequen
 
     claim_folder(path, option)  # before looking: a second run into the folder is refused while this one runs
     if path.is_dir() and not overwrite:
-        present = sorted(p.name for p in path.iterdir() if p.name not in (LOCK_FILE, STAGING_FOLDER)) if any_file else [name for name in results if os.path.lexists(path / name)]
+        present = (sorted(p.name for p in path.iterdir() if p.name not in (LOCK_FILE, STAGING_FOLDER)) if any_file
+                   else [name for name in results if os.path.lexists(path / name)])
         if present:
             shown = ", ".join(present[:5]) + (" …" if len(present) > 5 else "")
             what, where = ("files", "an empty folder") if any_file else ("results", "another folder")
@@ -212,7 +212,8 @@ def _describe(path: Path) -> str:
 
 def describe_kept() -> str:
     """What the checked output locations hold now: the result files this run wrote, and earlier ones it left alone."""
-    written, earlier = [], []
+    written: list[Path] = []
+    earlier: list[Path] = []
     for entry in _watched:
         for name in entry.names:
             stamp = _stamp(entry.folder / name)

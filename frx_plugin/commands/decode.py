@@ -295,8 +295,10 @@ def add_decode_parser(sub: Any) -> None:
                              "checkpoint; with the seed's encoder and mean W+ its face model's embeddings are decoded as they are, "
                              "without them a latent transformer is trained for --backbone")
     parser.add_argument("--embeddings", default=None, metavar="FILE", help="an embedding-set file (.safetensors) to decode")
-    parser.add_argument("--backbone", default=None, metavar="SPEC", help="a model whose embeddings of --probe are decoded (frx plugins lists the kinds)")
-    parser.add_argument("--probe", default=None, metavar="SPEC", help="with --backbone: the probe set (default: the one the backbone names, else synthetic)")
+    parser.add_argument("--backbone", default=None, metavar="SPEC",
+                        help="a model whose embeddings of --probe are decoded (frx plugins lists the kinds)")
+    parser.add_argument("--probe", default=None, metavar="SPEC",
+                        help="with --backbone: the probe set (default: the one the backbone names, else synthetic)")
     parser.add_argument("--out", required=True, help="output folder for decoded.safetensors, the figures, decoding.json and report.html")
     parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     parser.add_argument("--steps", type=int, default=200, help="training steps per fold when the decoder is trained for the model (default 200)")

@@ -147,7 +147,7 @@ def plain_progress(every_s: float | None = None):
     """Progress for a log or CI: ``show(done, total, stage)`` prints a plain line at most every ``every_s`` seconds
     of a stage (and its last one, when it printed any), so a short stage prints nothing."""
     every_s = _seconds("FRX_PROGRESS_EVERY_S", PLAIN_EVERY_S) if every_s is None else every_s
-    state = {"stage": None, "started": 0.0, "last": 0.0, "printed": False}
+    state: dict[str, Any] = {"stage": None, "started": 0.0, "last": 0.0, "printed": False}
 
     def show(done: int, total: int, stage: str) -> None:
         now = time.monotonic()

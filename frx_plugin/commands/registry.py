@@ -9,8 +9,9 @@ subcommand's arguments on its own ``argparse.ArgumentParser`` and returns ``run(
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from frx_plugin import DISTRIBUTION
 from frx_plugin.errors import PluginError

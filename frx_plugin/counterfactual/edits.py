@@ -9,6 +9,7 @@ import torch
 
 from frx_plugin.attributes import Attribute
 
+
 def edit_scale(attribute: Attribute, labels: torch.Tensor) -> float:
     """One standard deviation of a continuous attribute's labelled values (1.0 if undefined)."""
     values = labels[~attribute.missing_mask(labels)].to(torch.float64)

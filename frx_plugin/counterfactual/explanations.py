@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from frx_plugin.attributes import Attribute, AttributeSchema
-from frx_plugin.errors import CounterfactualError
 from frx_plugin.counterfactual.edits import away_values, edit_scale
 from frx_plugin.counterfactual.significance import embed_edits
+from frx_plugin.errors import CounterfactualError
 from frx_plugin.interfaces import Embedder
+
 
 @dataclass
 class PairExplanation:
@@ -156,9 +158,9 @@ def explain_errors(
     return out
 
 
-def error_attribution(explanations: Sequence[PairExplanation], names: Sequence[str]) -> dict[str, dict[str, float]]:
+def error_attribution(explanations: Sequence[PairExplanation], names: Sequence[str]) -> dict[str, dict[str, float | None]]:
     """Share of errors each attribute explains: ``{"all" | kind: {attribute: share}}`` (NaN without errors)."""
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, float | None]] = {}  # the type of Report.error_attribution (a record read back may hold None)
     for kind in ("all", "false_non_match", "false_match"):
         chosen = [e for e in explanations if kind == "all" or e.kind == kind]
         out[kind] = {

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from frx_plugin.counterfactual.explanations import error_attribution, explain_errors, pair_errors, spread
-from frx_plugin.plugins import find_generator, require_generator
 from frx_plugin.counterfactual.latent import latent_embedder, latent_model
 from frx_plugin.counterfactual.sharded import sharded_exact_embedder
 from frx_plugin.counterfactual.significance import exact_embedder, identity_significance
 from frx_plugin.errors import AnalysisError
+from frx_plugin.plugins import find_generator, require_generator
 from frx_plugin.probe import ProbeSet
 from frx_plugin.report import Report
 from frx_plugin.verification import decision_errors, listed_pair_verification

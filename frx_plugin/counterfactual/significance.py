@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -11,6 +12,7 @@ from frx_plugin.counterfactual.edits import edit_scale, edit_values
 from frx_plugin.errors import CounterfactualError
 from frx_plugin.interfaces import AttributeGenerator, Edit, Embedder
 from frx_plugin.leakage import MetricEstimate, bootstrap_estimate
+
 
 def embed_edits(embed: Embedder, edits: Sequence[Edit]) -> list[torch.Tensor]:
     """The changed embeddings of each of ``edits``, through ``embed.many`` where the embedder has it (one batch

@@ -213,7 +213,7 @@ def attribute_groups(attribute: Attribute, labels: torch.Tensor, bands: int = 4
     """
     labels = labels.detach().to("cpu")
     if attribute.discrete:
-        return labels.to(torch.int64), list(attribute.classes), None
+        return labels.to(torch.int64), list(attribute.class_names), None
     if bands < 1:
         raise AnalysisError(f"bands must be at least 1, got {bands}")
     values = labels.to(torch.float64)
@@ -289,8 +289,8 @@ def _groups(identity: torch.Tensor, labels: Mapping[str, torch.Tensor], schema: 
     first, second = genuine_pairs(identity.to("cpu"))
     k = weights.shape[1]
     pairs_k = _per_identity(slot_matrix, who, offset, k, first, second)
-    attribute, sample = (slot_matrix >= 0).nonzero(as_tuple=True)
-    images_k = torch.bincount(who[sample] * offset + slot_matrix[attribute, sample], minlength=k * offset)
+    slot, sample = (slot_matrix >= 0).nonzero(as_tuple=True)
+    images_k = torch.bincount(who[sample] * offset + slot_matrix[slot, sample], minlength=k * offset)
     images_k = images_k.view(k, offset).to(torch.float64)
     per_group = weights @ images_k
     static = {"genuine": weights @ pairs_k, "impostor": 0.5 * (per_group**2 - (weights**2) @ (images_k**2)),

@@ -20,7 +20,7 @@ def _measured(groups: list[dict[str, Any]], rate: str) -> list[float]:
 def summary_reason(item: dict[str, Any], key: str) -> str | None:
     """Why the summary ``key`` (fnmr_ratio, fmr_ratio, fdr, garbe) of an attribute's record is ∞ or has no value;
     ``None`` when it has a finite value."""
-    value = item.get(key) if isinstance(item.get(key), dict) else {}
+    value = found if isinstance(found := item.get(key), dict) else {}
     if value.get("infinite"):
         what = "false non-match" if key == "fnmr_ratio" else "false match"
         return f"a group has no {what} at τ: the least rate is 0"

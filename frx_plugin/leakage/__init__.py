@@ -20,7 +20,6 @@ import torchmetrics.
 from __future__ import annotations
 
 from frx_plugin.lazy import lazy_names
-
 from frx_plugin.leakage.estimate import HEADS, analyze_embeddings, leakage_entries, probe_tensors
 from frx_plugin.leakage.functional import (
     MetricEstimate,

@@ -18,8 +18,8 @@ streaming form of resampling identities with replacement, shared with
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 
@@ -43,8 +43,8 @@ from frx_plugin.leakage.statistics import (
     Target,
     build_targets,
     check_embeddings,
-    check_min_class_samples,
     check_identity,
+    check_min_class_samples,
     class_name,
     identity_folds,
     identity_index,
@@ -245,6 +245,7 @@ def _evaluate(
         return column_auroc[c] if column_auroc is not None else auroc(scores[:, c], positive, weights)
 
     if attribute.kind == "binary":
+        assert predicted_binary is not None  # a binary head's predictions come with its scores
         value = area(0, classes == 1)
         return {"auroc": value, "balanced_accuracy": balanced_accuracy(predicted_binary.long(), classes, weights, 2)}
     per_class = [area(c, classes == c) for c in torch.unique(classes).tolist()]

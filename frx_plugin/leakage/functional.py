@@ -118,7 +118,8 @@ def auroc_columns(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     return torch.where(denominator > 0, area, torch.full_like(area, math.nan))
 
 
-def balanced_accuracy(predicted: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None, num_classes: int | None = None) -> torch.Tensor:
+def balanced_accuracy(predicted: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None,
+                      num_classes: int | None = None) -> torch.Tensor:
     """(Weighted) mean per-class recall over the classes of ``target`` that carry weight.
 
     ``predicted``, ``target`` (N,) int class indices; ``weights`` None, (N,) or (B, N).

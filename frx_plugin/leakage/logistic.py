@@ -175,7 +175,7 @@ class _LogisticProblem:
         loss = 0.5 * lam * (theta[:, :d] ** 2).sum(1)  # (S, T)
         grad = torch.zeros(self.sets, d + 1, t, dtype=f64, device=self.device) if with_gradient else None
         curvature = torch.zeros(self.sets, t, dtype=f64, device=self.device)  # Σ σ(1 − σ) over the training rows
-        if with_gradient:
+        if grad is not None:
             grad[:, :d] += lam * theta[:, :d]
         for f, (a, e) in enumerate(zip(self.bounds[:-1], self.bounds[1:])):
             if a == e:
@@ -190,7 +190,7 @@ class _LogisticProblem:
             if not self.complete:
                 rows_loss = rows_loss * self.mask[a:e, None, :]
             loss[sets] += rows_loss.sum(0).to(f64)
-            if with_gradient:
+            if grad is not None:
                 sigma = torch.sigmoid(z)
                 weight = sigma * (1.0 - sigma)
                 residual = sigma - target

@@ -31,7 +31,7 @@ to a coin toss, so the errors largely cancel (an O(width²) bias).
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torchmetrics import Metric
@@ -60,6 +60,16 @@ class ProbeStatistics(Metric):
     full_state_update = False
     is_differentiable = False
     higher_is_better = None
+    # the states (add_state in __init__)
+    count: torch.Tensor
+    sum_x: torch.Tensor
+    gram: torch.Tensor
+    sum_y: torch.Tensor
+    cross: torch.Tensor
+    sum_yy: torch.Tensor
+    missing_count: torch.Tensor
+    missing_sum_x: torch.Tensor
+    missing_gram: torch.Tensor
 
     def __init__(
         self, schema: AttributeSchema, dim: int, n_folds: int, masked_attributes: Sequence[str] = (),
@@ -159,7 +169,7 @@ def _bin_index(scores: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(edges, scores.T.contiguous(), right=True).T
 
 
-def _leakage_update(metric: "HeldOutLeakage", x: torch.Tensor, identity: torch.Tensor, folds: torch.Tensor, labels: Mapping[str, torch.Tensor]) -> None:
+def _leakage_update(metric: HeldOutLeakage, x: torch.Tensor, identity: torch.Tensor, folds: torch.Tensor, labels: Mapping[str, torch.Tensor]) -> None:
     """Score the rows of one batch and add their weighted histograms, confusions and sums to the states.
 
     ``x``, ``folds`` and ``labels`` on the device of the heads and states; ``identity`` on the CPU
@@ -214,7 +224,7 @@ def _leakage_update(metric: "HeldOutLeakage", x: torch.Tensor, identity: torch.T
         confusion.view(confusion.shape[0], -1).index_add_(1, target * n_classes + predicted, w)
 
 
-def _leakage_compute(metric: "HeldOutLeakage") -> dict[str, dict[str, MetricEstimate]]:
+def _leakage_compute(metric: HeldOutLeakage) -> dict[str, dict[str, MetricEstimate]]:
     """Per defined attribute: its metrics (replicate 0) with percentile intervals (replicates 1..B)."""
     heads = metric.heads
     out: dict[str, dict[str, MetricEstimate]] = {}

@@ -32,8 +32,8 @@ score ranges, per-attribute reasons) for both the in-memory and the streaming sc
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import torch
 

@@ -13,8 +13,8 @@ and the input checks every pass shares (``check_embeddings``, ``check_identity``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 
@@ -153,10 +153,10 @@ class FoldStatistics:
     cross: torch.Tensor
     sum_yy: torch.Tensor
 
-    def columns(self, cols: torch.Tensor) -> "FoldStatistics":
+    def columns(self, cols: torch.Tensor) -> FoldStatistics:
         return FoldStatistics(self.count, self.sum_x, self.gram, self.sum_y[:, cols], self.cross[:, :, cols], self.sum_yy[:, cols])
 
-    def training_sets(self) -> "FoldStatistics":
+    def training_sets(self) -> FoldStatistics:
         """Statistics of the F training sets (total − fold f), then of all data: F + 1 slices."""
 
         def train(t: torch.Tensor) -> torch.Tensor:

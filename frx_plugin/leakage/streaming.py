@@ -24,7 +24,8 @@ error bound).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torchmetrics import Metric
@@ -69,6 +70,9 @@ class _MissingLabels(Metric):
     full_state_update = False
     is_differentiable = False
     higher_is_better = None
+    missing: torch.Tensor  # the states (add_state in __init__)
+    rows: torch.Tensor
+    dim: torch.Tensor
 
     def __init__(self, schema: AttributeSchema, **kwargs) -> None:
         super().__init__(**kwargs)

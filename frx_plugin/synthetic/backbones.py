@@ -24,8 +24,9 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,9 @@ from torch import nn
 
 from frx_plugin.cache import cache_dir
 from frx_plugin.synthetic.world import SyntheticFaceWorld, world_fingerprint
+
+if TYPE_CHECKING:
+    from frx_plugin.models import MobileFaceNetLike, ResidualFaceNet
 
 __all__ = [
     "BUILTIN_BACKBONES",
@@ -150,18 +154,18 @@ def _arguments(name: str, recipe: dict[str, Any]) -> dict[str, Any]:
         return _construct(name, recipe).constructor_arguments()
 
 
-def _construct(name: str, recipe: dict[str, Any]) -> nn.Module:
+def _construct(name: str, recipe: dict[str, Any]) -> ResidualFaceNet | MobileFaceNetLike:
     from frx_plugin.models import BACKBONE_ARCHITECTURES
 
     cls = BACKBONE_ARCHITECTURES[recipe["architecture"]]
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe["model"].items()}
+    kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe["model"].items()}
     try:
         return cls(input_size=recipe["size"], **kwargs)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"synthetic backbone {name}: {exc}") from None
 
 
-def _initial(name: str, recipe: dict[str, Any]) -> tuple[nn.Module, nn.Module]:
+def _initial(name: str, recipe: dict[str, Any]) -> tuple[ResidualFaceNet | MobileFaceNetLike, nn.Module]:
     """The backbone and its ArcFace head with their initial weights, seeded by the recipe (global RNG untouched)."""
     from frx_plugin.models import ArcFaceHead
 
@@ -208,7 +212,8 @@ def _train(name: str, recipe: dict[str, Any], say: Callable[[str], Any], destina
     labels = everything // recipe["images_per_identity"]
 
     module, head = _initial(name, recipe)
-    module.to(memory_format=torch.channels_last)  # about a quarter faster on CPUs (depthwise convs most)
+    # about a quarter faster on CPUs (depthwise convs most); nn.Module.to takes memory_format, its stubs' overloads omit it
+    module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     parameters = list(module.parameters()) + list(head.parameters())
     optimizer = torch.optim.SGD(parameters, lr=recipe["lr"], momentum=recipe["momentum"], weight_decay=recipe["weight_decay"])
     steps_per_epoch = len(world) // recipe["batch_size"]
@@ -242,7 +247,7 @@ def _train(name: str, recipe: dict[str, Any], say: Callable[[str], Any], destina
             raise RuntimeError(f"synthetic backbone {name}: training diverged in epoch {epoch + 1} (loss {loss_sum}); lower lr")
     say(f"frx: trained the synthetic backbone {name} in {time.perf_counter() - started:.0f}s (last epoch's loss {loss_sum / max(count, 1):.2f})")
     # back to the default layout, so the module computes exactly what a loaded copy computes
-    return module.to(memory_format=torch.contiguous_format).eval()
+    return module.to(memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]  # as above
 
 
 def train_synthetic_backbone(name: str, say: Callable[[str], Any] = print, **overrides: Any) -> nn.Module:

@@ -16,8 +16,9 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +26,8 @@ from torch import nn
 
 from frx_plugin.attributes import AttributeSchema
 from frx_plugin.cache import cache_dir
-from frx_plugin.randomness import seeded
 from frx_plugin.errors import EstimatorError
+from frx_plugin.randomness import seeded
 from frx_plugin.synthetic.parameters import SYNTHETIC_SCHEMA
 from frx_plugin.synthetic.world import SyntheticFaceWorld, SyntheticProbeSet, world_fingerprint
 
@@ -69,6 +70,11 @@ class AttributeCNN(nn.Module):
     the features sit) stays readable after pooling.
     """
 
+    # buffers (register_buffer in __init__)
+    coordinates: torch.Tensor
+    target_mean: torch.Tensor
+    target_std: torch.Tensor
+
     def __init__(self, schema: AttributeSchema, size: int, widths: Sequence[int] = SYNTHETIC_ESTIMATOR_WIDTHS) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
@@ -104,7 +110,7 @@ class AttributeCNN(nn.Module):
 
     def split(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw outputs → ``{name: (B, num_classes) logits or (B,) standardized values}``."""
-        parts = torch.split(outputs, self.output_sizes, dim=1)
+        parts = torch.split(outputs, list(self.output_sizes), dim=1)
         return {a.name: part if a.discrete else part[:, 0] for a, part in zip(self.schema, parts)}
 
     def readings(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -141,7 +147,7 @@ class SyntheticEstimator:
     def __repr__(self) -> str:
         return f"SyntheticEstimator(input_shape={self.input_shape}, config={self.config})"
 
-    def to(self, device) -> "SyntheticEstimator":
+    def to(self, device) -> SyntheticEstimator:
         """Run on ``device`` (images are moved there batch by batch)."""
         self.module.to(device)
         return self
@@ -345,7 +351,7 @@ def _fit(module: AttributeCNN, images: torch.Tensor, targets: Mapping[str, torch
         say(f"synthetic estimator: epoch {epoch + 1}/{epochs}, loss {total / max(count, 1):.3f}")
 
 
-def _held_out_accuracy(estimator: "SyntheticEstimator", images: torch.Tensor, labels: Mapping[str, torch.Tensor],
+def _held_out_accuracy(estimator: SyntheticEstimator, images: torch.Tensor, labels: Mapping[str, torch.Tensor],
                        held_idx: torch.Tensor) -> dict[str, dict[str, float]]:
     """:func:`attribute_accuracy` of ``estimator`` on the held-out faces."""
     predicted: dict[str, list[torch.Tensor]] = {name: [] for name in estimator.schema.names}

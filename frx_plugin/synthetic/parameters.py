@@ -78,6 +78,11 @@ class Parameter:
     attribute: bool = True  # False: internal parameter, not labelled
 
     @property
+    def n_classes(self) -> int:
+        """How many classes a categorical or binary parameter has (a binary one without class names: 2)."""
+        return 2 if self.classes is None else len(self.classes)
+
+    @property
     def population_std(self) -> float:
         return math.sqrt((self.high - self.low) ** 2 / 12.0 + self.jitter**2)
 
@@ -142,7 +147,7 @@ N_IMAGE_SLOTS = 1 + max(
     max(p.jitter_slot + 1 for p in PARAMETERS),
 )
 #: How many noise textures a world makes per image size (one per class of ``noise_texture``).
-NOISE_BANK_SIZE = len(PARAMETERS_BY_NAME["noise_texture"].classes)
+NOISE_BANK_SIZE = PARAMETERS_BY_NAME["noise_texture"].n_classes
 
 #: The labelled parameters as attributes: 10 identity and 9 nuisance ones.
 

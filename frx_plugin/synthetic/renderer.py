@@ -15,7 +15,7 @@ batch or chunk it comes.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -82,7 +82,7 @@ class _Layout:
         self._scalar_names, self._colour_names = scalar_names, colour_names
 
     @classmethod
-    def pack(cls, scalars: Mapping[str, torch.Tensor], colours: Mapping[str, torch.Tensor]) -> "_Layout":
+    def pack(cls, scalars: Mapping[str, torch.Tensor], colours: Mapping[str, torch.Tensor]) -> _Layout:
         n = next(iter(scalars.values())).shape[0]
         packed = torch.stack([t.reshape(n).to(torch.float32) for t in scalars.values()], 1)
         packed_colours = torch.stack([t.reshape(n, 3).to(torch.float32) for t in colours.values()], 2)
@@ -98,7 +98,7 @@ class _Layout:
             return self._colours[:, :, self._colour_names[name], None, None]
         raise AttributeError(name)
 
-    def take(self, index) -> "_Layout":
+    def take(self, index) -> _Layout:
         """The faces at ``index`` (a slice or an index tensor)."""
         return _Layout(self._scalars[index], self._colours[index], self._scalar_names, self._colour_names)
 
@@ -319,6 +319,7 @@ def _paint_forehead(band: _Band, L: _Layout) -> None:
         line = band.dv(L.eye_y - offset).abs_().mul_(-1.0 / 0.012).add_(1.0).clamp_(0, 1)
         lines = line if lines is None else lines.add_(line)
     across = band.du(L.feature_x).abs_().mul_(-1.0 / 0.06).add_(0.26 / 0.06).clamp_(0, 1)
+    assert lines is not None  # three offsets above
     band.paint(L.skin * 0.62, lines.mul_(across).mul_(L.wrinkles * 0.55))
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -116,7 +116,7 @@ class SyntheticFaceWorld:
             elif spec.kind == "binary":
                 params[spec.name] = (u < spec.probability).to(torch.int64)
             else:
-                params[spec.name] = (u * len(spec.classes)).to(torch.int64).clamp_(max=len(spec.classes) - 1)
+                params[spec.name] = (u * spec.n_classes).to(torch.int64).clamp_(max=spec.n_classes - 1)
         return params
 
     def labels(self, indices) -> dict[str, torch.Tensor]:
@@ -158,12 +158,12 @@ class SyntheticFaceWorld:
         current = out[attribute]
         if value is not None:
             new = torch.as_tensor(value, dtype=current.dtype).expand_as(current).clone()
-            if spec.kind != "continuous" and bool(((new < 0) | (new >= len(spec.classes or ("no", "yes")))).any()):
-                raise ValueError(f"attribute {attribute!r}: class index out of range 0..{len(spec.classes) - 1}")
+            if spec.kind != "continuous" and bool(((new < 0) | (new >= spec.n_classes)).any()):
+                raise ValueError(f"attribute {attribute!r}: class index out of range 0..{spec.n_classes - 1}")
         elif spec.kind == "binary":
             new = 1 - current
         elif spec.kind == "categorical":
-            new = (current + 1) % len(spec.classes)
+            new = (current + 1) % spec.n_classes
         else:
             new = current + spec.population_std
         out[attribute] = new
@@ -273,7 +273,7 @@ class SyntheticGenerator:
 
     def __init__(self, world: SyntheticFaceWorld) -> None:
         self.world = world
-        self.attributes = tuple(SYNTHETIC_SCHEMA.names)
+        self.attributes: Sequence[str] = tuple(SYNTHETIC_SCHEMA.names)
 
     def counterfactual(self, indices: torch.Tensor, attribute: str, values: torch.Tensor) -> torch.Tensor:
         return self.world.counterfactual(indices, attribute, values)

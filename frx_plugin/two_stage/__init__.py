@@ -30,7 +30,6 @@ registers) does not import the runner and, through it, the plugin registries.
 from __future__ import annotations
 
 from frx_plugin.lazy import lazy_names
-
 from frx_plugin.two_stage.measures import (
     READABLE_MIN,
     direct_readings,

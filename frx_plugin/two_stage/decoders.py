@@ -44,7 +44,7 @@ def check_output_shape(output_shape: Any) -> tuple[int, int, int]:
         raise DecoderError(f"decoder output_shape must be (C, H, W), got {output_shape!r}") from None
     if len(shape) != 3 or min(shape) < 1:
         raise DecoderError(f"decoder output_shape must be (C, H, W) of positive sizes, got {output_shape!r}")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 class ConvDecoderNet(nn.Module):
@@ -55,6 +55,9 @@ class ConvDecoderNet(nn.Module):
     ``8 · width`` to ``width``. ``side`` must be a multiple of 16 (64 → 4×4
     start, 112 → 7×7).
     """
+
+    centre: torch.Tensor  # buffers (register_buffer in __init__)
+    whiten: torch.Tensor
 
     def __init__(self, embedding_dim: int, side: int, channels: int = 3, noise_dim: int = 16, width: int = 8) -> None:
         super().__init__()
@@ -127,7 +130,8 @@ class ConvFaceDecoder:
         shape = check_output_shape(output_shape)
         if shape[1] != shape[2]:
             raise DecoderError(f"the conv decoder makes square images, got output_shape {shape}")
-        for key, value in (("embedding_dim", embedding_dim), ("noise_dim", noise_dim), ("width", width), ("candidates", candidates), ("batch_size", batch_size)):
+        for key, value in (("embedding_dim", embedding_dim), ("noise_dim", noise_dim), ("width", width), ("candidates", candidates),
+                           ("batch_size", batch_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise DecoderError(f"ConvFaceDecoder: {key} must be a positive integer, got {value!r}")
         if not (identity_weight >= 0 and lr > 0):
@@ -150,7 +154,7 @@ class ConvFaceDecoder:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.net.load_state_dict(state)
 
-    def to(self, device: torch.device | str) -> "ConvFaceDecoder":
+    def to(self, device: torch.device | str) -> ConvFaceDecoder:
         self.net.to(device)
         return self
 
@@ -281,5 +285,5 @@ class ConvFaceDecoder:
             flat_out[part] = self.net(flat_z[part].to(device), flat_noise[part].to(device)).cpu()
         return out
 
-    def copy(self) -> "ConvFaceDecoder":
+    def copy(self) -> ConvFaceDecoder:
         return copy.deepcopy(self)

@@ -17,7 +17,6 @@ from frx_plugin.model import hook_embedder
 from frx_plugin.probe import ProbeSet
 from frx_plugin.report import Report
 
-
 _FIT_KEYS = ("pixel_loss_start", "pixel_loss_end", "identity_loss_start", "identity_loss_end")
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from frx_plugin.attributes import Attribute, AttributeSchema
-
 
 #: an attribute whose R_k on real faces is at most this is called unreadable by the estimator
 READABLE_MIN = 0.1
@@ -116,7 +116,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 
     ra, rb = ranks([p[0] for p in pairs]), ranks([p[1] for p in pairs])
     ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = float((ra.norm() * rb.norm()))
+    denominator = float(ra.norm() * rb.norm())
     return float((ra * rb).sum()) / denominator if denominator > 0 else math.nan
 
 
@@ -133,8 +133,8 @@ def direct_readings(
     midpoint, categorical ones by the largest class score, continuous ones by the score itself
     (in the attribute's units). An attribute whose heads are undefined reads NaN.
     """
-    from frx_plugin.leakage.metrics import ProbeStatistics
     from frx_plugin.leakage import build_targets, fit_probe_heads, score_rows
+    from frx_plugin.leakage.metrics import ProbeStatistics
 
     x = embeddings.to(torch.float64)
     n, d = x.shape

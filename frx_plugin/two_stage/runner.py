@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from frx_plugin.attributes import Attribute
 from frx_plugin.errors import DecoderDiverged, DecoderError, EstimatorError
-from frx_plugin.plugins import require_estimator
 from frx_plugin.interfaces import AttributeEstimator, DecoderTask, FaceDecoder
+from frx_plugin.leakage import bootstrap_estimate, identity_folds
 from frx_plugin.model import ModelAdapter, eval_mode, hook_embedder, model_device
+from frx_plugin.plugins import require_estimator
 from frx_plugin.probe import ProbeSet
 from frx_plugin.randomness import seeded
-from frx_plugin.leakage import bootstrap_estimate, identity_folds
 from frx_plugin.two_stage.measures import (
     READABLE_MIN,
     direct_readings,

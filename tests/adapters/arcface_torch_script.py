@@ -23,8 +23,8 @@ from tensorboardX import SummaryWriter  # noqa: E402
 from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
 
 from frx_insightface.arcface_torch import ArcFaceTorchCallback  # noqa: E402
-from frx_plugin.passes import AnalysisConfig  # noqa: E402
 from frx_plugin.models import ArcFaceHead, ResidualFaceNet  # noqa: E402
+from frx_plugin.passes import AnalysisConfig  # noqa: E402
 from frx_plugin.synthetic import SyntheticFaceDataset, SyntheticFaceWorld, SyntheticProbeSet  # noqa: E402
 
 

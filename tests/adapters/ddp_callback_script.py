@@ -15,6 +15,7 @@ from frx_plugin.plugins import get_plugin_manager  # noqa: E402
 from frx_plugin.two_stage import TwoStageConfig  # noqa: E402
 from tests.lightning_helpers import PixelEstimatorPlugin, TinyFaceModule, make_probe, make_train_loader  # noqa: E402
 
+
 class NanOnRankOne(TinyFaceModule):
     """A model whose embeddings turn NaN from epoch 1, on the second process only."""
 

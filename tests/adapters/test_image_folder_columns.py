@@ -10,14 +10,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from frx_insightface.readers import (
     DataFormatError,
     ImageFolderProbeSet,
     read_celeba_labels,
     read_verification_bin,
 )
-from PIL import Image
-
 from frx_plugin.specs import open_probe, parse_spec
 
 

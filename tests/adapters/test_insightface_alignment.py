@@ -45,7 +45,10 @@ def _photo(width: int, height: int, seed: int) -> np.ndarray:
     return np.stack(channels, -1).round().clip(0, 255).astype(np.uint8)
 
 
-def _landmark_file(path, names, rows, count=None, header=" ".join(LANDMARK_COLUMNS)):
+_LANDMARK_HEADER = " ".join(LANDMARK_COLUMNS)
+
+
+def _landmark_file(path, names, rows, count=None, header=_LANDMARK_HEADER):
     """A CelebA landmark file as the dataset ships it: the count, the header, space-padded rows."""
     lines = [str(len(rows) if count is None else count), header]
     lines += [f"{name:<10} " + " ".join(f"{v:>5}" for v in values) for name, values in zip(names, rows)]
@@ -175,7 +178,8 @@ def test_image_folder_landmark_columns_equal_norm_crop(tmp_path):
 def test_image_folder_landmark_errors_are_one_line_and_name_file_line_column(tmp_path):
     partial = "path,identity,lefteye_x,lefteye_y,righteye_x,righteye_y"
     folder = _csv_folder(tmp_path, partial, ["0.png,a,30,40,60,40"])
-    with pytest.raises(DataFormatError, match=r"labels\.csv: line 1, column\(s\) \['nose_x', .*'rightmouth_y'\]: .*all ten columns or none") as caught:
+    pattern = r"labels\.csv: line 1, column\(s\) \['nose_x', .*'rightmouth_y'\]: .*all ten columns or none"
+    with pytest.raises(DataFormatError, match=pattern) as caught:
         ImageFolderProbeSet(folder)
     assert "\n" not in str(caught.value)
     with pytest.raises(DataFormatError, match="all ten columns or none"):  # whatever align says
@@ -241,7 +245,8 @@ def test_celeba_landmark_file_errors_name_file_and_line(tmp_path):
          r"list_landmarks_align_celeba\.txt: no landmarks for 1 image\(s\) of list_attr_celeba\.txt, first '000003\.jpg'"),
         (lambda: _landmark_file(path, FILES, [ALIGNED_LANDMARKS[0], ALIGNED_LANDMARKS[1][:9], ALIGNED_LANDMARKS[2]]),
          r"list_landmarks_align_celeba\.txt: line 4 has 10 fields, expected 11 \(an image name and ten coordinates\)"),
-        (lambda: _landmark_file(path, FILES, [ALIGNED_LANDMARKS[0], ALIGNED_LANDMARKS[1], ALIGNED_LANDMARKS[2][:4] + ["x"] + ALIGNED_LANDMARKS[2][5:]]),
+        (lambda: _landmark_file(path, FILES,
+                                [ALIGNED_LANDMARKS[0], ALIGNED_LANDMARKS[1], ALIGNED_LANDMARKS[2][:4] + ["x"] + ALIGNED_LANDMARKS[2][5:]]),
          r"list_landmarks_align_celeba\.txt: line 5, field 'nose_x': 'x' is not a number"),
         (lambda: _landmark_file(path, FILES, ALIGNED_LANDMARKS, count=4),
          r"list_landmarks_align_celeba\.txt: line 1 declares 4 images, the file lists 3"),

@@ -6,15 +6,13 @@ import math
 import warnings
 
 import numpy as np
-
 import pytest
 import torch
 
 from frx_insightface.estimators import GenderAgeEstimator, GenderAgePlugin, PoseEstimator, PosePlugin
 from frx_insightface.readers import DataFormatError
-from frx_plugin.plugins import find_estimator
 from frx_plugin.interfaces import AttributeEstimator
-from frx_plugin.plugins import get_plugin_manager
+from frx_plugin.plugins import find_estimator, get_plugin_manager
 from tests.lightning_helpers import make_probe
 
 

@@ -11,16 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from frx_plugin.attributes import Attribute, AttributeSchema
-
 from frx_insightface.readers import (
     CelebAProbeSet,
-    ImageFolderProbeSet,
     DataFormatError,
+    ImageFolderProbeSet,
     VerificationProbeSet,
     read_celeba_labels,
     read_verification_bin,
 )
+from frx_plugin.attributes import Attribute, AttributeSchema
 
 
 def _encoded(pixels: torch.Tensor, format: str = "PNG") -> bytes:

@@ -7,9 +7,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from frx_lightning import AttributeRecoveryCallback
+from frx_plugin.history import read_history
 from frx_plugin.model import embed_probe_set
 from frx_plugin.passes import AnalysisConfig, analyze_probe
-from frx_plugin.history import read_history
 from tests.lightning_helpers import TinyFaceModule, make_probe, make_train_loader
 
 
@@ -156,8 +156,8 @@ def test_an_unwritable_history_folder_does_not_stop_training_and_the_loggers_sti
 def test_counterfactuals_are_logged_exact_on_the_synthetic_world_and_latent_elsewhere(tmp_path):
     import torch
 
-    from frx_plugin.counterfactual.measures import counterfactual_rows
     from frx_plugin.counterfactual import CounterfactualError
+    from frx_plugin.counterfactual.measures import counterfactual_rows
     from frx_plugin.synthetic import SyntheticProbeSet
 
     probe = SyntheticProbeSet(20, 4, seed=1, size=32, first_identity=7_000)
@@ -202,10 +202,9 @@ def test_counterfactuals_are_logged_exact_on_the_synthetic_world_and_latent_else
 
 
 def test_a_failing_generator_skips_the_counterfactuals_but_keeps_the_pass(tmp_path):
+    import frx_plugin
     from frx_plugin.plugins import get_plugin_manager
     from frx_plugin.synthetic import SyntheticProbeSet
-
-    import frx_plugin
 
     class BrokenGenerator:
         attributes = ("glasses", "yaw", "age")

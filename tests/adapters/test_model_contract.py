@@ -179,7 +179,8 @@ def test_backbone_specs_take_the_contract_so_frx_analyze_reads_a_minus_one_to_on
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "lz.safetensors"))
     records = {}
     for name, spec in runs.items():
-        assert main(["analyze", "--backbone", spec, "--probe", probe, "--bootstrap", "0", "--out", str(tmp_path / name)]) == 0, capsys.readouterr().err
+        code = main(["analyze", "--backbone", spec, "--probe", probe, "--bootstrap", "0", "--out", str(tmp_path / name)])
+        assert code == 0, capsys.readouterr().err
         records[name] = json.loads((tmp_path / name / "analysis.json").read_text())["attributes"]
     for name in ("shifted", "tuple"):
         for a, b in zip(records["reference"], records[name]):

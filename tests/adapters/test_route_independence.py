@@ -15,13 +15,13 @@ import json
 
 import pytest
 import torch
-from frx_insightface.arcface_torch import ArcFaceTorchCallback
-from frx_insightface.readers import CelebAProbeSet, DataFormatError, ImageFolderProbeSet
-from frx_lightning import AttributeRecoveryCallback
 from lightning.pytorch import Trainer
 from PIL import Image
 from safetensors.torch import save_file
 
+from frx_insightface.arcface_torch import ArcFaceTorchCallback
+from frx_insightface.readers import CelebAProbeSet, DataFormatError, ImageFolderProbeSet
+from frx_lightning import AttributeRecoveryCallback
 from frx_plugin.commands.cli import main
 from frx_plugin.config import AnalysisConfig
 from frx_plugin.embedding_set import write_embedding_set

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from frx_insightface.arcface_torch import ArcFaceTorchCallback
-from frx_lightning import AttributeRecoveryCallback
 from lightning.pytorch import Trainer
 
+from frx_insightface.arcface_torch import ArcFaceTorchCallback
+from frx_lightning import AttributeRecoveryCallback
 from frx_plugin.history import read_history
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.two_stage import TwoStageConfig

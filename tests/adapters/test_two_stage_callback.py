@@ -11,14 +11,14 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from frx_lightning import AttributeRecoveryCallback
-from frx_plugin.model import embed_probe_set
-from frx_plugin.two_stage.decoders import ConvFaceDecoder
 from frx_plugin.errors import EstimatorError
-from frx_plugin.hookspecs import hookimpl
 from frx_plugin.history import read_history
+from frx_plugin.hookspecs import hookimpl
+from frx_plugin.leakage import identity_folds
+from frx_plugin.model import embed_probe_set
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.two_stage import TwoStageConfig, direct_readings, recovery_significance, within_fold_pairs
-from frx_plugin.leakage import identity_folds
+from frx_plugin.two_stage.decoders import ConvFaceDecoder
 from tests.lightning_helpers import PixelEstimatorPlugin, TinyFaceModule, make_probe, make_train_loader
 from tests.tensorboard_helpers import summary_tags
 

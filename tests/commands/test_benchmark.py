@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from frx_plugin.model import embed_probe_set
-from frx_plugin.passes import AnalysisConfig, analyze_probe
 from frx_plugin.commands.benchmark import verification_with_intervals, weighted_eer, weighted_threshold
 from frx_plugin.commands.cli import main
 from frx_plugin.embedding_set import write_embedding_set
+from frx_plugin.model import embed_probe_set
 from frx_plugin.models import ResidualFaceNet, save_backbone
+from frx_plugin.passes import AnalysisConfig, analyze_probe
 from frx_plugin.synthetic import SyntheticProbeSet
 from frx_plugin.verification import equal_error_rate, listed_pair_verification, pair_scores, verification
 

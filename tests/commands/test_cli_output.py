@@ -13,7 +13,6 @@ from tests.commands.test_cli_reliability import TINY_DEMO, embedding_file
 from tests.ddp_launch import HANG_LIMIT_S
 
 
-
 def _demo(out, *extra) -> subprocess.CompletedProcess:
     pytest.importorskip("lightning")
     return subprocess.run([sys.executable, "-m", "frx_plugin", "demo", "--out", str(out), "--epochs", "1", *TINY_DEMO, *extra],

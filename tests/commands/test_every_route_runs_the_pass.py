@@ -3,7 +3,6 @@ and refuses NaN embeddings in one line (in-process: the plugin manager is the po
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from frx_plugin.model import embed_probe_set
 from frx_plugin.commands.cli import main
 from frx_plugin.embedding_set import write_embedding_set
+from frx_plugin.model import embed_probe_set
 from frx_plugin.models import ResidualFaceNet, load_backbone, save_backbone
 from frx_plugin.synthetic import SyntheticProbeSet
 from frx_plugin.verification import verification
@@ -123,8 +123,8 @@ def test_explain_without_a_backbone_or_a_training_adapter_says_what_to_do(tmp_pa
 
 
 def test_explain_from_python_with_a_model_and_a_probe_set_of_your_own(demo_dir, tmp_path):
-    from frx_plugin.counterfactual import CounterfactualError
     from frx_plugin.commands.explain import explain
+    from frx_plugin.counterfactual import CounterfactualError
     from frx_plugin.probe import TensorProbeSet
 
     model, _ = load_backbone(demo_dir / "backbone.safetensors")

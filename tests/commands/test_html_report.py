@@ -266,7 +266,8 @@ def test_analysis_section_matches_analysis_json(outputs):
         assert shown[5] == (interval(group["fmr"]) if group["fmr"] else f"too small: {group['fmr_too_small']}")
     rows = page.rows("analysis-table")
     for attribute in document["attributes"]:
-        assert rows[attribute["name"]][5] == interval({"value": attribute["leakage"], "low": attribute["leakage_low"], "high": attribute["leakage_high"]})
+        leakage = {"value": attribute["leakage"], "low": attribute["leakage_low"], "high": attribute["leakage_high"]}
+        assert rows[attribute["name"]][5] == interval(leakage)
     verification = document["verification"]
     body = page.body
     assert f"TAR {verification['tar']:.3f} at FMR {verification['fmr']:g}" in body

@@ -16,8 +16,8 @@ from PIL import Image
 
 from frx_insightface.backbone import export_onnx
 from frx_insightface.packs import face_analysis, pack_folder
-from frx_plugin.passes import AnalysisConfig, analyze_probe
 from frx_plugin.commands.cli import main
+from frx_plugin.passes import AnalysisConfig, analyze_probe
 from frx_plugin.synthetic import SyntheticProbeSet
 from frx_plugin.verification import equal_error_rate
 from tests.adapters.test_insightface_estimators import _ColourGenderAge
@@ -146,7 +146,8 @@ def test_a_model_pack_folder_gives_the_backbone_and_the_estimators(files, tmp_pa
     (["--backbone", "insightface:{tmp}/missing.onnx"], r"no ONNX model at .*missing\.onnx\. frx never downloads"),
     (["--backbone", "insightface:buffalo_l,root={tmp}"], r"no InsightFace model pack 'buffalo_l' at .*/models/buffalo_l\. frx never downloads"),
     (["--backbone", "insightface:{rec}", "--pairs", "{lfw}"], r"labels no attributes; pass --estimator"),
-    (["--backbone", "insightface:{rec}", "--pairs", "{lfw}", "--estimator", "insightface:{rec}"], r"rec\.onnx: insightface reads it as 'recognition'"),
+    (["--backbone", "insightface:{rec}", "--pairs", "{lfw}", "--estimator", "insightface:{rec}"],
+     r"rec\.onnx: insightface reads it as 'recognition'"),
     (["--backbone", "insightface:{rec}", "--pairs", "{lfw}", "--estimator", "insightface:{genderage},colour=x"], r"unknown option\(s\) \['colour'\]"),
     (["--backbone", "insightface:{rec}", "--probe", "synthetic,n_identities=3,colour=2"], r"probe set 'synthetic,n_identities=3,colour=2': .*colour"),
     (["--backbone", "insightface:{rec}", "--pairs", "synthetic"], r"--pairs synthetic: synthetic probe set lists no pairs"),

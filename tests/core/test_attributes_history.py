@@ -7,7 +7,6 @@ import torch
 from frx_plugin.attributes import Attribute, AttributeSchema, SchemaError
 from frx_plugin.history import HistoryRecorder, read_history, write_history
 
-
 SCHEMA = AttributeSchema(
     [
         Attribute("smile", "binary", group="nuisance"),

@@ -7,8 +7,6 @@ import math
 import pytest
 import torch
 
-from frx_plugin.model import embed_probe_set
-from frx_plugin.passes import AnalysisConfig, analyze_probe
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.counterfactual import (
     CounterfactualError,
@@ -20,7 +18,9 @@ from frx_plugin.counterfactual import (
     latent_model,
     pair_errors,
 )
+from frx_plugin.model import embed_probe_set
 from frx_plugin.models import ResidualFaceNet
+from frx_plugin.passes import AnalysisConfig, analyze_probe
 from frx_plugin.plugins import find_generator, require_generator
 from frx_plugin.probe import TensorProbeSet
 from frx_plugin.randomness import poisson_bootstrap_weights
@@ -90,7 +90,8 @@ def test_exact_significance_re_renders_and_re_embeds(synthetic):
     assert set(result) == set(probe.schema.names)
     # brute force for glasses (flip) and yaw (+1 sd of the probe's yaw labels)
     denominator = brute_impostor_distance(z, probe.identity)
-    for attribute, values in (("glasses", 1 - probe.labels["glasses"][rows]), ("yaw", probe.labels["yaw"][rows] + probe.labels["yaw"].double().std())):
+    changes = (("glasses", 1 - probe.labels["glasses"][rows]), ("yaw", probe.labels["yaw"][rows] + probe.labels["yaw"].double().std()))
+    for attribute, values in changes:
         images = probe.world.counterfactual(rows, attribute, values)
         with torch.no_grad():
             changed = torch.nn.functional.normalize(model(images), dim=1)

@@ -7,12 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from frx_plugin.passes import AnalysisConfig
-from frx_plugin.commands.analyze import analyze as analyze_file
-from tests.ddp_launch import HANG_LIMIT_S
 from frx_plugin.attributes import Attribute, AttributeSchema
+from frx_plugin.commands.analyze import analyze as analyze_file
 from frx_plugin.embedding_set import EmbeddingSet, EmbeddingSetError, read_embedding_set, write_embedding_set
+from frx_plugin.passes import AnalysisConfig
 from tests.core.test_recovery import bayes_binary, bayes_continuous, planted_world
+from tests.ddp_launch import HANG_LIMIT_S
 
 SCHEMA = AttributeSchema(
     [
@@ -77,7 +77,8 @@ SCHEMA_JSON = json.dumps(SCHEMA.to_json())
         (lambda t: t, "[{\"name\": \"x\"}]", "header field 'frx.attributes' is invalid"),
         (lambda t: t.pop("attr.yaw"), SCHEMA_JSON, "attribute 'yaw' is declared but tensor 'attr.yaw' is missing"),
         (lambda t: t.update({"attr.hair": t["attr.hair"][:-1]}), SCHEMA_JSON, "tensor 'attr.hair' has shape \\[119\\], expected \\[120\\]"),
-        (lambda t: t.update({"attr.glasses": t["attr.glasses"].float()}), SCHEMA_JSON, "tensor 'attr.glasses' is F32; a binary attribute needs an integer"),
+        (lambda t: t.update({"attr.glasses": t["attr.glasses"].float()}), SCHEMA_JSON,
+         "tensor 'attr.glasses' is F32; a binary attribute needs an integer"),
         (lambda t: t.update({"attr.yaw": t["attr.hair"].clone()}), SCHEMA_JSON, "tensor 'attr.yaw' is I64; a continuous attribute needs a float"),
         (lambda t: t.pop("identity"), SCHEMA_JSON, "no tensor 'identity'"),
         (lambda t: t.update({"embeddings": t["embeddings"][:, 0].contiguous()}), SCHEMA_JSON, "tensor 'embeddings' must be a float N×D matrix"),
@@ -96,7 +97,8 @@ def test_bad_rows_are_found_while_streaming(tmp_path):
     tensors = _valid_tensors()
     tensors["attr.hair"][100] = 7
     path = _write_raw(tmp_path / "labels.safetensors", tensors, SCHEMA_JSON)
-    with pytest.raises(EmbeddingSetError, match=r"labels\.safetensors: attribute 'hair': label 7 out of range at row 100; categorical labels are 0\.\.2"):
+    pattern = r"labels\.safetensors: attribute 'hair': label 7 out of range at row 100; categorical labels are 0\.\.2"
+    with pytest.raises(EmbeddingSetError, match=pattern):
         list(EmbeddingSet(path).chunks(32))
     tensors = _valid_tensors()
     tensors["embeddings"][50, 2] = math.inf

@@ -13,8 +13,8 @@ from frx_plugin.differentials import demographic_differentials
 from frx_plugin.history import read_history
 from frx_plugin.model import embed_probe_set
 from frx_plugin.passes import AnalysisConfig, plan_pass, run_pass
-from frx_plugin.sinks import scalar_metrics
 from frx_plugin.report import Report
+from frx_plugin.sinks import scalar_metrics
 from frx_plugin.verification import verification
 from tests.lightning_helpers import TinyFaceModule, make_probe, make_train_loader
 

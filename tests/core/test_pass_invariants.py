@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from frx_plugin.passes import AnalysisConfig, plan_pass, prepare_two_stage, run_pass
 from frx_plugin.collectives import SingleProcess
+from frx_plugin.passes import AnalysisConfig, plan_pass, prepare_two_stage, run_pass
 from frx_plugin.plugins import get_plugin_manager
 from frx_plugin.synthetic import SyntheticProbeSet
 from frx_plugin.two_stage import TwoStageConfig

@@ -7,8 +7,8 @@ import torch
 
 import frx_plugin
 from frx_plugin import plugins
-from frx_plugin.model import embed_probe_set
 from frx_plugin.attributes import Attribute, AttributeSchema
+from frx_plugin.model import embed_probe_set
 from frx_plugin.plugins import PluginError, create_backbone, get_plugin_manager
 from frx_plugin.probe import TensorProbeSet
 

@@ -41,7 +41,7 @@ def phi(x: float) -> float:
 
 def test_auroc_matches_sklearn_with_ties_and_weights():
     rng = np.random.default_rng(0)
-    for trial in range(5):
+    for _trial in range(5):
         n = 300
         scores = rng.integers(0, 12, n).astype(float)  # many ties
         positive = rng.random(n) < 0.3

@@ -23,10 +23,10 @@ import torch
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.leakage import analyze_embeddings, fit_probe_heads, histogram_auroc_tie_bound
 from frx_plugin.leakage.metrics import HeldOutLeakage, ProbeStatistics
-from frx_plugin.randomness import poisson_bootstrap_weights
 from frx_plugin.leakage.streaming import FoldLookup, analyze_stream
-from tests.ddp_launch import run_two_ranks
+from frx_plugin.randomness import poisson_bootstrap_weights
 from tests.core.test_recovery import MU, Phi, bayes_binary, bayes_categorical, bayes_continuous, planted_world
+from tests.ddp_launch import run_two_ranks
 
 SCHEMA = AttributeSchema(
     [

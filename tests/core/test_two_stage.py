@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from frx_plugin.attributes import Attribute
-from frx_plugin.two_stage.decoders import ConvFaceDecoder
 from frx_plugin.errors import DecoderDiverged, DecoderError
 from frx_plugin.interfaces import DecoderTask
 from frx_plugin.two_stage import (
@@ -20,6 +19,7 @@ from frx_plugin.two_stage import (
     sample_spread,
     within_fold_pairs,
 )
+from frx_plugin.two_stage.decoders import ConvFaceDecoder
 
 
 def _known_world(n: int, generator: torch.Generator, dim: int = 6, side: int = 16):

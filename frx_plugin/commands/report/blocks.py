@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from frx_plugin.commands.report.markup import (
     MISSING,
@@ -81,7 +82,7 @@ def ordered_names(attributes: Sequence[dict[str, Any]], *mappings: Any) -> list[
     return names
 
 
-def groups_of(attributes: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def groups_of(attributes: Sequence[dict[str, Any]]) -> dict[str | None, Any]:
     return {a.get("name"): a.get("group") for a in attributes if isinstance(a, dict)}
 
 

@@ -7,8 +7,9 @@ import html
 import json
 import math
 import struct
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 REPORT_FILE = "report.html"
 HISTORY_FILE = "history.json"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import platform
 from typing import Any
 
 from frx_plugin.commands.report.blocks import (
     attribute_label,
-    attribution_block,
     attributes_table,
+    attribution_block,
     differentials_block,
     groups_of,
     leakage_bars,
@@ -58,7 +59,7 @@ def history_section(page: Page) -> str:
     if not records:
         out.append(paragraph("history.json holds no analysis passes yet.", "note"))
     else:
-        epochs = [r.get("epoch") for r in records if isinstance(r.get("epoch"), int)]
+        epochs = [epoch for r in records if isinstance(epoch := r.get("epoch"), int)]
         span = f", epochs {min(epochs)}–{max(epochs)}" if epochs else ""
         out.append(paragraph(f"{len(records)} analysis pass{'es' if len(records) != 1 else ''}{span} (epoch 0 is before training)."))
         plotted = [r for r in records if r.get("attributes") and isinstance(r.get("epoch"), int)]
@@ -156,7 +157,7 @@ def explanations_section(page: Page, document: dict[str, Any]) -> str:
     if document.get("source"):
         out.append(f"<p>Source: <code>{escape(document['source'])}</code></p>")
     path = document.get("path")
-    how = {"exact": "exact counterfactuals (a generator re-rendered the faces)",
+    how: dict[str | None, str] = {"exact": "exact counterfactuals (a generator re-rendered the faces)",
            "latent": f"latent counterfactuals (embeddings moved along the probe heads, {document.get('latent_mode') or 'default'} mode)"}
     out.append(paragraph(f"Errors of the decision at FMR {fmr_text(document.get('fmr'))}: accept when the score exceeds τ = "
                   f"{number(document.get('tau'), 4)}; {how.get(path, f'counterfactual path {path}')}."))
@@ -186,7 +187,8 @@ def explanations_section(page: Page, document: dict[str, Any]) -> str:
         rows = []
         for entry in shown:
             pair = entry.get("pair") or []
-            kind = {"false_non_match": "false non-match", "false_match": "false match"}.get(entry.get("kind"), entry.get("kind") or MISSING)
+            kinds: dict[str | None, str] = {"false_non_match": "false non-match", "false_match": "false match"}
+            kind = kinds.get(entry.get("kind"), entry.get("kind") or MISSING)
             deciding = entry.get("deciding") or []
             rows.append([", ".join(str(i) for i in pair) or MISSING, ", ".join(str(i) for i in entry.get("identities") or []) or MISSING,
                          kind, number(entry.get("score"), 4), number(entry.get("tau"), 4),
@@ -232,7 +234,8 @@ def benchmark_section(page: Page, document: dict[str, Any]) -> str:
     rows = [r for r in rows if isinstance(r, dict)]
     fmrs = [f for f in document.get("fmrs") or [0.001, 0.0001] if finite(f) is not None]
     out = ['<section id="benchmark"><h2>Benchmark</h2>']
-    intro = f"Probe set {document.get('probe') or MISSING}: {count(document.get('n_samples'))} samples of {count(document.get('n_identities'))} identities"
+    intro = (f"Probe set {document.get('probe') or MISSING}: {count(document.get('n_samples'))} samples of "
+             f"{count(document.get('n_identities'))} identities")
     if document.get("n_bootstrap") is not None:
         intro += f"; intervals are 95% over {count(document['n_bootstrap'])} identity-bootstrap replicates"
     out.append(paragraph(intro + "."))
@@ -279,7 +282,7 @@ def benchmark_section(page: Page, document: dict[str, Any]) -> str:
         if not names or not has_value:
             out.append(paragraph(f"no backbone recorded {ylabel}", "note"))
             continue
-        out.append(page.figure(lambda path, series=series, ylabel=ylabel, ylim=ylim: plot_estimates(labels, series, path, ylabel=ylabel, ylim=ylim),
+        out.append(page.figure(functools.partial(plot_estimates, labels, series, ylabel=ylabel, ylim=ylim),
                                f"{ylabel} per attribute, one bar per backbone", caption))
         numbers = [[n] + [estimate(series[s][i]) for s in specs] for i, n in enumerate(names)]
         out.append(details("numbers", html_table(["attribute"] + specs, numbers, table_id, range(1, len(specs) + 1))))

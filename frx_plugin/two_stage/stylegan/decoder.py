@@ -138,7 +138,7 @@ class StyleGANFaceDecoder:
         shape = (3, size, size) if output_shape is None else tuple(int(v) for v in output_shape)
         if len(shape) != 3 or shape[0] != 3 or min(shape) < 1:
             raise DecoderError(f"stylegan2 decoder: it makes RGB images, output_shape must be (3, H, W), got {output_shape!r}")
-        self.output_shape: tuple[int, int, int] = shape  # type: ignore[assignment]
+        self.output_shape: tuple[int, int, int] = shape
         self.embedding_dim = embedding_dim
         self.uses_seed_encoder = encoder is not None
         self.mapper = _Mapper(self._transformer(encoder, n_mlp), embedding_dim)
