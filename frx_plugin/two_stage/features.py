@@ -11,7 +11,8 @@ of the training rows, a constant column scaled by 1), with an unpenalised interc
 scikit-learn's ``StandardScaler`` + ``Ridge(alpha)``, solved through the eigendecomposition of the
 smaller of the scatter and the Gram matrix, so that a few hundred rows of a thousand features and a
 few hundred thousand rows cost alike. :func:`ridge_path_predictions` gives held-out predictions for
-a grid of penalties at once (the penalty is chosen on held-out identities).
+a grid of penalties at once (the penalty is chosen on held-out identities); an infinite penalty
+leaves the intercept alone.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ __all__ = ["FEATURES_VERSION", "PENALTY_GRID", "image_features", "fit_ridge", "r
 
 #: Version of :func:`image_features`; part of every cache key built on them.
 FEATURES_VERSION = "thumb12-hog9x8x4-colour/1"
-#: Penalties tried, as multiples of the number of training rows.
-PENALTY_GRID = tuple(10.0 ** (k / 2) for k in range(-6, 5))
+#: Penalties tried, as multiples of the number of training rows; the last, infinite, is the intercept alone (no
+#: signal: every face gets the training mean, so an attribute the features do not carry is read as a constant).
+PENALTY_GRID = (*(10.0 ** (k / 2) for k in range(-6, 5)), math.inf)
 
 _ORIENTATIONS = 9
 

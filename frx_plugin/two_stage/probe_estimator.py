@@ -240,7 +240,7 @@ def train_probe_estimator(probe: Any, folds: torch.Tensor, seed: int = 0, batch_
 
 def _fingerprint(probe: Any, folds: torch.Tensor, seed: int) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps({"format": PROBE_ESTIMATOR_FORMAT, "features": FEATURES_VERSION, "grid": PENALTY_GRID, "seed": seed,
+    digest.update(json.dumps({"format": PROBE_ESTIMATOR_FORMAT, "features": FEATURES_VERSION, "grid": [str(v) for v in PENALTY_GRID], "seed": seed,
                               "source": str(probe.source), "schema": probe.schema.to_json()}, sort_keys=True).encode())
     for tensor in (probe.identity, folds, *(probe.labels[name] for name in probe.schema.names)):
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
