@@ -20,6 +20,13 @@ from typing import Any, Callable, Sequence
 
 from frx_plugin import DISTRIBUTION, __version__
 from frx_plugin.commands.messages import end_progress_line
+from frx_plugin.commands.two_stage_options import (
+    add_two_stage_options,
+    check_two_stage_options,
+    format_recovery_table,
+    labelling_estimators,
+    two_stage_config,
+)
 from frx_plugin.commands.common import (
     Interrupted,
     attribute_list,
@@ -78,7 +85,10 @@ def _analyze(args: argparse.Namespace) -> int:
         raise ValueError("pass --embeddings FILE or --backbone SPEC (one of them)")
     if args.embeddings is not None and (args.probe or args.pairs or args.estimator or args.counterfactuals != "off"):
         raise ValueError("--probe, --pairs, --estimator and --counterfactuals go with --backbone; an embedding file is analysed as it is")
-    check_output_folder(args.out, "--out", (ANALYSIS_FILE,), overwrite=args.overwrite)
+    check_two_stage_options(args, args.backbone is not None)
+    from frx_plugin.commands.analyze import TWO_STAGE_FILES
+
+    check_output_folder(args.out, "--out", (ANALYSIS_FILE, *(TWO_STAGE_FILES if args.two_stage else ())), overwrite=args.overwrite)
     if args.embeddings is not None:
         report = analyze(args.embeddings, attributes=attributes, config=config, out_dir=args.out, progress=progress_bar(),
                          with_verification=not args.no_verification)
@@ -89,9 +99,11 @@ def _analyze(args: argparse.Namespace) -> int:
             if attributes is not None:
                 select_attributes(probe, attributes)
 
-        model, probe = open_model_and_probe(args.backbone, args.probe, args.pairs, args.estimator or (), progress_bar(), check=check)
+        model, probe = open_model_and_probe(args.backbone, args.probe, args.pairs, labelling_estimators(args.estimator), progress_bar(),
+                                            check=check)
         report = analyze(model, probe, attributes=attributes, config=config, out_dir=args.out, model_name=args.backbone,
-                         with_verification=not args.no_verification, progress=progress_bar(), counterfactuals=args.counterfactuals)
+                         with_verification=not args.no_verification, progress=progress_bar(), counterfactuals=args.counterfactuals,
+                         two_stage=two_stage_config(args, args.seed, args.bootstrap))
     for message in report.warnings:
         print(f"frx analyze: warning: {message}", file=sys.stderr)
     if args.format == "json":
@@ -102,10 +114,10 @@ def _analyze(args: argparse.Namespace) -> int:
         writer.writerows(leakage_rows(report))
     else:
         print(format_leakage_table(report))
-        differentials = format_differentials_table(report)
-        if differentials:
-            print()
-            print(differentials)
+        for table in (format_differentials_table(report), format_recovery_table(report.recovery)):
+            if table:
+                print()
+                print(table)
         print(f"wrote {Path(args.out) / ANALYSIS_FILE}")
     return 0
 
@@ -255,6 +267,7 @@ def _add_analyze(sub) -> None:
     analyze.add_argument("--counterfactuals", choices=("off", "auto", "exact", "latent"), default="off",
                          help="with --backbone: identity significance and error attribution, as the training callbacks measure them "
                               "(auto: exact where a generator renders the probe set, else latent; default off)")
+    add_two_stage_options(analyze)
     analyze.add_argument("--format", choices=("table", "json", "csv"), default="table", help="what to print (default table)")
     _output_options(analyze)
     analyze.set_defaults(func=_analyze)
