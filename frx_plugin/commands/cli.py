@@ -170,10 +170,11 @@ def _benchmark(args: argparse.Namespace) -> int:
     from frx_plugin.commands.common import check_count
 
     check_count("--bootstrap", args.bootstrap, 0)
+    check_two_stage_options(args, bool(args.backbone))
     document = run_benchmark(
-        args.backbone or (), args.probe, pairs=args.pairs, embedding_files=args.embeddings or (), estimators=args.estimator or (),
-        out_dir=args.out, overwrite=args.overwrite, n_bootstrap=args.bootstrap, seed=args.seed, command=command_line(),
-        progress=progress_bar(),
+        args.backbone or (), args.probe, pairs=args.pairs, embedding_files=args.embeddings or (),
+        estimators=labelling_estimators(args.estimator), out_dir=args.out, overwrite=args.overwrite, n_bootstrap=args.bootstrap,
+        seed=args.seed, command=command_line(), progress=progress_bar(), two_stage=two_stage_config(args, args.seed, args.bootstrap),
     )
     print((Path(args.out) / "benchmark.md").read_text(encoding="utf-8"))
     files = list(document["files"])
@@ -300,12 +301,15 @@ def _add_benchmark(sub) -> None:
     benchmark.add_argument("--probe", default=None, metavar="SPEC",
                            help="the probe set for every backbone (default: the one the first backbone names, else synthetic)")
     benchmark.add_argument("--pairs", default=None, metavar="FILE", help="a verification file (lfw.bin ...), judged on its listed pairs")
-    benchmark.add_argument("--estimator", action="append", default=None, metavar="SPEC", help="read attributes off the probe images (repeatable)")
+    benchmark.add_argument("--estimator", action="append", default=None, metavar="SPEC",
+                           help="read attributes off the probe images (repeatable); with --two-stage they also read the decoded faces, "
+                                "and 'trained' reads the attributes they do not")
     benchmark.add_argument("--out", required=True, help="output folder for benchmark.json, .csv, .md and report.html")
     benchmark.add_argument("--overwrite", action="store_true", help="write into a folder that already holds files")
     benchmark.add_argument("--bootstrap", type=int, default=200, help="identity-bootstrap replicates of the intervals (default 200)")
     benchmark.add_argument("--seed", type=int, default=0, help="seed of the folds and the bootstrap (default 0)")
     benchmark.add_argument("--no-report", action="store_true", help="skip report.html")
+    add_two_stage_options(benchmark)
     _output_options(benchmark)
     benchmark.set_defaults(func=_benchmark)
 

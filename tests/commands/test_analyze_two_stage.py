@@ -80,3 +80,30 @@ def test_two_stage_with_an_embedding_file_names_the_option(tmp_path, capsys):
     code = main(["analyze", "--embeddings", str(tmp_path / "none.safetensors"), "--two-stage", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--two-stage goes with --backbone" in err and "\n" not in err, err
+
+
+def test_benchmark_two_stage_tables_and_report(tmp_path, monkeypatch, capsys):
+    """frx benchmark --two-stage: each backbone's R_k beside the direct one, the ceiling, in the JSON, CSV, Markdown and report."""
+    import csv
+
+    monkeypatch.setenv("FRX_CACHE_DIR", str(tmp_path / "cache"))
+    folder = write_face_folder(tmp_path, n_ids=16, per_id=4, size=64)
+    out = tmp_path / "bench"
+    code = main(["benchmark", "--backbone", "resnet-small", "--backbone", "mobilefacenet-like", "--probe",
+                 f"image-folder:{folder},align=none,size=64,kinds={KINDS}", "--two-stage", "--decoder-steps", "2",
+                 "--bootstrap", "10", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    document = json.loads((out / "benchmark.json").read_text())
+    for row in document["backbones"]:
+        recovery = row["analysis"]["recovery"]
+        assert recovery["estimator"] == "trained" and set(recovery["attributes"]) == {"square", "coin", "shade"}
+    ceilings = [row["analysis"]["recovery"]["attributes"]["square"]["real_images"] for row in document["backbones"]]
+    assert ceilings[0] == ceilings[1] > 0.8  # one estimator for every backbone
+    rows = list(csv.DictReader((out / "benchmark.csv").open()))
+    assert float(rows[0]["ceiling.square"]) == pytest.approx(ceilings[0])
+    assert rows[1]["recovery.coin"] != "" and "recovery_direct.shade" in rows[1]
+    markdown = (out / "benchmark.md").read_text()
+    assert "## Two-stage recovery significance R_k per attribute" in markdown and "(unreadable)" in markdown
+    assert "## The estimator's ceiling per attribute" in markdown
+    html = (out / "report.html").read_text()
+    assert 'id="benchmark-recovery-0"' in html and 'id="benchmark-recovery-1"' in html

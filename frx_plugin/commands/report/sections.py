@@ -292,6 +292,10 @@ def benchmark_section(page: Page, document: dict[str, Any]) -> str:
         if isinstance(r["analysis"].get("differentials"), dict):
             out.append(details(f"demographic differentials of {spec}",
                                differentials_block(page, r["analysis"]["differentials"], f"benchmark-differentials-{specs.index(spec)}")))
+    for i, (spec, r) in enumerate(zip(specs, measured)):
+        if isinstance(r["analysis"].get("recovery"), dict):
+            out.append(f"<h3>Two-stage recovery of {escape(spec)}</h3>")
+            out.append(recovery_block(page, r["analysis"]["recovery"], spec, f"benchmark-recovery-{i}"))
     for spec, r in zip(specs, measured):
         notes = list(r["analysis"].get("warnings") or []) + list((r.get("verification") or {}).get("notes") or [])
         if notes:
