@@ -93,16 +93,17 @@ class ProbeTrainedEstimator:
     def outputs(self, features: torch.Tensor, fold: int | None = None) -> torch.Tensor:
         """Raw head outputs (B, columns) of ``features``: fold ``fold``'s heads, or the mean over the folds."""
         x = features.to(torch.float64)
+        heads = list(zip(self.weights, self.biases))
         if fold is not None:
-            if not 0 <= int(fold) < len(self.weights):
-                raise EstimatorError(f"the estimator trained on {self.source} has folds 0..{len(self.weights) - 1}, not {fold}")
-            return x @ self.weights[int(fold)] + self.biases[int(fold)]
-        return torch.stack([x @ w + b for w, b in zip(self.weights, self.biases)]).mean(0)
+            if not 0 <= int(fold) < len(heads):
+                raise EstimatorError(f"the estimator trained on {self.source} has folds 0..{len(heads) - 1}, not {fold}")
+            heads = [heads[int(fold)]]
+        return torch.stack([x @ w.to(x.device) + b.to(x.device) for w, b in heads]).mean(0)
 
     def estimate_fold(self, images: torch.Tensor, fold: int | None) -> dict[str, torch.Tensor]:
-        """``{name: (B,)}`` readings by fold ``fold``'s heads (int64 classes, float32 values)."""
+        """``{name: (B,)}`` readings by fold ``fold``'s heads (int64 classes, float32 values), on the images' device."""
         self._check(images)
-        return decode_outputs(self.schema, self.outputs(image_features(images.cpu()), fold))
+        return decode_outputs(self.schema, self.outputs(image_features(images), fold))
 
     def estimate(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.estimate_fold(images, None)
@@ -230,7 +231,7 @@ def train_probe_estimator(probe: Any, folds: torch.Tensor, seed: int = 0, batch_
     shape = tuple(int(v) for v in probe.images(torch.arange(1)).shape[1:])
     estimator = ProbeTrainedEstimator(schema, shape, folds, weights, biases, accuracy, ceiling, penalties, str(probe.source))
     unreadable = [name for name, ok in estimator.readable.items() if not ok]
-    say(f"trained estimator: ceilings " + ", ".join(f"{k} {v:.2f}" for k, v in ceiling.items())
+    say("trained estimator: ceilings " + ", ".join(f"{k} {v:.2f}" for k, v in ceiling.items())
         + (f"; unreadable: {unreadable}" if unreadable else ""))
     return estimator
 

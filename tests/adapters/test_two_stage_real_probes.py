@@ -21,7 +21,7 @@ from frx_plugin.two_stage import TwoStageConfig
 from tests.lightning_helpers import TinyFaceModule, make_train_loader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-from test_probe_estimator import write_face_folder  # noqa: E402
+from test_probe_estimator import write_face_folder
 
 FAST = TwoStageConfig(steps=3, samples=2, n_bootstrap=10)
 

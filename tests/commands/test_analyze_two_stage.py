@@ -16,7 +16,7 @@ from frx_plugin.commands.cli import main
 from frx_plugin.commands.report import write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-from test_probe_estimator import write_face_folder  # noqa: E402
+from test_probe_estimator import write_face_folder
 
 KINDS = "square:binary;coin:binary;shade:continuous"
 
