@@ -93,6 +93,11 @@ def choose_estimator(probe: ProbeSet, spec: str | Sequence[str] | None, folds: t
     from frx_plugin.two_stage.probe_estimator import load_or_train_probe_estimator
 
     specs = [spec] if isinstance(spec, str) else list(spec or ())
+    for text in specs:
+        parsed = parse_spec(text, "estimator")
+        if parsed.kind == TRAINED_ESTIMATOR and (parsed.options or parsed.argument is not None):
+            raise EstimatorError(f"estimator {text!r}: on the two-stage path 'trained' takes no argument or options; it is trained "
+                                 "on the decoders' folds (their number and seed are the two-stage options, --decoder-folds and --seed)")
     chosen: list[tuple[str, Any]] = []
     if specs:
         for text in specs:

@@ -68,6 +68,7 @@ def test_report_shows_the_two_stage_values_and_the_decoded_faces(analysed, tmp_p
     (["--decoder-steps", "5"], "--decoder-steps goes with --two-stage"),
     (["--two-stage", "--decoder-folds", "1"], "--decoder-folds must be at least 2"),
     (["--two-stage", "--decoder", "nope"], "unknown kind 'nope'"),
+    (["--two-stage", "--estimator", "trained,n_folds=3"], "'trained' takes no argument or options"),
 ])
 def test_bad_two_stage_options_are_one_line_naming_the_option(args, option, tmp_path, capsys):
     code = main(["analyze", "--backbone", "resnet-small", "--probe", "synthetic,n_identities=4,images_per_identity=2,size=64",
