@@ -2,8 +2,10 @@
 
 :func:`image_features` turns faces ``(B, 3, H, W)`` in [0, 1] into one row each: a 12×12 colour
 thumbnail, histograms of gradient orientations (9 unsigned orientations, weighted by the gradient's
-magnitude, on a 64×64 grey image, over 8×8 and 4×4 cells, square-rooted), and the mean and
-standard deviation of each colour channel. No learned part, so no recognition model: the features
+magnitude, on a 64×64 grey image, over 8×8 and 4×4 cells, square-rooted), the mean and standard
+deviation of each colour channel, and an 8×8 map of chromaticity (r and g over r + g + b) and log
+brightness — colour apart from the light falling on it, which a linear head cannot take from the
+thumbnail (hair and iris colour under changing illumination). No learned part, so no recognition model: the features
 of a face are the same whichever model is analysed.
 
 :func:`fit_ridge` fits ridge heads on standardized features (mean and population standard deviation
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 __all__ = ["FEATURES_VERSION", "PENALTY_GRID", "image_features", "fit_ridge", "ridge_path_predictions", "standardize"]
 
 #: Version of :func:`image_features`; part of every cache key built on them.
-FEATURES_VERSION = "thumb12-hog9x8x4-colour/1"
+FEATURES_VERSION = "thumb12-hog9x8x4-colour-chroma8/2"
 #: Penalties tried, as multiples of the number of training rows; the last, infinite, is the intercept alone (no
 #: signal: every face gets the training mean, so an attribute the features do not carry is read as a constant).
 PENALTY_GRID = (*(10.0 ** (k / 2) for k in range(-6, 5)), math.inf)
@@ -51,7 +53,7 @@ def _orientation_histograms(grey: torch.Tensor) -> torch.Tensor:
 
 
 def image_features(images: torch.Tensor) -> torch.Tensor:
-    """``(B, 1158)`` float32 features of faces ``(B, 3, H, W)`` in [0, 1] (any size of at least 8×8)."""
+    """``(B, 1350)`` float32 features of faces ``(B, 3, H, W)`` in [0, 1] (any size of at least 8×8)."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
         got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"image features need RGB images (B, 3, H, W), got {got}")
@@ -66,7 +68,10 @@ def image_features(images: torch.Tensor) -> torch.Tensor:
         pooled = pooled / (pooled.norm(dim=1, keepdim=True) + 1e-6)
         parts.append(pooled.sqrt())
     colour = torch.cat([x.mean((2, 3)), x.std((2, 3), unbiased=False)], 1)
-    return torch.cat([thumb, *parts, colour], 1)
+    coarse = F.adaptive_avg_pool2d(x, 8)
+    total = coarse.sum(1, keepdim=True) + 1e-3
+    chroma = torch.cat([(coarse[:, :2] / total).flatten(1), total.log().flatten(1)], 1)
+    return torch.cat([thumb, *parts, colour, chroma], 1)
 
 
 def standardize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,11 +8,11 @@ and its real ones for the ceiling), so no face is read by heads that saw its ide
 
 Its form: ridge heads (one per attribute: one-hot targets for discrete kinds, the value for
 continuous ones) on fixed image features (:func:`frx_plugin.two_stage.features.image_features`:
-a colour thumbnail and histograms of gradient orientations). The penalty of each attribute is
+a colour thumbnail, histograms of gradient orientations, chromaticity). The penalty of each attribute is
 chosen on held-out identities by inner identity folds within the training folds. Why this form:
 it is exact and deterministic (a closed-form solve, no epochs or early stopping to tune), it holds
 up at a few hundred faces where a CNN trained from scratch overfits, its cost grows linearly in the
-faces (the scatter of ~1 200 features) on a CPU or a GPU, and it uses no recognition model — the
+faces (the scatter of ~1 350 features) on a CPU or a GPU, and it uses no recognition model — the
 face model being analysed must not read its own decoded faces.
 
 What it reports: ``accuracy`` (per attribute, held-out, pooled over the folds), ``ceiling`` (R_k of
