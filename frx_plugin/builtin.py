@@ -80,5 +80,9 @@ def frx_register_decoders(register: Register[DecoderFactory]) -> None:
 @hookimpl
 def frx_register_estimators(register: Register[EstimatorFactory]) -> None:
     from frx_plugin.synthetic.estimator import synthetic_estimator
+    from frx_plugin.two_stage.probe_estimator import trained_estimator
 
     register("synthetic", synthetic_estimator, "small CNN trained on renders of the synthetic world, cached on disk")  # type: ignore[arg-type]
+    register("trained", trained_estimator,  # type: ignore[arg-type]  # it takes only the options it knows
+             "trained[,n_folds=N,seed=S]: ridge heads on image features, trained on the probe set's own labelled faces fold by "
+             "fold (identity-disjoint); the two-stage path's estimator for what no other estimator reads, cached on disk")

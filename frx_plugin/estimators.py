@@ -53,6 +53,13 @@ class CombinedEstimator:
             out.update(estimator.estimate(images))
         return out
 
+    def estimate_fold(self, images: torch.Tensor, fold: int | None) -> dict[str, torch.Tensor]:
+        """As :meth:`estimate`, with the heads of ``fold`` where an estimator is trained fold by fold (``estimate_fold``)."""
+        out: dict[str, torch.Tensor] = {}
+        for estimator in self.estimators:
+            out.update(estimator.estimate_fold(images, fold) if hasattr(estimator, "estimate_fold") else estimator.estimate(images))
+        return out
+
 
 def label_probe_set(probe: Any, estimators: Sequence[Any], batch_size: int = 64,
                     progress: Callable[[int, int, str], None] | None = None) -> RelabelledProbeSet:

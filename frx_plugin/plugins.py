@@ -306,12 +306,17 @@ def require_generator(probe: Any) -> tuple[str, AttributeGenerator]:
 
 # ------------------------------------------------------------------------------------ estimators
 
+#: The built-in estimator trained on a probe set's own labelled faces (tried only by name, or by the two-stage path last).
+TRAINED_ESTIMATOR = "trained"
+
 
 def find_estimator(probe: Any, name: str | None = None,
                    options: Mapping[str, Any] | None = None) -> tuple[str, AttributeEstimator] | None:
     """The first registered estimator that can read ``probe`` (or the one called ``name``), or ``None``.
 
-    Without a name, estimators that need an argument (a model file) are not tried. ``options`` (with
+    Without a name, estimators that need an argument (a model file) are not tried, nor ``trained`` (the
+    estimator trained on the probe set's own faces: the two-stage path uses it for the attributes no
+    other estimator reads, see :func:`frx_plugin.two_stage.runner.choose_estimator`). ``options`` (with
     a name only) go to the factory as keywords, the spec argument among them.
     """
     from frx_plugin.interfaces import AttributeEstimator
@@ -323,7 +328,7 @@ def find_estimator(probe: Any, name: str | None = None,
     if name is None and options:
         raise PluginError(f"estimator options {sorted(options)} need an estimator name")
     for key, registration in registry.items():
-        if (name is not None and key != name) or (name is None and registration.needs_argument):
+        if (name is not None and key != name) or (name is None and (registration.needs_argument or key == TRAINED_ESTIMATOR)):
             continue
         if registration.needs_argument and registration.argument not in options:
             raise PluginError(f"estimator {key!r} needs an argument ({registration.argument}): {registration.description}")

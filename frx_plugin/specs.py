@@ -41,7 +41,7 @@ from frx_plugin import DISTRIBUTION
 from frx_plugin.options import check_options
 from frx_plugin.plugins import PluginError, Registration, backbones, decoders, estimators, probe_sets, require_estimator
 
-__all__ = ["Spec", "parse_spec", "open_backbone", "open_probe", "open_estimator", "open_decoder", "probe_for", "probe_with_kinds",
+__all__ = ["Spec", "parse_spec", "open_backbone", "open_probe", "open_estimator", "open_decoder", "decoder_options", "probe_for", "probe_with_kinds",
            "OPTIONAL_MODULES", "missing_module_message"]
 
 _OPTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
@@ -223,6 +223,14 @@ def open_decoder(text: str, embedding_dim: int, output_shape: tuple[int, int, in
     options = _options("decoder", spec, registration, embedding_dim, output_shape)
     with _opening("decoder", text):
         return registration.factory(embedding_dim, output_shape, **options)
+
+
+def decoder_options(text: str) -> tuple[str, dict[str, Any]]:
+    """A decoder spec → its registered name and the options for its factory (the argument under its parameter,
+    checked against the factory): what :class:`~frx_plugin.two_stage.TwoStageConfig` takes."""
+    spec = parse_spec(text, "decoder")
+    registration = _registration("decoder", spec, decoders())
+    return spec.kind, _options("decoder", spec, registration, 1, (3, 16, 16))
 
 
 def probe_with_kinds(probe: str | None, kinds: str | None) -> str | None:

@@ -54,6 +54,7 @@ def analyze(
     progress: Any = None,
     chunk_size: int = 16384,
     counterfactuals: str = "off",
+    two_stage: Any = None,
 ) -> Report:
     """Leakage of every attribute (and verification on the pairs) of ``source``; the importable twin of ``frx analyze``.
 
@@ -64,7 +65,9 @@ def analyze(
     chunk read or batch embedded when given. ``model_name``: how ``source`` names a model (default
     its type). ``chunk_size``: rows of a file read at once. ``counterfactuals`` (a model only):
     "off", or "auto", "exact", "latent" for identity significance and error attribution as the
-    training callbacks measure them — a model is analysed by the same pass they run.
+    training callbacks measure them — a model is analysed by the same pass they run. ``two_stage`` (a
+    model only): a :class:`~frx_plugin.two_stage.TwoStageConfig` for the paper's two stages as well (the
+    report's ``recovery``; with ``out_dir`` also ``decoded.png`` and ``recovery.png``).
 
     A file of at most ``VERIFICATION_MAX_SAMPLES`` rows (or any file, with logistic heads, up to
     ``LOGISTIC_MAX_ENTRIES`` entries) is held in memory and analysed by the pass every loop runs
@@ -76,12 +79,15 @@ def analyze(
     if isinstance(source, (str, os.PathLike)):
         if probe is not None:
             raise ValueError("an embedding-set file is analysed as it is: pass no probe set with it")
+        if two_stage is not None:
+            raise ValueError("the two stages decode embeddings with the model: an embedding-set file has none")
         return _analyze_file(source, attributes=attributes, config=config, out_dir=out_dir, chunk_size=chunk_size,
                              progress=progress, with_verification=with_verification)
     if probe is None:
         raise ValueError("a model is analysed on a probe set: pass analyze(model, probe, ...)")
     return _analyze_model(source, probe, attributes=attributes, config=config, out_dir=out_dir, model_name=model_name,
-                          with_verification=with_verification, progress=progress, counterfactuals=counterfactuals)
+                          with_verification=with_verification, progress=progress, counterfactuals=counterfactuals,
+                          two_stage=two_stage)
 
 
 def provenance(command: str) -> dict[str, Any]:
@@ -202,6 +208,7 @@ def _analyze_model(
     with_verification: bool,
     progress: Any,
     counterfactuals: str,
+    two_stage: Any = None,
 ) -> Report:
     """The pass every training loop runs (:func:`frx_plugin.passes.run_pass`), in this one process."""
     from frx_plugin.probe import select_attributes
@@ -215,10 +222,38 @@ def _analyze_model(
     for notice in plan.notices:
         warnings.warn(f"frx analyze: {notice}", stacklevel=3)
     context = {"framework": "frx analyze", "model": name, "out_dir": None if out_dir is None else str(out_dir)}
-    report = run_pass(model, probe, plan, progress=progress, context=context).completed
+    stages = None
+    if two_stage is not None:
+        from frx_plugin.two_stage import TwoStage
+
+        stages = TwoStage(probe, two_stage)
+        for message in stages.warnings:
+            warnings.warn(f"frx analyze: {message}", stacklevel=3)
+    result = run_pass(model, probe, plan, progress=progress, context=context, two_stage=stages)
+    report = result.completed
+    if out_dir is not None and result.decoded is not None:
+        _write_two_stage_figures(Path(out_dir), report, result.decoded, f"{probe.source} embedded by {name}")
     if out_dir is not None:
         _write_analysis(out_dir, f"{probe.source} embedded by {name}", config, report, getattr(probe, "estimated", None))
     return report
+
+
+#: The figures of ``frx analyze --two-stage``.
+TWO_STAGE_FILES = ("decoded.png", "recovery.png")
+
+
+def _write_two_stage_figures(out_dir: Path, report: Report, decoded: tuple, where: str) -> None:
+    """``decoded.png`` (held-out faces beside samples of G(z)) and ``recovery.png``; a figure that fails is a warning."""
+    from frx_plugin.figures import plot_decoded, plot_recovery
+
+    originals, faces, similarity = decoded
+    try:
+        plot_decoded(originals, faces, out_dir / "decoded.png", similarity=similarity,
+                     title=f"{where}: held-out faces and samples of G(z) (decoder trained on other identities)")
+        if report.recovery is not None:
+            plot_recovery(report.recovery, out_dir / "recovery.png", title=where)
+    except Exception as exc:  # noqa: BLE001 - a figure never costs the analysis
+        report.warnings.append(f"two-stage figures not written: {type(exc).__name__}: {exc}")
 
 
 def leakage_rows(report: Report) -> list[dict[str, Any]]:

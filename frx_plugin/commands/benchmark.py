@@ -292,6 +292,7 @@ def run_benchmark(
     command: str | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     say: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    two_stage: Any = None,
 ) -> dict[str, Any]:
     """Benchmark the backbone specs (and embedding files) on one probe set; write the files; return the document.
 
@@ -300,11 +301,15 @@ def run_benchmark(
     world), else the synthetic probe set (:func:`frx_plugin.specs.probe_for`). ``estimators``: estimator specs that read
     attributes off the probe images.
     Every spec's kind is checked before anything runs (an unknown kind lists the installed ones).
+    ``two_stage``: a :class:`~frx_plugin.two_stage.TwoStageConfig` for the paper's two stages on every backbone
+    as well (each row's ``analysis.recovery``; decoders trained for each backbone, one estimator for all).
     """
     from frx_plugin.specs import probe_for
 
     if not backbones and not embedding_files:
         raise ValueError("nothing to compare: pass at least one --backbone SPEC (or --embeddings FILE)")
+    if two_stage is not None and not backbones:
+        raise ValueError("--two-stage decodes the embeddings with each backbone: pass --backbone SPEC (an embedding file has no model)")
     if not backbones and (probe is not None or pairs is not None or estimators):
         raise ValueError("--probe, --pairs and --estimator set what the backbones are embedded on; an embedding file is compared "
                          "as it is: pass them with --backbone SPEC")
@@ -321,7 +326,8 @@ def run_benchmark(
         if probe_set is None:
             named = next((facts for _, _, facts, _ in opened if facts.get("probe")), None)
             probe_set = probe_for(named, estimators=estimators, progress=progress)
-        rows = [_backbone_row(text, model, facts, open_seconds, probe_set, config, max_error_pairs, progress, say)
+        stages = _TwoStages(probe_set, two_stage, say)
+        rows = [_backbone_row(text, model, facts, open_seconds, probe_set, config, max_error_pairs, progress, say, stages)
                 for text, model, facts, open_seconds in opened]
     else:
         rows = []
@@ -397,8 +403,29 @@ def _open_backbones(backbones: Sequence[str], say: Callable[[str], None]) -> lis
     return opened
 
 
+class _TwoStages:
+    """A fresh two-stage state (decoders) for each backbone, all reading with one estimator (made once)."""
+
+    def __init__(self, probe_set: Any, config: Any, say: Callable[[str], None]) -> None:
+        self.probe_set, self.config, self.say = probe_set, config, say
+        self.first: Any = None  # the first backbone's two stages, whose estimator the others share
+
+    def next(self) -> Any:
+        if self.config is None:
+            return None
+        from frx_plugin.two_stage import TwoStage
+
+        if self.first is None:
+            self.first = TwoStage(self.probe_set, self.config)
+            for message in self.first.warnings:
+                self.say(f"frx benchmark: {message}")
+            return self.first
+        return TwoStage(self.probe_set, self.config, estimator=self.first.estimator, estimator_name=self.first.estimator_name)
+
+
 def _backbone_row(text: str, model: Any, facts: dict, open_seconds: float, probe_set: Any, config: AnalysisConfig,
-                  max_error_pairs: int, progress: Callable | None, say: Callable[[str], None]) -> dict[str, Any]:
+                  max_error_pairs: int, progress: Callable | None, say: Callable[[str], None],
+                  stages: _TwoStages | None = None) -> dict[str, Any]:
     """One backbone's row: its embedding cost and analysis, or its ``error`` (the others go on)."""
     start = time.perf_counter()
     row: dict[str, Any] = {"spec": text, "data": _data(probe_set.source, probe_set.identity, probe_set.schema.names), "error": None}
@@ -408,7 +435,8 @@ def _backbone_row(text: str, model: Any, facts: dict, open_seconds: float, probe
         if facts.get("training_seconds") is not None:
             row["training_seconds"] = facts["training_seconds"]
         say(f"frx benchmark: analysing {text} (D = {z.shape[1]})")
-        row.update(_analyse(model, z, probe_set, config, max_error_pairs, getattr(probe_set, "pairs", None)))
+        two_stage = stages.next() if stages is not None else None
+        row.update(_analyse(model, z, probe_set, config, max_error_pairs, getattr(probe_set, "pairs", None), two_stage))
     except Exception as exc:  # noqa: BLE001 - one backbone's failure is its row's; the others go on
         row["error"] = f"{type(exc).__name__}: {exc}"
         say(f"frx benchmark: {text} failed: {row['error']}")
@@ -437,13 +465,14 @@ def _embedding_file_row(path: str, config: AnalysisConfig, max_error_pairs: int,
     return row
 
 
-def _analyse(model: Any, z: torch.Tensor, probe: Any, config: AnalysisConfig, max_error_pairs: int, listed: Any) -> dict[str, Any]:
+def _analyse(model: Any, z: torch.Tensor, probe: Any, config: AnalysisConfig, max_error_pairs: int, listed: Any,
+             two_stage: Any = None) -> dict[str, Any]:
     """The pass every loop runs (:func:`frx_plugin.passes.run_pass`) on the embeddings ``z`` the benchmark timed, with
     counterfactuals (exact where a generator renders the probe set, else latent), and verification at every FMR."""
     plan = plan_pass(probe, config, counterfactuals="auto" if model is not None else "latent",
                      max_error_pairs=max_error_pairs, on_error="raise")
     report = run_pass(model, probe, plan, context={"framework": "frx benchmark", "probe": getattr(probe, "source", None)},
-                      embeddings=z).completed
+                      embeddings=z, two_stage=two_stage).completed
     verification = verification_with_intervals(z, probe.identity, BENCHMARK_FMRS, config.n_bootstrap, config.seed, pairs=listed)
     record = report.to_record()
     return {"verification": verification, "analysis": record}

@@ -50,7 +50,15 @@ def _per_attribute(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for item in (analysis.get("differentials") or {}).get("attributes", []):
         for summary in ("garbe", "fnmr_ratio", "fmr_ratio"):
             out.setdefault(item["name"], {})[summary] = item.get(summary)
+    for name, entry in ((analysis.get("recovery") or {}).get("attributes") or {}).items():
+        if isinstance(entry, dict) and entry.get("two_stage"):
+            out.setdefault(name, {}).update(recovery=entry["two_stage"], recovery_direct=entry.get("direct"),
+                                            ceiling=entry.get("real_images"), readable=entry.get("readable"))
     return out
+
+
+#: The two-stage columns of benchmark.csv (present when a backbone was analysed with --two-stage).
+_RECOVERY = ("recovery", "recovery_direct", "ceiling")
 
 
 def _summary_columns(document: dict[str, Any]) -> list[str]:
@@ -63,7 +71,9 @@ def benchmark_csv(document: dict[str, Any]) -> str:
     """One row per backbone: the headline numbers, then ``leakage.<a>``, ``significance.<a>``, ``errors.<a>``,
     and the demographic differentials ``garbe.<a>``, ``fnmr_ratio.<a>``, ``fmr_ratio.<a>``."""
     names = _attributes(document)
-    columns = _summary_columns(document) + [f"{m}.{n}" for m in ("leakage", "significance", "errors") + _DIFFERENTIALS for n in names]
+    two_stage = any((row.get("analysis") or {}).get("recovery") for row in document["backbones"])
+    measures_ = ("leakage", "significance", "errors") + _DIFFERENTIALS + (_RECOVERY if two_stage else ())
+    columns = _summary_columns(document) + [f"{m}.{n}" for m in measures_ for n in names]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -86,6 +96,10 @@ def benchmark_csv(document: dict[str, Any]) -> str:
             for summary in _DIFFERENTIALS:
                 entry = measures.get(summary) or {}
                 line[f"{summary}.{name}"] = "inf" if entry.get("infinite") else entry.get("value")
+            if two_stage:
+                line[f"recovery.{name}"] = (measures.get("recovery") or {}).get("value")
+                line[f"recovery_direct.{name}"] = (measures.get("recovery_direct") or {}).get("value")
+                line[f"ceiling.{name}"] = measures.get("ceiling")
         writer.writerow({k: ("" if v is None else v) for k, v in line.items()})
     return buffer.getvalue()
 
@@ -137,6 +151,13 @@ def benchmark_markdown(document: dict[str, Any]) -> str:
          "the Gini index of the groups' FMR and FNMR at the global threshold (0 = equal error rates); per group in benchmark.json"),
         ("Demographic differentials: FNMR max/min over the groups", "fnmr_ratio",
          "how many times more often the worst group's genuine pairs are rejected than the best group's, at the global threshold"),
+        ("Two-stage recovery significance R_k per attribute", "recovery",
+         "R_k of the attribute read off faces decoded from the embeddings (E(G(z))); \"unreadable\": the estimator cannot "
+         "read it from real faces, so the value says nothing about the representation"),
+        ("Direct recovery significance R_k per attribute", "recovery_direct",
+         "the same measure from the probe heads h(z), beside the two-stage one"),
+        ("The estimator's ceiling per attribute", "ceiling",
+         "R_k of the stage-2 estimator on held-out real faces: the most the two-stage value can reach"),
     ):
         if not any(key in per[row["spec"]].get(n, {}) for row in good for n in names):
             continue
@@ -148,7 +169,9 @@ def benchmark_markdown(document: dict[str, Any]) -> str:
             cells = []
             for row in good:
                 value = per[row["spec"]].get(name, {}).get(key)
-                cells.append(_estimate(value) if key != "errors" else ("—" if value is None else f"{value:.2f}"))
+                cells.append(_estimate(value) if key not in ("errors", "ceiling") else ("—" if value is None else f"{value:.2f}"))
+                if key == "recovery" and per[row["spec"]].get(name, {}).get("readable") is False:
+                    cells[-1] += " (unreadable)"
                 reason = _differential_reason(row, name, key) if key in _DIFFERENTIALS else None
                 if reason:
                     cells[-1] += f" ({marks.setdefault(reason, 'abcdefghij'[min(len(marks), 9)])})"

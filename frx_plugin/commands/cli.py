@@ -36,6 +36,13 @@ from frx_plugin.commands.common import (
     watched_folders,
 )
 from frx_plugin.commands.messages import end_progress_line
+from frx_plugin.commands.two_stage_options import (
+    add_two_stage_options,
+    check_two_stage_options,
+    format_recovery_table,
+    labelling_estimators,
+    two_stage_config,
+)
 
 #: frx's own subcommands (a plugin cannot register these names).
 CORE_COMMANDS = ("analyze", "explain", "benchmark", "decode", "report", "plugins")
@@ -79,7 +86,10 @@ def _analyze(args: argparse.Namespace) -> int:
         raise ValueError("pass --embeddings FILE or --backbone SPEC (one of them)")
     if args.embeddings is not None and (args.probe or args.pairs or args.estimator or args.counterfactuals != "off"):
         raise ValueError("--probe, --pairs, --estimator and --counterfactuals go with --backbone; an embedding file is analysed as it is")
-    check_output_folder(args.out, "--out", (ANALYSIS_FILE,), overwrite=args.overwrite)
+    check_two_stage_options(args, args.backbone is not None)
+    from frx_plugin.commands.analyze import TWO_STAGE_FILES
+
+    check_output_folder(args.out, "--out", (ANALYSIS_FILE, *(TWO_STAGE_FILES if args.two_stage else ())), overwrite=args.overwrite)
     if args.embeddings is not None:
         report = analyze(args.embeddings, attributes=attributes, config=config, out_dir=args.out, progress=progress_bar(),
                          with_verification=not args.no_verification)
@@ -90,9 +100,11 @@ def _analyze(args: argparse.Namespace) -> int:
             if attributes is not None:
                 select_attributes(probe, attributes)
 
-        model, probe = open_model_and_probe(args.backbone, args.probe, args.pairs, args.estimator or (), progress_bar(), check=check)
+        model, probe = open_model_and_probe(args.backbone, args.probe, args.pairs, labelling_estimators(args.estimator), progress_bar(),
+                                            check=check)
         report = analyze(model, probe, attributes=attributes, config=config, out_dir=args.out, model_name=args.backbone,
-                         with_verification=not args.no_verification, progress=progress_bar(), counterfactuals=args.counterfactuals)
+                         with_verification=not args.no_verification, progress=progress_bar(), counterfactuals=args.counterfactuals,
+                         two_stage=two_stage_config(args, args.seed, args.bootstrap))
     for message in report.warnings:
         print(f"frx analyze: warning: {message}", file=sys.stderr)
     if args.format == "json":
@@ -103,10 +115,10 @@ def _analyze(args: argparse.Namespace) -> int:
         writer.writerows(leakage_rows(report))
     else:
         print(format_leakage_table(report))
-        differentials = format_differentials_table(report)
-        if differentials:
-            print()
-            print(differentials)
+        for table in (format_differentials_table(report), format_recovery_table(report.recovery)):
+            if table:
+                print()
+                print(table)
         print(f"wrote {Path(args.out) / ANALYSIS_FILE}")
     return 0
 
@@ -159,10 +171,11 @@ def _benchmark(args: argparse.Namespace) -> int:
     from frx_plugin.commands.common import check_count
 
     check_count("--bootstrap", args.bootstrap, 0)
+    check_two_stage_options(args, bool(args.backbone))
     document = run_benchmark(
-        args.backbone or (), args.probe, pairs=args.pairs, embedding_files=args.embeddings or (), estimators=args.estimator or (),
-        out_dir=args.out, overwrite=args.overwrite, n_bootstrap=args.bootstrap, seed=args.seed, command=command_line(),
-        progress=progress_bar(),
+        args.backbone or (), args.probe, pairs=args.pairs, embedding_files=args.embeddings or (),
+        estimators=labelling_estimators(args.estimator), out_dir=args.out, overwrite=args.overwrite, n_bootstrap=args.bootstrap,
+        seed=args.seed, command=command_line(), progress=progress_bar(), two_stage=two_stage_config(args, args.seed, args.bootstrap),
     )
     print((Path(args.out) / "benchmark.md").read_text(encoding="utf-8"))
     files = list(document["files"])
@@ -258,6 +271,7 @@ def _add_analyze(sub) -> None:
     analyze.add_argument("--counterfactuals", choices=("off", "auto", "exact", "latent"), default="off",
                          help="with --backbone: identity significance and error attribution, as the training callbacks measure them "
                               "(auto: exact where a generator renders the probe set, else latent; default off)")
+    add_two_stage_options(analyze)
     analyze.add_argument("--format", choices=("table", "json", "csv"), default="table", help="what to print (default table)")
     _output_options(analyze)
     analyze.set_defaults(func=_analyze)
@@ -291,12 +305,15 @@ def _add_benchmark(sub) -> None:
     benchmark.add_argument("--probe", default=None, metavar="SPEC",
                            help="the probe set for every backbone (default: the one the first backbone names, else synthetic)")
     benchmark.add_argument("--pairs", default=None, metavar="FILE", help="a verification file (lfw.bin ...), judged on its listed pairs")
-    benchmark.add_argument("--estimator", action="append", default=None, metavar="SPEC", help="read attributes off the probe images (repeatable)")
+    benchmark.add_argument("--estimator", action="append", default=None, metavar="SPEC",
+                           help="read attributes off the probe images (repeatable); with --two-stage they also read the decoded faces, "
+                                "and 'trained' reads the attributes they do not")
     benchmark.add_argument("--out", required=True, help="output folder for benchmark.json, .csv, .md and report.html")
     benchmark.add_argument("--overwrite", action="store_true", help="write into a folder that already holds files")
     benchmark.add_argument("--bootstrap", type=int, default=200, help="identity-bootstrap replicates of the intervals (default 200)")
     benchmark.add_argument("--seed", type=int, default=0, help="seed of the folds and the bootstrap (default 0)")
     benchmark.add_argument("--no-report", action="store_true", help="skip report.html")
+    add_two_stage_options(benchmark)
     _output_options(benchmark)
     benchmark.set_defaults(func=_benchmark)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,7 @@ from frx_plugin.errors import DecoderDiverged, DecoderError, EstimatorError
 from frx_plugin.interfaces import AttributeEstimator, DecoderTask, FaceDecoder
 from frx_plugin.leakage import bootstrap_estimate, identity_folds
 from frx_plugin.model import ModelAdapter, eval_mode, hook_embedder, model_device
-from frx_plugin.plugins import require_estimator
+from frx_plugin.plugins import TRAINED_ESTIMATOR, require_estimator
 from frx_plugin.probe import ProbeSet
 from frx_plugin.randomness import seeded
 from frx_plugin.two_stage.measures import (
@@ -35,8 +35,11 @@ class TwoStageConfig:
 
     ``decoder``: a name registered through ``frx_register_decoders`` (built in: ``"conv"``, and
     ``"stylegan2"``, the paper's StyleGAN2 decoder, with ``decoder_options={"generator": PATH, ...}``);
-    ``decoder_options``: keyword arguments for its factory. ``estimator``: a name registered
-    through ``frx_register_estimators``, or ``None`` for the first that can read the probe set.
+    ``decoder_options``: keyword arguments for its factory. ``estimator``: an estimator spec (a name
+    registered through ``frx_register_estimators``, ``insightface:FILE.onnx``) or a tuple of them, read
+    side by side; ``"trained"`` among them reads what the others do not, with heads trained on the
+    probe set's own faces on these folds. ``None``: the first registered estimator that can read the
+    probe set, and ``trained`` for the labelled attributes it does not read (see :func:`choose_estimator`).
     ``n_folds``: identity-disjoint folds (one decoder each). ``samples``: decoder samples per z.
     ``steps``: optimisation steps of each decoder per pass. ``identity_loss``: train with the
     recognition model's identity loss (needs a torch module). ``figure_faces``: held-out faces
@@ -44,7 +47,7 @@ class TwoStageConfig:
     """
 
     decoder: str = "conv"
-    estimator: str | None = None
+    estimator: str | tuple[str, ...] | None = None
     n_folds: int = 2
     samples: int = 4
     steps: int = 200
@@ -60,12 +63,67 @@ class TwoStageConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"two-stage {key} must be a positive integer, got {value!r}")
+        if isinstance(self.estimator, list):
+            object.__setattr__(self, "estimator", tuple(self.estimator))
+        specs = (self.estimator,) if isinstance(self.estimator, str) else self.estimator or ()
+        if not all(isinstance(spec, str) and spec for spec in specs) or (self.estimator is not None and not specs):
+            raise ValueError(f"two-stage estimator must be an estimator spec, a tuple of them or None, got {self.estimator!r}")
         if self.n_folds < 2:
             raise ValueError(f"two-stage n_folds must be at least 2 (identity-disjoint decoders), got {self.n_folds}")
         for key in ("n_bootstrap", "figure_faces"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"two-stage {key} must be a non-negative integer, got {value!r}")
+
+
+# --------------------------------------------------------------------------- the estimator
+
+
+def choose_estimator(probe: ProbeSet, spec: str | Sequence[str] | None, folds: torch.Tensor, seed: int = 0) -> tuple[str, AttributeEstimator]:
+    """Stage 2's estimator for ``probe`` (the name it is reported by, and the estimator).
+
+    ``spec``: estimator specs read side by side, each taking the attributes it reads first (a plugin's
+    estimator takes precedence); ``trained`` among them reads the labelled attributes the others do
+    not, with heads trained on the probe set's own faces on ``folds`` (the decoders'). ``None``: the
+    first registered estimator that reads the probe set, then ``trained`` for the rest where the
+    probe set can train it. No estimator is an :class:`EstimatorError` naming the installed ones.
+    """
+    from frx_plugin.estimators import CombinedEstimator
+    from frx_plugin.plugins import find_estimator
+    from frx_plugin.specs import open_estimator, parse_spec
+    from frx_plugin.two_stage.probe_estimator import load_or_train_probe_estimator
+
+    specs = [spec] if isinstance(spec, str) else list(spec or ())
+    for text in specs:
+        parsed = parse_spec(text, "estimator")
+        if parsed.kind == TRAINED_ESTIMATOR and (parsed.options or parsed.argument is not None):
+            raise EstimatorError(f"estimator {text!r}: on the two-stage path 'trained' takes no argument or options; it is trained "
+                                 "on the decoders' folds (their number and seed are the two-stage options, --decoder-folds and --seed)")
+    chosen: list[tuple[str, Any]] = []
+    if specs:
+        for text in specs:
+            if parse_spec(text, "estimator").kind != TRAINED_ESTIMATOR:
+                chosen.append((text, open_estimator(text, probe)))
+        with_trained = any(parse_spec(text, "estimator").kind == TRAINED_ESTIMATOR for text in specs)
+    else:
+        found = find_estimator(probe)
+        chosen = [found] if found is not None else []
+        with_trained = True
+    read = {name for _, estimator in chosen for name in estimator.attributes}
+    rest = [a.name for a in probe.schema if a.name not in read]
+    if with_trained and rest:
+        if int(torch.unique(probe.identity[folds >= 0]).numel()) < 2 or not hasattr(probe, "images"):
+            if specs:
+                raise EstimatorError(f"estimator 'trained' needs a probe set with images of at least two identities; {probe.source} has not")
+        else:
+            trained = load_or_train_probe_estimator(probe, folds, seed, say=None).only(rest)
+            chosen.append((TRAINED_ESTIMATOR, trained))
+    if not chosen:
+        return require_estimator(probe, None)  # raises, naming the installed estimators
+    if len(chosen) == 1:
+        return chosen[0]
+    combined = CombinedEstimator([estimator for _, estimator in chosen])
+    return "+".join(name for name, _ in chosen), cast(AttributeEstimator, combined)  # it reads as its members do
 
 
 # --------------------------------------------------------------------------- pairs, errors, R_k
@@ -101,13 +159,13 @@ class TwoStage:
         from frx_plugin.plugins import require_decoder
 
         self.probe, self.config = probe, config
-        if estimator is None:
-            estimator_name, estimator = require_estimator(probe, config.estimator)
-        self.estimator, self.estimator_name = estimator, estimator_name or type(estimator).__name__
         require_decoder(config.decoder)
+        self.folds = identity_folds(probe.identity, config.n_folds, config.seed)
+        if estimator is None:
+            estimator_name, estimator = choose_estimator(probe, config.estimator, self.folds, config.seed)
+        self.estimator, self.estimator_name = estimator, estimator_name or type(estimator).__name__
         self.output_shape = tuple(int(v) for v in probe.images(torch.arange(1)).shape[1:])
         self._check_estimator_shape(self.output_shape, f"the probe set's faces ({probe.source})")
-        self.folds = identity_folds(probe.identity, config.n_folds, config.seed)
         self.pairs = within_fold_pairs(probe.identity, self.folds, config.seed)
         offered = set(estimator.attributes)
         self.attributes = [a.name for a in probe.schema if a.name in offered]
@@ -167,12 +225,15 @@ class TwoStage:
         return self.decoders[fold]
 
     # -- reading faces ---------------------------------------------------------------------------
-    def read(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """E's readings (float64, one per image) of every attribute the pass measures."""
+    def read(self, images: torch.Tensor, fold: int | None = None) -> dict[str, torch.Tensor]:
+        """E's readings (float64, one per image) of every attribute the pass measures; faces of ``fold`` are read by
+        an estimator trained fold by fold (``estimate_fold``) with the heads that never saw that fold's identities."""
         out: dict[str, list[torch.Tensor]] = {name: [] for name in self.attributes}
+        estimate_fold: Callable[..., Any] | None = getattr(self.estimator, "estimate_fold", None)  # one trained fold by fold
+        by_fold = fold is not None and estimate_fold is not None
         for start in range(0, images.shape[0], self.config.batch_size):
             chunk = images[start : start + self.config.batch_size]
-            readings = self.estimator.estimate(chunk)
+            readings = estimate_fold(chunk, fold) if by_fold and estimate_fold is not None else self.estimator.estimate(chunk)
             for name in self.attributes:
                 value = readings.get(name) if isinstance(readings, Mapping) else None
                 if value is None:
@@ -186,11 +247,13 @@ class TwoStage:
     def real_readings(self) -> dict[str, torch.Tensor]:
         """E's readings of the probe set's real faces (made once: they depend on neither model nor decoder)."""
         if self._real is None:
-            parts: dict[str, list[torch.Tensor]] = {name: [] for name in self.attributes}
-            for _, images in self.probe.batches(torch.arange(len(self.probe)), self.config.batch_size):
-                for name, value in self.read(images).items():
-                    parts[name].append(value)
-            self._real = {name: torch.cat(v) for name, v in parts.items()}
+            real = {name: torch.full((len(self.probe),), math.nan, dtype=torch.float64) for name in self.attributes}
+            for fold in range(self.config.n_folds):  # each fold's faces read as its decoded faces are (held-out heads)
+                rows = (self.folds == fold).nonzero().squeeze(1)
+                for indices, images in self.probe.batches(rows, self.config.batch_size):
+                    for name, value in self.read(images, fold).items():
+                        real[name][indices] = value
+            self._real = real
         return self._real
 
     # -- one fold --------------------------------------------------------------------------------
@@ -225,7 +288,7 @@ class TwoStage:
         flat = decoded.reshape(-1, *decoded.shape[2:])
         if not bool(torch.isfinite(flat).all()):
             return FoldResult(fold, rows, nan, empty, fit=fit.to_record(), error=f"decoder of fold {fold} made non-finite images")
-        readings = {name: value.view(rows.numel(), config.samples) for name, value in self.read(flat).items()}
+        readings = {name: value.view(rows.numel(), config.samples) for name, value in self.read(flat, fold).items()}
         z_decoded = torch.cat([embed(flat[i : i + config.batch_size]) for i in range(0, flat.shape[0], config.batch_size)])
         similarity = (z_decoded.to(torch.float64).cpu() * embeddings[rows].to(torch.float64).repeat_interleave(config.samples, 0)).sum(1)
         result = FoldResult(fold, rows, readings, similarity.view(rows.numel(), config.samples), fit=fit.to_record())

@@ -100,16 +100,29 @@ def test_decoders_warm_start_across_passes_and_resume(tmp_path, pixels):
     assert all(torch.equal(decoder.state_dict()[k], state["fold0." + k]) for k in decoder.state_dict())
 
 
-def test_an_estimator_without_an_attribute_skips_it_with_a_warning(tmp_path, fresh_plugins):
+def test_a_named_estimator_without_an_attribute_skips_it_with_a_warning(tmp_path, fresh_plugins):
     get_plugin_manager().register(PixelEstimatorPlugin(only=("bright", "pattern")))
+    named = TwoStageConfig(estimator="pixels", steps=FAST.steps, samples=FAST.samples, n_bootstrap=FAST.n_bootstrap)
     callback = AttributeRecoveryCallback(make_probe(), out_dir=tmp_path, n_bootstrap=0, decode_every_n_epochs=1,
-                                         run_before_training=False, two_stage=FAST)
+                                         run_before_training=False, two_stage=named)
     with pytest.warns(UserWarning, match=r"no output for \['tone'\]"):
         _trainer(tmp_path, callback, 1).fit(TinyFaceModule(), make_train_loader())
     recovery = callback.last_report.recovery
     assert "two_stage" not in recovery["attributes"]["tone"] and "no output for 'tone'" in recovery["attributes"]["tone"]["reason"]
     assert "two_stage" in recovery["attributes"]["bright"]
     assert recovery["attributes"]["tone"]["direct"]["value"] is not None  # the direct path still measures it
+
+
+def test_by_default_the_trained_estimator_reads_what_the_plugin_does_not(tmp_path, fresh_plugins, monkeypatch):
+    monkeypatch.setenv("FRX_CACHE_DIR", str(tmp_path / "cache"))
+    get_plugin_manager().register(PixelEstimatorPlugin(only=("bright", "pattern")))
+    callback = AttributeRecoveryCallback(make_probe(), out_dir=tmp_path / "frx", n_bootstrap=0, decode_every_n_epochs=1,
+                                         run_before_training=False, two_stage=FAST)
+    _trainer(tmp_path, callback, 1).fit(TinyFaceModule(), make_train_loader())
+    recovery = callback.last_report.recovery
+    assert recovery["estimator"] == "pixels+trained"
+    assert all("two_stage" in recovery["attributes"][name] for name in ("bright", "pattern", "tone"))
+    assert recovery["attributes"]["bright"]["real_images"] == pytest.approx(1.0)  # still the plugin's exact reading
 
 
 def test_an_estimator_of_another_image_size_is_an_error_naming_both(tmp_path, fresh_plugins):

@@ -129,7 +129,7 @@ def attribution_block(page: Page, attribution: dict[str, Any], attributes: Seque
     return figure + details("numbers", table)
 
 
-def recovery_block(page: Page, recovery: dict[str, Any], title: str) -> str:
+def recovery_block(page: Page, recovery: dict[str, Any], title: str, table_id: str = "recovery-table") -> str:
     from frx_plugin.figures import plot_recovery
 
     figure = page.figure(lambda path: plot_recovery(recovery, path, title=title), "recovery significance, two-stage and direct",
@@ -140,8 +140,8 @@ def recovery_block(page: Page, recovery: dict[str, Any], title: str) -> str:
         entry = entry if isinstance(entry, dict) else {}
         rows.append([name, entry.get("group") or MISSING, estimate(entry.get("two_stage")), estimate(entry.get("direct")),
                      number(entry.get("real_images")), "yes" if entry.get("readable", "two_stage" in entry) else "no"])
-    table = html_table(["attribute", "group", "two-stage R_k (95% CI)", "direct R_k (95% CI)", "estimator on real faces", "readable"],
-                   rows, "recovery-table", [2, 3, 4])
+    table = html_table(["attribute", "group", "two-stage R_k (95% CI)", "direct R_k (95% CI)", "ceiling: estimator R_k on real faces", "readable"],
+                   rows, table_id, [2, 3, 4])
     return figure + details("numbers", table) + warning_list(recovery.get("errors"))
 
 

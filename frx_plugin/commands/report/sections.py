@@ -144,6 +144,11 @@ def analysis_section(page: Page, document: dict[str, Any]) -> str:
     if isinstance(document.get("recovery"), dict):
         out.append("<h3>Two-stage recovery</h3>")
         out.append(recovery_block(page, document["recovery"], ""))
+        if "decoded.png" not in page.used:  # frx analyze --two-stage writes it beside analysis.json
+            decoded = page.existing("decoded.png", "held-out faces beside decoder samples of their embeddings",
+                                    "decoded.png: held-out faces (left) beside decoder samples G(z) of their embeddings.")
+            if decoded:
+                out.append("<h3>Decoded faces</h3>" + decoded)
     if isinstance(document.get("differentials"), dict):
         out.append("<h3>Demographic differentials</h3>")
         out.append(differentials_block(page, document["differentials"], "analysis-differentials-table"))
@@ -290,6 +295,10 @@ def benchmark_section(page: Page, document: dict[str, Any]) -> str:
         if isinstance(r["analysis"].get("differentials"), dict):
             out.append(details(f"demographic differentials of {spec}",
                                differentials_block(page, r["analysis"]["differentials"], f"benchmark-differentials-{specs.index(spec)}")))
+    for i, (spec, r) in enumerate(zip(specs, measured)):
+        if isinstance(r["analysis"].get("recovery"), dict):
+            out.append(f"<h3>Two-stage recovery of {escape(spec)}</h3>")
+            out.append(recovery_block(page, r["analysis"]["recovery"], spec, f"benchmark-recovery-{i}"))
     for spec, r in zip(specs, measured):
         notes = list(r["analysis"].get("warnings") or []) + list((r.get("verification") or {}).get("notes") or [])
         if notes:
