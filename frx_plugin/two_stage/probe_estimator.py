@@ -47,7 +47,7 @@ __all__ = ["PROBE_ESTIMATOR_FORMAT", "ProbeTrainedEstimator", "load_or_train_pro
 
 _log = logging.getLogger(__name__)
 
-PROBE_ESTIMATOR_FORMAT = "frx.probe-estimator/1"
+PROBE_ESTIMATOR_FORMAT = "frx.probe-estimator/2"
 _METADATA = "frx.estimator"
 _INNER_FOLDS = 3
 
@@ -62,7 +62,8 @@ class ProbeTrainedEstimator:
 
     def __init__(self, schema: AttributeSchema, input_shape: Sequence[int], folds: torch.Tensor, weights: Sequence[torch.Tensor],
                  biases: Sequence[torch.Tensor], accuracy: Mapping[str, Mapping[str, float]], ceiling: Mapping[str, float],
-                 penalties: Mapping[str, Mapping[str, float]], source: str = "probe set") -> None:
+                 penalties: Mapping[str, Mapping[str, float]], source: str = "probe set",
+                 ranges: Mapping[str, Sequence[float]] | None = None) -> None:
         self.schema = schema
         self.attributes: tuple[str, ...] = tuple(schema.names)
         self.input_shape: tuple[int, int, int] = tuple(int(v) for v in input_shape)  # type: ignore[assignment]
@@ -74,6 +75,8 @@ class ProbeTrainedEstimator:
         self.penalties = {k: dict(v) for k, v in penalties.items()}
         self.source = source
         self.path = f"trained on {source}"
+        #: the labelled values of each continuous attribute, (lowest, highest): a reading stays within what it was trained on
+        self.ranges = {k: (float(v[0]), float(v[1])) for k, v in (ranges or {}).items()}
 
     def __repr__(self) -> str:
         return f"ProbeTrainedEstimator({self.source!r}, folds={len(self.weights)}, attributes={list(self.attributes)})"
@@ -84,7 +87,8 @@ class ProbeTrainedEstimator:
         keep = torch.cat([torch.arange(*_columns(self.schema)[a.name]) for a in schema]) if len(schema) else torch.zeros(0, dtype=torch.long)
         return ProbeTrainedEstimator(schema, self.input_shape, self.folds, [w[:, keep] for w in self.weights], [b[keep] for b in self.biases],
                                      {k: v for k, v in self.accuracy.items() if k in schema}, {k: v for k, v in self.ceiling.items() if k in schema},
-                                     {f: {k: v for k, v in p.items() if k in schema} for f, p in self.penalties.items()}, self.source)
+                                     {f: {k: v for k, v in p.items() if k in schema} for f, p in self.penalties.items()}, self.source,
+                                     {k: v for k, v in self.ranges.items() if k in schema})
 
     def _check(self, images: Any) -> None:
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != self.input_shape:
@@ -104,7 +108,7 @@ class ProbeTrainedEstimator:
     def estimate_fold(self, images: torch.Tensor, fold: int | None) -> dict[str, torch.Tensor]:
         """``{name: (B,)}`` readings by fold ``fold``'s heads (int64 classes, float32 values), on the images' device."""
         self._check(images)
-        return decode_outputs(self.schema, self.outputs(image_features(images), fold))
+        return decode_outputs(self.schema, self.outputs(image_features(images), fold), self.ranges)
 
     def estimate(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.estimate_fold(images, None)
@@ -120,13 +124,32 @@ def _columns(schema: AttributeSchema) -> dict[str, tuple[int, int]]:
     return out
 
 
-def decode_outputs(schema: AttributeSchema, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Head outputs → readings: the class of the largest output, or the value."""
+def decode_outputs(schema: AttributeSchema, outputs: torch.Tensor,
+                   ranges: Mapping[str, tuple[float, float]] | None = None) -> dict[str, torch.Tensor]:
+    """Head outputs → readings: the class of the largest output, or the value, within ``ranges`` (a linear head
+    extrapolates without bound on a face unlike its training faces: it reads no value it was not trained on)."""
     out = {}
     for a in schema:
         start, stop = _columns(schema)[a.name]
         part = outputs[:, start:stop]
-        out[a.name] = part.argmax(1).to(torch.int64) if a.discrete else part[:, 0].to(torch.float32)
+        if a.discrete:
+            out[a.name] = part.argmax(1).to(torch.int64)
+            continue
+        value = part[:, 0]
+        if ranges and a.name in ranges:
+            value = value.clamp(*ranges[a.name])
+        out[a.name] = value.to(torch.float32)
+    return out
+
+
+def label_ranges(schema: AttributeSchema, labels: Mapping[str, torch.Tensor]) -> dict[str, tuple[float, float]]:
+    """(lowest, highest) labelled value of each continuous attribute that has labels."""
+    out = {}
+    for a in schema:
+        y = labels[a.name].reshape(-1)
+        y = y[~a.missing_mask(y)]
+        if not a.discrete and y.numel():
+            out[a.name] = (float(y.min()), float(y.max()))
     return out
 
 
@@ -221,7 +244,8 @@ def train_probe_estimator(probe: Any, folds: torch.Tensor, seed: int = 0, batch_
         biases.append(b)
         penalties[str(f)] = p
         outputs[folds == f] = features[folds == f].to(torch.float64) @ w + b
-    predicted = decode_outputs(schema, outputs)
+    ranges = label_ranges(schema, probe.labels)
+    predicted = decode_outputs(schema, outputs, ranges)
     accuracy = attribute_accuracy(schema, predicted, probe.labels)
     pairs = within_fold_pairs(identity, folds, seed)
     has_pair, partner = pairs >= 0, pairs.clamp_min(0)
@@ -230,7 +254,7 @@ def train_probe_estimator(probe: Any, folds: torch.Tensor, seed: int = 0, batch_
         target = torch.where(has_pair, probe.labels[a.name], torch.full_like(probe.labels[a.name], -1 if a.discrete else math.nan))
         ceiling[a.name] = float(recovery_significance(a, target, predicted[a.name], predicted[a.name][partner]))
     shape = tuple(int(v) for v in probe.images(torch.arange(1)).shape[1:])
-    estimator = ProbeTrainedEstimator(schema, shape, folds, weights, biases, accuracy, ceiling, penalties, str(probe.source))
+    estimator = ProbeTrainedEstimator(schema, shape, folds, weights, biases, accuracy, ceiling, penalties, str(probe.source), ranges)
     unreadable = [name for name, ok in estimator.readable.items() if not ok]
     say("trained estimator: ceilings " + ", ".join(f"{k} {v:.2f}" for k, v in ceiling.items())
         + (f"; unreadable: {unreadable}" if unreadable else ""))
@@ -265,7 +289,8 @@ def _save(estimator: ProbeTrainedEstimator, path: Path, key: str) -> None:
     for f, (w, b) in enumerate(zip(estimator.weights, estimator.biases)):
         tensors[f"fold{f}.weight"], tensors[f"fold{f}.bias"] = w.contiguous(), b.contiguous()
     description = {"key": key, "schema": estimator.schema.to_json(), "input_shape": list(estimator.input_shape), "source": estimator.source,
-                   "accuracy": estimator.accuracy, "ceiling": estimator.ceiling, "penalties": estimator.penalties}
+                   "accuracy": estimator.accuracy, "ceiling": estimator.ceiling, "penalties": estimator.penalties,
+                   "ranges": estimator.ranges}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={_METADATA: json.dumps(description, sort_keys=True)}))
 
 
@@ -283,7 +308,8 @@ def _load(path: Path, key: str) -> ProbeTrainedEstimator:
         raise EstimatorError(f"{path}: damaged estimator file ({type(exc).__name__}: {exc})") from None
     if d.get("key") != key:
         raise EstimatorError(f"{path}: made for another probe set or other folds")
-    return ProbeTrainedEstimator(schema, d["input_shape"], state["folds"], weights, biases, d["accuracy"], d["ceiling"], d["penalties"], d["source"])
+    return ProbeTrainedEstimator(schema, d["input_shape"], state["folds"], weights, biases, d["accuracy"], d["ceiling"], d["penalties"],
+                                 d["source"], d.get("ranges", {}))
 
 
 def load_or_train_probe_estimator(probe: Any, folds: torch.Tensor, seed: int = 0,
