@@ -117,6 +117,32 @@ def _analysed_line(document: dict[str, Any]) -> str:
     return f"{counts}; intervals are 95% over {document['n_bootstrap']} identity-bootstrap replicates."
 
 
+def _first(lines: list[str], *starts: str, about: str | None = None) -> str | None:
+    """The first of ``lines`` that starts with one of ``starts`` (and names ``about``, where given), shortened."""
+    for line in lines:
+        if line.startswith(starts) and (about is None or f"'{about}'" in line):
+            return line if len(line) <= 160 else line[:157] + "…"
+    return None
+
+
+def _missing_reason(row: dict[str, Any], name: str, key: str) -> str:
+    """Why a backbone's cell of ``key`` for attribute ``name`` is —, from its record's warnings where they say."""
+    record = row.get("analysis") or {}
+    warnings = [w for w in record.get("warnings") or [] if isinstance(w, str)]
+    if key == "leakage":
+        return _first(warnings, "attribute ", about=name) or "no held-out value of this attribute (no labelled samples on both sides of a fold)"
+    if key in ("significance", "errors"):
+        skipped = _first(warnings, "counterfactuals skipped", "error attribution skipped")
+        if record.get("counterfactuals") is None:
+            return skipped or "no counterfactuals in this pass"
+        if key == "errors":
+            return skipped or "no explained error of the verification decision changes this attribute"
+        return _first(warnings, "counterfactuals: the generator cannot change", about=name) or "no labelled probe row to change"
+    if record.get("recovery") is None:  # recovery, recovery_direct, ceiling
+        return _first(warnings, "two-stage recovery skipped") or "no two-stage pass (frx benchmark --two-stage)"
+    return "the two stages measured no value of this attribute"
+
+
 def benchmark_markdown(document: dict[str, Any]) -> str:
     """The comparison as Markdown: a summary table, then leakage, significance and error share per attribute."""
     lines = [f"# frx benchmark on {document['probe']}", "", _analysed_line(document), ""]
@@ -159,12 +185,12 @@ def benchmark_markdown(document: dict[str, Any]) -> str:
         ("The estimator's ceiling per attribute", "ceiling",
          "R_k of the stage-2 estimator on held-out real faces: the most the two-stage value can reach"),
     ):
-        if not any(key in per[row["spec"]].get(n, {}) for row in good for n in names):
-            continue
+        if key not in ("leakage", "significance", "errors") and not any(key in per[row["spec"]].get(n, {}) for row in good for n in names):
+            continue  # the optional tables (differentials, two stages) of a run without them; the others say why a cell is —
         lines += ["", f"## {title}", "", what + ".", "",
                   "| attribute | " + " | ".join(f"`{row['spec']}`" for row in good) + " |",
                   "|---|" + "---|" * len(good)]
-        marks: dict[str, str] = {}  # why a differential is — or ∞, by its mark
+        marks: dict[str, str] = {}  # why a cell is — (or a differential ∞), by its mark
         for name in names:
             cells = []
             for row in good:
@@ -172,7 +198,10 @@ def benchmark_markdown(document: dict[str, Any]) -> str:
                 cells.append(_estimate(value) if key not in ("errors", "ceiling") else ("—" if value is None else f"{value:.2f}"))
                 if key == "recovery" and per[row["spec"]].get(name, {}).get("readable") is False:
                     cells[-1] += " (unreadable)"
-                reason = _differential_reason(row, name, key) if key in _DIFFERENTIALS else None
+                if key in _DIFFERENTIALS:
+                    reason = _differential_reason(row, name, key)
+                else:
+                    reason = _missing_reason(row, name, key) if cells[-1] == "—" else None
                 if reason:
                     cells[-1] += f" ({marks.setdefault(reason, 'abcdefghij'[min(len(marks), 9)])})"
             lines.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -173,3 +173,28 @@ def test_every_dash_of_the_differentials_in_benchmark_md_says_why(frx, tmp_path)
     why = {text: mark for mark, text in notes.items()}
     assert f"| age | — ({why['fewer than two groups with enough pairs for an FNMR (1 of 2).']}) |" in garbe
     assert f"| glasses | — ({why['every group' + chr(39) + 's FMR is 0 at τ (no ratio or Gini index of zero rates).']}) |" in garbe
+
+
+def test_every_dash_of_the_other_tables_in_benchmark_md_says_why(frx, tmp_path):
+    import json
+
+    from frx_plugin.commands.benchmark_tables import benchmark_markdown
+
+    out = tmp_path / "bench"
+    file = embedding_file(tmp_path / "set.safetensors")
+    assert frx("benchmark", "--embeddings", file, "--out", out, "--bootstrap", "5", "--no-report").returncode == 0
+    document = json.loads((out / "benchmark.json").read_text())
+    record = document["backbones"][0]["analysis"]
+    assert record["significance"]  # measured: the cells have values
+    text = benchmark_markdown(document)
+    section = text[text.index("Identity significance S_k per attribute"):text.index("Share of errors")]
+    assert "| — " not in section and "—" not in section
+    record["significance"], record["error_attribution"], record["counterfactuals"] = {}, {}, None
+    record["warnings"].append("counterfactuals skipped: CounterfactualError: the generator failed")
+    text = benchmark_markdown(document)
+    for title, end in (("Identity significance S_k per attribute", "Share of errors"),
+                       ("Share of errors each attribute explains", "Demographic differentials")):
+        section = text[text.index(title):text.index(end)]
+        rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith(("| attribute", "|---"))]
+        assert rows and all(line.endswith("| — (a) |") for line in rows), rows
+        assert "(a) counterfactuals skipped: CounterfactualError: the generator failed." in section
