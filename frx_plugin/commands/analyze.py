@@ -24,7 +24,7 @@ import torch
 
 from frx_plugin.errors import AnalysisError
 from frx_plugin.history import atomic_write_text
-from frx_plugin.passes import AnalysisConfig, PassPlan, plan_pass, run_pass
+from frx_plugin.passes import AnalysisConfig, PassPlan, announce_pass, plan_pass, run_pass
 from frx_plugin.probe import ProbeSet
 from frx_plugin.report import Report
 
@@ -144,6 +144,10 @@ def _analyze_file(
                                    "(it compares every pair)")
         if dataset.zero_rows_notice:
             report.warnings.append(dataset.zero_rows_notice)
+        # streamed in constant memory, outside run_pass (its rows never all in memory; the file's reader refuses
+        # NaN rows itself): the pass's event all the same
+        announce_pass(report, {"framework": "frx analyze", "source": str(path),
+                               "out_dir": None if out_dir is None else str(out_dir)}, on_error="raise")
     if out_dir is not None:
         _write_analysis(out_dir, str(path), config, report)
     return report

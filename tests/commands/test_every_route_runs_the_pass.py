@@ -50,6 +50,7 @@ def recorder(fresh_plugins):
 
 @pytest.mark.parametrize("route", [
     ("analyze", "--embeddings", "{file}", "--bootstrap", "5"),
+    ("analyze", "--embeddings", "{file}", "--bootstrap", "5", "--no-verification"),  # streamed in constant memory
     ("analyze", "--backbone", "tiny-net", "--probe", PROBE, "--bootstrap", "5", "--no-verification"),
     ("explain", "--embeddings", "{file}"),
     ("explain", "--backbone", "tiny-net", "--probe", PROBE, "--max-pairs", "2", "--fmr", "0.01"),
