@@ -50,6 +50,26 @@ class LatentModel:
         return torch.nn.functional.normalize(moved, dim=1).to(torch.float32)
 
 
+def _head_inverse(z: torch.Tensor, weight: torch.Tensor, mode: str) -> torch.Tensor:
+    """(T, D) ``solve`` with v = e @ solve: the move of z that changes the head scores by e (``mode``, see :func:`latent_model`).
+
+    The inverses are truncated relative to their largest singular value: taken of unit-length heads, so
+    that a head's scale (a rare attribute's logistic-scaled head is long) never decides what is cut.
+    """
+    norms = weight.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+    unit = weight / norms
+    if mode == "conditional":
+        # the Gaussian conditional mean: E[Δz | WΔz = e] = ΣWᵀ(WΣWᵀ)⁻¹e = L·(WL)⁺e with Σ = LLᵀ the probe set's covariance
+        centred = z - z.mean(0)
+        covariance = centred.T @ centred / max(1, z.shape[0] - 1)
+        jitter = 1e-12 * float(torch.diagonal(covariance).mean().clamp_min(1e-30))
+        factor = torch.linalg.cholesky(covariance + jitter * torch.eye(z.shape[1], dtype=torch.float64, device=z.device))
+        return (factor @ torch.linalg.pinv(unit @ factor, rtol=LATENT_RTOL)).T / norms
+    if mode == "least_norm":
+        return torch.linalg.pinv(unit, rtol=LATENT_RTOL).T / norms  # least-norm v = W⁺e
+    raise CounterfactualError(f"latent mode must be 'least_norm' or 'conditional', got {mode!r}")
+
+
 def latent_model(
     embeddings: torch.Tensor,
     labels: Mapping[str, torch.Tensor],
@@ -80,22 +100,7 @@ def latent_model(
     rows = torch.cat([t.cols for t in defined])
     weight = probe_directions[rows].to(torch.float64)
     bias = probe_bias[rows].to(torch.float64)
-    # the inverses are truncated relative to their largest singular value: taken of unit-length heads, so
-    # that a head's scale (a rare attribute's logistic-scaled head is long) never decides what is cut
-    norms = weight.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
-    unit = weight / norms
-    if mode == "conditional":
-        # the Gaussian conditional mean: E[Δz | WΔz = e] = ΣWᵀ(WΣWᵀ)⁻¹e = L·(WL)⁺e with Σ = LLᵀ the probe set's covariance
-        centred = z - z.mean(0)
-        covariance = centred.T @ centred / max(1, z.shape[0] - 1)
-        jitter = 1e-12 * float(torch.diagonal(covariance).mean().clamp_min(1e-30))
-        factor = torch.linalg.cholesky(covariance + jitter * torch.eye(z.shape[1], dtype=torch.float64, device=device))
-        solve = (factor @ torch.linalg.pinv(unit @ factor, rtol=LATENT_RTOL)).T / norms  # (T, D): v = e @ solve
-    elif mode == "least_norm":
-        solve = torch.linalg.pinv(unit, rtol=LATENT_RTOL).T / norms  # least-norm v = W⁺e
-    else:
-        raise CounterfactualError(f"latent mode must be 'least_norm' or 'conditional', got {mode!r}")
-    model = LatentModel(weight, solve, {}, mode=mode)
+    model = LatentModel(weight, _head_inverse(z, weight, mode), {}, mode=mode)
     scores = z @ weight.T + bias
     offset = 0
     for t in defined:

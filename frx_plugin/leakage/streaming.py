@@ -127,6 +127,25 @@ def _masked_attributes(chunks: Callable[[], Iterable[Chunk]], schema: AttributeS
 
 
 @torch.no_grad()
+def _stream_statistics(chunks: Callable[[], Iterable[Chunk]], schema: AttributeSchema, lookup: FoldLookup, n_folds: int,
+                       masked_attributes: list[str], dim: int | None, *, sync_on_compute: bool,
+                       dist_sync_fn: Callable | None) -> tuple[Any, Any, int]:
+    """The first pass over the stream: the per-fold sufficient statistics (shared, masked) and the width D."""
+    statistics = None
+    for i, chunk in enumerate(chunks()):
+        x, ident, labels = _checked(chunk, schema, i, dim)
+        if statistics is None:
+            dim = dim or x.shape[1]
+            statistics = ProbeStatistics(
+                schema, dim, n_folds, masked_attributes, device=x.device, sync_on_compute=sync_on_compute, dist_sync_fn=dist_sync_fn
+            )
+        statistics.update(x, lookup(ident), labels)
+    if statistics is None or dim is None:
+        raise AnalysisError("chunks() yielded no chunks")
+    shared, masked = statistics.compute()
+    return shared, masked, dim
+
+
 def analyze_stream(
     chunks: Callable[[], Iterable[Chunk]],
     identity: torch.Tensor,
@@ -169,19 +188,8 @@ def analyze_stream(
     lookup = FoldLookup(identity, n_folds, seed)
 
     masked_attributes, dim = _masked_attributes(chunks, schema, masked_attributes, sync_on_compute=sync_on_compute, dist_sync_fn=dist_sync_fn)
-
-    statistics = None
-    for i, chunk in enumerate(chunks()):
-        x, ident, labels = _checked(chunk, schema, i, dim)
-        if statistics is None:
-            dim = dim or x.shape[1]
-            statistics = ProbeStatistics(
-                schema, dim, n_folds, list(masked_attributes), device=x.device, sync_on_compute=sync_on_compute, dist_sync_fn=dist_sync_fn
-            )
-        statistics.update(x, lookup(ident), labels)
-    if statistics is None:
-        raise AnalysisError("chunks() yielded no chunks")
-    shared, masked = statistics.compute()
+    shared, masked, dim = _stream_statistics(chunks, schema, lookup, n_folds, list(masked_attributes), dim,
+                                             sync_on_compute=sync_on_compute, dist_sync_fn=dist_sync_fn)
     heads = fit_probe_heads(shared, masked, schema, C=C)
     warnings = list(heads.warnings)
     n_rows = heads.n_rows
