@@ -131,7 +131,6 @@ def probe_leakage(embeddings: torch.Tensor, probe: ProbeSet, config: AnalysisCon
         masked_attributes=masked,
         dist_sync_fn=metric_sync(collectives) if distributed and collectives is not None else None,
         min_class_samples=config.min_class_samples,
-        C=float(config.C),
     )
 
 

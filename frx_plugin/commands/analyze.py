@@ -197,7 +197,6 @@ def _stream_file(dataset: Any, config: AnalysisConfig, chunk_size: int, progress
         seed=config.seed,
         masked_attributes=dataset.attributes_with_missing_labels(),
         min_class_samples=config.min_class_samples,
-        C=float(config.C),
     )
 
 

@@ -297,9 +297,7 @@ def analyze_embeddings(
     exact L2-penalised logistic heads instead (one-vs-rest per class, penalty ``1/C`` on the
     summed loss, scikit-learn's ``LogisticRegression(C=C)`` objective; see
     :mod:`frx_plugin.leakage.logistic`); continuous attributes keep their ridge heads. The report's
-    ``head`` says which. The default ridge heads of binary and categorical attributes approximate
-    that same logistic head with the same ``C`` (its first Newton step from the prior-only model,
-    :mod:`frx_plugin.leakage.ridge`), so the two heads agree to first order in the signal.
+    ``head`` says which.
     """
     if head not in HEADS:
         raise AnalysisError(f"head must be one of {list(HEADS)}, got {head!r}")
@@ -400,7 +398,7 @@ def _fitted_heads(rows: _Rows, schema: AttributeSchema, head: str, C: float) -> 
     statistics.update(rows.x, rows.folds, rows.labels)
     shared, masked = statistics.compute()
     folds_with_data = [int(f) for f in torch.unique(rows.folds).tolist()]
-    heads = fit_probe_heads(shared, masked, schema, folds_with_data, fit_discrete=head == "ridge", C=C)
+    heads = fit_probe_heads(shared, masked, schema, folds_with_data, fit_discrete=head == "ridge")
     if head == "logistic":
         _use_logistic_heads(heads, rows.as_given, rows.folds, y_all, targets, shared, masked, C)
     return heads, y_all, targets

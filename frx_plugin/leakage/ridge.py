@@ -3,14 +3,7 @@
 Each target column gets its own ridge head ``score = zᵀw + b`` fitted on centred training
 embeddings (the intercept ``b`` comes from the training means).
 
-Penalty of a 0/1 column (binary, or one class of a categorical attribute): logistic-equivalent,
-λ = 1/(C·p(1 − p)) with p the training set's share of ones, and the head divided by p(1 − p): the
-first penalised Newton step of the logistic head (penalty ‖w‖²/(2C), scikit-learn's C = 1 by
-default) from the prior-only model (see ``_penalties``). It agrees with that logistic head to first
-order in the signal, and is stable for rare attributes, where a search on held-out error jumped
-between the ends of its grid from fold to fold.
-
-Penalty of a continuous column (per training set): chosen on held-out *identities* by an inner
+Penalty (per training set and target column): chosen on held-out *identities* by an inner
 cross-validation over the other folds, computed from the per-fold sufficient statistics alone
 (see ``_inner_fold_penalty``). With fewer than 3 non-empty folds it falls back to generalised
 cross-validation over a log grid of 33 penalties λ = s·10^k, k ∈ [−6, 2], s = trace(S)/D the
@@ -282,15 +275,12 @@ def fit_probe_heads(
     schema: AttributeSchema,
     folds: Sequence[int] | None = None,
     fit_discrete: bool = True,
-    C: float = 1.0,
 ) -> ProbeHeads:
     """Ridge heads of every attribute from ``ProbeStatistics.compute()`` = (``shared``, ``masked``).
 
     ``fit_discrete=False`` leaves the heads of binary and categorical columns at zero (their
     reasons, counts and warnings are still computed): for callers that fit those heads
     another way (the logistic heads of :func:`~frx_plugin.leakage.estimate.analyze_embeddings`).
-    ``C``: the inverse penalty of the logistic head that each 0/1 column's ridge head approximates
-    (λ = 1/(C·p(1 − p)), see ``_penalties``); continuous columns choose theirs by inner folds.
 
     Attributes named in ``masked`` (those with missing labels) get heads from their labelled rows
     only, one group each; the others share one group (one XᵀX). ``folds``: the fold ids that hold
@@ -306,7 +296,7 @@ def fit_probe_heads(
         train = stats.training_sets()
         cols = torch.cat([t.cols for t in members])
         _describe_group(out, members, stats, train, fold_has)
-        heads = _group_ridge_heads(members, stats, train, fit_discrete, C)
+        heads = _group_ridge_heads(members, stats, train, fit_discrete)
         out.weight[:, :, cols], out.bias[:, cols], out.penalty[:, cols] = heads.weight, heads.bias, heads.penalty
         out.threshold[:, cols] = class_midpoints(train, heads)
         out.score_low[:, cols], out.score_high[:, cols] = _score_range(stats, heads.weight, heads.bias)
@@ -371,16 +361,13 @@ def _describe_group(out: ProbeHeads, members: list[Target], stats: FoldStatistic
             out.warnings += unseen_class_warnings(attribute, train.sum_y[:, local], held_out_folds)
 
 
-def _group_ridge_heads(members: list[Target], stats: FoldStatistics, train: FoldStatistics, fit_discrete: bool,
-                       C: float = 1.0) -> Heads:
+def _group_ridge_heads(members: list[Target], stats: FoldStatistics, train: FoldStatistics, fit_discrete: bool) -> Heads:
     """Ridge heads of one group's columns on every training set (discrete ones zero unless ``fit_discrete``)."""
     f64, device = torch.float64, stats.count.device
     d = stats.sum_x.shape[1]
     fit = torch.tensor([fit_discrete or not t.attribute.discrete for t in members for _ in range(t.cols.numel())], device="cpu")
-    discrete = torch.tensor([t.attribute.discrete for t in members for _ in range(t.cols.numel())], device=device)
-    prior = train.sum_y / train.count.clamp_min(1.0)[:, None]
     if bool(fit.all()):
-        heads = fit_ridge_heads(train, penalty=_penalties(stats, train, discrete, C))
+        heads = fit_ridge_heads(train, penalty=_inner_fold_penalty(stats))
     else:
         sets = train.gram.shape[0]
         heads = Heads(
@@ -389,42 +376,12 @@ def _group_ridge_heads(members: list[Target], stats: FoldStatistics, train: Fold
         )
         if bool(fit.any()):
             some = fit.nonzero().squeeze(1)
-            partial = fit_ridge_heads(train.columns(some), penalty=_penalties(stats.columns(some), train.columns(some),
-                                                                               discrete[some.to(device)], C))
+            partial = fit_ridge_heads(train.columns(some), penalty=_inner_fold_penalty(stats.columns(some)))
             heads.weight[:, :, some], heads.bias[:, some], heads.penalty[:, some] = partial.weight, partial.bias, partial.penalty
     # Discrete columns score without the training prior ȳ in the intercept: pooled over folds,
     # that term is anti-correlated with each held-out fold's labels (a fold rich in positives
     # leaves a training set poor in them), which drags a signal-free attribute below AUROC 0.5.
+    discrete = torch.tensor([t.attribute.discrete for t in members for _ in range(t.cols.numel())], device=device)
+    prior = train.sum_y / train.count.clamp_min(1.0)[:, None]
     heads.bias = heads.bias - torch.where(discrete[None, :], prior, torch.zeros_like(prior))
-    # ... and on the logistic head's scale: the Newton step divides by the Fisher weight p(1 − p), so
-    # the scores that are pooled over folds weigh each fold's head as the logistic heads would.
-    scale = torch.where(discrete[None, :], 1.0 / _fisher_weight(train), torch.ones_like(prior))
-    heads.weight, heads.bias = heads.weight * scale[:, None, :], heads.bias * scale
     return heads
-
-
-def _fisher_weight(train: FoldStatistics) -> torch.Tensor:
-    """(S, T) p(1 − p) of each training set's 0/1 columns, p kept half a sample inside (0, 1)."""
-    n = train.count.clamp_min(1.0)[:, None]
-    p = torch.minimum(torch.maximum(train.sum_y / n, 0.5 / n), 1.0 - 0.5 / n)
-    return p * (1.0 - p)
-
-
-def _penalties(stats: FoldStatistics, train: FoldStatistics, discrete: torch.Tensor, C: float) -> torch.Tensor:
-    """(S, T) ridge λ of every training set and column: logistic-equivalent for 0/1 columns, by inner folds (else GCV) for continuous ones.
-
-    A 0/1 column's head is the first penalised Newton step of the logistic head with penalty ‖w‖²/(2C)
-    from the prior-only model: (p(1 − p)·S + I/C)·w = Xᶜᵀy, i.e. ridge with λ = 1/(C·p(1 − p)), its
-    weights divided by p(1 − p) (done by the caller). It agrees with scikit-learn's
-    ``LogisticRegression(C=C)`` to first order in the signal, and λ moves only with the training
-    prior, never with a noisy search (a rare column's inner-fold choice could jump between the ends
-    of its grid from one fold to the next).
-    """
-    penalty = 1.0 / (C * _fisher_weight(train))
-    continuous = (~discrete).nonzero().squeeze(1)
-    if continuous.numel():
-        chosen = _inner_fold_penalty(stats.columns(continuous))
-        if chosen is None:  # fewer than 3 folds hold data: GCV
-            chosen = fit_ridge_heads(train.columns(continuous)).penalty
-        penalty[:, continuous] = chosen
-    return penalty

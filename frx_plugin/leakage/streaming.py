@@ -159,7 +159,6 @@ def analyze_stream(
     n_bins: int = DEFAULT_BINS,
     dist_sync_fn: Callable | None = None,
     min_class_samples: int = MIN_CLASS_SAMPLES,
-    C: float = 1.0,
 ) -> Report:
     """Held-out leakage of every attribute of ``schema`` from a stream of chunks, in constant memory.
 
@@ -175,8 +174,7 @@ def analyze_stream(
     bins per score column. ``dist_sync_fn``: how the metrics' states are gathered across ranks
     (default torchmetrics' own gather; a pass gives :func:`frx_plugin.collectives.metric_sync`).
     ``min_class_samples``: a binary or categorical attribute with a class of fewer labelled samples
-    is reported NaN with that reason, as ``analyze_embeddings`` does. ``C``: the logistic penalty
-    that the ridge heads of 0/1 columns approximate (:func:`~frx_plugin.leakage.ridge.fit_probe_heads`).
+    is reported NaN with that reason, as ``analyze_embeddings`` does.
 
     Devices: the analysis runs on the device of the first chunk's embeddings (every chunk is
     moved there); identities and labels may stay on the CPU. ``report.tensors`` are on the CPU.
@@ -190,7 +188,7 @@ def analyze_stream(
     masked_attributes, dim = _masked_attributes(chunks, schema, masked_attributes, sync_on_compute=sync_on_compute, dist_sync_fn=dist_sync_fn)
     shared, masked, dim = _stream_statistics(chunks, schema, lookup, n_folds, list(masked_attributes), dim,
                                              sync_on_compute=sync_on_compute, dist_sync_fn=dist_sync_fn)
-    heads = fit_probe_heads(shared, masked, schema, C=C)
+    heads = fit_probe_heads(shared, masked, schema)
     warnings = list(heads.warnings)
     n_rows = heads.n_rows
     if n_rows != identity.numel():
