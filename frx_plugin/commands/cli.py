@@ -357,7 +357,10 @@ def _add_plugin_commands(sub) -> None:
     """The plugins' subcommands (hook ``frx_register_commands``), and a stub for each optional one not installed."""
     from frx_plugin.commands.registry import OPTIONAL_COMMANDS, plugin_commands
 
-    commands = plugin_commands(reserved=CORE_COMMANDS)
+    def refused(message: str) -> None:  # the help is still built, without that plugin command; frx plugins names it too
+        print(f"frx: warning: {message}; it is left out", file=sys.stderr)
+
+    commands = plugin_commands(reserved=CORE_COMMANDS, refused=refused)
     for name, (help_text, extra, _) in OPTIONAL_COMMANDS.items():
         if name not in commands:  # takes any arguments: they are answered by what to install
             stub = sub.add_parser(name, help=f"{help_text} (pip install '{DISTRIBUTION}[{extra}]')", add_help=False)

@@ -9,7 +9,7 @@ subcommand's arguments on its own ``argparse.ArgumentParser`` and returns ``run(
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,20 +33,28 @@ class PluginCommand:
     description: str
 
 
-def plugin_commands(reserved: Sequence[str] = ()) -> dict[str, PluginCommand]:
-    """Every subcommand the plugins register, by name; a name in ``reserved`` (the core's) or registered twice is a PluginError."""
+def plugin_commands(reserved: Sequence[str] = (), refused: Callable[[str], None] | None = None) -> dict[str, PluginCommand]:
+    """Every subcommand the plugins register, by name. A name in ``reserved`` (the core's), one registered twice or
+    a registration that is not a command is a PluginError; with ``refused``, that registration is left out and
+    ``refused(message)`` says why (the command line's help is still built)."""
     found: dict[str, PluginCommand] = {}
+
+    def refuse(message: str) -> None:
+        if refused is None:
+            raise PluginError(message)
+        refused(message)
 
     def register(name: str, factory: CommandFactory, description: str = "") -> None:
         if not isinstance(name, str) or not name or name.startswith("-"):
-            raise PluginError(f"command name must be a non-empty string not starting with '-', got {name!r}")
+            return refuse(f"command name must be a non-empty string not starting with '-', got {name!r}")
         if not callable(factory):
-            raise PluginError(f"command {name!r}: factory must be callable, got {type(factory).__name__}")
+            return refuse(f"command {name!r}: factory must be callable, got {type(factory).__name__}")
         if name in reserved:
-            raise PluginError(f"command {name!r} is one of frx's own and cannot be registered by a plugin")
+            return refuse(f"command {name!r} is one of frx's own and cannot be registered by a plugin")
         if name in found:
-            raise PluginError(f"command {name!r} is registered twice")
+            return refuse(f"command {name!r} is registered twice")
         found[name] = PluginCommand(name, factory, description)
+        return None
 
     get_plugin_manager().hook.frx_register_commands(register=register)
     return found
