@@ -1,13 +1,16 @@
-"""Ground-truth validation of the counterfactuals (issue 4): latent against exact, and planted causes.
+"""Ground-truth validation of the counterfactuals: the latent and decoded paths against the exact one, and planted causes.
 
-    python benchmarks/groundtruth.py --out DIR [--reuse]
+    python benchmarks/groundtruth.py --out DIR [--reuse] [--decoder-steps 200]
 
 1. Trains a backbone exactly as ``frx demo`` does (``frx demo --out DIR/demo``; ``--reuse`` keeps a
    backbone already there) and embeds the demo's held-out probe set (400 identities × 4 images).
 2. ``spearman_latent_vs_exact``: identity significance S_k of all 19 attributes on every probe
    sample, exact (the synthetic world re-renders each face with the attribute edited, the model
    re-embeds it) and latent (``frx_plugin.counterfactual`` least-norm move of the probe heads;
-   the Gaussian-conditional variant is reported beside it), and their rank correlation.
+   the Gaussian-conditional variant is reported beside it), decoded (the two stages' conv decoders
+   trained on the probe set's 2 identity-disjoint folds, as a pass trains them; each face's code edited
+   along directions fitted on the other fold, rendered and re-embedded: ``frx_plugin.counterfactual.decoded``),
+   and each path's rank correlation with the exact one.
 3. ``planted_cause_top1``: for each attribute (the cause) and 24 probe faces i, a second face j
    is rendered from i's own parameters with the cause changed by a large step (binary flipped,
    categorical to the next class, continuous by 2 standard deviations towards the middle of its
@@ -15,7 +18,9 @@
    genuine pair that differs in the cause and in nothing else beyond jitter. For each pair δ_m
    (j takes i's value of m) is computed for every attribute m on both paths; the figure is the
    share of pairs whose top-ranked δ names the cause — over the pairs that the backbone gets wrong
-   (score ≤ τ at FMR 1e-3 on the probe set: the errors an explanation is for) and over all pairs.
+   (score ≤ τ at FMR 1e-3 on the probe set: the errors an explanation is for) and over all pairs. On the
+   decoded path j's code is its embedding's code in the decoder of i's fold (the one that never saw i's
+   identity), and δ_m compares the edited rendering with the unedited one.
 
 Writes DIR/groundtruth.json and prints a summary.
 """
@@ -33,12 +38,13 @@ from pathlib import Path
 import torch
 
 from frx_plugin.counterfactual import exact_embedder, identity_significance, latent_embedder, latent_model
+from frx_plugin.counterfactual.decoded import decoded_embedder
 from frx_plugin.model import embed_probe_set
 from frx_plugin.models import BACKBONE_FILE, load_backbone
 from frx_plugin.passes import AnalysisConfig, analyze_probe
 from frx_plugin.plugins import require_generator
 from frx_plugin.synthetic import SyntheticFaceWorld, SyntheticProbeSet
-from frx_plugin.two_stage import spearman
+from frx_plugin.two_stage import TwoStage, TwoStageConfig, run_two_stage, spearman
 from frx_plugin.verification import verification
 
 
@@ -67,6 +73,21 @@ def planted_pairs(world: SyntheticFaceWorld, rows: torch.Tensor, cause: str, see
     return params
 
 
+def decoded_planted(decoding, folds: torch.Tensor, z_i: torch.Tensor, z_j: torch.Tensor, name, old, new, model) -> torch.Tensor:
+    """cos(z_i, f(R(w_j + v))) on the decoded path: j's code in the decoder of i's fold, edited from ``old`` to ``new``
+    of attribute ``name`` along that fold's directions (``name`` None: unedited), rendered, re-embedded."""
+    out = torch.empty(z_i.shape[0], dtype=torch.float64)
+    for fold in torch.unique(folds).tolist():
+        where = (folds == fold).nonzero().squeeze(1)
+        decoder = decoding.decoders[fold]
+        codes = decoder.latent(z_j[where].float())
+        if name is not None:
+            codes = (codes.double() + decoding.directions(fold).shift(codes, name, old[where], new[where])).float()
+        rendered = embed_images(model, decoder.render_latent(codes))
+        out[where] = (z_i[where] * rendered).sum(1)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -74,6 +95,7 @@ def main() -> None:
     parser.add_argument("--pairs-per-attribute", type=int, default=24)
     parser.add_argument("--latent-mode", choices=("least_norm", "conditional"), default="conditional",
                         help="the latent path whose S_k and δ are reported as 'latent' (the other mode's S_k is reported beside it)")
+    parser.add_argument("--decoder-steps", type=int, default=TwoStageConfig.steps, help="steps of each fold's decoder (a pass's default)")
     args = parser.parse_args()
     out = Path(args.out)
     demo = out / "demo"
@@ -103,11 +125,23 @@ def main() -> None:
     names = [n for n in schema.names if n in exact and n in latent["least_norm"]]
     correlation = {mode: spearman([exact[n].value for n in names], [latent[mode][n].value for n in names]) for mode in latent}
 
+    # the decoded path: the two stages' decoders, trained as a pass trains them (2 identity-disjoint folds)
+    decoder_start = time.perf_counter()
+    stages = TwoStage(probe, TwoStageConfig(steps=args.decoder_steps, n_bootstrap=0, figure_faces=0))
+    recovery, results = run_two_stage(stages, z.cpu(), model)
+    stages.fresh_folds = {r.fold for r in results if r.error is None}
+    decoder_seconds = time.perf_counter() - decoder_start
+    decoding = decoded_embedder(model, stages, z, labels, schema)
+    decoded = identity_significance(z, identity, schema, labels, decoding, rows, n_bootstrap=0)
+    correlation_decoded = spearman([exact[n].value for n in names], [decoded[n].value for n in names])
+    decoded_seconds = time.perf_counter() - decoder_start - decoder_seconds
+
     # 2. planted causes
     planted_latent = latent_model(z, labels, schema, report.tensors["probe_directions"], report.tensors["probe_bias"],
                                   mode=args.latent_mode, held_out=held_out)
     chosen = torch.unique(torch.linspace(0, len(probe) - 1, args.pairs_per_attribute).round().long())
-    hits = {"exact": [], "latent": []}
+    hits = {"exact": [], "latent": [], "decoded": []}
+    own_fold = stages.folds[chosen]
     per_cause = {}
     for c, cause in enumerate(schema.names):
         params = planted_pairs(world, chosen, cause, seed=c)
@@ -115,7 +149,8 @@ def main() -> None:
         z_j = embed_images(model, world.render_parameters(params))
         score = (z_i * z_j).sum(1)
         own = world.parameters(chosen)
-        deltas = {"exact": torch.zeros(chosen.numel(), len(schema)), "latent": torch.zeros(chosen.numel(), len(schema))}
+        deltas = {path: torch.zeros(chosen.numel(), len(schema)) for path in hits}
+        unedited = decoded_planted(decoding, own_fold, z_i, z_j, None, None, None, model)
         for m, name in enumerate(schema.names):
             aligned = dict(params)
             aligned[name] = own[name]
@@ -125,9 +160,11 @@ def main() -> None:
             if name in planted_latent.cols:
                 moved = planted_latent.move(z_j.float(), name, params[name], own[name]).double()
                 deltas["latent"][:, m] = ((z_i * moved).sum(1) - score).float()
+            deltas["decoded"][:, m] = (decoded_planted(decoding, own_fold, z_i, z_j, name, params[name], own[name], model)
+                                       - unedited).float()
         error = score <= tau
         per_cause[cause] = {"pairs": int(chosen.numel()), "errors": int(error.sum()), "mean_score": float(score.mean())}
-        for path in ("exact", "latent"):
+        for path in hits:
             top = deltas[path].argmax(1) == c
             hits[path].append((top, error))
             per_cause[cause][f"top1_{path}"] = float(top.double().mean())
@@ -145,11 +182,15 @@ def main() -> None:
         "tau_at_fmr_1e-3": tau,
         "latent_mode": args.latent_mode,
         "spearman_latent_vs_exact": correlation[args.latent_mode],
+        "spearman_decoded_vs_exact": correlation_decoded,
+        "decoder": {"steps": args.decoder_steps, "folds": stages.config.n_folds, "errors": recovery["errors"],
+                    "identity_similarity": recovery["identity_similarity"], "fit_seconds": decoder_seconds,
+                    "significance_seconds": decoded_seconds},
         "spearman_by_latent_mode": correlation,
         "significance": {n: {"exact": exact[n].value, "latent_least_norm": latent["least_norm"][n].value,
-                             "latent_conditional": latent["conditional"][n].value} for n in names},
-        "planted_cause_top1": {"exact": share("exact", True), "latent": share("latent", True)},
-        "planted_cause_top1_all_pairs": {"exact": share("exact", False), "latent": share("latent", False)},
+                             "latent_conditional": latent["conditional"][n].value, "decoded": decoded[n].value} for n in names},
+        "planted_cause_top1": {path: share(path, True) for path in hits},
+        "planted_cause_top1_all_pairs": {path: share(path, False) for path in hits},
         "planted_pairs": sum(v["pairs"] for v in per_cause.values()),
         "planted_pairs_that_are_errors": n_errors,
         "per_cause": per_cause,
@@ -157,16 +198,17 @@ def main() -> None:
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "groundtruth.json").write_text(json.dumps(document, indent=1, allow_nan=True), encoding="utf-8")
-    print(json.dumps({k: document[k] for k in ("latent_mode", "spearman_latent_vs_exact", "spearman_by_latent_mode",
+    print(json.dumps({k: document[k] for k in ("latent_mode", "spearman_latent_vs_exact", "spearman_decoded_vs_exact",
+                                               "spearman_by_latent_mode", "decoder",
                                                "planted_cause_top1", "planted_cause_top1_all_pairs", "planted_pairs",
                                                "planted_pairs_that_are_errors", "seconds")}, indent=1))
-    print("\n| attribute | S_k exact | S_k latent | top-1 exact (errors) | top-1 latent (errors) | errors / pairs |")
-    print("|---|---|---|---|---|---|")
+    print("\n| attribute | S_k exact | S_k latent | S_k decoded | top-1 exact (errors) | top-1 latent | top-1 decoded | errors / pairs |")
+    print("|---|---|---|---|---|---|---|---|")
     for n in names:
         p = per_cause[n]
         fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
-        print(f"| {n} | {exact[n].value:.2e} | {latent[args.latent_mode][n].value:.2e} | {fmt(p['top1_exact_errors'])} | "
-              f"{fmt(p['top1_latent_errors'])} | {p['errors']} / {p['pairs']} |")
+        print(f"| {n} | {exact[n].value:.2e} | {latent[args.latent_mode][n].value:.2e} | {decoded[n].value:.2e} | "
+              f"{fmt(p['top1_exact_errors'])} | {fmt(p['top1_latent_errors'])} | {fmt(p['top1_decoded_errors'])} | {p['errors']} / {p['pairs']} |")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 
 ON_ERROR = ("warn", "raise")
 #: Options of the counterfactual part of a pass.
-COUNTERFACTUAL_PATHS = ("auto", "exact", "latent", "off")
+COUNTERFACTUAL_PATHS = ("auto", "exact", "decoded", "latent", "off")
 #: The most probe rows whose counterfactuals give identity significance, and errors of each kind explained,
 #: in a default pass. On the exact path a pass makes at most 0.75 changed faces per probe image
 #: (:func:`frx_plugin.counterfactual.budget.counterfactual_budget`), so its counterfactuals cost at most
@@ -123,7 +123,7 @@ class AnalysisConfig:
 class PassPlan:
     """What a pass measures, once the probe set is known (make one with :func:`frx_plugin.passes.plan_pass`).
 
-    ``counterfactuals``: the path decided ("exact", "latent") or ``None`` (off); ``generator``: the
+    ``counterfactuals``: the path decided ("exact", "decoded", "latent") or ``None`` (off); ``generator``: the
     generator of the exact path; ``on_error``: "warn" (a failed pass is reported and skipped) or "raise";
     ``notices``: what the decision has to tell the user (a warning each).
     """
@@ -141,8 +141,8 @@ class PassPlan:
             raise TypeError(f"config must be a frx_plugin.config.AnalysisConfig, got {type(self.config).__name__}")
         if self.on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
-        if self.counterfactuals not in (None, "exact", "latent"):
-            raise ValueError(f"counterfactuals must be 'exact', 'latent' or None, got {self.counterfactuals!r}")
+        if self.counterfactuals not in (None, "exact", "decoded", "latent"):
+            raise ValueError(f"counterfactuals must be 'exact', 'decoded', 'latent' or None, got {self.counterfactuals!r}")
         if self.counterfactuals == "exact" and self.generator is None:
             raise ValueError("the exact counterfactual path needs a generator")
         if not self.verification and self.counterfactuals is not None:

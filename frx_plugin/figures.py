@@ -85,11 +85,32 @@ def plot_leakage_history(records: Sequence[dict[str, Any]], path: Path, title: s
 def plot_counterfactuals(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
     """One row per explained error pair: the two faces, then the second face changed one attribute at a time.
 
-    Each row: ``kind``, ``tau``, ``score``, ``first`` and ``second`` images (3, H, W) in [0, 1], and
-    ``changed``: a list of ``(attribute, image, score)`` — the second face with that attribute
-    changed and the pair's score then. A panel whose score crosses τ is framed in green.
+    Each row: ``kind``, ``tau``, ``score``, ``first`` and ``second`` images (3, H, W) in [0, 1],
+    optionally ``decoded``: ``(label, image)`` panels shown after them (the decoded path: both faces as the
+    decoder renders them), and ``changed``: a list of ``(attribute, image, score)`` — the second face with
+    that attribute changed and the pair's score then. A panel whose score crosses τ is framed in green.
     Written atomically (PNG): a reader sees the old figure or the new one, never half.
     """
+    return _save(_counterfactual_figure(rows, title), path)
+
+
+def counterfactual_strip(rows: Sequence[dict[str, Any]], title: str = "") -> Any:
+    """The figure of :func:`plot_counterfactuals` as a CHW float image in [0, 1] (for TensorBoard's ``add_image``)."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    fig = _counterfactual_figure(rows, title)
+    try:
+        fig.set_dpi(90)
+        fig.canvas.draw()
+        pixels = torch.frombuffer(bytearray(fig.canvas.buffer_rgba()), dtype=torch.uint8)
+        width, height = fig.canvas.get_width_height()
+        return pixels.view(height, width, 4)[..., :3].permute(2, 0, 1).float() / 255.0
+    finally:
+        plt.close(fig)
+
+
+def _counterfactual_figure(rows: Sequence[dict[str, Any]], title: str) -> Any:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -97,7 +118,7 @@ def plot_counterfactuals(rows: Sequence[dict[str, Any]], path: Path, title: str 
 
     if not rows:
         raise ValueError("plot_counterfactuals: no error pairs to show")
-    columns = 2 + max(len(r["changed"]) for r in rows)
+    columns = 2 + max(len(r.get("decoded", ())) + len(r["changed"]) for r in rows)
     fig, axes = plt.subplots(len(rows), columns, figsize=(1.9 * columns, 2.45 * len(rows)), squeeze=False)
 
     def show(ax, image, label: str, frame: str | None = None) -> None:
@@ -114,19 +135,23 @@ def plot_counterfactuals(rows: Sequence[dict[str, Any]], path: Path, title: str 
         kind = "false non-match" if row["kind"] == "false_non_match" else "false match"
         show(axes[r, 0], row["first"], f"{kind}\nτ = {row['tau']:.3f}\nface A")
         show(axes[r, 1], row["second"], f"face B\ncos(A, B) = {row['score']:.3f}")
+        decoded = list(row.get("decoded", ()))
+        for c, (label, image) in enumerate(decoded):
+            show(axes[r, 2 + c], image, label)
+        first = 2 + len(decoded)
         for c, (attribute, image, score) in enumerate(row["changed"]):
             flipped = (score > row["tau"]) if row["kind"] == "false_non_match" else (score <= row["tau"])
             verb = "takes A's" if row["kind"] == "false_non_match" else "changes"
-            show(axes[r, 2 + c], image, f"B {verb} {attribute}\ncos = {score:.3f} ({score - row['score']:+.3f})",
+            show(axes[r, first + c], image, f"{'G(B)' if decoded else 'B'} {verb} {attribute}\ncos = {score:.3f} ({score - row['score']:+.3f})",
                  "tab:green" if flipped else None)
-        for c in range(2 + len(row["changed"]), columns):
+        for c in range(first + len(row["changed"]), columns):
             axes[r, c].axis("off")
     if title:
         import textwrap
 
         fig.suptitle(textwrap.fill(title, width=max(40, 26 * columns)), fontsize=9)  # wrapped to the figure's width
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def plot_det(curves: dict[str, Any], path: Path, groups: Sequence[dict[str, Any]] = (), title: str = "") -> Path:

@@ -191,7 +191,7 @@ class AnalysisLoop:
         elif self.collectives is None:
             self.collectives = default_collectives(model_device(module) if module is not None else "cpu")
         if self.plan is None:
-            self.plan = plan_pass(self.probe, self.config, on_error=self.on_error)
+            self.plan = plan_pass(self.probe, self.config, on_error=self.on_error, decoder=self.schedule.decodes)
             for notice in self.plan.notices:
                 self.warn(f"frx: {notice}")
         if self.schedule.decodes and self.two_stage is None:
@@ -275,6 +275,8 @@ class AnalysisLoop:
                         sink.log_report(report, where)
                 if result.decoded is not None:
                     self._publish_decoded(report, result.decoded, step, where)
+                if result.strips:
+                    self._publish_strips(report, result.strips, step, where)
             unwritten = self._write()
             if unwritten is not None:
                 self._publish({HISTORY_WRITE_FAILED: 1.0}, step, every_rank=False)
@@ -308,6 +310,23 @@ class AnalysisLoop:
         except Exception as exc:  # noqa: BLE001 - a figure never costs the pass
             report.warnings.append(f"two-stage figures not written: {type(exc).__name__}: {exc}")
             self.warn(f"frx: the two-stage figures were not written to {self.out_dir}: {type(exc).__name__}: {exc}")
+
+    def _publish_strips(self, report: Report, strips: list, step: int, where: str) -> None:
+        """Global-zero only: the decoded counterfactuals of a few errors, ``counterfactuals.png`` and for the image sinks."""
+        from frx_plugin.figures import counterfactual_strip, plot_counterfactuals
+
+        title = (f"{where}: error pairs (faces A, B), their decodings, then G(B) with one attribute edited in the decoder's "
+                 "latent space and re-embedded; framed green where that change alone flips the decision at τ")
+        try:
+            if any(callable(getattr(sink, "log_image", None)) for sink in self.sinks):
+                image = counterfactual_strip(strips, title)
+                for sink in self.sinks:
+                    if callable(getattr(sink, "log_image", None)):
+                        sink.log_image("frx/counterfactuals", image, step)
+            plot_counterfactuals(strips, self.out_dir / "counterfactuals.png", title=title)
+        except Exception as exc:  # noqa: BLE001 - a figure never costs the pass
+            report.warnings.append(f"counterfactual figure not written: {type(exc).__name__}: {exc}")
+            self.warn(f"frx: the counterfactual figure was not written to {self.out_dir}: {type(exc).__name__}: {exc}")
 
     def _write(self) -> OSError | None:
         """Write the history; returns the ``OSError`` of a write that failed (the pass is kept, written at the next)."""

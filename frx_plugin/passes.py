@@ -50,24 +50,33 @@ __all__ = [
 
 def plan_pass(probe: ProbeSet, config: AnalysisConfig = AnalysisConfig(), *, on_error: str = "warn",
               counterfactuals: str | None = None, significance_samples: int | None = None,
-              max_error_pairs: int | None = None, verification: bool = True) -> PassPlan:
+              max_error_pairs: int | None = None, verification: bool = True, decoder: bool = False) -> PassPlan:
     """The plan of a run's passes over ``probe``: the counterfactual path decided once.
 
     ``config.counterfactuals`` (or ``counterfactuals``, which overrides it, as ``significance_samples``
     and ``max_error_pairs`` override the config's): "auto" (exact when a registered generator can
-    render the probe set, latent otherwise, with a notice), "exact" (an error now if none can),
-    "latent" or "off". ``verification`` false: leakage only.
+    render the probe set; else decoded where the run trains decoders, ``decoder`` true; else latent, with a
+    notice), "exact" (an error now if none can), "decoded" (an error now without a decoder), "latent" or
+    "off". The decoded path renders with the decoders a pass trains: a pass that trains none (the two stages
+    run every M passes) uses the latent path, and its report says so. ``verification`` false: leakage only.
     """
     config = config.updated(counterfactuals=counterfactuals, significance_samples=significance_samples,
                             max_error_pairs=max_error_pairs)
     notices: tuple[str, ...]
     path, generator, notices = None, None, ()
     if config.counterfactuals != "off":
-        path, generator = choose_counterfactual_path(probe, config.counterfactuals)
+        path, generator = choose_counterfactual_path(probe, config.counterfactuals, decoder)
         if config.counterfactuals == "auto" and path == "latent":
             notices = (
                 f"no generator (hook frx_register_generators) can render {probe.source}; identity significance and "
                 "error attribution use the latent path (pass counterfactuals='exact' to require a generator, 'off' to skip)",
+            )
+        elif path == "decoded":
+            notices = (
+                f"identity significance and error attribution of {probe.source} use decoded counterfactuals: the two stages' "
+                "decoders render each face with one attribute edited in their latent space and the model re-embeds it, on "
+                "the passes that train the decoders; the other passes use the latent path (counterfactuals='latent' for "
+                "all, 'off' to skip)",
             )
     return PassPlan(config=config, counterfactuals=path, generator=generator, on_error=on_error, notices=notices,
                     verification=verification)
@@ -76,13 +85,16 @@ def plan_pass(probe: ProbeSet, config: AnalysisConfig = AnalysisConfig(), *, on_
 @dataclass
 class PassResult:
     """What a pass gave: its ``report`` (``None`` when it failed), the ``failure`` message, ``timing`` in
-    seconds (:data:`TIMING_KEYS`), and ``decoded`` — (originals, decoded faces, their identity
-    similarity) of the two-stage path for figures, or ``None``."""
+    seconds (:data:`TIMING_KEYS`), ``decoded`` — (originals, decoded faces, their identity
+    similarity) of the two-stage path for figures, or ``None`` — and ``strips``, the decoded
+    counterfactuals of a few explained errors for figures, or ``None``."""
 
     report: Report | None
     failure: str | None = None
     timing: dict[str, float] = field(default_factory=dict)
     decoded: tuple | None = None
+    #: the decoded counterfactuals' figure rows (:func:`frx_plugin.figures.plot_counterfactuals`), global-zero only
+    strips: list | None = None
 
     @property
     def ok(self) -> bool:
@@ -261,24 +273,32 @@ def _given_shard(embeddings: torch.Tensor, probe: ProbeSet, indices: torch.Tenso
 
 
 def _counterfactuals(model: Any, probe: ProbeSet, embeddings: torch.Tensor, report: Report, plan: PassPlan,
-                     collectives: Collectives) -> None:
+                     collectives: Collectives, two_stage: Any = None) -> list | None:
     """Identity significance and error attribution (every rank, same inputs, same collectives).
 
     The study's size is the plan's, or scaled to the probe set (:func:`~frx_plugin.counterfactual.budget.counterfactual_budget`).
+    ``two_stage``: the two stages whose decoders this pass trained (the decoded path), or ``None``; without
+    them a decoded plan takes the latent path in this pass (with a warning when the decoders failed).
+    Returns the decoded path's figure rows on the global-zero process (``PassResult.strips``), else ``None``.
     """
     assert plan.counterfactuals is not None  # run_pass calls this only when the plan has a counterfactual path
+    path = plan.counterfactuals
+    if path == "decoded" and (two_stage is None or report.recovery is None):
+        path = "latent"
+        if two_stage is not None:  # the decoders were due in this pass but failed (the two-stage warning says why)
+            report.warnings.append("decoded counterfactuals: no decoder was trained in this pass; the latent path was used")
     embed, attributes, unchanged = counterfactual_embedder(
-        model, embeddings, probe.labels, probe.schema, report, plan.counterfactuals, generator=plan.generator, probe=probe,
-        batch_size=plan.config.batch_size, collectives=collectives,
+        model, embeddings, probe.labels, probe.schema, report, path, generator=plan.generator, probe=probe,
+        batch_size=plan.config.batch_size, collectives=collectives, two_stage=two_stage,
     )
     if unchanged:
         report.warnings.append(f"counterfactuals: the generator cannot change {unchanged}; they are left out")
     changed = len(probe.schema) if attributes is None else len(attributes)
-    budget = counterfactual_budget(len(probe), changed, plan.counterfactuals, plan.significance_samples, plan.max_error_pairs)
+    budget = counterfactual_budget(len(probe), changed, path, plan.significance_samples, plan.max_error_pairs)
     report.counterfactual_budget = budget.to_record()
     try:
-        counterfactual_measures(
-            embeddings, probe, report, plan.config, embed, path=plan.counterfactuals,
+        explanations = counterfactual_measures(
+            embeddings, probe, report, plan.config, embed, path=path,
             significance_samples=budget.rows, max_error_pairs=budget.error_pairs, attributes=attributes,
         )
     except Exception as exc:  # noqa: BLE001 - leakage and verification of the pass still count
@@ -287,6 +307,14 @@ def _counterfactuals(model: Any, probe: ProbeSet, embeddings: torch.Tensor, repo
         if plan.on_error == "raise" and not isinstance(exc, AnalysisError):
             raise
         report.warnings.append(f"counterfactuals skipped: {type(exc).__name__}: {exc}")
+        return None
+    if path != "decoded" or collectives.rank != 0 or not explanations:
+        return None
+    try:  # the strip renders a few faces on this process alone (no collective): it never costs the pass
+        return embed.strip_rows(explanations, probe)
+    except Exception as exc:  # noqa: BLE001
+        report.warnings.append(f"counterfactual strip not made: {type(exc).__name__}: {exc}")
+        return None
 
 
 # --------------------------------------------------------------------------- the pass
@@ -357,7 +385,9 @@ def _sequence_pass(model: ModelAdapter | None, probe: ProbeSet, plan: PassPlan, 
             report.warnings.append(zero_rows_notice(int(empty.sum()), len(probe), first, what))
         if plan.verification:  # the same on every rank: all embeddings everywhere
             verify_probe(embeddings, probe, report, plan.config, plan.on_error)
-        if plan.counterfactuals is not None:
+        decoded_path = plan.counterfactuals == "decoded"  # it renders with the decoders the two stages train first
+        strips = None
+        if plan.counterfactuals is not None and not decoded_path:
             start = now()
             _counterfactuals(model, probe, embeddings, report, plan, collectives)
             timing["counterfactual_s"] = now() - start
@@ -367,6 +397,10 @@ def _sequence_pass(model: ModelAdapter | None, probe: ProbeSet, plan: PassPlan, 
             # the decoders train where the model is, from the embeddings on the host (as their images are)
             decoded = two_stage_part(model, embeddings.cpu(), report, two_stage, plan.on_error, collectives)
             timing["two_stage_s"] = now() - start
+        if decoded_path:
+            start = now()
+            strips = _counterfactuals(model, probe, embeddings, report, plan, collectives, two_stage)
+            timing["counterfactual_s"] = now() - start
         timing["embed_s"] = embedded - started
         timing["after_embed_s"] = now() - embedded - timing["counterfactual_s"] - timing["two_stage_s"]
         report.timing = dict(timing)
@@ -376,7 +410,7 @@ def _sequence_pass(model: ModelAdapter | None, probe: ProbeSet, plan: PassPlan, 
         return PassResult(report=None, failure=f"{type(exc).__name__}: {exc}", timing=timing)
     if announce and collectives.rank == 0:
         announce_pass(report, context, plan.on_error)
-    return PassResult(report=report, timing=timing, decoded=decoded)
+    return PassResult(report=report, timing=timing, decoded=decoded, strips=strips)
 
 
 def announce_pass(report: Report, context: dict[str, Any] | None, on_error: str = "warn") -> None:

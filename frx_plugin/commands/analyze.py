@@ -64,7 +64,7 @@ def analyze(
     ``with_verification``: also TAR at ``config.fmr``. ``progress(done, total, stage)`` after each
     chunk read or batch embedded when given. ``model_name``: how ``source`` names a model (default
     its type). ``chunk_size``: rows of a file read at once. ``counterfactuals`` (a model only):
-    "off", or "auto", "exact", "latent" for identity significance and error attribution as the
+    "off", or "auto", "exact", "decoded" (with ``two_stage``), "latent" for identity significance and error attribution as the
     training callbacks measure them — a model is analysed by the same pass they run. ``two_stage`` (a
     model only): a :class:`~frx_plugin.two_stage.TwoStageConfig` for the paper's two stages as well (the
     report's ``recovery``; with ``out_dir`` also ``decoded.png`` and ``recovery.png``).
@@ -221,7 +221,8 @@ def _analyze_model(
     name = model_name or type(model).__name__
     if not with_verification and counterfactuals != "off":
         raise ValueError("--counterfactuals needs the verification threshold: leave out --no-verification, or --counterfactuals off")
-    plan = plan_pass(probe, config, counterfactuals=counterfactuals, on_error="raise", verification=with_verification)
+    plan = plan_pass(probe, config, counterfactuals=counterfactuals, on_error="raise", verification=with_verification,
+                     decoder=two_stage is not None)
     for notice in plan.notices:
         warnings.warn(f"frx analyze: {notice}", stacklevel=3)
     context = {"framework": "frx analyze", "model": name, "out_dir": None if out_dir is None else str(out_dir)}

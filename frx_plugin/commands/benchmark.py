@@ -470,7 +470,7 @@ def _analyse(model: Any, z: torch.Tensor, probe: Any, config: AnalysisConfig, ma
     """The pass every loop runs (:func:`frx_plugin.passes.run_pass`) on the embeddings ``z`` the benchmark timed, with
     counterfactuals (exact where a generator renders the probe set, else latent), and verification at every FMR."""
     plan = plan_pass(probe, config, counterfactuals="auto" if model is not None else "latent",
-                     max_error_pairs=max_error_pairs, on_error="raise")
+                     max_error_pairs=max_error_pairs, on_error="raise", decoder=two_stage is not None)
     report = run_pass(model, probe, plan, context={"framework": "frx benchmark", "probe": getattr(probe, "source", None)},
                       embeddings=z, two_stage=two_stage).completed
     verification = verification_with_intervals(z, probe.identity, BENCHMARK_FMRS, config.n_bootstrap, config.seed, pairs=listed)

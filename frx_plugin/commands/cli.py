@@ -268,9 +268,10 @@ def _add_analyze(sub) -> None:
                          help="report a binary or categorical attribute with a class of fewer labelled samples as undefined "
                               "(too few for a stable AUROC), with the reason; default 20, 0 reports every one")
     analyze.add_argument("--attributes", default=None, help="comma-separated attributes to include (default: all)")
-    analyze.add_argument("--counterfactuals", choices=("off", "auto", "exact", "latent"), default="off",
+    analyze.add_argument("--counterfactuals", choices=("off", "auto", "exact", "decoded", "latent"), default="off",
                          help="with --backbone: identity significance and error attribution, as the training callbacks measure them "
-                              "(auto: exact where a generator renders the probe set, else latent; default off)")
+                              "(auto: exact where a generator renders the probe set, else decoded with --two-stage, else latent; "
+                              "decoded: the two stages' decoders render each face edited in their latent space; default off)")
     add_two_stage_options(analyze)
     analyze.add_argument("--format", choices=("table", "json", "csv"), default="table", help="what to print (default table)")
     _output_options(analyze)

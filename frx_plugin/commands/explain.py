@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from frx_plugin.counterfactual import CounterfactualError, PairExplanation, error_attribution, explain_errors, pair_values
+from frx_plugin.counterfactual.explanations import figure_pairs
 from frx_plugin.counterfactual.measures import choose_counterfactual_path, counterfactual_embedder, probe_decision_errors
 from frx_plugin.errors import OutputError
 from frx_plugin.history import atomic_write_text
@@ -259,17 +260,6 @@ def _document(subject: _Subject, errors: Any, explanations: list[PairExplanation
     return json_safe(document)
 
 
-def _figure_pairs(explanations: list[PairExplanation], count: int) -> list[PairExplanation]:
-    """Up to ``count`` pairs, the worst of each kind first, alternating false non-matches and false matches."""
-    by_kind = [[e for e in explanations if e.kind == kind] for kind in ("false_non_match", "false_match")]
-    chosen: list[PairExplanation] = []
-    for i in range(max(len(group) for group in by_kind)):
-        for group in by_kind:
-            if i < len(group) and len(chosen) < count:
-                chosen.append(group[i])
-    return chosen
-
-
 def _counterfactual_value(explanation: PairExplanation, name: str, labels, schema) -> torch.Tensor:
     """The value of attribute ``name`` that the second sample took in ``explanation``'s counterfactual (shape (1,)).
 
@@ -285,7 +275,7 @@ def _figure(probe, generator, explanations, labels, schema, count: int, path: Pa
     from frx_plugin.figures import plot_counterfactuals
 
     rows = []
-    for e in _figure_pairs(explanations, count):
+    for e in figure_pairs(explanations, count):
         second = torch.tensor([e.second])
         changed = []
         for name, delta in [(k, d) for k, d in e.ranked() if d != 0.0][:FIGURE_CHANGES]:

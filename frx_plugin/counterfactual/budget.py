@@ -9,7 +9,9 @@ margin under 2× for the scoring and for timing noise (``benchmarks/pass_cost.py
 demo's model and on the MobileFaceNet-sized one). Each attribute gets an equal share of those faces:
 one per significance row, and one per explained error (an error pair changes one face).
 
-The latent path renders nothing (it moves z along the probe heads): it gets the full default study.
+The decoded path renders and embeds as the exact path does, and also the unedited rendering of each face
+it changes: its budget counts that as one more attribute. The latent path renders nothing (it moves z
+along the probe heads): it gets the full default study.
 """
 
 from __future__ import annotations
@@ -45,12 +47,14 @@ def counterfactual_budget(n_probe: int, n_attributes: int, path: str | None, sig
     Given values stand; a ``None`` is scaled on the exact path (changed faces ≤ 0.75 × ``n_probe``: per
     attribute ``f = 0.75 n_probe // n_attributes`` faces, ``f // 10`` of them for errors of each kind, the
     rest for significance rows; at most the defaults, 64 rows and 8 pairs; at least 2 rows and 1 pair) and
-    is the default on the latent path. The same numbers on every process (nothing measured goes in).
+    is the default on the latent path (on the decoded path, as on the exact one with one more attribute: the
+    unedited renderings). The same numbers on every process (nothing measured goes in).
     """
-    scale = path == "exact" and (significance_samples is None or max_error_pairs is None)
+    scale = path in ("exact", "decoded") and (significance_samples is None or max_error_pairs is None)
     if not scale:
         return CounterfactualBudget(significance_samples or SIGNIFICANCE_SAMPLES, max_error_pairs or MAX_ERROR_PAIRS, False)
-    faces = max(1, int(FACES_PER_PROBE_IMAGE * n_probe) // max(1, n_attributes))
+    renders = n_attributes + (1 if path == "decoded" else 0)  # the decoded path also renders each face unedited
+    faces = max(1, int(FACES_PER_PROBE_IMAGE * n_probe) // max(1, renders))
     pairs = max_error_pairs if max_error_pairs is not None else min(MAX_ERROR_PAIRS, max(MIN_ERROR_PAIRS, faces // 10))
     rows = significance_samples if significance_samples is not None else min(SIGNIFICANCE_SAMPLES, max(MIN_ROWS, faces - 2 * pairs))
     return CounterfactualBudget(rows, pairs, True)

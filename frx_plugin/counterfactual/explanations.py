@@ -11,7 +11,7 @@ import torch
 
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.counterfactual.edits import away_values, edit_scale
-from frx_plugin.counterfactual.significance import embed_edits
+from frx_plugin.counterfactual.significance import base_embeddings, embed_edits
 from frx_plugin.errors import CounterfactualError
 from frx_plugin.interfaces import Embedder
 
@@ -141,8 +141,14 @@ def explain_errors(
             todo = (labelled & moves).nonzero().squeeze(1)
             if todo.numel():
                 work.append((c, todo, (second[todo], name, values[todo])))
-        for (c, todo, _), edited in zip(work, embed_edits(embed, [edit for _, _, edit in work])):
-            delta[todo, c] = (z[first[todo]] * edited.to(z.device, torch.float64)).sum(1).cpu() - score[todo]
+        changed = embed_edits(embed, [edit for _, _, edit in work])
+        # δ against the unedited embedding: z_j itself (the score), or on the decoded path the unedited rendering of j's code
+        unedited = score
+        if callable(getattr(embed, "base", None)):
+            before = base_embeddings(embed, second, z)
+            unedited = (z[first] * torch.nn.functional.normalize(before.to(z.device, torch.float64), dim=1)).sum(1).cpu()
+        for (c, todo, _), edited in zip(work, changed):
+            delta[todo, c] = (z[first[todo]] * edited.to(z.device, torch.float64)).sum(1).cpu() - unedited[todo]
         for p in range(chosen.numel()):
             d = {name: float(delta[p, c]) for c, name in enumerate(names)}
             s = float(score[p])
@@ -156,6 +162,17 @@ def explain_errors(
             explanation.deciding = [k for k in order if k in deciding]
             out.append(explanation)
     return out
+
+
+def figure_pairs(explanations: Sequence[PairExplanation], count: int) -> list[PairExplanation]:
+    """Up to ``count`` pairs for a figure, the worst of each kind first, alternating false non-matches and false matches."""
+    by_kind = [[e for e in explanations if e.kind == kind] for kind in ("false_non_match", "false_match")]
+    chosen: list[PairExplanation] = []
+    for i in range(max((len(group) for group in by_kind), default=0)):
+        for group in by_kind:
+            if i < len(group) and len(chosen) < count:
+                chosen.append(group[i])
+    return chosen
 
 
 def error_attribution(explanations: Sequence[PairExplanation], names: Sequence[str]) -> dict[str, dict[str, float | None]]:

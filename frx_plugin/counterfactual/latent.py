@@ -36,6 +36,11 @@ class LatentModel:
 
     def move(self, z: torch.Tensor, attribute: str, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """z (m, D) moved so that attribute's head changes as from ``old`` to ``new``; L2-normalised."""
+        moved = z.to(torch.float64) + self.shift(z, attribute, old, new)
+        return torch.nn.functional.normalize(moved, dim=1).to(torch.float32)
+
+    def shift(self, z: torch.Tensor, attribute: str, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """The move v (m, D) float64 of rows z (m, D) that changes attribute's head as from ``old`` to ``new``."""
         if attribute not in self.cols:
             raise CounterfactualError(f"attribute {attribute!r} has no probe head for the latent path (undefined leakage)")
         cols = self.cols[attribute]
@@ -46,8 +51,7 @@ class LatentModel:
             delta = (self.slope[attribute] * (new.to(z.device, torch.float64) - old.to(z.device, torch.float64)))[:, None]
         e = torch.zeros(z.shape[0], self.weight.shape[0], dtype=torch.float64, device=z.device)
         e[:, cols] = delta.to(z.device)
-        moved = z.to(torch.float64) + e @ self.solve
-        return torch.nn.functional.normalize(moved, dim=1).to(torch.float32)
+        return e @ self.solve.to(z.device)
 
 
 def _head_inverse(z: torch.Tensor, weight: torch.Tensor, mode: str) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Identity significance S_k and error attribution of the verification decision's errors, from
 changed embeddings made on the exact path (a generator re-renders the faces, the model embeds
-them) or the latent path (z moves along the probe heads).
+them), the decoded path (the pass's decoders render edited latent codes, the model embeds them:
+:mod:`frx_plugin.counterfactual.decoded`) or the latent path (z moves along the probe heads).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from frx_plugin.counterfactual.explanations import error_attribution, explain_er
 from frx_plugin.counterfactual.latent import latent_embedder, latent_model
 from frx_plugin.counterfactual.sharded import sharded_exact_embedder
 from frx_plugin.counterfactual.significance import exact_embedder, identity_significance
-from frx_plugin.errors import AnalysisError
+from frx_plugin.errors import AnalysisError, CounterfactualError
 from frx_plugin.plugins import find_generator, require_generator
 from frx_plugin.probe import ProbeSet
 from frx_plugin.report import Report
@@ -36,29 +37,44 @@ def generator_attributes(probe: ProbeSet, generator: Any) -> tuple[list[str], li
     return [n for n in probe.schema.names if n in controls], [n for n in probe.schema.names if n not in controls]
 
 
-def choose_counterfactual_path(probe: ProbeSet, path: str) -> tuple[str, Any]:
-    """("exact", generator) or ("latent", None) for ``path`` in auto / exact / latent."""
+def choose_counterfactual_path(probe: ProbeSet, path: str, decoder: bool = False) -> tuple[str, Any]:
+    """("exact", generator), ("decoded", None) or ("latent", None) for ``path`` in auto / exact / decoded / latent.
+
+    ``decoder``: whether the run trains decoders (the two stages). "auto" takes exact where a generator
+    renders the probe set, else decoded where there is a decoder, else latent; "decoded" without a
+    decoder is a :class:`~frx_plugin.errors.CounterfactualError` that names the option.
+    """
     if path == "exact":
         return "exact", require_generator(probe)[1]
     if path == "auto":
         found = find_generator(probe)
         if found is not None:
             return "exact", found[1]
+    if path == "decoded" or (path == "auto" and decoder):
+        if not decoder:
+            raise CounterfactualError(f"counterfactuals 'decoded' render with the decoders of the two stages, and this run has none "
+                                      f"for {probe.source}: turn the two stages on (two_stage=..., --two-stage with --decoder)")
+        return "decoded", None
     return "latent", None
 
 
 def counterfactual_embedder(
     model: Any, z: torch.Tensor, labels: Any, schema: Any, report: Report, chosen: str, generator: Any = None,
-    probe: Any = None, latent_mode: str = "conditional", batch_size: int = 256, collectives: Any = None,
+    probe: Any = None, latent_mode: str = "conditional", batch_size: int = 256, collectives: Any = None, two_stage: Any = None,
 ) -> tuple[Any, list[str] | None, list[str]]:
-    """``(embed, attributes, unchanged)`` for counterfactuals on the ``chosen`` path ("exact" or "latent").
+    """``(embed, attributes, unchanged)`` for counterfactuals on the ``chosen`` path ("exact", "decoded" or "latent").
 
     Exact: ``model`` embeds the faces ``generator`` re-renders (each process of ``collectives`` its
     share of them, :func:`~frx_plugin.counterfactual.sharded.sharded_exact_embedder`); ``attributes``
     are those it controls and ``unchanged`` the probe set's others. Latent: the embeddings ``z`` move
     along the probe heads of ``report`` (``latent_mode``, :func:`~frx_plugin.counterfactual.latent.latent_model`);
-    ``attributes`` is ``None`` (all of them).
+    ``attributes`` is ``None`` (all of them). Decoded: the decoders ``two_stage`` trained in this pass render
+    edited latent codes (:func:`~frx_plugin.counterfactual.decoded.decoded_embedder`); all attributes.
     """
+    if chosen == "decoded":
+        from frx_plugin.counterfactual.decoded import decoded_embedder
+
+        return decoded_embedder(model, two_stage, z, labels, schema, batch_size, collectives), None, []
     if chosen == "exact":
         attributes, unchanged = generator_attributes(probe, generator)
         if collectives is None:

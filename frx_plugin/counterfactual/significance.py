@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -129,21 +130,36 @@ def identity_significance(
     # the bootstrap's weights are drawn on the CPU (the same numbers everywhere), then live where z does
     weights = torch.cat([torch.ones(1, ids.numel(), dtype=torch.float64, device="cpu"), replicate]).to(z.device)  # (R, identities)
     distance = 1.0 - impostor_mean_cosine(z, identity, weights)  # (R,)
-    plans = []  # (attribute, rows kept): the rows with a label, each edited by its default edit
+    plans = []  # (attribute, rows kept, their positions in rows, values): the rows with a label, each edited by its default edit
     for attribute in schema:
         if attributes is not None and attribute.name not in attributes:
             continue
         raw = labels[attribute.name]
-        keep = rows[~attribute.missing_mask(raw[rows])]
+        labelled = (~attribute.missing_mask(raw[rows])).nonzero().squeeze(1).cpu()
+        keep = rows[labelled]
         if keep.numel() == 0:
             continue
         scale = edit_scale(attribute, raw) if attribute.kind == "continuous" else 1.0
-        plans.append((attribute, keep, edit_values(attribute, raw[keep], scale)))
-    changed = embed_edits(embed, [(keep, attribute.name, values) for attribute, keep, values in plans])
+        plans.append((attribute, keep, labelled, edit_values(attribute, raw[keep], scale)))
+    changed = embed_edits(embed, [(keep, attribute.name, values) for attribute, keep, _, values in plans])
+    reference = base_embeddings(embed, rows, z)
     out: dict[str, MetricEstimate] = {}
-    for (attribute, keep, _), edited in zip(plans, changed):
-        moved = 1.0 - (torch.nn.functional.normalize(z[keep].to(torch.float64), dim=1) * edited.to(z.device, torch.float64)).sum(1)
-        w = weights[:, index[keep]]  # (R, m)
-        value = (w @ moved) / w.sum(1).clamp_min(1e-300) / distance
+    for (attribute, keep, labelled, _), edited in zip(plans, changed):
+        before = reference[labelled.to(reference.device)]
+        moved = 1.0 - (torch.nn.functional.normalize(before.to(z.device, torch.float64), dim=1) * edited.to(z.device, torch.float64)).sum(1)
+        made = torch.isfinite(moved)  # a row the embedder could not change (a failed decoder's fold) is left out
+        w = weights[:, index[keep]] * made.to(weights.dtype)  # (R, m)
+        value = (w @ torch.nan_to_num(moved)) / w.sum(1).clamp_min(1e-300) / distance
+        if not bool(made.any()):
+            value = torch.full_like(value, math.nan)
         out[attribute.name] = bootstrap_estimate(value[0], value[1:] if n_bootstrap else None)
     return out
+
+
+def base_embeddings(embed: Embedder, rows: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """What a changed embedding of ``rows`` is compared with: the embedder's ``base(rows)`` where it has one (the
+    decoded path: the unedited rendering of the same code, so the decoder's own error cancels), else ``z[rows]``."""
+    base = getattr(embed, "base", None)
+    if callable(base):
+        return base(rows)
+    return z[rows.to(z.device)]

@@ -285,5 +285,26 @@ class ConvFaceDecoder:
             flat_out[part] = self.net(flat_z[part].to(device), flat_noise[part].to(device)).cpu()
         return out
 
+    # -- its latent space (the decoded counterfactual path) -------------------------------------
+    def latent(self, z: torch.Tensor) -> torch.Tensor:
+        """``(B, D)``: the decoder's latent code of each embedding — its input z itself."""
+        self._check_z(z, "latent")
+        return z.to(torch.float32)
+
+    @torch.no_grad()
+    def render_latent(self, latent: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """``(B, C, H, W)``: the noise-free decoding of latent codes (deterministic, the same image for the same code).
+
+        The codes are embeddings: an edited one is put back on the unit sphere, where the decoder's inputs lie
+        (off it, the whitening would magnify the radial part, in which the training embeddings do not vary).
+        """
+        self._check_z(latent, "render_latent")
+        self.net.eval()
+        device, out = self.device, []
+        for start in range(0, latent.shape[0], batch_size):
+            part = F.normalize(latent[start : start + batch_size].to(device, torch.float32), dim=1)
+            out.append(self.net(part, torch.zeros(part.shape[0], self.net.noise_dim, device=device)).cpu())
+        return torch.cat(out) if out else torch.empty(0, *self.output_shape)
+
     def copy(self) -> ConvFaceDecoder:
         return copy.deepcopy(self)

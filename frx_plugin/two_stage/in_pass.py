@@ -38,6 +38,7 @@ def two_stage_part(model: Any, embeddings: torch.Tensor, report: Report, two_sta
     n_folds = two_stage.config.n_folds
     folds = list(range(collectives.rank, n_folds, collectives.world_size))
     results, problem = [], None
+    two_stage.fresh_folds = set()  # the folds whose decoders this pass trained here (the decoded counterfactuals use them)
     try:
         embed = hook_embedder(model)
         results = [two_stage.run_fold(f, embeddings, model, embed) for f in folds]
@@ -66,6 +67,7 @@ def two_stage_part(model: Any, embeddings: torch.Tensor, report: Report, two_sta
     for message in errors:
         report.warnings.append(f"two-stage: {message}; its faces are left out of R_k and training goes on")
     report.recovery = two_stage.measures(embeddings, readings, similarity, fits, errors)
+    two_stage.fresh_folds = {r.fold for r in results if r.error is None}
     first = next((r for r in results if r.fold == 0 and r.decoded is not None), None)
     return (first.originals, first.decoded, first.similarity[: first.decoded.shape[0]]) if first is not None else None
 

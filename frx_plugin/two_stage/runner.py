@@ -176,6 +176,8 @@ class TwoStage:
         if not self.attributes:
             raise EstimatorError(f"estimator {self.estimator_name!r} outputs none of the probe set's attributes {list(probe.schema.names)}")
         self.decoders: dict[int, FaceDecoder] = {}
+        #: the folds whose decoders the latest pass trained in this process and that did not fail
+        self.fresh_folds: set[int] = set()
         self._states: dict[int, dict[str, torch.Tensor]] = {}
         self._real: dict[str, torch.Tensor] | None = None
 

@@ -211,6 +211,32 @@ class StyleGANFaceDecoder:
         w_plus = self.mean + self.mapper(z.to(self.device, torch.float32))
         return to_unit_range(self.generator(w_plus, noise=self.noise, generator=random))
 
+    # -- its latent space (the decoded counterfactual path) -------------------------------------
+    @torch.no_grad()
+    def latent(self, z: torch.Tensor) -> torch.Tensor:
+        """``(B, n_latent · style_dim)``: the W+ code ``mean + T(z)`` of each embedding, flattened."""
+        if z.ndim != 2 or z.shape[1] != self.embedding_dim:
+            raise DecoderError(f"stylegan2 decoder: takes embeddings (B, {self.embedding_dim}), got {tuple(z.shape)}")
+        self.mapper.eval()
+        out = [(self.mean + self.mapper(z[s : s + self.batch_size].to(self.device, torch.float32))).flatten(1).cpu()
+               for s in range(0, z.shape[0], self.batch_size)]
+        return torch.cat(out) if out else torch.empty(0, self.generator.n_latent * self.generator.style_dim)
+
+    @torch.no_grad()
+    def render_latent(self, latent: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """``(B, 3, H, W)`` in [0, 1]: G of flattened W+ codes, with the generator's fixed noise buffers (deterministic)."""
+        g = self.generator
+        width = g.n_latent * g.style_dim
+        if latent.ndim != 2 or latent.shape[1] != width:
+            raise DecoderError(f"stylegan2 decoder: render_latent takes flattened W+ codes (B, {width}), got {tuple(latent.shape)}")
+        step = batch_size or self.batch_size
+        out = torch.empty(latent.shape[0], *self.output_shape)
+        for start in range(0, latent.shape[0], step):
+            w_plus = latent[start : start + step].to(self.device, torch.float32).view(-1, g.n_latent, g.style_dim)
+            part = to_unit_range(g(w_plus, noise="buffers"))
+            out[start : start + part.shape[0]] = _resize(part, self.output_shape[1:]).cpu()
+        return out
+
     @torch.no_grad()
     def decode(self, z: torch.Tensor, samples: int = 1, seed: int = 0, batch_size: int | None = None) -> torch.Tensor:
         """``(B, samples, 3, H, W)`` in [0, 1]; with ``noise="buffers"`` every sample is the same image."""
