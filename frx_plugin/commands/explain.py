@@ -8,7 +8,7 @@ Writes ``explanations.json`` (layout ``frx.explanations/1``)::
 
     {"format": "frx.explanations/1",
      "source": "<what was explained>",
-     "path": "exact" | "latent",          # how the changed embeddings were made
+     "path": "exact" | "decoded" | "latent",   # how the changed embeddings were made
      "latent_mode": "conditional" | "least_norm" | null,   # null on the exact path
      "fmr": 0.001, "tau": <threshold: accept when score > tau>,
      "verification": {...},                # Verification.to_record(): TAR at FMR, pair counts
@@ -22,8 +22,11 @@ Writes ``explanations.json`` (layout ``frx.explanations/1``)::
 
 NaN is written as ``null``. Where a generator can render the faces (the exact path) it also writes
 ``counterfactuals.png``: for a few error pairs, the two faces and the second face changed along its
-top-ranked attributes, each with the score it then gets. With an embedding file there are no
-faces: the latent path, and no figure.
+top-ranked attributes, each with the score it then gets. With a decoder (``decoder``, the command's
+``--decoder``) on a probe set no generator renders (real photographs), the decoded path: decoders
+trained on the probe set's identity-disjoint folds render each face edited in their latent space and
+the model re-embeds it; the figure then shows both real faces, their decodings and the edited
+decodings. With an embedding file there are no faces: the latent path, and no figure.
 """
 
 from __future__ import annotations
@@ -70,8 +73,8 @@ def check_options(fmr: Any, max_pairs: Any, path: Any, latent_mode: Any, figure_
         raise ValueError(f"{name('fmr')} must be a number in (0, 1), got {fmr!r}")
     if not isinstance(max_pairs, int) or isinstance(max_pairs, bool) or max_pairs < 1:
         raise ValueError(f"{name('max_pairs')} must be a positive integer, got {max_pairs!r}")
-    if path not in ("auto", "exact", "latent"):
-        raise ValueError(f"{name('path')} must be one of ['auto', 'exact', 'latent'], got {path!r}")
+    if path not in ("auto", "exact", "decoded", "latent"):
+        raise ValueError(f"{name('path')} must be one of ['auto', 'exact', 'decoded', 'latent'], got {path!r}")
     if latent_mode not in ("conditional", "least_norm"):
         raise ValueError(f"{name('latent_mode')} must be 'conditional' or 'least_norm', got {latent_mode!r}")
     if not isinstance(figure_pairs, int) or isinstance(figure_pairs, bool) or figure_pairs < 0:
@@ -114,6 +117,7 @@ def explain(
     figure_pairs: int = 4,
     say: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
     model_name: str | None = None,
+    decoder: Any = None,
 ) -> dict[str, Any]:
     """Explain the errors of the verification decision at ``fmr``; write the files; return the document.
 
@@ -131,7 +135,9 @@ def explain(
     a generator renders the probe set and says so (through ``say``) when it falls back to latent.
     ``max_pairs``: error pairs explained of each kind, spread over the errors from the worst.
     ``figure_pairs``: pairs shown in ``counterfactuals.png`` (0: no figure). ``model_name``: how the
-    document's ``source`` names the model (default its type).
+    document's ``source`` names the model (default its type). ``decoder``: a
+    :class:`~frx_plugin.two_stage.TwoStageConfig` whose decoders are trained on the probe set's folds for the
+    decoded path ("decoded", or "auto" where no generator renders the probe set).
 
     A probe set that lists its pairs (``probe.pairs``, a verification file) is judged on those
     pairs: τ is set by the listed impostor pairs and the errors are the listed pairs on the wrong
@@ -148,12 +154,14 @@ def explain(
     out = Path(out_dir)
     config = AnalysisConfig(n_bootstrap=0, fmr=float(fmr))
     if embeddings_file is not None:
+        if decoder is not None:
+            raise ValueError("a decoder decodes a model's embeddings: it goes with a model and probe set, not an embedding file")
         subject = _embedding_file_subject(embeddings_file, path, config)
     else:
-        subject = _model_subject(model, probe, demo_dir, path, config, say, model_name)
+        subject = _model_subject(model, probe, demo_dir, path, config, say, model_name, decoder)
     model, probe = subject.model, subject.probe
     embed, attributes, unchanged = counterfactual_embedder(model, subject.z, subject.labels, subject.schema, subject.report,
-                                                           subject.chosen, subject.generator, probe, latent_mode)
+                                                           subject.chosen, subject.generator, probe, latent_mode, two_stage=subject.stages)
     if unchanged:
         say(f"frx explain: the generator cannot change {unchanged}; they are left out")
     if probe is not None:
@@ -168,6 +176,12 @@ def explain(
     files = [str(out / EXPLANATIONS_FILE)]
     if subject.chosen == "exact" and explanations and figure_pairs > 0:
         files.append(str(_figure(probe, subject.generator, explanations, subject.labels, subject.schema, figure_pairs, out / FIGURE_FILE)))
+    elif subject.chosen == "decoded" and explanations and figure_pairs > 0:
+        from frx_plugin.figures import plot_counterfactuals
+
+        title = ("frx explain: each error pair (real faces A, B), their decodings, then G(B) with one attribute edited in the decoder's "
+                 "latent space and re-embedded by the model; framed green where that change alone flips the decision at τ")
+        files.append(str(plot_counterfactuals(embed.strip_rows(explanations, probe, count=figure_pairs), out / FIGURE_FILE, title=title)))
     elif (out / FIGURE_FILE).is_file():
         (out / FIGURE_FILE).unlink()  # an earlier run's figure would contradict this run's explanations
         say(f"frx explain: removed {out / FIGURE_FILE} from an earlier run; this run makes no figure")
@@ -189,6 +203,7 @@ class _Subject:
     model: Any = None
     probe: Any = None
     generator: Any = None
+    stages: Any = None  # the two stages whose decoders render the decoded path
 
 
 def _embedding_file_subject(embeddings_file: str | Path, path: str, config: AnalysisConfig) -> _Subject:
@@ -210,8 +225,11 @@ def _embedding_file_subject(embeddings_file: str | Path, path: str, config: Anal
 
 
 def _model_subject(model: Any, probe: Any, demo_dir: str | Path, path: str, config: AnalysisConfig,
-                   say: Callable[[str], None], model_name: str | None) -> _Subject:
-    """A model on a probe set, or (both None) the demo backbone in ``demo_dir`` on the synthetic probe set it names."""
+                   say: Callable[[str], None], model_name: str | None, decoder: Any = None) -> _Subject:
+    """A model on a probe set, or (both None) the demo backbone in ``demo_dir`` on the synthetic probe set it names.
+
+    With ``decoder`` (a two-stage configuration) the pass also trains its decoders, fold by fold, for the decoded path.
+    """
     if model is None:
         from frx_plugin.synthetic import SyntheticProbeSet
 
@@ -224,12 +242,23 @@ def _model_subject(model: Any, probe: Any, demo_dir: str | Path, path: str, conf
     else:
         source = f"{getattr(probe, 'source', type(probe).__name__)} embedded by {model_name or type(model).__name__}"
     z = embed_probe_set(model, probe)
+    chosen, generator = choose_counterfactual_path(probe, path, decoder is not None)
+    stages = None
+    if chosen == "decoded":
+        from frx_plugin.two_stage import TwoStage
+
+        stages = TwoStage(probe, decoder)
+        say(f"frx explain: training {decoder.n_folds} decoders ({decoder.decoder}, {decoder.steps} steps each) on identity-disjoint "
+            f"folds of {source} for the decoded counterfactuals")
     context = {"framework": "frx explain", "model": model_name or source}
-    report = run_pass(model, probe, PassPlan(config=config, on_error="raise"), context=context, embeddings=z).report
-    chosen, generator = choose_counterfactual_path(probe, path)
+    report = run_pass(model, probe, PassPlan(config=config, on_error="raise"), context=context, embeddings=z, two_stage=stages).report
+    if stages is not None and (report is None or report.recovery is None or not stages.fresh_folds):
+        problems = "; ".join(report.warnings if report is not None else []) or "no decoder was trained"
+        raise CounterfactualError(f"the decoded counterfactuals need the decoders, and they could not be trained: {problems}")
     if chosen == "latent" and path == "auto":
-        say(f"frx explain: no generator can render {source}; using the latent path (no counterfactual faces)")
-    return _Subject(z, probe.identity, probe.labels, probe.schema, report, chosen, source, model, probe, generator)
+        say(f"frx explain: no generator can render {source}; using the latent path (no counterfactual faces; --decoder SPEC "
+            "renders them with a decoder trained on the probe set)")
+    return _Subject(z, probe.identity, probe.labels, probe.schema, report, chosen, source, model, probe, generator, stages)
 
 
 def _document(subject: _Subject, errors: Any, explanations: list[PairExplanation], attributes: list[str] | None,

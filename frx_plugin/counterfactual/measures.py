@@ -53,7 +53,8 @@ def choose_counterfactual_path(probe: ProbeSet, path: str, decoder: bool = False
     if path == "decoded" or (path == "auto" and decoder):
         if not decoder:
             raise CounterfactualError(f"counterfactuals 'decoded' render with the decoders of the two stages, and this run has none "
-                                      f"for {probe.source}: turn the two stages on (two_stage=..., --two-stage with --decoder)")
+                                      f"for {probe.source}: give it a decoder (--two-stage on frx analyze and frx benchmark, "
+                                      "--decoder SPEC on frx explain, two_stage= in Python)")
         return "decoded", None
     return "latent", None
 

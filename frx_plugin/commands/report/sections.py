@@ -163,6 +163,8 @@ def explanations_section(page: Page, document: dict[str, Any]) -> str:
         out.append(f"<p>Source: <code>{escape(document['source'])}</code></p>")
     path = document.get("path")
     how: dict[str | None, str] = {"exact": "exact counterfactuals (a generator re-rendered the faces)",
+           "decoded": "decoded counterfactuals (decoders trained on identity-disjoint folds rendered each face edited in their latent "
+                      "space, and the model re-embedded it; δ against the unedited decoding)",
            "latent": f"latent counterfactuals (embeddings moved along the probe heads, {document.get('latent_mode') or 'default'} mode)"}
     out.append(paragraph(f"Errors of the decision at FMR {fmr_text(document.get('fmr'))}: accept when the score exceeds τ = "
                   f"{number(document.get('tau'), 4)}; {how.get(path, f'counterfactual path {path}')}."))
@@ -180,9 +182,12 @@ def explanations_section(page: Page, document: dict[str, Any]) -> str:
         out.append("<h3>Error attribution</h3>")
         order = [{"name": n} for n in (pairs[0].get("delta") or {})] if pairs else []
         out.append(attribution_block(page, attribution, order, "share of explained errors each attribute decides", "explanations-attribution-table"))
-    figure = page.existing("counterfactuals.png", "error pairs and their counterfactual faces",
-                           "counterfactuals.png: each error pair (faces A, B), then B with one attribute changed; framed green where that "
-                           "change alone flips the decision at τ.")
+    caption = ("counterfactuals.png: each error pair (real faces A, B), their decodings G(A) and G(B), then G(B) with one attribute "
+               "edited in the decoder's latent space and re-embedded, with the score it gets; framed green where that change alone "
+               "flips the decision at τ." if path == "decoded" else
+               "counterfactuals.png: each error pair (faces A, B), then B with one attribute changed; framed green where that "
+               "change alone flips the decision at τ.")
+    figure = page.existing("counterfactuals.png", "error pairs and their counterfactual faces", caption)
     if figure:
         out.append("<h3>Counterfactual faces</h3>" + figure)
     out.append("<h3>Explained pairs</h3>")
