@@ -66,6 +66,28 @@ def test_progress_is_plain_lines_in_a_log_and_none_with_quiet(frx, tmp_path, mon
     assert quiet.returncode == 0 and quiet.stderr == ""
 
 
+def test_demo_training_lines_follow_frx_progress_every_s(monkeypatch, capsys):
+    """FRX_PROGRESS_EVERY_S sets the demo's plain training lines too (they were fixed at 30 s: a demo epoch shorter
+    than that showed no line between the passes, whatever the variable said)."""
+    pytest.importorskip("lightning")
+    from types import SimpleNamespace
+
+    from frx_lightning.demo import _PlainTrainingProgress
+
+    monkeypatch.setenv("FRX_PROGRESS_EVERY_S", "0")
+    lines = _PlainTrainingProgress()
+    trainer = SimpleNamespace(num_training_batches=3, current_epoch=0, is_global_zero=True)
+    lines.on_train_epoch_start(trainer, None)
+    for batch in range(3):
+        lines.on_train_batch_end(trainer, None, None, None, batch)
+    printed = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in printed] == [f"[frx] epoch 1: batch {b}/3" for b in (1, 2, 3)], printed
+    monkeypatch.setenv("FRX_PROGRESS_EVERY_S", "3600")
+    assert _PlainTrainingProgress().every_s == 3600.0
+    monkeypatch.delenv("FRX_PROGRESS_EVERY_S")
+    assert _PlainTrainingProgress().every_s == 30.0  # the demo's own default when the variable is not set
+
+
 def test_plain_progress_waits_before_its_first_line():
     seen = []
     show = messages.plain_progress(every_s=3600)
