@@ -26,16 +26,16 @@ HISTORY_TENSORS = "history.safetensors"
 
 def _system_error(exc: Exception, path: Path, tmp: str) -> Exception:
     """A writer's failed system call as the ``OSError`` naming ``path`` (not its temporary file): also one that a writer
-    reports only in its text (safetensors' ``SafetensorError`` carries it as ``IoError(Os { code: 28, ... })``);
-    any other exception unchanged."""
+    reports only in its text (safetensors' ``SafetensorError`` carries it as ``IoError(Os { code: 28, ... })``
+    or, as safetensors 0.8 does, ``I/O error: No space left on device (os error 28)``); any other exception unchanged."""
     import errno
     import re
 
     if isinstance(exc, OSError):
         same = exc.errno is not None and exc.filename is not None and os.fspath(exc.filename) == tmp
         return OSError(exc.errno, exc.strerror, str(path)) if same else exc
-    found = re.search(r"\bOs \{ code: (\d+)", str(exc))
-    code = int(found.group(1)) if found else None
+    found = re.search(r"\bOs \{ code: (\d+)|\(os error (\d+)\)", str(exc))
+    code = int(found.group(1) or found.group(2)) if found else None
     if code is None or code not in errno.errorcode:
         return exc
     return OSError(code, os.strerror(code), str(path))

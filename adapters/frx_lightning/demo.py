@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from frx_lightning.callback import AttributeRecoveryCallback
 from frx_plugin.commands.common import Interrupted, check_output_folder
-from frx_plugin.commands.messages import is_quiet, note_progress, quiet_library_logs
+from frx_plugin.commands.messages import is_quiet, note_progress, progress_every_s, quiet_library_logs
 from frx_plugin.commands.outputs import discard_staging, replace_results, staging_folder
 from frx_plugin.figures import plot_leakage_history
 from frx_plugin.history import HISTORY_JSON, HISTORY_TENSORS
@@ -145,10 +145,11 @@ class _TrainingSteps(Callback):
 
 
 class _PlainTrainingProgress(Callback):
-    """Training progress in a log or CI (no terminal): a plain line at most every ``every_s`` seconds of an epoch."""
+    """Training progress in a log or CI (no terminal): a plain line at most every ``every_s`` seconds of an epoch
+    (default: the environment's FRX_PROGRESS_EVERY_S, as for frx's other plain lines, else 30 s)."""
 
-    def __init__(self, every_s: float = 30.0) -> None:
-        self.every_s = every_s
+    def __init__(self, every_s: float | None = None) -> None:
+        self.every_s = progress_every_s(30.0) if every_s is None else every_s
         self.last = time.monotonic()
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

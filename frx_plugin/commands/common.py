@@ -172,6 +172,7 @@ def check_output_folder(path: str | Path, option: str = "--out", results: Sequen
     _check_writable(path, f"{option} {path}")
     from frx_plugin.commands.outputs import LOCK_FILE, STAGING_FOLDER, claim_folder
 
+    _watch(path, results)  # before the claim, which may already meet a full disk: the line then says what was kept
     claim_folder(path, option)  # before looking: a second run into the folder is refused while this one runs
     if path.is_dir() and not overwrite:
         present = (sorted(p.name for p in path.iterdir() if p.name not in (LOCK_FILE, STAGING_FOLDER)) if any_file
@@ -180,7 +181,6 @@ def check_output_folder(path: str | Path, option: str = "--out", results: Sequen
             shown = ", ".join(present[:5]) + (" …" if len(present) > 5 else "")
             what, where = ("files", "an empty folder") if any_file else ("results", "another folder")
             raise OutputError(f"{option} {path} already holds {what} ({shown}), perhaps another run's; pick {where} or pass --overwrite")
-    _watch(path, results)
     return path
 
 

@@ -33,6 +33,12 @@ def _seconds(variable: str, default: float) -> float:
     except (KeyError, ValueError):
         return default
 
+
+def progress_every_s(default: float = PLAIN_EVERY_S) -> float:
+    """Seconds between two plain progress lines of a step: the environment's FRX_PROGRESS_EVERY_S, else ``default``."""
+    return _seconds("FRX_PROGRESS_EVERY_S", default)
+
+
 _options = {"verbose": False, "quiet": False}
 BAR = {"open": False}  # a progress bar is drawn on stderr's current line
 _activity: dict[str, Any] = {"stage": None, "last": 0.0}  # the last progress shown, for the heartbeat
@@ -146,7 +152,7 @@ def quiet_library_logs() -> Iterator[None]:
 def plain_progress(every_s: float | None = None):
     """Progress for a log or CI: ``show(done, total, stage)`` prints a plain line at most every ``every_s`` seconds
     of a stage (and its last one, when it printed any), so a short stage prints nothing."""
-    every_s = _seconds("FRX_PROGRESS_EVERY_S", PLAIN_EVERY_S) if every_s is None else every_s
+    every_s = progress_every_s() if every_s is None else every_s
     state: dict[str, Any] = {"stage": None, "started": 0.0, "last": 0.0, "printed": False}
 
     def show(done: int, total: int, stage: str) -> None:

@@ -82,9 +82,12 @@ def claim_folder(folder: str | Path, option: str = "--out") -> None:
         except FileNotFoundError:
             pass
         os.close(descriptor)
-    os.ftruncate(descriptor, 0)
-    os.write(descriptor, f"pid {os.getpid()}: frx {' '.join(sys.argv[1:])}".encode())
-    _claims[folder.resolve()] = _Claim(folder, descriptor, created)
+    _claims[folder.resolve()] = _Claim(folder, descriptor, created)  # first: release_claims removes the lock whatever follows
+    try:
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"pid {os.getpid()}: frx {' '.join(sys.argv[1:])}".encode())
+    except OSError as exc:  # a full disk already: the folder is named, before any work
+        raise OSError(exc.errno, exc.strerror, str(folder)) from None
 
 
 def release_claims() -> None:

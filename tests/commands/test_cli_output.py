@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -66,6 +67,55 @@ def test_progress_is_plain_lines_in_a_log_and_none_with_quiet(frx, tmp_path, mon
     assert quiet.returncode == 0 and quiet.stderr == ""
 
 
+def test_demo_training_lines_follow_frx_progress_every_s(monkeypatch, capsys):
+    """FRX_PROGRESS_EVERY_S sets the demo's plain training lines too (they were fixed at 30 s: a demo epoch shorter
+    than that showed no line between the passes, whatever the variable said)."""
+    pytest.importorskip("lightning")
+    from types import SimpleNamespace
+
+    from frx_lightning.demo import _PlainTrainingProgress
+
+    monkeypatch.setenv("FRX_PROGRESS_EVERY_S", "0")
+    lines = _PlainTrainingProgress()
+    trainer = SimpleNamespace(num_training_batches=3, current_epoch=0, is_global_zero=True)
+    lines.on_train_epoch_start(trainer, None)
+    for batch in range(3):
+        lines.on_train_batch_end(trainer, None, None, None, batch)
+    printed = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in printed] == [f"[frx] epoch 1: batch {b}/3" for b in (1, 2, 3)], printed
+    monkeypatch.setenv("FRX_PROGRESS_EVERY_S", "3600")
+    assert _PlainTrainingProgress().every_s == 3600.0
+    monkeypatch.delenv("FRX_PROGRESS_EVERY_S")
+    assert _PlainTrainingProgress().every_s == 30.0  # the demo's own default when the variable is not set
+
+
+def test_progress_on_a_terminal_is_a_bar_on_one_line_and_none_with_quiet(monkeypatch):
+    import io
+
+    from frx_plugin.commands.common import progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    messages.set_output(quiet=False)
+    show = progress_bar()
+    assert show is not None
+    for done in (1, 2, 4):
+        show(done, 4, "embedding")
+    drawn = terminal.getvalue()
+    assert drawn.count("\r") == 3 and drawn.count("\n") == 1 and drawn.endswith("] 4/4\n"), repr(drawn)
+    assert f"[{'#' * 30}]" in drawn and f"[{'#' * 7}{'.' * 23}] 1/4" in drawn
+    assert not messages.BAR["open"]  # the finished bar ended its line
+    messages.set_output(quiet=True)
+    try:
+        assert progress_bar() is None
+    finally:
+        messages.set_output()
+
+
 def test_plain_progress_waits_before_its_first_line():
     seen = []
     show = messages.plain_progress(every_s=3600)
@@ -88,6 +138,17 @@ def test_the_report_of_an_analyze_folder_names_the_command_that_made_it(frx, tmp
     page = (out / "report.html").read_text()
     assert f"Command (recorded in analysis.json): <code>frx analyze --embeddings {file} --out {out} --bootstrap 0</code>" in page
     assert "Command: unknown" not in page
+
+
+def test_the_report_of_an_explain_folder_names_the_command_that_made_it(frx, tmp_path):
+    file = embedding_file(tmp_path / "set.safetensors")
+    out = tmp_path / "out"
+    made = frx("explain", "--embeddings", file, "--out", out, "--fmr", "0.01", "--max-pairs", "3")
+    assert made.returncode == 0, made.stderr
+    assert json.loads((out / "explanations.json").read_text())["command"] == f"frx explain --embeddings {file} --out {out} --fmr 0.01 --max-pairs 3"
+    assert frx("report", out).returncode == 0
+    page = (out / "report.html").read_text()
+    assert f"Command (recorded in explanations.json): <code>frx explain --embeddings {file} --out {out} --fmr 0.01 --max-pairs 3</code>" in page
 
 
 def _differentials_record() -> dict:

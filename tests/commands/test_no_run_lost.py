@@ -118,3 +118,13 @@ def test_a_writer_error_on_a_full_disk_names_the_file_not_its_temporary(tmp_path
         atomic_write(tmp_path / "a.json", lambda tmp: (_ for _ in ()).throw(OSError(28, "No space left on device", str(tmp))))
     assert caught.value.filename == str(tmp_path / "a.json")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_in_safetensors_0_8_words_is_the_oserror_naming_the_file(tmp_path):
+    """safetensors 0.8 says ``I/O error: ... (os error 28)`` (not ``IoError(Os { code: 28 ...``): on a real full disk
+    the demo's backbone.safetensors was an internal error with a traceback (tests/commands/test_full_disk.py)."""
+    said = "Error while serializing: I/O error: No space left on device (os error 28)"
+    with pytest.raises(OSError) as caught:
+        atomic_write(tmp_path / "backbone.safetensors", lambda tmp: (_ for _ in ()).throw(SafetensorError(said)))
+    assert caught.value.errno == 28 and caught.value.filename == str(tmp_path / "backbone.safetensors")
+    assert list(tmp_path.iterdir()) == []

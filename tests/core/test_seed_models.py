@@ -7,12 +7,10 @@ script loaded into the seed's ``face_utils/arcface.py`` models), saved here as t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from frx_plugin.checkpoints import key_shapes
 from frx_plugin.errors import CheckpointError
@@ -22,16 +20,6 @@ from frx_plugin.specs import open_backbone
 from tests.fixtures.stylegan.weights import arcface_state
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "stylegan"
-
-
-@pytest.fixture(scope="module")
-def reference() -> dict[str, torch.Tensor]:
-    return load_file(str(FIXTURES / "reference_outputs.safetensors"))
-
-
-@pytest.fixture(scope="module")
-def layouts() -> dict[str, dict[str, list[int]]]:
-    return json.loads((FIXTURES / "reference_layouts.json").read_text())
 
 
 def _seed_file(tmp_path: Path, layout: dict, name: str) -> Path:

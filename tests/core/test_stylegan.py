@@ -7,12 +7,10 @@ what the reference code computed from them; nothing here needs the network or th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from frx_plugin.checkpoints import key_shapes
 from frx_plugin.errors import CheckpointError, DecoderError
@@ -29,16 +27,6 @@ from tests.fixtures.stylegan.weights import stylegan_state
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "stylegan"
 TOLERANCE = 1e-4
-
-
-@pytest.fixture(scope="module")
-def reference() -> dict[str, torch.Tensor]:
-    return load_file(str(FIXTURES / "reference_outputs.safetensors"))
-
-
-@pytest.fixture(scope="module")
-def layouts() -> dict[str, dict[str, list[int]]]:
-    return json.loads((FIXTURES / "reference_layouts.json").read_text())
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from frx_plugin.errors import CheckpointError, DecoderError
 from frx_plugin.interfaces import DecoderTask, FaceDecoder
@@ -17,11 +16,6 @@ from frx_plugin.two_stage.stylegan import StyleGANFaceDecoder
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "stylegan"
 GENERATOR_A, GENERATOR_B = FIXTURES / "generator_a.pt", FIXTURES / "generator_b.pt"
 SEED_FILES = {"encoder": str(FIXTURES / "latent_transformer.pth"), "mean_latent": str(FIXTURES / "mean_wplus.pth")}
-
-
-@pytest.fixture(scope="module")
-def reference() -> dict[str, torch.Tensor]:
-    return load_file(str(FIXTURES / "reference_outputs.safetensors"))
 
 
 def _face_model(dim: int = 16) -> torch.nn.Module:
