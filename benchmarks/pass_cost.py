@@ -2,6 +2,7 @@
 
     python benchmarks/pass_cost.py [--epochs 3 --identities 200]       # the demo's model and probe set, in training
     python benchmarks/pass_cost.py --model mbf [--probe-images 240]    # a MobileFaceNet-sized model at 112×112
+    python benchmarks/pass_cost.py --decoded frx-demo/backbone.safetensors [--repeats 3 --decoder-steps 20]
 
 A real ``Trainer`` trains the demo's model (``FaceRecognitionModule``) on a synthetic world with
 three ``AttributeRecoveryCallback``s on the demo's probe set (400 identities × 4 images at
@@ -20,7 +21,13 @@ synthetic probe set of ``--probe-images`` images at 112×112 (the arcface_torch 
 ``off``, ``default`` (the budget scaled to the probe set) and ``fixed`` (64 rows and 8 errors of
 each kind whatever the probe's size, the default before it was scaled), each ``--repeats`` times, interleaved.
 
-Each pass times itself (``embed_s``, ``after_embed_s``, ``counterfactual_s``; their sum is the
+With ``--decoded BACKBONE`` (a backbone ``frx demo`` trained) the passes run on its held-out probe set with
+the two stages on (conv decoders, ``--decoder-steps`` steps per pass, warm-started): ``off`` (no
+counterfactuals), ``decoded`` (the decoded path at its scaled budget) and ``exact`` (the synthetic
+world re-renders), interleaved; the figure is each path's ``counterfactual_s`` against the pass's
+embedding of the probe set (``embed_s``), the two-stage part (``two_stage_s``) reported beside.
+
+Each pass times itself (``embed_s``, ``after_embed_s``, ``counterfactual_s``, ``two_stage_s``; their sum is the
 pass). Target (issue 15): the default pass at most 2× the ``off`` pass, judged on the passes after
 the first (which pays one-time costs: imports, allocator warm-up).
 """
@@ -115,14 +122,55 @@ def mbf_passes(probe_images: int, repeats: int) -> None:
     print(f"\nmedian: default / off {default:.2f}× (target ≤ 2×), fixed / off {fixed:.2f}×")
 
 
+def decoded_passes(backbone: str, repeats: int, steps: int) -> None:
+    """The demo backbone's passes with the two stages: counterfactuals off, decoded (scaled budget) and exact."""
+    from frx_plugin.config import AnalysisConfig
+    from frx_plugin.models import load_backbone
+    from frx_plugin.passes import plan_pass, run_pass
+    from frx_plugin.two_stage import TwoStage, TwoStageConfig
+
+    model, description = load_backbone(backbone)
+    probe = SyntheticProbeSet(**description["probe"])
+    config = AnalysisConfig(n_bootstrap=0)
+    stages = TwoStage(probe, TwoStageConfig(steps=steps, n_bootstrap=0, figure_faces=0))
+    plans = {
+        "off": plan_pass(probe, config, counterfactuals="off", on_error="raise"),
+        "decoded": plan_pass(probe, config, counterfactuals="decoded", on_error="raise", decoder=True),
+        "exact": plan_pass(probe, config, counterfactuals="exact", on_error="raise"),
+    }
+    run_pass(model, probe, plans["off"], announce=False, two_stage=stages)  # one-time costs, and the decoders' first fit
+    rows = []
+    for _ in range(repeats):
+        for name, plan in plans.items():
+            report = run_pass(model, probe, plan, announce=False, two_stage=stages).completed
+            rows.append((name, dict(report.timing), report.counterfactual_budget, report.counterfactuals))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; {backbone} on {len(probe):,} probe "
+          f"images at {probe.world.size}×{probe.world.size}, {len(probe.schema)} attributes; conv decoders, {steps} steps per pass")
+    print()
+    print("| path | embed_s | counterfactual_s | counterfactual / embed | two_stage_s | study (rows, errors of each kind) |")
+    print("|---|---|---|---|---|---|")
+    for name, timing, budget, path in rows:
+        study = "–" if budget is None else f"{budget['rows']}, {budget['error_pairs']}"
+        print(f"| {path or name} | {timing['embed_s']:.2f} | {timing['counterfactual_s']:.2f} | "
+              f"{timing['counterfactual_s'] / timing['embed_s']:.2f} | {timing['two_stage_s']:.1f} | {study} |")
+    for name in ("decoded", "exact"):
+        ratio = statistics.median(t["counterfactual_s"] / t["embed_s"] for n, t, _, _ in rows if n == name)
+        print(f"median {name} counterfactual_s / embed_s: {ratio:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--identities", type=int, default=200, help="training identities (20 images each)")
     parser.add_argument("--model", choices=("demo", "mbf"), default="demo")
     parser.add_argument("--probe-images", type=int, default=240, help="with --model mbf: probe images (3 per identity)")
-    parser.add_argument("--repeats", type=int, default=2, help="with --model mbf: passes of each kind")
+    parser.add_argument("--repeats", type=int, default=2, help="with --model mbf or --decoded: passes of each kind")
+    parser.add_argument("--decoded", default=None, metavar="BACKBONE", help="the decoded path's cost on a backbone frx demo trained")
+    parser.add_argument("--decoder-steps", type=int, default=20, help="with --decoded: decoder steps per pass (the fit is not what is timed)")
     args = parser.parse_args()
+    if args.decoded:
+        decoded_passes(args.decoded, args.repeats, args.decoder_steps)
+        return
     if args.model == "mbf":
         mbf_passes(args.probe_images, args.repeats)
         return

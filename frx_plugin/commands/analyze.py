@@ -67,7 +67,8 @@ def analyze(
     "off", or "auto", "exact", "decoded" (with ``two_stage``), "latent" for identity significance and error attribution as the
     training callbacks measure them — a model is analysed by the same pass they run. ``two_stage`` (a
     model only): a :class:`~frx_plugin.two_stage.TwoStageConfig` for the paper's two stages as well (the
-    report's ``recovery``; with ``out_dir`` also ``decoded.png`` and ``recovery.png``).
+    report's ``recovery``; with ``out_dir`` also ``decoded.png`` and ``recovery.png``, and with decoded
+    counterfactuals ``counterfactuals.png``).
 
     A file of at most ``VERIFICATION_MAX_SAMPLES`` rows (or any file, with logistic heads, up to
     ``LOGISTIC_MAX_ENTRIES`` entries) is held in memory and analysed by the pass every loop runs
@@ -237,13 +238,22 @@ def _analyze_model(
     report = result.completed
     if out_dir is not None and result.decoded is not None:
         _write_two_stage_figures(Path(out_dir), report, result.decoded, f"{probe.source} embedded by {name}")
+    if out_dir is not None and result.strips:
+        from frx_plugin.figures import plot_counterfactuals
+
+        try:
+            plot_counterfactuals(result.strips, Path(out_dir) / "counterfactuals.png",
+                                 title=f"{probe.source} embedded by {name}: error pairs (faces A, B), their decodings, then G(B) with one "
+                                       "attribute edited in the decoder's latent space and re-embedded; green where that alone flips the decision")
+        except Exception as exc:  # noqa: BLE001 - a figure never costs the analysis
+            report.warnings.append(f"counterfactual figure not written: {type(exc).__name__}: {exc}")
     if out_dir is not None:
         _write_analysis(out_dir, f"{probe.source} embedded by {name}", config, report, getattr(probe, "estimated", None))
     return report
 
 
-#: The figures of ``frx analyze --two-stage``.
-TWO_STAGE_FILES = ("decoded.png", "recovery.png")
+#: The figures of ``frx analyze --two-stage`` (``counterfactuals.png`` with decoded counterfactuals).
+TWO_STAGE_FILES = ("decoded.png", "recovery.png", "counterfactuals.png")
 
 
 def _write_two_stage_figures(out_dir: Path, report: Report, decoded: tuple, where: str) -> None:

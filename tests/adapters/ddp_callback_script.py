@@ -37,12 +37,14 @@ if __name__ == "__main__":
     get_plugin_manager().register(PixelEstimatorPlugin(size=32) if mode == "estimator-32" else PixelEstimatorPlugin())
     two_stage = {} if broken else {"decode_every_n_epochs": 1, "two_stage": TwoStageConfig(steps=20, samples=2, n_bootstrap=30)}
     callback = AttributeRecoveryCallback(probe, out_dir=out, n_bootstrap=30, **two_stage)
+    # with the two stages the counterfactuals are decoded; a second callback measures the latent ones in the same run
+    latent = [] if broken else [AttributeRecoveryCallback(probe, out_dir=Path(out) / "latent", n_bootstrap=30, counterfactuals="latent")]
     trainer = Trainer(
         max_epochs=2 if broken else 1,
         accelerator="cpu",
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",
-        callbacks=[callback],
+        callbacks=[callback, *latent],
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -78,9 +78,19 @@ def test_two_stage_passes_log_recovery_write_figures_and_images(tmp_path, pixels
     assert "frx/recovery_spread/pattern" in rows[-1] and "frx/decoder/identity_similarity" in rows[-1]
     assert callback.last_timing["two_stage_s"] > 0
 
-    for name in ("decoded.png", "recovery.png"):
+    for name in ("decoded.png", "recovery.png", "counterfactuals.png"):
         assert (tmp_path / "frx" / name).read_bytes()[:4] == b"\x89PNG"
-    assert summary_tags(tmp_path / "tb", kind="image") == {"frx/decoded": [records[0]["global_step"], records[2]["global_step"]]}
+    # no generator renders this probe set: the passes that train the decoders make decoded counterfactuals (and log
+    # S_k, the error shares and the strip of explained errors from them), the pass between them the latent ones
+    assert [r["counterfactuals"] for r in records] == ["decoded", "latent", "decoded"]
+    decoded_steps = [records[0]["global_step"], records[2]["global_step"]]
+    assert summary_tags(tmp_path / "tb", kind="image") == {"frx/decoded": decoded_steps, "frx/counterfactuals": decoded_steps}
+    with open(tmp_path / "csv" / "version_0" / "metrics.csv") as fh:
+        logged = {int(r["step"]): r for r in csv.DictReader(fh) if r.get("frx/significance/bright")}
+    for record in (records[0], records[2]):
+        row = logged[record["global_step"]]
+        assert float(row["frx/significance/bright"]) == pytest.approx(record["significance"]["bright"]["value"])
+        assert float(row["frx/errors/bright"]) == pytest.approx(record["error_attribution"]["all"]["bright"])
 
 
 def test_decoders_warm_start_across_passes_and_resume(tmp_path, pixels):

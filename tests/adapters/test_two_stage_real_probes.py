@@ -96,3 +96,33 @@ def test_arcface_torch_callback_two_stage_on_an_image_folder(tmp_path, monkeypat
     assert recovery["attributes"]["square"]["readable"] and not recovery["attributes"]["coin"]["readable"]
     shade = recovery["attributes"]["shade"]
     assert shade["readable"] and shade["two_stage"]["low"] <= shade["two_stage"]["value"] <= shade["two_stage"]["high"]
+
+
+def test_arcface_torch_callback_decoded_counterfactuals_on_an_image_folder(tmp_path, monkeypatch):
+    """No generator renders an image folder: with the two stages the pass makes decoded counterfactuals, logs S_k and
+    the error shares from them, and sends the strip of explained errors to the SummaryWriter and counterfactuals.png."""
+    from tensorboardX import SummaryWriter
+
+    from frx_insightface.arcface_torch import ArcFaceTorchCallback
+    from frx_insightface.readers import ImageFolderProbeSet
+    from tests.tensorboard_helpers import summary_tags
+
+    monkeypatch.setenv("FRX_CACHE_DIR", str(tmp_path / "cache"))
+    folder = write_face_folder(tmp_path, n_ids=20, per_id=4, size=32)
+    probe = ImageFolderProbeSet(folder, align="none", size=32, kinds="square:binary;coin:binary;shade:continuous")
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4),
+                                   torch.nn.Flatten(), torch.nn.Linear(128, 16))
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    frx = ArcFaceTorchCallback(probe, out_dir=tmp_path / "frx", every_n_steps=1, decode_every_n_steps=1, two_stage=FAST,
+                               config=AnalysisConfig(n_bootstrap=10, fmr=0.01), writer=writer)
+    frx(1, backbone)
+    writer.close()
+    _, records, _ = read_history(tmp_path / "frx")
+    record = records[-1]
+    assert record["counterfactuals"] == "decoded" and set(record["significance"]) == {"square", "coin", "shade"}
+    assert record["counterfactual_budget"]["scaled"]
+    scalars = summary_tags(tmp_path / "tb", kind="scalar")
+    assert scalars["frx/significance/square"] == [1] and scalars["frx/errors/square"] == [1]
+    assert summary_tags(tmp_path / "tb", kind="image")["frx/counterfactuals"] == [1]
+    assert (tmp_path / "frx" / "counterfactuals.png").read_bytes()[:4] == b"\x89PNG"

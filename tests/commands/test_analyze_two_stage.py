@@ -30,7 +30,8 @@ def analysed(tmp_path_factory):
     mp.setenv("FRX_CACHE_DIR", str(root / "cache"))
     try:
         code = main(["analyze", "--backbone", "resnet-small", "--probe", f"image-folder:{folder},align=none,size=64,kinds={KINDS}",
-                     "--two-stage", "--decoder-steps", "3", "--bootstrap", "20", "--folds", "2", "--out", str(out), "--quiet"])
+                     "--two-stage", "--decoder-steps", "3", "--bootstrap", "20", "--folds", "2", "--counterfactuals", "auto",
+                     "--fmr", "0.01", "--out", str(out), "--quiet"])
     finally:
         mp.undo()
     assert code == 0
@@ -50,6 +51,13 @@ def test_analysis_json_has_r_k_with_intervals_ceiling_and_readability(analysed):
     assert entries["shade"]["readable"] and entries["shade"]["estimator_accuracy"]["r2"] > 0.8
     assert not entries["coin"]["readable"] and "cannot read" in entries["coin"]["reason"]
     assert (analysed / "decoded.png").is_file() and (analysed / "recovery.png").is_file()
+
+
+def test_counterfactuals_auto_with_two_stages_on_an_image_folder_are_decoded(analysed):
+    document = json.loads((analysed / "analysis.json").read_text())
+    assert document["counterfactuals"] == "decoded" and document["counterfactual_budget"]["scaled"]
+    assert set(document["significance"]) == {"square", "coin", "shade"}
+    assert (analysed / "counterfactuals.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_report_shows_the_two_stage_values_and_the_decoded_faces(analysed, tmp_path):

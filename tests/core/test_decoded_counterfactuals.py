@@ -186,3 +186,28 @@ def test_the_decoded_budget_counts_the_unedited_renderings():
     assert decoded.scaled and decoded.rows < exact.rows
     faces = lambda b, n: n * (b.rows + 2 * b.error_pairs)  # noqa: E731 - changed faces of a study over n renderings
     assert faces(decoded, 20) <= 0.75 * 1000
+
+
+def test_the_strip_shows_both_real_faces_their_decodings_and_the_edited_decodings_at_s_plus_delta():
+    z, identity, labels, _, _ = _world()
+    embed, folds, identity = _embedder(labels)
+    images = torch.rand(z.shape[0], 3, SIDE, SIDE, generator=torch.Generator().manual_seed(9))
+    probe = TensorProbeSet(images, SCHEMA, identity, labels, source="strip test probe")
+    errors = decision_errors(z, identity, 0.05)
+    explained = explain_errors(errors, z, SCHEMA, labels, embed, max_pairs=3)
+    rows = embed.strip_rows(explained, probe, count=3, changes=2)
+    assert 0 < len(rows) <= 3
+    by_pair = {(e.first, e.second): e for e in explained}
+    for row in rows:
+        match = [e for e in explained if torch.equal(probe.images(torch.tensor([e.first]))[0], row["first"])
+                 and torch.equal(probe.images(torch.tensor([e.second]))[0], row["second"])]
+        assert len(match) == 1
+        e = by_pair[(match[0].first, match[0].second)]
+        (_, decoded_a), (_, decoded_b) = row["decoded"]
+        for index, shown in ((e.first, decoded_a), (e.second, decoded_b)):
+            fold = int(folds[index])
+            assert torch.equal(shown, embed.decoders[fold].render_latent(embed.codes(fold)[[index]])[0])
+        top = [(k, d) for k, d in e.ranked() if d != 0.0][:2]
+        assert [name for name, _, _ in row["changed"]] == [k for k, _ in top]
+        for (_, _, score), (_, delta) in zip(row["changed"], top):
+            assert score == pytest.approx(e.score + delta)

@@ -119,3 +119,23 @@ def test_bad_files_and_options_are_one_line(tmp_path):
             StyleGANFaceDecoder(64, None, GENERATOR_B, **options)
     with pytest.raises(DecoderError, match=r"\(3, H, W\)"):
         StyleGANFaceDecoder(64, (1, 16, 16), GENERATOR_B)
+
+
+def test_the_latent_space_of_the_decoded_counterfactuals_is_w_plus_and_renders_as_decode_does():
+    """``latent(z)`` is the W+ code mean + T(z), flattened; ``render_latent`` of it is the decoding itself (fixed
+    noise), and a moved code renders another face: the decoded counterfactual path edits here."""
+    model = _face_model()
+    decoder = StyleGANFaceDecoder(16, (3, 16, 16), GENERATOR_B, lr=3e-3)
+    decoder.fit(_task(model, steps=3))
+    z = torch.nn.functional.normalize(torch.randn(5, 16, generator=torch.Generator().manual_seed(2)), dim=1)
+    codes = decoder.latent(z)
+    g = decoder.generator
+    assert codes.shape == (5, g.n_latent * g.style_dim)
+    with torch.no_grad():
+        expected = (decoder.mean + decoder.mapper(z)).flatten(1)
+    assert torch.allclose(codes, expected)
+    assert torch.allclose(decoder.render_latent(codes), decoder.decode(z, 1)[:, 0], atol=1e-6)
+    moved = decoder.render_latent(codes + 0.5 * torch.randn(codes.shape, generator=torch.Generator().manual_seed(3)))
+    assert (moved - decoder.render_latent(codes)).abs().mean() > 1e-3
+    with pytest.raises(DecoderError, match="flattened W\\+"):
+        decoder.render_latent(codes[:, :10])
