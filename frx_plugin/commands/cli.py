@@ -310,8 +310,10 @@ def _add_explain(sub) -> None:
     explain.add_argument("--decoder", default=None, metavar="SPEC",
                          help="with --backbone: the decoder trained on the probe set's identity-disjoint folds for decoded counterfactual "
                               "faces of real photographs, conv or stylegan2:GENERATOR.pt[,encoder=...]")
-    explain.add_argument("--decoder-steps", type=int, default=200, metavar="N", help="with --decoder: optimisation steps of each fold's decoder (default 200)")
-    explain.add_argument("--decoder-folds", type=int, default=2, metavar="K", help="with --decoder: identity-disjoint folds, one decoder each (default 2)")
+    explain.add_argument("--decoder-steps", type=int, default=200, metavar="N",
+                         help="with --decoder: optimisation steps of each fold's decoder (default 200)")
+    explain.add_argument("--decoder-folds", type=int, default=2, metavar="K",
+                         help="with --decoder: identity-disjoint folds, one decoder each (default 2)")
     explain.add_argument("--latent-mode", choices=("conditional", "least_norm"), default="conditional",
                          help="latent path: the expected move under the embeddings' covariance, or the least Euclidean move (default conditional)")
     _output_options(explain)
