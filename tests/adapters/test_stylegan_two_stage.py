@@ -63,6 +63,9 @@ def test_a_lightning_run_decodes_with_a_stylegan2_checkpoint(tmp_path, pixels):
     _, records, _ = read_history(tmp_path / "frx")
     _check_recovery(records)
     assert (tmp_path / "frx" / "decoded.png").read_bytes()[:4] == b"\x89PNG"
+    # no generator renders this probe set: its counterfactuals are edited in W+ and rendered by the StyleGAN2 decoder
+    assert [r["counterfactuals"] for r in records] == ["decoded", "decoded"]
+    assert all(math.isfinite(r["significance"][name]["value"]) for r in records for name in ("bright", "pattern", "tone"))
     state = callback.state_dict()["two_stage"]  # the trained transformers, for a resumed run
     assert {k.split(".")[0] for k in state} == {"fold0", "fold1"} and "fold0.project.weight" in state
     assert not any(".generator." in k for k in state)  # the frozen generator is read from its file, never saved
