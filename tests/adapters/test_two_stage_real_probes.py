@@ -126,3 +126,7 @@ def test_arcface_torch_callback_decoded_counterfactuals_on_an_image_folder(tmp_p
     assert scalars["frx/significance/square"] == [1] and scalars["frx/errors/square"] == [1]
     assert summary_tags(tmp_path / "tb", kind="image")["frx/counterfactuals"] == [1]
     assert (tmp_path / "frx" / "counterfactuals.png").read_bytes()[:4] == b"\x89PNG"
+    from frx_plugin.commands.report import write_report
+
+    text = write_report(tmp_path / "frx").read_text(encoding="utf-8")
+    assert "decoded counterfactuals" in text and "Counterfactual faces (the last pass with decoded counterfactuals)" in text

@@ -65,6 +65,7 @@ def test_report_shows_the_two_stage_values_and_the_decoded_faces(analysed, tmp_p
     text = page.read_text(encoding="utf-8")
     assert 'id="recovery-table"' in text and "ceiling: estimator R_k on real faces" in text
     assert "Decoded faces" in text
+    assert "Identity significance (decoded counterfactuals)" in text and "their decodings G(A) and G(B)" in text
     if shutil.which("chromium") is not None:
         from benchmarks.report_screenshot import browser_check
 

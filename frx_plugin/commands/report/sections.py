@@ -38,6 +38,10 @@ from frx_plugin.commands.report.markup import (
     warning_list,
 )
 
+#: What a strip of decoded counterfactual faces shows (frx explain --decoder, the callbacks, frx analyze --two-stage).
+DECODED_STRIP_CAPTION = ("counterfactuals.png: each error pair (real faces A, B), their decodings G(A) and G(B), then G(B) with one "
+                         "attribute edited in the decoder's latent space and re-embedded, with the score it gets; framed green where "
+                         "that change alone flips the decision at τ.")
 #: Explained pairs listed in the explanations table.
 PAIRS_SHOWN = 10
 
@@ -78,7 +82,8 @@ def history_section(page: Page) -> str:
         with_significance = [r for r in records if r.get("significance")]
         if with_significance:
             record = with_significance[-1]
-            out.append(f"<h3>Identity significance (epoch {escape(record.get('epoch'))})</h3>")
+            path = f", {record['counterfactuals']} counterfactuals" if record.get("counterfactuals") else ""
+            out.append(f"<h3>Identity significance (epoch {escape(record.get('epoch'))}{escape(path)})</h3>")
             out.append(significance_block(page, record["significance"], record.get("attributes") or [],
                                            f"identity significance S_k, epoch {record.get('epoch')}", "history-significance-table"))
         with_attribution = [r for r in records if r.get("error_attribution")]
@@ -105,6 +110,9 @@ def history_section(page: Page) -> str:
                             "decoded.png: held-out faces (left) beside decoder samples G(z) of their embeddings.")
     if decoded:
         out.append("<h3>Decoded faces</h3>" + decoded)
+    strips = page.existing("counterfactuals.png", "error pairs and their decoded counterfactual faces", DECODED_STRIP_CAPTION)
+    if strips:
+        out.append("<h3>Counterfactual faces (the last pass with decoded counterfactuals)</h3>" + strips)
     out.append("</section>")
     return "".join(out)
 
@@ -136,11 +144,16 @@ def analysis_section(page: Page, document: dict[str, Any]) -> str:
         out.append(paragraph("Attributes read off the images by estimators: " + ", ".join(f"{k} ({v})" for k, v in estimated.items()) + "."))
     out.append(warning_list(document.get("warnings")))
     if document.get("significance"):
-        out.append("<h3>Identity significance</h3>")
+        path = f" ({document['counterfactuals']} counterfactuals)" if document.get("counterfactuals") else ""
+        out.append(f"<h3>Identity significance{escape(path)}</h3>")
         out.append(significance_block(page, document["significance"], attributes, "identity significance S_k", "analysis-significance-table"))
     if document.get("error_attribution"):
         out.append("<h3>Error attribution</h3>")
         out.append(attribution_block(page, document["error_attribution"], attributes, "error attribution", "analysis-attribution-table"))
+    if document.get("counterfactuals") == "decoded":
+        strips = page.existing("counterfactuals.png", "error pairs and their decoded counterfactual faces", DECODED_STRIP_CAPTION)
+        if strips:
+            out.append("<h3>Counterfactual faces</h3>" + strips)
     if isinstance(document.get("recovery"), dict):
         out.append("<h3>Two-stage recovery</h3>")
         out.append(recovery_block(page, document["recovery"], ""))
@@ -182,9 +195,7 @@ def explanations_section(page: Page, document: dict[str, Any]) -> str:
         out.append("<h3>Error attribution</h3>")
         order = [{"name": n} for n in (pairs[0].get("delta") or {})] if pairs else []
         out.append(attribution_block(page, attribution, order, "share of explained errors each attribute decides", "explanations-attribution-table"))
-    caption = ("counterfactuals.png: each error pair (real faces A, B), their decodings G(A) and G(B), then G(B) with one attribute "
-               "edited in the decoder's latent space and re-embedded, with the score it gets; framed green where that change alone "
-               "flips the decision at τ." if path == "decoded" else
+    caption = (DECODED_STRIP_CAPTION if path == "decoded" else
                "counterfactuals.png: each error pair (faces A, B), then B with one attribute changed; framed green where that "
                "change alone flips the decision at τ.")
     figure = page.existing("counterfactuals.png", "error pairs and their counterfactual faces", caption)
