@@ -1,5 +1,5 @@
 import sys
 
-from frx_plugin.commands.cli import main
+from frx_plugin.entry import main
 
 sys.exit(main())

@@ -173,20 +173,27 @@ def explain(
 
     document = {**_document(subject, errors, explanations, attributes, fmr, latent_mode), **provenance("explain")}
     atomic_write_text(out / EXPLANATIONS_FILE, json.dumps(document, indent=1, allow_nan=False))
-    files = [str(out / EXPLANATIONS_FILE)]
-    if subject.chosen == "exact" and explanations and figure_pairs > 0:
-        files.append(str(_figure(probe, subject.generator, explanations, subject.labels, subject.schema, figure_pairs, out / FIGURE_FILE)))
-    elif subject.chosen == "decoded" and explanations and figure_pairs > 0:
+    files = [str(out / EXPLANATIONS_FILE), *_write_figure(subject, embed, explanations, figure_pairs, out / FIGURE_FILE, say)]
+    document["files"] = files
+    return document
+
+
+def _write_figure(subject: _Subject, embed: Any, explanations: list[PairExplanation], count: int, path: Path,
+                  say: Callable[[str], None]) -> list[str]:
+    """``counterfactuals.png`` on the exact and decoded paths (``count`` pairs; none: no figure); an earlier run's
+    figure that this run does not replace is removed. Returns the files written."""
+    if subject.chosen == "exact" and explanations and count > 0:
+        return [str(_figure(subject.probe, subject.generator, explanations, subject.labels, subject.schema, count, path))]
+    if subject.chosen == "decoded" and explanations and count > 0:
         from frx_plugin.figures import plot_counterfactuals
 
         title = ("frx explain: each error pair (real faces A, B), their decodings, then G(B) with one attribute edited in the decoder's "
                  "latent space and re-embedded by the model; framed green where that change alone flips the decision at τ")
-        files.append(str(plot_counterfactuals(embed.strip_rows(explanations, probe, count=figure_pairs), out / FIGURE_FILE, title=title)))
-    elif (out / FIGURE_FILE).is_file():
-        (out / FIGURE_FILE).unlink()  # an earlier run's figure would contradict this run's explanations
-        say(f"frx explain: removed {out / FIGURE_FILE} from an earlier run; this run makes no figure")
-    document["files"] = files
-    return document
+        return [str(plot_counterfactuals(embed.strip_rows(explanations, subject.probe, count=count), path, title=title))]
+    if path.is_file():
+        path.unlink()  # an earlier run's figure would contradict this run's explanations
+        say(f"frx explain: removed {path} from an earlier run; this run makes no figure")
+    return []
 
 
 @dataclass
