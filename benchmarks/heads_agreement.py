@@ -34,6 +34,7 @@ from frx_plugin.leakage import (
     fold_statistics,
     identity_folds,
 )
+from frx_plugin.leakage.penalty import inner_fold_penalty
 
 #: identity attributes: (name, prevalence, strength of the planted shift of the identity's centre)
 IDENTITY_ATTRIBUTES = [("common", 0.5, 0.25), ("frequent", 0.2, 0.2), ("rare", 0.05, 0.3), ("very_rare", 0.03, 0.35),
@@ -82,14 +83,10 @@ def reference_auroc(z: torch.Tensor, folds: torch.Tensor, label: torch.Tensor, C
 def penalty_spread(z: torch.Tensor, folds: torch.Tensor, label: torch.Tensor, n_folds: int = 5) -> tuple[float, float]:
     """log10(largest / smallest) ridge λ per unit of training scatter over the 5 outer folds' heads of one 0/1
     column: the heads' own (``fit_probe_heads``), and the inner-fold search every column used before."""
-    from frx_plugin.leakage.ridge import (
-        _inner_fold_penalty,  # the former choice, for comparison
-    )
-
     stats = fold_statistics(z.double(), label.double()[:, None], folds, n_folds)
     schema = AttributeSchema([Attribute("a", "binary")])
     used = fit_probe_heads(stats, {}, schema).penalty[:n_folds, 0]
-    searched = _inner_fold_penalty(stats)[:n_folds, 0]
+    searched = inner_fold_penalty(stats)[:n_folds, 0]  # the former choice, for comparison
     trace = torch.stack([stats.gram[[g for g in range(n_folds) if g != f]].sum(0).diagonal().sum() for f in range(n_folds)])
     return tuple(float(torch.log10((lam / trace).max() / (lam / trace).min())) for lam in (used, searched))
 
