@@ -5,7 +5,12 @@ embeddings (the intercept ``b`` comes from the training means).
 
 Penalty (per training set and target column): chosen on held-out *identities* by an inner
 cross-validation over the other folds, computed from the per-fold sufficient statistics alone
-(:func:`~frx_plugin.leakage.penalty.inner_fold_penalty`). With fewer than 3 non-empty folds it falls back to generalised
+(:mod:`frx_plugin.leakage.penalty`). A continuous column's λ has the least held-out squared error.
+A 0/1 column (binary, or one class of a categorical attribute) is the logistic head's first Newton
+step from the prior-only model: ridge with λ = 1/(C·p(1 − p)), p the training part's share of ones,
+its weights divided by p(1 − p), with C = 1 (scikit-learn's ``LogisticRegression()``) unless C = 1
+hides the attribute on every inner fold (then the C of the grid that reads it; see
+:func:`~frx_plugin.leakage.penalty.logistic_penalty`). With fewer than 3 non-empty folds it falls back to generalised
 cross-validation over a log grid of 33 penalties λ = s·10^k, k ∈ [−6, 2], s = trace(S)/D the
 mean eigenvalue of the centred training scatter S = XᵀX − n x̄x̄ᵀ. With S = V diag(e) Vᵀ and
 c = Vᵀ Xᵀy (centred),
@@ -15,7 +20,8 @@ c = Vᵀ Xᵀy (centred),
 and GCV(λ) = n·RSS(λ) / (n − df(λ))². GCV approximates leave-one-*image*-out error, which on
 clustered identities rewards memorising identities; that is why the inner identity-disjoint
 choice comes first. Discrete columns are scored without the training prior in the intercept
-(pooled over folds that term is anti-correlated with the held-out labels). A binary column's
+(pooled over folds that term is anti-correlated with the held-out labels), with the logistic
+intercept's second-order shift (:func:`~frx_plugin.leakage.penalty.intercept_shift`). A binary column's
 threshold is the midpoint of the two training-class mean scores (the equal-prior LDA cut).
 
 :func:`fit_probe_heads` turns pass-1 statistics into :class:`ProbeHeads` (heads, thresholds,
@@ -31,7 +37,15 @@ from dataclasses import dataclass, field
 import torch
 
 from frx_plugin.attributes import AttributeSchema
-from frx_plugin.leakage.penalty import INNER_EXPONENTS, centred_statistics, inner_fold_penalty
+from frx_plugin.leakage.penalty import (
+    INNER_EXPONENTS,
+    centred_statistics,
+    fisher_weight,
+    inner_fold_penalty,
+    intercept_shift,
+    logistic_penalty,
+    training_prior,
+)
 from frx_plugin.leakage.statistics import FoldStatistics, Target, target_layout, undefined_reason, unseen_class_warnings
 
 __all__ = ["Heads", "fit_ridge_heads", "class_midpoints", "ProbeHeads", "fit_probe_heads", "PENALTY_EXPONENTS", "INNER_EXPONENTS"]
@@ -79,7 +93,7 @@ def _solve_ridge(scatter: torch.Tensor, cross: torch.Tensor, penalty: torch.Tens
 def fit_ridge_heads(stats: FoldStatistics, exponents: torch.Tensor = PENALTY_EXPONENTS, penalty: torch.Tensor | None = None) -> Heads:
     """Ridge heads for every training set (slice) of ``stats`` and every column.
 
-    ``penalty`` (S, T) gives λ (see :func:`~frx_plugin.leakage.penalty.inner_fold_penalty`); without it, λ is chosen
+    ``penalty`` (S, T) gives λ (see :mod:`frx_plugin.leakage.penalty`); without it, λ is chosen
     by GCV (see the module docstring). ``stats`` holds training-set statistics (e.g.
     :meth:`FoldStatistics.training_sets`), not per-fold ones.
     """
@@ -278,22 +292,42 @@ def _group_ridge_heads(members: list[Target], stats: FoldStatistics, train: Fold
     f64, device = torch.float64, stats.count.device
     d = stats.sum_x.shape[1]
     fit = torch.tensor([fit_discrete or not t.attribute.discrete for t in members for _ in range(t.cols.numel())], device="cpu")
-    if bool(fit.all()):
-        heads = fit_ridge_heads(train, penalty=inner_fold_penalty(stats))
-    else:
-        sets = train.gram.shape[0]
-        heads = Heads(
-            torch.zeros(sets, d, fit.numel(), dtype=f64, device=device),
-            *(torch.zeros(sets, fit.numel(), dtype=f64, device=device) for _ in range(2)),
-        )
-        if bool(fit.any()):
-            some = fit.nonzero().squeeze(1)
-            partial = fit_ridge_heads(train.columns(some), penalty=inner_fold_penalty(stats.columns(some)))
-            heads.weight[:, :, some], heads.bias[:, some], heads.penalty[:, some] = partial.weight, partial.bias, partial.penalty
+    discrete = torch.tensor([t.attribute.discrete for t in members for _ in range(t.cols.numel())], device=device)
+    sets = train.gram.shape[0]
+    heads = Heads(torch.zeros(sets, d, fit.numel(), dtype=f64, device=device),
+                  *(torch.zeros(sets, fit.numel(), dtype=f64, device=device) for _ in range(2)))
+    if bool(fit.any()):
+        some = fit.nonzero().squeeze(1)
+        on = some.to(device)
+        partial = fit_ridge_heads(train.columns(some), penalty=_penalties(stats.columns(some), train.columns(some), discrete[on]))
+        heads.weight[:, :, on], heads.bias[:, on], heads.penalty[:, on] = partial.weight, partial.bias, partial.penalty
     # Discrete columns score without the training prior ȳ in the intercept: pooled over folds,
     # that term is anti-correlated with each held-out fold's labels (a fold rich in positives
     # leaves a training set poor in them), which drags a signal-free attribute below AUROC 0.5.
-    discrete = torch.tensor([t.attribute.discrete for t in members for _ in range(t.cols.numel())], device=device)
     prior = train.sum_y / train.count.clamp_min(1.0)[:, None]
     heads.bias = heads.bias - torch.where(discrete[None, :], prior, torch.zeros_like(prior))
+    # ... and on the logistic head's scale (divided by the Fisher weight p(1 − p), as its Newton step
+    # is), so the scores pooled over folds weigh each fold's head as the logistic heads would.
+    scale = torch.where(discrete[None, :], 1.0 / fisher_weight(train.count, train.sum_y), torch.ones_like(prior))
+    heads.weight, heads.bias = heads.weight * scale[:, None, :], heads.bias * scale
+    # ... with the logistic head's own intercept beyond the prior's log-odds (second order)
+    variance = torch.einsum("sdt,sde,set->st", heads.weight, centred_statistics(train)[3], heads.weight)
+    shift = intercept_shift(training_prior(train.count, train.sum_y), variance / train.count.clamp_min(1.0)[:, None])
+    heads.bias = heads.bias + torch.where(discrete[None, :], shift, torch.zeros_like(shift))
     return heads
+
+
+def _penalties(stats: FoldStatistics, train: FoldStatistics, discrete: torch.Tensor) -> torch.Tensor | None:
+    """(S, T) ridge λ of every training set and column: on the logistic scale for 0/1 columns
+    (:func:`~frx_plugin.leakage.penalty.logistic_penalty`), by squared error for continuous ones
+    (:func:`~frx_plugin.leakage.penalty.inner_fold_penalty`); ``None`` (GCV) when fewer than 3 folds hold data."""
+    penalty = torch.zeros_like(train.sum_y)
+    for is_discrete in (True, False):
+        cols = (discrete == is_discrete).nonzero().squeeze(1)
+        if not cols.numel():
+            continue
+        chosen = logistic_penalty(stats.columns(cols), train.columns(cols)) if is_discrete else inner_fold_penalty(stats.columns(cols))
+        if chosen is None:
+            return None
+        penalty[:, cols] = chosen
+    return penalty
