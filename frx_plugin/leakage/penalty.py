@@ -8,8 +8,8 @@ penalty chosen without any of fold f's data.
 - 0/1 columns (binary, and each class of a categorical attribute; :func:`logistic_penalty`): on the
   logistic head's scale, λ = 1/(C·p(1 − p)) with p the training part's share of ones, so that the
   ridge head divided by p(1 − p) is the first penalised Newton step of the logistic head with inverse
-  penalty C from the prior-only model. C = 1 (scikit-learn's ``LogisticRegression()``) unless a
-  larger C ranks the held-out identities clearly better; see :func:`logistic_penalty`.
+  penalty C from the prior-only model. C = 1 (scikit-learn's ``LogisticRegression()``) unless C = 1
+  hides the attribute on every inner fold and a larger C reads it; see :func:`logistic_penalty`.
 """
 
 from __future__ import annotations
