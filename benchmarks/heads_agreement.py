@@ -1,6 +1,7 @@
 """Do frx's heads agree with the usual logistic reference on clustered, face-like embeddings?
 
     python benchmarks/heads_agreement.py [--worlds 8 --identities 300 --dim 128 --bootstrap 200]
+    python benchmarks/heads_agreement.py --demo frx-demo/backbone.safetensors
 
 Data (:func:`clustered_world`): unit-norm embeddings clustered by identity as face embeddings are
 (genuine cosines ≈ 0.6, impostor ≈ 0, an anisotropic spectrum), with binary attributes of the
@@ -13,7 +14,14 @@ decision values less the training prior's log-odds, pooled into one AUROC per at
 Compared: frx's default ridge heads and ``head="logistic"`` (``analyze_embeddings``): the largest
 |AUROC − reference| over attributes and worlds, and how many 95% identity-bootstrap intervals hold
 the reference. Also the spread of the ridge penalty across the 5 folds of the rare attributes
-(log10 of the largest over the smallest λ/mean eigenvalue).
+(log10 of the largest over the smallest λ/mean eigenvalue), and how many of their fold heads left C = 1.
+
+``--demo BACKBONE``: instead, the other side of the default's choice of C. A backbone that ``frx demo``
+trained keeps nuisance attributes (glasses, background) in directions of z with about 10⁻⁴ of the
+identity directions' variance, which C = 1 does not reach. The backbone's own synthetic probe set
+(recorded in its header) is embedded, and the held-out AUROC and leakage ℓ of every binary and
+categorical attribute printed for the default heads, ``head="logistic"`` (C = 1) and the reference,
+with the C that the default heads chose in each fold.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from frx_plugin.leakage import (
     fold_statistics,
     identity_folds,
 )
+from frx_plugin.leakage.penalty import fisher_weight, inner_fold_penalty
 
 #: identity attributes: (name, prevalence, strength of the planted shift of the identity's centre)
 IDENTITY_ATTRIBUTES = [("common", 0.5, 0.25), ("frequent", 0.2, 0.2), ("rare", 0.05, 0.3), ("very_rare", 0.03, 0.35),
@@ -79,19 +88,26 @@ def reference_auroc(z: torch.Tensor, folds: torch.Tensor, label: torch.Tensor, C
     return float(auroc_columns(torch.tensor(scores)[:, None], torch.tensor(y == 1)[:, None])[0])
 
 
-def penalty_spread(z: torch.Tensor, folds: torch.Tensor, label: torch.Tensor, n_folds: int = 5) -> tuple[float, float]:
-    """log10(largest / smallest) ridge λ per unit of training scatter over the 5 outer folds' heads of one 0/1
-    column: the heads' own (``fit_probe_heads``), and the inner-fold search every column used before."""
-    from frx_plugin.leakage.ridge import (
-        _inner_fold_penalty,  # the former choice, for comparison
-    )
+def chosen_c(z: torch.Tensor, folds: torch.Tensor, targets: torch.Tensor, n_folds: int = 5) -> torch.Tensor:
+    """(F, T) the C of every fold head of 0/1 columns ``targets`` (N, T): their λ = 1/(C·p(1 − p))."""
+    stats = fold_statistics(z.double(), targets.double(), folds, n_folds)
+    schema = AttributeSchema([Attribute(f"c{t}", "binary") for t in range(targets.shape[1])])
+    train = stats.training_sets()
+    return (1.0 / (fit_probe_heads(stats, {}, schema).penalty * fisher_weight(train.count, train.sum_y)))[:n_folds]
 
+
+def penalty_spread(z: torch.Tensor, folds: torch.Tensor, label: torch.Tensor, n_folds: int = 5) -> tuple[float, float, int]:
+    """log10(largest / smallest) ridge λ per unit of training scatter over the 5 outer folds' heads of one 0/1
+    column: the heads' own (``fit_probe_heads``), and the inner-fold search every column used before; and
+    how many of the heads' own folds took a C other than 1."""
     stats = fold_statistics(z.double(), label.double()[:, None], folds, n_folds)
     schema = AttributeSchema([Attribute("a", "binary")])
     used = fit_probe_heads(stats, {}, schema).penalty[:n_folds, 0]
-    searched = _inner_fold_penalty(stats)[:n_folds, 0]
+    searched = inner_fold_penalty(stats)[:n_folds, 0]  # the former choice, for comparison
     trace = torch.stack([stats.gram[[g for g in range(n_folds) if g != f]].sum(0).diagonal().sum() for f in range(n_folds)])
-    return tuple(float(torch.log10((lam / trace).max() / (lam / trace).min())) for lam in (used, searched))
+    used_spread, searched_spread = (float(torch.log10((lam / trace).max() / (lam / trace).min())) for lam in (used, searched))
+    moved = int((chosen_c(z, folds, label[:, None], n_folds) > 1.0 + 1e-9).sum())
+    return used_spread, searched_spread, moved
 
 
 def main() -> None:
@@ -100,7 +116,11 @@ def main() -> None:
     parser.add_argument("--identities", type=int, default=300)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--bootstrap", type=int, default=200)
+    parser.add_argument("--demo", metavar="BACKBONE", help="a backbone.safetensors that frx demo wrote: its probe set instead")
     args = parser.parse_args()
+    if args.demo:
+        demo_backbone(args.demo, args.bootstrap)
+        return
     rows, spreads, started = [], [], time.perf_counter()
     for seed in range(args.worlds):
         z, identity, labels, schema = clustered_world(seed, args.identities, args.dim)
@@ -138,9 +158,40 @@ def main() -> None:
         d = [abs(r[head] - r["reference"]) for r in rows]
         covered = sum(r[f"{head}_covers"] for r in rows)
         print(f"{head:<9}: max |AUROC − reference| {max(d):.3f}, mean {np.mean(d):.3f}; intervals holding the reference {covered}/{n}")
-    used, searched = zip(*spreads)
+    used, searched, moved = zip(*spreads)
     print(f"ridge λ across the 5 folds of the rare attributes, log10(max/min): {np.median(used):.2f} median, "
-          f"{max(used):.2f} max (the inner-fold search of before: {np.median(searched):.2f} median, {max(searched):.2f} max)")
+          f"{max(used):.2f} max (the inner-fold search of before: {np.median(searched):.2f} median, {max(searched):.2f} max); "
+          f"fold heads with C > 1: {sum(moved)} of {5 * len(moved)}")
+
+
+def demo_backbone(path: str, bootstrap: int) -> None:
+    """The default heads, the logistic heads and the reference on a trained ``frx demo`` backbone (``--demo``)."""
+    from frx_plugin.models import load_backbone
+    from frx_plugin.synthetic import SyntheticProbeSet
+
+    started = time.perf_counter()
+    module, description = load_backbone(path)
+    probe = SyntheticProbeSet(**description["probe"])
+    rows = torch.arange(len(probe.identity))
+    with torch.no_grad():
+        z = torch.nn.functional.normalize(torch.cat([module(probe.images(rows[i:i + 256])) for i in range(0, len(rows), 256)]), dim=1)
+    folds = identity_folds(probe.identity, 5, seed=0)
+    reports = {head: analyze_embeddings(z, probe.identity, probe.labels, probe.schema, folds=folds, n_bootstrap=bootstrap,
+                                        head=head) for head in ("ridge", "logistic")}
+    print(f"{path}: {len(rows)} probe images of {len(torch.unique(probe.identity))} identities, D = {z.shape[1]} "
+          f"({time.perf_counter() - started:.0f} s)")
+    print(f"{'attribute':<12} {'ridge (default)':>22} {'logistic (C = 1)':>17} {'reference':>10}   C of the default's fold heads")
+    for a in probe.schema:
+        if not a.discrete:
+            continue
+        raw = probe.labels[a.name]
+        targets = raw[:, None] if a.kind == "binary" else torch.stack([(raw == c).long() for c in range(a.num_classes)], 1)
+        reference = float(np.mean([reference_auroc(z, folds, targets[:, t]) for t in range(targets.shape[1])]))
+        ridge, logistic = reports["ridge"][a.name], reports["logistic"][a.name]
+        c = chosen_c(z, folds, targets)
+        print(f"{a.name:<12} {ridge.value:6.3f} (ℓ {ridge.leakage:.3f} [{ridge.leakage_low:.3f}, {ridge.leakage_high:.3f}])"
+              f" {logistic.value:7.3f} (ℓ {logistic.leakage:.3f}) {reference:10.3f}   "
+              f"10^{float(torch.log10(c).min()):.1f} … 10^{float(torch.log10(c).max()):.1f}")
 
 if __name__ == "__main__":
     main()

@@ -9,8 +9,9 @@ Poisson bootstrap over identities. The leakage is ℓ = max(0, 2·AUROC − 1), 
 ``analyze_embeddings`` runs the whole analysis in memory, ``analyze_stream`` the same in constant
 memory over a re-iterable stream of chunks (also under DDP). The modules: ``functional`` (metric
 functions on tensors), ``statistics`` (folds, sufficient statistics, targets), ``ridge`` (ridge
-heads), ``logistic`` (exact logistic heads), ``metrics`` (the torchmetrics metrics of both
-passes), ``estimate`` (``analyze_embeddings``) and ``streaming`` (``analyze_stream``).
+heads), ``penalty`` (how the ridge heads' penalties are chosen on held-out identities), ``logistic``
+(exact logistic heads), ``metrics`` (the torchmetrics metrics of both passes), ``estimate``
+(``analyze_embeddings``) and ``streaming`` (``analyze_stream``).
 
 The names that need torchmetrics (``ProbeStatistics``, ``HeldOutLeakage``, ``analyze_stream``,
 ``FoldLookup``, ``DEFAULT_BINS``) are loaded on first use, so importing this package does not

@@ -5,7 +5,12 @@ embeddings (the intercept ``b`` comes from the training means).
 
 Penalty (per training set and target column): chosen on held-out *identities* by an inner
 cross-validation over the other folds, computed from the per-fold sufficient statistics alone
-(see ``_inner_fold_penalty``). With fewer than 3 non-empty folds it falls back to generalised
+(:mod:`frx_plugin.leakage.penalty`). A continuous column's λ has the least held-out squared error.
+A 0/1 column (binary, or one class of a categorical attribute) is the logistic head's first Newton
+step from the prior-only model: ridge with λ = 1/(C·p(1 − p)), p the training part's share of ones,
+its weights divided by p(1 − p), with C = 1 (scikit-learn's ``LogisticRegression()``) unless C = 1
+hides the attribute on every inner fold (then the C of the grid that reads it; see
+:func:`~frx_plugin.leakage.penalty.logistic_penalty`). With fewer than 3 non-empty folds it falls back to generalised
 cross-validation over a log grid of 33 penalties λ = s·10^k, k ∈ [−6, 2], s = trace(S)/D the
 mean eigenvalue of the centred training scatter S = XᵀX − n x̄x̄ᵀ. With S = V diag(e) Vᵀ and
 c = Vᵀ Xᵀy (centred),
@@ -15,7 +20,8 @@ c = Vᵀ Xᵀy (centred),
 and GCV(λ) = n·RSS(λ) / (n − df(λ))². GCV approximates leave-one-*image*-out error, which on
 clustered identities rewards memorising identities; that is why the inner identity-disjoint
 choice comes first. Discrete columns are scored without the training prior in the intercept
-(pooled over folds that term is anti-correlated with the held-out labels). A binary column's
+(pooled over folds that term is anti-correlated with the held-out labels), with the logistic
+intercept's second-order shift (:func:`~frx_plugin.leakage.penalty.intercept_shift`). A binary column's
 threshold is the midpoint of the two training-class mean scores (the equal-prior LDA cut).
 
 :func:`fit_probe_heads` turns pass-1 statistics into :class:`ProbeHeads` (heads, thresholds,
@@ -31,14 +37,21 @@ from dataclasses import dataclass, field
 import torch
 
 from frx_plugin.attributes import AttributeSchema
+from frx_plugin.leakage.penalty import (
+    INNER_EXPONENTS,
+    centred_statistics,
+    fisher_weight,
+    inner_fold_penalty,
+    intercept_shift,
+    logistic_penalty,
+    training_prior,
+)
 from frx_plugin.leakage.statistics import FoldStatistics, Target, target_layout, undefined_reason, unseen_class_warnings
 
 __all__ = ["Heads", "fit_ridge_heads", "class_midpoints", "ProbeHeads", "fit_probe_heads", "PENALTY_EXPONENTS", "INNER_EXPONENTS"]
 
 #: GCV grid: λ = mean eigenvalue × 10^k for these exponents k.
 PENALTY_EXPONENTS = torch.linspace(-6.0, 2.0, 33, dtype=torch.float64, device="cpu")
-#: Inner-fold grid: λ = (mean eigenvalue per sample) × n_train × 10^k for these exponents k.
-INNER_EXPONENTS = torch.linspace(-5.0, 2.0, 15, dtype=torch.float64, device="cpu")
 
 
 # --------------------------------------------------------------------------- ridge heads
@@ -51,93 +64,6 @@ class Heads:
     weight: torch.Tensor  # (S, D, T)
     bias: torch.Tensor  # (S, T)
     penalty: torch.Tensor  # (S, T) the λ chosen by GCV
-
-
-def _centred(stats: FoldStatistics):
-    """Counts, means, centred scatter XᵀX − n x̄x̄ᵀ, centred cross-moments and target sums of squares."""
-    n = stats.count.clamp_min(1.0)  # (S,)
-    mean_x = stats.sum_x / n[:, None]  # (S, D)
-    mean_y = stats.sum_y / n[:, None]  # (S, T)
-    # not symmetrised: eigh and Cholesky read one triangle only
-    scatter = stats.gram - (n[:, None] * mean_x)[:, :, None] * mean_x[:, None, :]
-    cross = stats.cross - n[:, None, None] * mean_x[:, :, None] * mean_y[:, None, :]  # (S, D, T)
-    yy = (stats.sum_yy - n[:, None] * mean_y**2).clamp_min(0.0)  # (S, T)
-    return n, mean_x, mean_y, scatter, cross, yy
-
-
-def _held_out_sse(stats: FoldStatistics, g: int, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Squared error of heads ``weight`` (D, L, T), ``bias`` (L, T) on fold ``g``, from its statistics.
-
-    In fold g's own centred terms (less cancellation than the raw sums):
-    SSE = S_yy − 2wᵀS_xy + wᵀS_xx w + n·(ȳ − x̄ᵀw − b)², S the centred scatter of fold g.
-    """
-    n = stats.count[g].clamp_min(1.0)
-    mean_x, mean_y = stats.sum_x[g] / n, stats.sum_y[g] / n
-    scatter = stats.gram[g] - n * torch.outer(mean_x, mean_x)
-    cross = stats.cross[g] - n * torch.outer(mean_x, mean_y)  # (D, T)
-    yy = stats.sum_yy[g] - n * mean_y**2  # (T,)
-    dim, n_steps, n_columns = weight.shape
-    flat = weight.reshape(dim, -1)
-    quad = ((scatter @ flat) * flat).sum(0).reshape(n_steps, n_columns)
-    linear = (cross[:, None, :] * weight).sum(0)  # (L, T)
-    offset = mean_y - (mean_x @ flat).reshape(n_steps, n_columns) - bias
-    return yy - 2 * linear + quad + stats.count[g] * offset**2
-
-
-def _inner_fold_penalty(fold_stats: FoldStatistics, exponents: torch.Tensor = INNER_EXPONENTS) -> torch.Tensor | None:
-    """Per training set and column, the ridge λ with the least error on held-out *identities*.
-
-    Nested inside the outer folds: the head that scores outer fold f gets a λ chosen without
-    any of fold f's data. Inner training sets are the cyclic neighbour pairs of the folds
-    that hold data, "all but folds a and b" for (a, b) = (0, 1), (1, 2), …, (F−1, 0): set (a, b)
-    is fitted once for every λ of the grid (one eigendecomposition) and its squared error on
-    fold b counts for outer fold a, its error on fold a for outer fold b (with 3 folds these
-    are all pairs; with more, each outer fold is tuned on its two neighbours). Errors come from
-    the held-out fold's sufficient statistics (:func:`_held_out_sse`). λ is relative to the
-    mean eigenvalue of the training scatter, λ = mean(e)·10^k; per outer set and column the k
-    with the least summed error is chosen and applied with the outer set's own mean
-    eigenvalue. The head on all data takes the k with the least error over every evaluation.
-    Unlike GCV, which approximates leave-one-image-out error, this never rewards memorising
-    identities. ``fold_stats``: per-fold statistics (F slices). Returns (F + 1, T), or
-    ``None`` when fewer than 3 folds hold data (then GCV decides).
-    """
-    n_folds, device = fold_stats.count.shape[0], fold_stats.count.device
-    present = [f for f, count in enumerate(fold_stats.count.tolist()) if count > 0]
-    if len(present) < 3:
-        return None
-    pairs = [(present[i], present[(i + 1) % len(present)]) for i in range(len(present))]
-    per_fold = fold_stats.tensors()
-    total = [t.sum(0) for t in per_fold]
-    train = FoldStatistics(*(torch.stack([tot - p[a] - p[b] for a, b in pairs]) for tot, p in zip(total, per_fold)))
-    _, mean_x, mean_y, scatter, cross, _ = _centred(train)
-    dim = scatter.shape[1]
-    eigval, eigvec = torch.linalg.eigh(scatter)
-    eigval = eigval.clamp_min(0.0)
-    steps = 10.0 ** exponents.to(device, torch.float64)  # (L,)
-    scale = (eigval.sum(1) / dim).clamp_min(torch.finfo(torch.float64).tiny)  # (P,)
-    lam = scale[:, None] * steps[None, :]  # (P, L)
-    proj = eigvec.transpose(1, 2) @ cross  # (P, D, T)
-    n_pairs, n_steps, n_columns = len(pairs), len(steps), proj.shape[2]
-    shrunk = proj[:, :, None, :] / (eigval[:, :, None, None] + lam[:, None, :, None])  # (P, D, L, T)
-    weight = (eigvec @ shrunk.reshape(n_pairs, dim, -1)).reshape(n_pairs, dim, n_steps, n_columns)  # (P, D, L, T)
-    bias = mean_y[:, None, :] - torch.einsum("pd,pdlt->plt", mean_x, weight)  # (P, L, T)
-    sse = torch.zeros(n_folds + 1, len(steps), fold_stats.sum_y.shape[1], dtype=torch.float64, device=device)
-    for i, (a, b) in enumerate(pairs):
-        for held, outer in ((b, a), (a, b)):
-            error = _held_out_sse(fold_stats, held, weight[i], bias[i])
-            sse[outer] += error
-            sse[n_folds] += error
-    best = sse.argmin(1)  # (F + 1, T)
-    for f in range(n_folds):
-        if f not in present:
-            best[f] = best[n_folds]
-    # mean eigenvalue of each outer training set's scatter: (trace XᵀX − n‖x̄‖²) / D
-    gram_trace = torch.diagonal(fold_stats.gram, dim1=1, dim2=2).sum(1)  # (F,)
-    traces = torch.cat([gram_trace.sum() - gram_trace, gram_trace.sum()[None]])
-    outer_n = torch.cat([fold_stats.count.sum() - fold_stats.count, fold_stats.count.sum()[None]]).clamp_min(1.0)
-    outer_sum = torch.cat([fold_stats.sum_x.sum(0) - fold_stats.sum_x, fold_stats.sum_x.sum(0)[None]])
-    outer_scale = ((traces - (outer_sum**2).sum(1) / outer_n) / dim).clamp_min(torch.finfo(torch.float64).tiny)
-    return outer_scale[:, None] * steps[best]
 
 
 #: Per training set, up to this many distinct penalties are solved by Cholesky factorisations
@@ -167,11 +93,11 @@ def _solve_ridge(scatter: torch.Tensor, cross: torch.Tensor, penalty: torch.Tens
 def fit_ridge_heads(stats: FoldStatistics, exponents: torch.Tensor = PENALTY_EXPONENTS, penalty: torch.Tensor | None = None) -> Heads:
     """Ridge heads for every training set (slice) of ``stats`` and every column.
 
-    ``penalty`` (S, T) gives λ (see :func:`_inner_fold_penalty`); without it, λ is chosen
+    ``penalty`` (S, T) gives λ (see :mod:`frx_plugin.leakage.penalty`); without it, λ is chosen
     by GCV (see the module docstring). ``stats`` holds training-set statistics (e.g.
     :meth:`FoldStatistics.training_sets`), not per-fold ones.
     """
-    n, mean_x, mean_y, scatter, cross, yy = _centred(stats)
+    n, mean_x, mean_y, scatter, cross, yy = centred_statistics(stats)
     if penalty is not None:
         weight = _solve_ridge(scatter, cross, penalty)
         bias = mean_y - torch.einsum("sd,sdt->st", mean_x, weight)
@@ -366,22 +292,42 @@ def _group_ridge_heads(members: list[Target], stats: FoldStatistics, train: Fold
     f64, device = torch.float64, stats.count.device
     d = stats.sum_x.shape[1]
     fit = torch.tensor([fit_discrete or not t.attribute.discrete for t in members for _ in range(t.cols.numel())], device="cpu")
-    if bool(fit.all()):
-        heads = fit_ridge_heads(train, penalty=_inner_fold_penalty(stats))
-    else:
-        sets = train.gram.shape[0]
-        heads = Heads(
-            torch.zeros(sets, d, fit.numel(), dtype=f64, device=device),
-            *(torch.zeros(sets, fit.numel(), dtype=f64, device=device) for _ in range(2)),
-        )
-        if bool(fit.any()):
-            some = fit.nonzero().squeeze(1)
-            partial = fit_ridge_heads(train.columns(some), penalty=_inner_fold_penalty(stats.columns(some)))
-            heads.weight[:, :, some], heads.bias[:, some], heads.penalty[:, some] = partial.weight, partial.bias, partial.penalty
+    discrete = torch.tensor([t.attribute.discrete for t in members for _ in range(t.cols.numel())], device=device)
+    sets = train.gram.shape[0]
+    heads = Heads(torch.zeros(sets, d, fit.numel(), dtype=f64, device=device),
+                  *(torch.zeros(sets, fit.numel(), dtype=f64, device=device) for _ in range(2)))
+    if bool(fit.any()):
+        some = fit.nonzero().squeeze(1)
+        on = some.to(device)
+        partial = fit_ridge_heads(train.columns(some), penalty=_penalties(stats.columns(some), train.columns(some), discrete[on]))
+        heads.weight[:, :, on], heads.bias[:, on], heads.penalty[:, on] = partial.weight, partial.bias, partial.penalty
     # Discrete columns score without the training prior ȳ in the intercept: pooled over folds,
     # that term is anti-correlated with each held-out fold's labels (a fold rich in positives
     # leaves a training set poor in them), which drags a signal-free attribute below AUROC 0.5.
-    discrete = torch.tensor([t.attribute.discrete for t in members for _ in range(t.cols.numel())], device=device)
     prior = train.sum_y / train.count.clamp_min(1.0)[:, None]
     heads.bias = heads.bias - torch.where(discrete[None, :], prior, torch.zeros_like(prior))
+    # ... and on the logistic head's scale (divided by the Fisher weight p(1 − p), as its Newton step
+    # is), so the scores pooled over folds weigh each fold's head as the logistic heads would.
+    scale = torch.where(discrete[None, :], 1.0 / fisher_weight(train.count, train.sum_y), torch.ones_like(prior))
+    heads.weight, heads.bias = heads.weight * scale[:, None, :], heads.bias * scale
+    # ... with the logistic head's own intercept beyond the prior's log-odds (second order)
+    variance = torch.einsum("sdt,sde,set->st", heads.weight, centred_statistics(train)[3], heads.weight)
+    shift = intercept_shift(training_prior(train.count, train.sum_y), variance / train.count.clamp_min(1.0)[:, None])
+    heads.bias = heads.bias + torch.where(discrete[None, :], shift, torch.zeros_like(shift))
     return heads
+
+
+def _penalties(stats: FoldStatistics, train: FoldStatistics, discrete: torch.Tensor) -> torch.Tensor | None:
+    """(S, T) ridge λ of every training set and column: on the logistic scale for 0/1 columns
+    (:func:`~frx_plugin.leakage.penalty.logistic_penalty`), by squared error for continuous ones
+    (:func:`~frx_plugin.leakage.penalty.inner_fold_penalty`); ``None`` (GCV) when fewer than 3 folds hold data."""
+    penalty = torch.zeros_like(train.sum_y)
+    for is_discrete in (True, False):
+        cols = (discrete == is_discrete).nonzero().squeeze(1)
+        if not cols.numel():
+            continue
+        chosen = logistic_penalty(stats.columns(cols), train.columns(cols)) if is_discrete else inner_fold_penalty(stats.columns(cols))
+        if chosen is None:
+            return None
+        penalty[:, cols] = chosen
+    return penalty
