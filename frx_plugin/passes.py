@@ -272,6 +272,21 @@ def _given_shard(embeddings: torch.Tensor, probe: ProbeSet, indices: torch.Tenso
     return local, None
 
 
+def _decoded_problem(two_stage: Any, report: Report) -> str | None:
+    """Why this process's decoders cannot render the decoded counterfactuals of this pass, or ``None``: the two stages
+    failed, or a decoder without a latent space to edit."""
+    from frx_plugin.counterfactual.decoded import is_editable
+
+    if report.recovery is None:
+        return "the two stages failed in this pass"
+    fresh = getattr(two_stage, "fresh_folds", set())
+    awkward = [fold for fold in sorted(fresh) if not is_editable(two_stage.decoders[fold])]
+    if awkward:
+        return (f"decoder {two_stage.config.decoder!r} offers no latent space to edit (latent(z) and render_latent(codes); "
+                "the built-in conv and stylegan2 decoders have them)")
+    return None
+
+
 def _counterfactuals(model: Any, probe: ProbeSet, embeddings: torch.Tensor, report: Report, plan: PassPlan,
                      collectives: Collectives, two_stage: Any = None) -> list | None:
     """Identity significance and error attribution (every rank, same inputs, same collectives).
@@ -283,10 +298,16 @@ def _counterfactuals(model: Any, probe: ProbeSet, embeddings: torch.Tensor, repo
     """
     assert plan.counterfactuals is not None  # run_pass calls this only when the plan has a counterfactual path
     path = plan.counterfactuals
-    if path == "decoded" and (two_stage is None or report.recovery is None):
-        path = "latent"
-        if two_stage is not None:  # the decoders were due in this pass but failed (the two-stage warning says why)
-            report.warnings.append("decoded counterfactuals: no decoder was trained in this pass; the latent path was used")
+    if path == "decoded" and two_stage is None:
+        path = "latent"  # no decoder fit in this pass (the two stages run every M passes): the plan's notice says so
+    elif path == "decoded":
+        problem = _decoded_problem(two_stage, report)
+        rendered = collectives.any(bool(getattr(two_stage, "fresh_folds", ())))  # any process with a decoder trained here
+        if problem is None and not rendered:
+            problem = "every decoder of this pass failed (diverged)"
+        if collectives.any(problem is not None):  # every rank takes the same path (both collectives run on every rank)
+            path = "latent"
+            report.warnings.append(f"decoded counterfactuals: {problem or 'no decoder rendered on another process'}; the latent path was used")
     embed, attributes, unchanged = counterfactual_embedder(
         model, embeddings, probe.labels, probe.schema, report, path, generator=plan.generator, probe=probe,
         batch_size=plan.config.batch_size, collectives=collectives, two_stage=two_stage,

@@ -57,17 +57,20 @@ class LatentModel:
 def _head_inverse(z: torch.Tensor, weight: torch.Tensor, mode: str) -> torch.Tensor:
     """(T, D) ``solve`` with v = e @ solve: the move of z that changes the head scores by e (``mode``, see :func:`latent_model`).
 
-    The inverses are truncated relative to their largest singular value (``LATENT_RTOL``).
+    The inverses are truncated relative to their largest singular value: taken of unit-length heads, so
+    that a head's scale (a rare attribute's logistic-scaled head is long) never decides what is cut.
     """
+    norms = weight.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+    unit = weight / norms
     if mode == "conditional":
         # the Gaussian conditional mean: E[Δz | WΔz = e] = ΣWᵀ(WΣWᵀ)⁻¹e = L·(WL)⁺e with Σ = LLᵀ the probe set's covariance
         centred = z - z.mean(0)
         covariance = centred.T @ centred / max(1, z.shape[0] - 1)
         jitter = 1e-12 * float(torch.diagonal(covariance).mean().clamp_min(1e-30))
         factor = torch.linalg.cholesky(covariance + jitter * torch.eye(z.shape[1], dtype=torch.float64, device=z.device))
-        return (factor @ torch.linalg.pinv(weight @ factor, rtol=LATENT_RTOL)).T
+        return (factor @ torch.linalg.pinv(unit @ factor, rtol=LATENT_RTOL)).T / norms
     if mode == "least_norm":
-        return torch.linalg.pinv(weight, rtol=LATENT_RTOL).T  # least-norm v = W⁺e
+        return torch.linalg.pinv(unit, rtol=LATENT_RTOL).T / norms  # least-norm v = W⁺e
     raise CounterfactualError(f"latent mode must be 'least_norm' or 'conditional', got {mode!r}")
 
 

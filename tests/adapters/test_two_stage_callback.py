@@ -172,6 +172,9 @@ def test_a_diverging_decoder_is_reported_and_training_goes_on(tmp_path, pixels):
     assert recovery["attributes"]["bright"]["two_stage"]["value"] is None  # no decoded face to read
     assert recovery["attributes"]["bright"]["direct"]["value"] is not None
     assert records[-1]["attributes"][0]["value"] is not None  # leakage of the same pass is kept
+    # no decoder to render the decoded counterfactuals: the pass takes the latent path and says why
+    assert records[-1]["counterfactuals"] == "latent" and records[-1]["significance"]
+    assert any("decoded counterfactuals: every decoder of this pass failed" in w for w in records[-1]["warnings"])
 
 
 def test_unknown_decoder_and_bad_period_are_rejected_at_once():
