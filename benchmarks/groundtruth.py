@@ -37,11 +37,10 @@ from pathlib import Path
 
 import torch
 
-from frx_plugin.counterfactual import exact_embedder, identity_significance, latent_embedder, latent_model
+from frx_plugin.counterfactual import counterfactual_heads, exact_embedder, identity_significance, latent_embedder, latent_model
 from frx_plugin.counterfactual.decoded import decoded_embedder
 from frx_plugin.model import embed_probe_set
 from frx_plugin.models import BACKBONE_FILE, load_backbone
-from frx_plugin.passes import AnalysisConfig, analyze_probe
 from frx_plugin.plugins import require_generator
 from frx_plugin.synthetic import SyntheticFaceWorld, SyntheticProbeSet
 from frx_plugin.two_stage import TwoStage, TwoStageConfig, run_two_stage, spearman
@@ -108,19 +107,18 @@ def main() -> None:
     world = probe.world
     schema, labels, identity = probe.schema, probe.labels, probe.identity
     z = embed_probe_set(model, probe)
-    report = analyze_probe(z, probe, AnalysisConfig(n_bootstrap=0))
     tau = verification(z, identity, fmr=1e-3).threshold
     _, generator = require_generator(probe)
 
-    held_out = {a.name: a.value for a in report.leakage}  # held-out AUROC / R² that calibrate the latent moves
+    # the heads the latent moves invert, and their held-out AUROC / R² that calibrate the moves (as a pass makes them)
+    directions, bias, held_out = counterfactual_heads(z, identity, labels, schema)
 
     # 1. identity significance, exact and latent, on every probe sample
     rows = torch.arange(len(probe))
     exact = identity_significance(z, identity, schema, labels, exact_embedder(model, generator), rows, n_bootstrap=0)
     latent = {}
     for mode in ("least_norm", "conditional"):
-        model_latent = latent_model(z, labels, schema, report.tensors["probe_directions"], report.tensors["probe_bias"], mode=mode,
-                                    held_out=held_out)
+        model_latent = latent_model(z, labels, schema, directions, bias, mode=mode, held_out=held_out)
         latent[mode] = identity_significance(z, identity, schema, labels, latent_embedder(model_latent, z, labels), rows, n_bootstrap=0)
     names = [n for n in schema.names if n in exact and n in latent["least_norm"]]
     correlation = {mode: spearman([exact[n].value for n in names], [latent[mode][n].value for n in names]) for mode in latent}
@@ -137,8 +135,7 @@ def main() -> None:
     decoded_seconds = time.perf_counter() - decoder_start - decoder_seconds
 
     # 2. planted causes
-    planted_latent = latent_model(z, labels, schema, report.tensors["probe_directions"], report.tensors["probe_bias"],
-                                  mode=args.latent_mode, held_out=held_out)
+    planted_latent = latent_model(z, labels, schema, directions, bias, mode=args.latent_mode, held_out=held_out)
     chosen = torch.unique(torch.linspace(0, len(probe) - 1, args.pairs_per_attribute).round().long())
     hits = {"exact": [], "latent": [], "decoded": []}
     own_fold = stages.folds[chosen]

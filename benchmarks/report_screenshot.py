@@ -67,7 +67,7 @@ def analysis_pass(epoch: int, strength: float, counterfactuals: bool = True):
     """One real analysis pass (leakage, verification, latent significance and error attribution) on synthetic embeddings."""
     import torch
 
-    from frx_plugin.counterfactual import latent_embedder, latent_model
+    from frx_plugin.counterfactual import counterfactual_heads, latent_embedder, latent_model
     from frx_plugin.counterfactual.measures import counterfactual_measures
     from frx_plugin.passes import AnalysisConfig, analyze_probe
     from frx_plugin.probe import ProbeSet
@@ -77,8 +77,8 @@ def analysis_pass(epoch: int, strength: float, counterfactuals: bool = True):
     config = AnalysisConfig(n_bootstrap=20, fmr=0.01, n_folds=4)
     report = analyze_probe(z, probe, config)
     if counterfactuals:
-        heads = latent_model(z, labels, schema, report.tensors["probe_directions"], report.tensors["probe_bias"],
-                             held_out={a.name: a.value for a in report.leakage})
+        directions, bias, held_out = counterfactual_heads(z, identity, labels, schema)
+        heads = latent_model(z, labels, schema, directions, bias, held_out=held_out)
         counterfactual_measures(z, probe, report, config, latent_embedder(heads, z, labels), path="latent",
                                 significance_samples=48, max_error_pairs=4)
     report.epoch, report.global_step = epoch, 25 * epoch

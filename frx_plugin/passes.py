@@ -279,7 +279,7 @@ def _decoded_problem(two_stage: Any, report: Report) -> str | None:
 
     if report.recovery is None:
         return "the two stages failed in this pass"
-    fresh = getattr(two_stage, "fresh_folds", set())
+    fresh: set[int] = getattr(two_stage, "fresh_folds", set())
     awkward = [fold for fold in sorted(fresh) if not is_editable(two_stage.decoders[fold])]
     if awkward:
         return (f"decoder {two_stage.config.decoder!r} offers no latent space to edit (latent(z) and render_latent(codes); "
@@ -310,7 +310,7 @@ def _counterfactuals(model: Any, probe: ProbeSet, embeddings: torch.Tensor, repo
             report.warnings.append(f"decoded counterfactuals: {problem or 'no decoder rendered on another process'}; the latent path was used")
     embed, attributes, unchanged = counterfactual_embedder(
         model, embeddings, probe.labels, probe.schema, report, path, generator=plan.generator, probe=probe,
-        batch_size=plan.config.batch_size, collectives=collectives, two_stage=two_stage,
+        batch_size=plan.config.batch_size, collectives=collectives, two_stage=two_stage, seed=plan.config.seed,
     )
     if unchanged:
         report.warnings.append(f"counterfactuals: the generator cannot change {unchanged}; they are left out")

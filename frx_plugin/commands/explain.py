@@ -161,7 +161,8 @@ def explain(
         subject = _model_subject(model, probe, demo_dir, path, config, say, model_name, decoder)
     model, probe = subject.model, subject.probe
     embed, attributes, unchanged = counterfactual_embedder(model, subject.z, subject.labels, subject.schema, subject.report,
-                                                           subject.chosen, subject.generator, probe, latent_mode, two_stage=subject.stages)
+                                                           subject.chosen, subject.generator, probe, latent_mode, two_stage=subject.stages,
+                                                           identity=subject.identity)
     if unchanged:
         say(f"frx explain: the generator cannot change {unchanged}; they are left out")
     if probe is not None:

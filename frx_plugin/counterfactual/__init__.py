@@ -40,7 +40,7 @@ classes for an "away") have δ_k = 0; missing labels give NaN.
 
 from frx_plugin.counterfactual.edits import away_values, edit_scale, edit_values
 from frx_plugin.counterfactual.explanations import PairExplanation, error_attribution, explain_errors, pair_errors, pair_values, spread
-from frx_plugin.counterfactual.latent import LATENT_RTOL, LatentModel, latent_embedder, latent_model
+from frx_plugin.counterfactual.latent import LATENT_RTOL, LatentModel, counterfactual_heads, latent_embedder, latent_model
 from frx_plugin.counterfactual.measures import (
     choose_counterfactual_path,
     counterfactual_embedder,
@@ -55,7 +55,7 @@ from frx_plugin.interfaces import AttributeGenerator, Embedder
 
 __all__ = [
     "AttributeGenerator", "CounterfactualError", "Embedder", "LATENT_RTOL", "LatentModel", "PairExplanation", "away_values",
-    "choose_counterfactual_path", "counterfactual_embedder", "counterfactual_measures", "counterfactual_rows", "edit_scale",
+    "choose_counterfactual_path", "counterfactual_embedder", "counterfactual_heads", "counterfactual_measures", "counterfactual_rows", "edit_scale",
     "edit_values", "error_attribution", "exact_embedder", "explain_errors", "generator_attributes",
     "identity_significance", "impostor_mean_cosine", "latent_embedder", "latent_model", "pair_errors", "pair_values",
     "probe_decision_errors", "spread",

@@ -74,7 +74,7 @@ def fit_directions(codes: torch.Tensor, identity: torch.Tensor, labels: Mapping[
     the largest), ridge heads of every attribute there on identity-disjoint inner folds, and the latent
     path's calibrated, conditional moves (:func:`~frx_plugin.counterfactual.latent.latent_model`).
     """
-    from frx_plugin.leakage import analyze_embeddings
+    from frx_plugin.counterfactual.latent import counterfactual_heads
 
     if codes.shape[0] != rows.numel():
         raise CounterfactualError(f"fit_directions: {codes.shape[0]} codes for {rows.numel()} rows")
@@ -87,10 +87,8 @@ def fit_directions(codes: torch.Tensor, identity: torch.Tensor, labels: Mapping[
     basis = vectors[: max(1, min(rank, DECODED_RANK))].T.contiguous()  # (L, r)
     coordinates = (x - centre) @ basis
     part = {name: labels[name][rows] for name in schema.names}
-    report = analyze_embeddings(coordinates, identity[rows], part, schema, n_bootstrap=0, seed=seed)
-    held_out = {a.name: report.unreported.get(a.name, a.value) for a in report.leakage}
-    model = latent_model(coordinates, part, schema, report.tensors["probe_directions"], report.tensors["probe_bias"],
-                         mode="conditional", held_out=held_out)
+    directions, bias, held_out = counterfactual_heads(coordinates, identity[rows], part, schema, seed=seed)
+    model = latent_model(coordinates, part, schema, directions, bias, mode="conditional", held_out=held_out)
     return LatentDirections(centre, basis, model, rows)
 
 

@@ -57,21 +57,35 @@ class LatentModel:
 def _head_inverse(z: torch.Tensor, weight: torch.Tensor, mode: str) -> torch.Tensor:
     """(T, D) ``solve`` with v = e @ solve: the move of z that changes the head scores by e (``mode``, see :func:`latent_model`).
 
-    The inverses are truncated relative to their largest singular value: taken of unit-length heads, so
-    that a head's scale (a rare attribute's logistic-scaled head is long) never decides what is cut.
+    The inverses are truncated relative to their largest singular value (``LATENT_RTOL``).
     """
-    norms = weight.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
-    unit = weight / norms
     if mode == "conditional":
         # the Gaussian conditional mean: E[Δz | WΔz = e] = ΣWᵀ(WΣWᵀ)⁻¹e = L·(WL)⁺e with Σ = LLᵀ the probe set's covariance
         centred = z - z.mean(0)
         covariance = centred.T @ centred / max(1, z.shape[0] - 1)
         jitter = 1e-12 * float(torch.diagonal(covariance).mean().clamp_min(1e-30))
         factor = torch.linalg.cholesky(covariance + jitter * torch.eye(z.shape[1], dtype=torch.float64, device=z.device))
-        return (factor @ torch.linalg.pinv(unit @ factor, rtol=LATENT_RTOL)).T / norms
+        return (factor @ torch.linalg.pinv(weight @ factor, rtol=LATENT_RTOL)).T
     if mode == "least_norm":
-        return torch.linalg.pinv(unit, rtol=LATENT_RTOL).T / norms  # least-norm v = W⁺e
+        return torch.linalg.pinv(weight, rtol=LATENT_RTOL).T  # least-norm v = W⁺e
     raise CounterfactualError(f"latent mode must be 'least_norm' or 'conditional', got {mode!r}")
+
+
+def counterfactual_heads(embeddings: torch.Tensor, identity: torch.Tensor, labels: Mapping[str, torch.Tensor], schema: AttributeSchema,
+                         seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """(directions, bias, held-out value per attribute) of the heads the latent and decoded moves invert.
+
+    Ridge heads whose 0/1 columns choose their penalty by the inner-fold squared error, as continuous ones do
+    (``discrete_penalty="squared_error"``), not on the logistic scale the leakage heads use: a head shrunk
+    towards C = 1 points along the *unwhitened* class-mean difference, whose conditional move then runs into
+    the identity directions (on the ground-truth check the moves' S_k lost their ranking, Spearman 0.92 → 0.86,
+    and the planted causes, 0.98 → 0.33), while a near-discriminant head moves z by the class-mean difference.
+    """
+    from frx_plugin.leakage import analyze_embeddings
+
+    report = analyze_embeddings(embeddings, identity, labels, schema, n_bootstrap=0, seed=seed, discrete_penalty="squared_error")
+    held_out = {a.name: report.unreported.get(a.name, a.value) for a in report.leakage}
+    return report.tensors["probe_directions"], report.tensors["probe_bias"], held_out
 
 
 def latent_model(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from frx_plugin.counterfactual.explanations import error_attribution, explain_errors, pair_errors, spread
-from frx_plugin.counterfactual.latent import latent_embedder, latent_model
+from frx_plugin.counterfactual.latent import counterfactual_heads, latent_embedder, latent_model
 from frx_plugin.counterfactual.sharded import sharded_exact_embedder
 from frx_plugin.counterfactual.significance import exact_embedder, identity_significance
 from frx_plugin.errors import AnalysisError, CounterfactualError
@@ -62,13 +62,16 @@ def choose_counterfactual_path(probe: ProbeSet, path: str, decoder: bool = False
 def counterfactual_embedder(
     model: Any, z: torch.Tensor, labels: Any, schema: Any, report: Report, chosen: str, generator: Any = None,
     probe: Any = None, latent_mode: str = "conditional", batch_size: int = 256, collectives: Any = None, two_stage: Any = None,
+    identity: Any = None, seed: int = 0,
 ) -> tuple[Any, list[str] | None, list[str]]:
     """``(embed, attributes, unchanged)`` for counterfactuals on the ``chosen`` path ("exact", "decoded" or "latent").
 
     Exact: ``model`` embeds the faces ``generator`` re-renders (each process of ``collectives`` its
     share of them, :func:`~frx_plugin.counterfactual.sharded.sharded_exact_embedder`); ``attributes``
     are those it controls and ``unchanged`` the probe set's others. Latent: the embeddings ``z`` move
-    along the probe heads of ``report`` (``latent_mode``, :func:`~frx_plugin.counterfactual.latent.latent_model`);
+    along heads fitted for the moves (``latent_mode``, :func:`~frx_plugin.counterfactual.latent.counterfactual_heads`,
+    :func:`~frx_plugin.counterfactual.latent.latent_model`; ``identity``: the rows' identities, default
+    ``probe.identity``; ``seed``: of the heads' inner folds);
     ``attributes`` is ``None`` (all of them). Decoded: the decoders ``two_stage`` trained in this pass render
     edited latent codes (:func:`~frx_plugin.counterfactual.decoded.decoded_embedder`); all attributes.
     """
@@ -81,8 +84,9 @@ def counterfactual_embedder(
         if collectives is None:
             return exact_embedder(model, generator, batch_size), attributes, unchanged
         return sharded_exact_embedder(model, generator, batch_size, collectives, z.shape[1], z.device), attributes, unchanged
-    heads = latent_model(z, labels, schema, report.tensors["probe_directions"], report.tensors["probe_bias"],
-                         mode=latent_mode, held_out={a.name: report.unreported.get(a.name, a.value) for a in report.leakage})
+    identity = identity if identity is not None else probe.identity
+    directions, bias, held_out = counterfactual_heads(z, identity, labels, schema, seed=seed)
+    heads = latent_model(z, labels, schema, directions, bias, mode=latent_mode, held_out=held_out)
     return latent_embedder(heads, z, labels), None, []
 
 

@@ -268,6 +268,7 @@ def analyze_embeddings(
     head: str = "ridge",
     C: float = 1.0,
     min_class_samples: int = MIN_CLASS_SAMPLES,
+    discrete_penalty: str = "logistic",
 ) -> Report:
     """Held-out leakage of every attribute of ``schema`` from ``embeddings`` (N, D).
 
@@ -282,6 +283,9 @@ def analyze_embeddings(
     than ``min_class_samples`` labelled samples (too few for a stable AUROC); bad input raises :class:`AnalysisError` (or
     :class:`~frx_plugin.attributes.SchemaError` for labels that do not fit the schema).
     :func:`~frx_plugin.leakage.streaming.analyze_stream` is the constant-memory twin.
+    ``discrete_penalty``: how the ridge heads of 0/1 columns choose their penalty, "logistic" (the default,
+    agreeing with the logistic reference) or "squared_error" (the continuous columns' inner-fold search:
+    near-discriminant heads, which the counterfactual moves use).
 
     ``report.tensors``: ``probe_directions`` (T, D) float32, the heads fitted on all data,
     one row per target column in schema order (binary 1, categorical one per class,
@@ -305,7 +309,9 @@ def analyze_embeddings(
         raise AnalysisError(f"C (the inverse logistic penalty) must be a positive number, got {C!r}")
     check_min_class_samples(min_class_samples)
     rows = _checked_rows(embeddings, identity, labels, schema, n_folds=n_folds, n_bootstrap=n_bootstrap, seed=seed, folds=folds)
-    heads, y_all, targets = _fitted_heads(rows, schema, head, float(C))
+    if discrete_penalty not in ("logistic", "squared_error"):
+        raise AnalysisError(f"discrete_penalty must be 'logistic' or 'squared_error', got {discrete_penalty!r}")
+    heads, y_all, targets = _fitted_heads(rows, schema, head, float(C), discrete_penalty)
     # held-out scores: each sample scored by the head of the training set without its fold
     scores = score_rows(rows.x, rows.folds, heads.weight, heads.bias)
     inputs = _attribute_inputs(targets, heads, scores, rows.folds, rows.labels)
@@ -385,7 +391,8 @@ def _checked_rows(
     return _Rows(x, as_given, identity, folds, labels, n_folds, n_identities, warnings)
 
 
-def _fitted_heads(rows: _Rows, schema: AttributeSchema, head: str, C: float) -> tuple[ProbeHeads, torch.Tensor, list[Target]]:
+def _fitted_heads(rows: _Rows, schema: AttributeSchema, head: str, C: float,
+                  discrete_penalty: str = "logistic") -> tuple[ProbeHeads, torch.Tensor, list[Target]]:
     """Pass 1: the probe statistics of all rows, then the heads (ridge, or logistic for discrete kinds)."""
     # imported here: torchmetrics loads with the first analysis, not with this package
     from frx_plugin.leakage.metrics import ProbeStatistics
@@ -398,7 +405,7 @@ def _fitted_heads(rows: _Rows, schema: AttributeSchema, head: str, C: float) -> 
     statistics.update(rows.x, rows.folds, rows.labels)
     shared, masked = statistics.compute()
     folds_with_data = [int(f) for f in torch.unique(rows.folds).tolist()]
-    heads = fit_probe_heads(shared, masked, schema, folds_with_data, fit_discrete=head == "ridge")
+    heads = fit_probe_heads(shared, masked, schema, folds_with_data, fit_discrete=head == "ridge", discrete_penalty=discrete_penalty)
     if head == "logistic":
         _use_logistic_heads(heads, rows.as_given, rows.folds, y_all, targets, shared, masked, C)
     return heads, y_all, targets

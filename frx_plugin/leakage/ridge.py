@@ -201,12 +201,16 @@ def fit_probe_heads(
     schema: AttributeSchema,
     folds: Sequence[int] | None = None,
     fit_discrete: bool = True,
+    discrete_penalty: str = "logistic",
 ) -> ProbeHeads:
     """Ridge heads of every attribute from ``ProbeStatistics.compute()`` = (``shared``, ``masked``).
 
     ``fit_discrete=False`` leaves the heads of binary and categorical columns at zero (their
     reasons, counts and warnings are still computed): for callers that fit those heads
     another way (the logistic heads of :func:`~frx_plugin.leakage.estimate.analyze_embeddings`).
+    ``discrete_penalty``: how 0/1 columns choose their penalty: "logistic" (the default, agreeing with the
+    logistic reference) or "squared_error" (the inner-fold search of continuous columns; near-discriminant
+    heads, which the counterfactual moves need: :func:`frx_plugin.counterfactual.latent.counterfactual_heads`).
 
     Attributes named in ``masked`` (those with missing labels) get heads from their labelled rows
     only, one group each; the others share one group (one XᵀX). ``folds``: the fold ids that hold
@@ -222,7 +226,7 @@ def fit_probe_heads(
         train = stats.training_sets()
         cols = torch.cat([t.cols for t in members])
         _describe_group(out, members, stats, train, fold_has)
-        heads = _group_ridge_heads(members, stats, train, fit_discrete)
+        heads = _group_ridge_heads(members, stats, train, fit_discrete, discrete_penalty)
         out.weight[:, :, cols], out.bias[:, cols], out.penalty[:, cols] = heads.weight, heads.bias, heads.penalty
         out.threshold[:, cols] = class_midpoints(train, heads)
         out.score_low[:, cols], out.score_high[:, cols] = _score_range(stats, heads.weight, heads.bias)
@@ -287,7 +291,8 @@ def _describe_group(out: ProbeHeads, members: list[Target], stats: FoldStatistic
             out.warnings += unseen_class_warnings(attribute, train.sum_y[:, local], held_out_folds)
 
 
-def _group_ridge_heads(members: list[Target], stats: FoldStatistics, train: FoldStatistics, fit_discrete: bool) -> Heads:
+def _group_ridge_heads(members: list[Target], stats: FoldStatistics, train: FoldStatistics, fit_discrete: bool,
+                       discrete_penalty: str = "logistic") -> Heads:
     """Ridge heads of one group's columns on every training set (discrete ones zero unless ``fit_discrete``)."""
     f64, device = torch.float64, stats.count.device
     d = stats.sum_x.shape[1]
@@ -299,13 +304,16 @@ def _group_ridge_heads(members: list[Target], stats: FoldStatistics, train: Fold
     if bool(fit.any()):
         some = fit.nonzero().squeeze(1)
         on = some.to(device)
-        partial = fit_ridge_heads(train.columns(some), penalty=_penalties(stats.columns(some), train.columns(some), discrete[on]))
+        partial = fit_ridge_heads(train.columns(some), penalty=_penalties(stats.columns(some), train.columns(some), discrete[on],
+                                                                          discrete_penalty))
         heads.weight[:, :, on], heads.bias[:, on], heads.penalty[:, on] = partial.weight, partial.bias, partial.penalty
     # Discrete columns score without the training prior ȳ in the intercept: pooled over folds,
     # that term is anti-correlated with each held-out fold's labels (a fold rich in positives
     # leaves a training set poor in them), which drags a signal-free attribute below AUROC 0.5.
     prior = train.sum_y / train.count.clamp_min(1.0)[:, None]
     heads.bias = heads.bias - torch.where(discrete[None, :], prior, torch.zeros_like(prior))
+    if discrete_penalty != "logistic":  # the squared-error heads stay on their own scale (the counterfactual moves' heads)
+        return heads
     # ... and on the logistic head's scale (divided by the Fisher weight p(1 − p), as its Newton step
     # is), so the scores pooled over folds weigh each fold's head as the logistic heads would.
     scale = torch.where(discrete[None, :], 1.0 / fisher_weight(train.count, train.sum_y), torch.ones_like(prior))
@@ -317,16 +325,19 @@ def _group_ridge_heads(members: list[Target], stats: FoldStatistics, train: Fold
     return heads
 
 
-def _penalties(stats: FoldStatistics, train: FoldStatistics, discrete: torch.Tensor) -> torch.Tensor | None:
+def _penalties(stats: FoldStatistics, train: FoldStatistics, discrete: torch.Tensor,
+               discrete_penalty: str = "logistic") -> torch.Tensor | None:
     """(S, T) ridge λ of every training set and column: on the logistic scale for 0/1 columns
-    (:func:`~frx_plugin.leakage.penalty.logistic_penalty`), by squared error for continuous ones
-    (:func:`~frx_plugin.leakage.penalty.inner_fold_penalty`); ``None`` (GCV) when fewer than 3 folds hold data."""
+    (:func:`~frx_plugin.leakage.penalty.logistic_penalty`; ``discrete_penalty="squared_error"``: as continuous
+    ones), by squared error for continuous ones (:func:`~frx_plugin.leakage.penalty.inner_fold_penalty`);
+    ``None`` (GCV) when fewer than 3 folds hold data."""
     penalty = torch.zeros_like(train.sum_y)
     for is_discrete in (True, False):
         cols = (discrete == is_discrete).nonzero().squeeze(1)
         if not cols.numel():
             continue
-        chosen = logistic_penalty(stats.columns(cols), train.columns(cols)) if is_discrete else inner_fold_penalty(stats.columns(cols))
+        logistic = is_discrete and discrete_penalty == "logistic"
+        chosen = logistic_penalty(stats.columns(cols), train.columns(cols)) if logistic else inner_fold_penalty(stats.columns(cols))
         if chosen is None:
             return None
         penalty[:, cols] = chosen

@@ -10,6 +10,7 @@ import torch
 from frx_plugin.attributes import Attribute, AttributeSchema
 from frx_plugin.counterfactual import (
     CounterfactualError,
+    counterfactual_heads,
     error_attribution,
     exact_embedder,
     explain_errors,
@@ -108,9 +109,9 @@ def test_latent_move_changes_one_head_by_the_calibrated_amount_and_holds_the_oth
     if rtol is not None:
         monkeypatch.setattr(counterfactual_module, "LATENT_RTOL", rtol)
     probe, _, z = synthetic
-    report = analyze_probe(z, probe, AnalysisConfig(n_bootstrap=0))
+    directions, bias, _ = counterfactual_heads(z, probe.identity, probe.labels, probe.schema)  # the heads a pass moves along
     for mode in ("least_norm", "conditional"):
-        model = latent_model(z, probe.labels, probe.schema, report.tensors["probe_directions"], report.tensors["probe_bias"], mode=mode)
+        model = latent_model(z, probe.labels, probe.schema, directions, bias, mode=mode)
         rows = torch.arange(10)
         old = probe.labels["glasses"][rows]
         new = 1 - old

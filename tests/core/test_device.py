@@ -144,7 +144,7 @@ def test_decision_errors_on_the_meta_default(world):
 def _counterfactual_study(probe, z, config):
     """Significance and error attribution on the latent path, as a pass makes them after its leakage."""
     report = analyze_probe(z, probe, config)
-    embed, attributes, _ = counterfactual_embedder(None, z, probe.labels, probe.schema, report, "latent")
+    embed, attributes, _ = counterfactual_embedder(None, z, probe.labels, probe.schema, report, "latent", identity=probe.identity)
     counterfactual_measures(z, probe, report, AnalysisConfig(n_bootstrap=16, fmr=1e-2), embed, path="latent",
                             significance_samples=24, max_error_pairs=4, attributes=attributes)
     return report
