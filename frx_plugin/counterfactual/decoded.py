@@ -9,7 +9,7 @@ that space**, on the other folds' faces only: their codes' principal coordinates
 Gaussian conditional mean of the move that changes head k by the calibrated amount and holds the other
 heads, :mod:`frx_plugin.counterfactual.latent`) mapped back. The edited code is rendered, R_f(w_i + v), and
 re-embedded by the model, f(R_f(w_i + v)); the base is the unedited rendering of the same code,
-f(R_f(w_i)). δ and S_k compare the two (``base``), so the decoder's own error cancels: an unedited code
+f(R_f(w_i)). δ and S_k compare the two (``unedited``), so the decoder's own error cancels: an unedited code
 gives δ = 0 exactly.
 
 A decoder offers its latent space through two methods (both built-in decoders have them):
@@ -93,7 +93,7 @@ def fit_directions(codes: torch.Tensor, identity: torch.Tensor, labels: Mapping[
 
 
 class DecodedEmbedder:
-    """``embed(rows, attribute, values)`` on the decoded path, with ``base(rows)`` (see the module).
+    """``embed(rows, attribute, values)`` on the decoded path, with ``unedited(rows)`` (see the module).
 
     ``model``: the recognition model (what the ``frx_embed`` hook embeds); ``decoders``: ``{fold: decoder}``
     of the folds this process renders (trained in this pass, their identities never seen); ``folds`` (N,):
@@ -220,7 +220,7 @@ class DecodedEmbedder:
     def __call__(self, rows: torch.Tensor, attribute: str, values: torch.Tensor) -> torch.Tensor:
         return self.many([(rows, attribute, values)])[0]
 
-    def base(self, rows: torch.Tensor) -> torch.Tensor:
+    def unedited(self, rows: torch.Tensor) -> torch.Tensor:
         """The unedited renderings' embeddings (len(rows), D) of ``rows`` (made once per row)."""
         rows = rows.cpu()
         missing = torch.unique(rows[[int(r) not in self._base for r in rows.tolist()]]) if rows.numel() else rows

@@ -144,7 +144,7 @@ def explain_errors(
         changed = embed_edits(embed, [edit for _, _, edit in work])
         # δ against the unedited embedding: z_j itself (the score), or on the decoded path the unedited rendering of j's code
         unedited = score
-        if callable(getattr(embed, "base", None)):
+        if callable(getattr(embed, "unedited", None)):
             before = base_embeddings(embed, second, z)
             unedited = (z[first] * torch.nn.functional.normalize(before.to(z.device, torch.float64), dim=1)).sum(1).cpu()
         for (c, todo, _), edited in zip(work, changed):

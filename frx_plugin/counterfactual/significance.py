@@ -157,9 +157,9 @@ def identity_significance(
 
 
 def base_embeddings(embed: Embedder, rows: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """What a changed embedding of ``rows`` is compared with: the embedder's ``base(rows)`` where it has one (the
+    """What a changed embedding of ``rows`` is compared with: the embedder's ``unedited(rows)`` where it has one (the
     decoded path: the unedited rendering of the same code, so the decoder's own error cancels), else ``z[rows]``."""
-    base = getattr(embed, "base", None)
-    if callable(base):
-        return base(rows)
+    unedited = getattr(embed, "unedited", None)
+    if callable(unedited):
+        return unedited(rows)
     return z[rows.to(z.device)]

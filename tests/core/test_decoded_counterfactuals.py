@@ -116,7 +116,7 @@ def test_an_unedited_code_renders_the_base_face_so_delta_and_significance_are_ze
     embed, folds, identity = _embedder(labels)
     rows = torch.arange(0, z.shape[0], 3)
     same = embed.many([(rows, "mark", labels["mark"][rows]), (rows, "tilt", labels["tilt"][rows])])
-    base = embed.base(rows)
+    base = embed.unedited(rows)
     assert base.shape == (rows.numel(), DIM) and bool(torch.isfinite(base).all())
     for edited in same:
         assert torch.equal(edited, base)
@@ -125,8 +125,8 @@ def test_an_unedited_code_renders_the_base_face_so_delta_and_significance_are_ze
         def many(self, edits):
             return embed.many([(r, a, labels[a][r]) for r, a, _ in edits])
 
-        def base(self, rows):
-            return embed.base(rows)
+        def unedited(self, rows):
+            return embed.unedited(rows)
 
     result = identity_significance(z, identity, SCHEMA, labels, Unedited(), rows, n_bootstrap=0)
     assert all(abs(e.value) < 1e-6 for e in result.values())
