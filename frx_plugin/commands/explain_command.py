@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from frx_plugin.commands.common import check_output_folder, command_line, open_model_and_probe, progress_bar
+from frx_plugin.commands.common import check_output_folder, open_model_and_probe, progress_bar
 from frx_plugin.commands.two_stage_options import check_two_stage_options, labelling_estimators, two_stage_config
 
 __all__ = ["add_explain_parser", "run_explain"]
@@ -21,7 +21,8 @@ def add_explain_parser(sub: Any, model_options: Callable[[Any], None], output_op
     explain.add_argument("--embeddings", default=None, help="explain an embedding-set file instead (latent path, no figure)")
     model_options(explain)
     explain.add_argument("--out", default="frx-explain",
-                         help="output folder for explanations.json, counterfactuals.png and report.html (default ./frx-explain)")
+                         help="output folder for explanations.json and counterfactuals.png (default ./frx-explain; frx report FOLDER "
+                              "makes its report.html)")
     explain.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
     explain.add_argument("--fmr", type=float, default=1e-3, help="false-match rate that sets the threshold τ (default 1e-3)")
     explain.add_argument("--max-pairs", type=int, default=50, help="error pairs explained of each kind (default 50)")
@@ -59,9 +60,7 @@ def run_explain(args: argparse.Namespace) -> int:
     check_two_stage_options(args, bool(args.backbone))
     if args.path == "decoded" and args.decoder is None:
         raise ValueError("--path decoded needs --decoder SPEC (conv, or stylegan2:GENERATOR.pt): the decoder renders the edited faces")
-    from frx_plugin.commands.report import REPORT_FILE, write_report
-
-    check_output_folder(args.out, "--out", (EXPLANATIONS_FILE, FIGURE_FILE, REPORT_FILE), overwrite=args.overwrite)
+    check_output_folder(args.out, "--out", (EXPLANATIONS_FILE, FIGURE_FILE), overwrite=args.overwrite)
     model = probe = None
     if args.backbone is not None:
         model, probe = open_model_and_probe(args.backbone, args.probe, args.pairs, labelling_estimators(args.estimator), progress_bar())
@@ -70,7 +69,6 @@ def run_explain(args: argparse.Namespace) -> int:
         max_pairs=args.max_pairs, path=args.path, latent_mode=args.latent_mode, model_name=args.backbone,
         decoder=two_stage_config(args, 0, 0),
     )
-    document["files"].append(str(write_report(args.out, command=command_line())))
     counts = document["counts"]
     how = document["path"] + (f" ({document['latent_mode']})" if document["latent_mode"] else "")
     print(f"{how} counterfactuals; τ = {document['tau']:.4f} at FMR {document['fmr']:g}: "

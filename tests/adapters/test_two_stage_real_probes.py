@@ -68,8 +68,8 @@ def test_lightning_callback_two_stage_on_a_celeba_folder(tmp_path, monkeypatch):
     assert (tmp_path / "frx" / "decoded.png").is_file()
 
 
-def test_arcface_torch_callback_two_stage_on_an_image_folder(tmp_path, monkeypatch):
-    from frx_insightface.arcface_torch import ArcFaceTorchCallback
+def _image_folder_and_backbone(tmp_path, monkeypatch):
+    """An image folder with a CSV (written here, 20 identities × 4 faces at 32×32) and a small seeded backbone."""
     from frx_insightface.readers import ImageFolderProbeSet
 
     monkeypatch.setenv("FRX_CACHE_DIR", str(tmp_path / "cache"))
@@ -78,6 +78,13 @@ def test_arcface_torch_callback_two_stage_on_an_image_folder(tmp_path, monkeypat
     torch.manual_seed(0)
     backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4),
                                    torch.nn.Flatten(), torch.nn.Linear(128, 16))
+    return probe, backbone
+
+
+def test_arcface_torch_callback_two_stage_on_an_image_folder(tmp_path, monkeypatch):
+    from frx_insightface.arcface_torch import ArcFaceTorchCallback
+
+    probe, backbone = _image_folder_and_backbone(tmp_path, monkeypatch)
     head = torch.nn.Linear(16, 12)
     opt = torch.optim.SGD(list(backbone.parameters()) + list(head.parameters()), lr=0.05)
     frx = ArcFaceTorchCallback(probe, out_dir=tmp_path / "frx", every_n_steps=2, decode_every_n_steps=2, two_stage=FAST,
@@ -104,15 +111,9 @@ def test_arcface_torch_callback_decoded_counterfactuals_on_an_image_folder(tmp_p
     from tensorboardX import SummaryWriter
 
     from frx_insightface.arcface_torch import ArcFaceTorchCallback
-    from frx_insightface.readers import ImageFolderProbeSet
     from tests.tensorboard_helpers import summary_tags
 
-    monkeypatch.setenv("FRX_CACHE_DIR", str(tmp_path / "cache"))
-    folder = write_face_folder(tmp_path, n_ids=20, per_id=4, size=32)
-    probe = ImageFolderProbeSet(folder, align="none", size=32, kinds="square:binary;coin:binary;shade:continuous")
-    torch.manual_seed(0)
-    backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4),
-                                   torch.nn.Flatten(), torch.nn.Linear(128, 16))
+    probe, backbone = _image_folder_and_backbone(tmp_path, monkeypatch)
     writer = SummaryWriter(str(tmp_path / "tb"))
     frx = ArcFaceTorchCallback(probe, out_dir=tmp_path / "frx", every_n_steps=1, decode_every_n_steps=1, two_stage=FAST,
                                config=AnalysisConfig(n_bootstrap=10, fmr=0.01), writer=writer)

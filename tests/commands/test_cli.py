@@ -63,7 +63,7 @@ def test_a_plugin_cannot_take_a_name_of_frx_own_commands(fresh_plugins, capsys):
 
 def test_the_console_script_and_the_module_run_main():
     text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
-    assert 'frx = "frx_plugin.commands.cli:main"' in text
+    assert 'frx = "frx_plugin.entry:main"' in text  # the command line imported under a Ctrl-C guard
     proc = subprocess.run([sys.executable, "-m", "frx_plugin", "--version"], capture_output=True, text=True, timeout=HANG_LIMIT_S)
     assert proc.returncode == 0 and proc.stdout.startswith("frx "), proc.stderr
 
@@ -77,7 +77,7 @@ def test_the_distribution_has_a_name_of_its_own():
     root = Path(__file__).resolve().parents[2]
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     assert project["name"] == DISTRIBUTION == "frx-plugin"
-    assert project["scripts"] == {"frx": "frx_plugin.commands.cli:main"}
+    assert project["scripts"] == {"frx": "frx_plugin.entry:main"}
     assert "pip install 'frx-plugin[lightning]'" in missing_command_message("demo")
     readme = (root / "README.md").read_text()
     assert "frx-plugin" in readme and "pip install frx\n" not in readme

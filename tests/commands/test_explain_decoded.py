@@ -49,7 +49,9 @@ def test_explain_with_a_decoder_takes_the_decoded_path_and_writes_the_strips(exp
 
 
 def test_the_report_shows_the_decoded_counterfactual_faces(explained, tmp_path):
-    page = explained / "report.html"
+    from frx_plugin.commands.report import write_report
+
+    page = write_report(explained, out=tmp_path / "report.html")
     text = page.read_text(encoding="utf-8")
     assert "decoded counterfactuals" in text and "Counterfactual faces" in text and "their decodings G(A) and G(B)" in text
     if shutil.which("chromium") is not None:

@@ -211,7 +211,7 @@ def test_history_section_matches_the_history_files(outputs):
     text, page = read_page(path)
     assert_self_contained(text, page)
     assert page.headings["h2"] == ["Training history", "Provenance"]
-    assert page.headings["h3"][:6] == ["Leakage across epochs", "Last pass", "Identity significance (epoch 2)",
+    assert page.headings["h3"][:6] == ["Leakage across epochs", "Last pass", "Identity significance (epoch 2, latent counterfactuals)",
                                        "Error attribution (epoch 2)", "Demographic differentials (epoch 2)",
                                        "Two-stage recovery (epoch 2)"]
     assert "Decoded faces" in page.headings["h3"]

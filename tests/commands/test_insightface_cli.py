@@ -111,7 +111,8 @@ def test_explain_a_verification_file_by_the_attributes_insightface_reads(files, 
     assert document["estimated"] == {"sex": str(files["genderage"]), "age": str(files["genderage"])}
     assert any(v is not None for pair in document["pairs"] for v in pair["delta"].values())
     assert "latent (conditional) counterfactuals" in printed.out
-    assert "none can, so none written" in printed.out  # no generator renders an lfw file: no figure, and why
+    assert "no generator renders this probe set's" in printed.out and "so none written" in printed.out  # no figure, and why
+    assert "--decoder conv renders decoded counterfactual faces" in printed.out  # and how to get one
 
 
 def test_analyze_an_insightface_backbone_equals_the_torch_module(files, tmp_path, capsys):

@@ -110,8 +110,10 @@ def history_section(page: Page) -> str:
                             "decoded.png: held-out faces (left) beside decoder samples G(z) of their embeddings.")
     if decoded:
         out.append("<h3>Decoded faces</h3>" + decoded)
-    strips = page.existing("counterfactuals.png", "error pairs and their decoded counterfactual faces", DECODED_STRIP_CAPTION)
-    if strips:
+    decoded_passes = [r for r in records if r.get("counterfactuals") == "decoded"] if records else []
+    strips = page.existing("counterfactuals.png", "error pairs and their decoded counterfactual faces",
+                           DECODED_STRIP_CAPTION) if decoded_passes else None
+    if strips:  # the callbacks' strip, written by the passes with decoded counterfactuals
         out.append("<h3>Counterfactual faces (the last pass with decoded counterfactuals)</h3>" + strips)
     out.append("</section>")
     return "".join(out)
