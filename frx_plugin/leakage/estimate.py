@@ -309,8 +309,6 @@ def analyze_embeddings(
         raise AnalysisError(f"C (the inverse logistic penalty) must be a positive number, got {C!r}")
     check_min_class_samples(min_class_samples)
     rows = _checked_rows(embeddings, identity, labels, schema, n_folds=n_folds, n_bootstrap=n_bootstrap, seed=seed, folds=folds)
-    if discrete_penalty not in ("logistic", "squared_error"):
-        raise AnalysisError(f"discrete_penalty must be 'logistic' or 'squared_error', got {discrete_penalty!r}")
     heads, y_all, targets = _fitted_heads(rows, schema, head, float(C), discrete_penalty)
     # held-out scores: each sample scored by the head of the training set without its fold
     scores = score_rows(rows.x, rows.folds, heads.weight, heads.bias)

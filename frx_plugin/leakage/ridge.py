@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from frx_plugin.attributes import AttributeSchema
+from frx_plugin.errors import AnalysisError
 from frx_plugin.leakage.penalty import (
     INNER_EXPONENTS,
     centred_statistics,
@@ -218,6 +219,8 @@ def fit_probe_heads(
     constant value, a training part without two classes) are decided from the statistics alone
     and get a ``reason``; their heads are computed but meaningless.
     """
+    if discrete_penalty not in ("logistic", "squared_error"):
+        raise AnalysisError(f"discrete_penalty must be 'logistic' or 'squared_error', got {discrete_penalty!r}")
     n_folds = shared.count.shape[0]
     fold_has = [int(f) for f in folds] if folds is not None else [f for f, count in enumerate(shared.count.tolist()) if count > 0]
     targets = target_layout(schema)

@@ -211,3 +211,20 @@ def test_the_strip_shows_both_real_faces_their_decodings_and_the_edited_decoding
         assert [name for name, _, _ in row["changed"]] == [k for k, _ in top]
         for (_, _, score), (_, delta) in zip(row["changed"], top):
             assert score == pytest.approx(e.score + delta)
+
+
+def test_the_moves_heads_read_the_planted_mark_and_an_unknown_penalty_choice_is_refused():
+    """The counterfactual heads (0/1 columns' penalty chosen by squared error) point along the planted mark and read it
+    on held-out identities; a misspelled penalty choice is a one-line error, not a silent other choice. (Why these heads
+    and not the leakage heads is measured by benchmarks/groundtruth.py.)"""
+    from frx_plugin.counterfactual import counterfactual_heads
+    from frx_plugin.errors import AnalysisError
+    from frx_plugin.leakage import analyze_embeddings
+
+    z, identity, labels, u, _ = _world()
+    directions, _, held_out = counterfactual_heads(z, identity, labels, SCHEMA)
+    mark = directions[0].double()
+    assert held_out["mark"] > 0.9
+    assert float(torch.nn.functional.cosine_similarity(mark, u.double(), dim=0)) > 0.9
+    with pytest.raises(AnalysisError, match="discrete_penalty must be 'logistic' or 'squared_error', got 'squared'"):
+        analyze_embeddings(z, identity, labels, SCHEMA, n_bootstrap=0, discrete_penalty="squared")
